@@ -1,0 +1,194 @@
+"""The CRM's HTTP API under /api/v1, for staff tools and integrations.
+
+Every route needs ``Authorization: Bearer $API_TOKEN`` (staff accounts arrive with the
+console). Phone numbers are masked: nothing here needs them whole.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from crm_backend.errors import InvalidInput, NotFound
+from crm_backend.http import json_response, read_json_object, require_bearer
+from crm_backend.lifecycle import CaseStatus
+from crm_backend.models import CaseEvent, Conversation, Message, ServiceCase
+from crm_backend.services import cases, handoff
+from crm_backend.services.conversations import conversation_history
+from crm_backend.services.stats import collect_stats
+from crm_backend.validation import mask_phone
+
+MAX_REPLY_CHARS = 4000
+
+
+class ConversationNotifier(Protocol):
+    """The channel side, which the API tells about staff replies and hand-backs."""
+
+    async def staff_reply(self, conversation_id: int, text: str, staff_name: str) -> bool:
+        """Log a staff reply and deliver it; True if the citizen was connected to see it live."""
+
+    async def handoff_ended(self, conversation_id: int) -> None:
+        """Tell the citizen the bot is back."""
+
+
+def case_json(case: ServiceCase, *, events: list[CaseEvent] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "case_number": case.case_number,
+        "status": case.status,
+        "status_label": CaseStatus(case.status).label,
+        "description": case.description,
+        "location": case.location,
+        "district": case.district,
+        "category": case.category,
+        "department": case.department,
+        "contact_phone": mask_phone(case.contact_phone),
+        "created_at": case.created_at.isoformat(),
+        "updated_at": case.updated_at.isoformat(),
+    }
+    if events is not None:
+        body["events"] = [
+            {
+                "from": event.from_status,
+                "to": event.to_status,
+                "note": event.note,
+                "actor": event.actor,
+                "at": event.created_at.isoformat(),
+            }
+            for event in events
+        ]
+    return body
+
+
+def message_json(message: Message) -> dict[str, Any]:
+    return {
+        "direction": message.direction,
+        "sender_kind": message.sender_kind,
+        "sender_name": message.sender_name,
+        "text": message.text,
+        "truncated": message.truncated,
+        "buttons": message.buttons or [],
+        "at": message.created_at.isoformat(),
+    }
+
+
+def _int_param(request: web.Request, name: str, default: int | None) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError as error:
+        raise InvalidInput("bad_parameter", f"{name} must be an integer") from error
+
+
+def _path_id(request: web.Request) -> int:
+    try:
+        return int(request.match_info["conversation_id"])
+    except ValueError as error:
+        raise NotFound("conversation") from error
+
+
+class CrmApi:
+    """Routes of /api/v1."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], token: str, notifier: ConversationNotifier) -> None:
+        self._sessions = sessions
+        self._token = token
+        self._notifier = notifier
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/api/v1/stats", self.stats)
+        app.router.add_get("/api/v1/cases", self.list_cases)
+        app.router.add_get("/api/v1/cases/{case_number}", self.get_case)
+        app.router.add_post("/api/v1/cases/{case_number}/transitions", self.transition)
+        app.router.add_get("/api/v1/conversations", self.waiting_conversations)
+        app.router.add_get("/api/v1/conversations/{conversation_id}/messages", self.messages)
+        app.router.add_post("/api/v1/conversations/{conversation_id}/replies", self.reply)
+        app.router.add_post("/api/v1/conversations/{conversation_id}/release", self.release)
+
+    async def stats(self, request: web.Request) -> web.Response:
+        require_bearer(request, self._token)
+        async with self._sessions() as session:
+            return json_response(await collect_stats(session))
+
+    async def list_cases(self, request: web.Request) -> web.Response:
+        require_bearer(request, self._token)
+        async with self._sessions() as session:
+            rows = await cases.list_cases(
+                session,
+                status=request.query.get("status"),
+                limit=_int_param(request, "limit", 50) or 50,
+                before_id=_int_param(request, "before_id", None),
+            )
+        return json_response({"cases": [case_json(case) for case in rows]})
+
+    async def get_case(self, request: web.Request) -> web.Response:
+        require_bearer(request, self._token)
+        async with self._sessions() as session:
+            case = await cases.get_case(session, request.match_info["case_number"], with_events=True)
+            return json_response(case_json(case, events=list(case.events)))
+
+    async def transition(self, request: web.Request) -> web.Response:
+        require_bearer(request, self._token)
+        data = await read_json_object(request)
+        target, note, actor = data.get("to"), data.get("note", ""), data.get("actor", "api")
+        department = data.get("department")
+        if not isinstance(target, str) or not isinstance(note, str) or not isinstance(actor, str):
+            raise InvalidInput("bad_body", "to, note and actor must be strings")
+        if department is not None and not isinstance(department, str):
+            raise InvalidInput("bad_body", "department must be a string")
+        async with self._sessions.begin() as session:
+            await cases.change_status(
+                session, request.match_info["case_number"], target, actor=actor, note=note, department=department
+            )
+            case = await cases.get_case(session, request.match_info["case_number"])
+            return json_response(case_json(case))
+
+    async def waiting_conversations(self, request: web.Request) -> web.Response:
+        require_bearer(request, self._token)
+        async with self._sessions() as session:
+            rows = await handoff.waiting_conversations(session)
+        return json_response(
+            {
+                "conversations": [
+                    {
+                        "id": conversation.id,
+                        "channel": conversation.channel,
+                        "handoff_status": conversation.handoff_status,
+                        "handoff_requested_at": conversation.handoff_requested_at.isoformat()
+                        if conversation.handoff_requested_at
+                        else None,
+                    }
+                    for conversation in rows
+                ]
+            }
+        )
+
+    async def messages(self, request: web.Request) -> web.Response:
+        require_bearer(request, self._token)
+        async with self._sessions() as session:
+            conversation = await session.get(Conversation, _path_id(request))
+            if conversation is None:
+                raise NotFound("conversation")
+            history = await conversation_history(session, conversation)
+        return json_response({"messages": [message_json(message) for message in history]})
+
+    async def reply(self, request: web.Request) -> web.Response:
+        require_bearer(request, self._token)
+        data = await read_json_object(request)
+        text, staff_name = data.get("text"), data.get("staff_name")
+        if not isinstance(text, str) or not text.strip() or len(text) > MAX_REPLY_CHARS:
+            raise InvalidInput("bad_text", f"text must be a non-empty string of at most {MAX_REPLY_CHARS} characters")
+        if not isinstance(staff_name, str) or not 0 < len(staff_name) <= 32:
+            raise InvalidInput("bad_staff_name", "staff_name must be a display name of 1-32 characters")
+        delivered = await self._notifier.staff_reply(_path_id(request), text, staff_name)
+        return json_response({"delivered_live": delivered}, status=201)
+
+    async def release(self, request: web.Request) -> web.Response:
+        require_bearer(request, self._token)
+        async with self._sessions.begin() as session:
+            conversation = await handoff.release_to_bot(session, _path_id(request))
+        await self._notifier.handoff_ended(conversation.id)
+        return json_response({"id": conversation.id, "handoff_status": conversation.handoff_status})

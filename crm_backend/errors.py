@@ -1,0 +1,37 @@
+"""Domain exceptions. The HTTP API and the actions turn them into replies in one place each."""
+
+from __future__ import annotations
+
+
+class CrmError(Exception):
+    """Base of every error the CRM raises on purpose."""
+
+    code = "crm_error"
+
+
+class NotFound(CrmError):
+    """The thing asked for does not exist, or the caller may not know that it does."""
+
+    code = "not_found"
+
+
+class InvalidInput(CrmError):
+    """A value from outside failed validation; `reason` names the rule it broke."""
+
+    code = "invalid_input"
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        super().__init__(message or reason)
+        self.reason = reason
+
+
+class InvalidTransition(CrmError):
+    """A case status change the life cycle does not allow."""
+
+    code = "invalid_transition"
+
+
+class LookupThrottled(CrmError):
+    """Too many failed progress queries from one sender; try again later."""
+
+    code = "throttled"

@@ -1,0 +1,145 @@
+"""Channel identities, conversations and the message log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from crm_backend.models import ChannelIdentity, Citizen, Conversation, Message, utcnow
+
+CONVERSATION_IDLE_LIMIT = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """A message to a citizen, from the bot or a member of staff."""
+
+    text: str
+    buttons: list[dict[str, str]] | None = None
+    sender_kind: str = "bot"
+    sender_name: str | None = None
+
+
+async def resolve_identity(session: AsyncSession, channel: str, external_id: str) -> ChannelIdentity:
+    """Find the identity for (channel, external id), creating it and its citizen if new."""
+    stmt = select(ChannelIdentity).where(
+        ChannelIdentity.channel == channel, ChannelIdentity.external_id == external_id
+    )
+    identity = await session.scalar(stmt)
+    if identity is not None:
+        return identity
+    citizen = Citizen()
+    identity = ChannelIdentity(channel=channel, external_id=external_id, citizen=citizen)
+    try:
+        async with session.begin_nested():
+            session.add(identity)
+    except IntegrityError:  # created concurrently by another request
+        found = await session.scalar(stmt)
+        assert found is not None
+        return found
+    return identity
+
+
+async def find_identity(session: AsyncSession, sender_id: str) -> ChannelIdentity | None:
+    """The identity behind a dialogue-engine sender id (``channel:external_id``)."""
+    channel, _, external_id = sender_id.partition(":")
+    if not external_id:
+        return None
+    return await session.scalar(
+        select(ChannelIdentity).where(
+            ChannelIdentity.channel == channel, ChannelIdentity.external_id == external_id
+        )
+    )
+
+
+async def current_conversation(
+    session: AsyncSession, identity: ChannelIdentity, now: datetime | None = None
+) -> Conversation:
+    """The identity's open conversation; a new one after a day of silence.
+
+    A conversation handed to staff stays current however long it waits.
+    """
+    now = now or utcnow()
+    conversation = await session.scalar(
+        select(Conversation)
+        .where(Conversation.identity_id == identity.id)
+        .order_by(Conversation.id.desc())
+        .limit(1)
+    )
+    if conversation is not None and (
+        conversation.handoff_status != "bot" or now - conversation.last_message_at < CONVERSATION_IDLE_LIMIT
+    ):
+        return conversation
+    conversation = Conversation(identity_id=identity.id, channel=identity.channel, started_at=now, last_message_at=now)
+    session.add(conversation)
+    await session.flush()
+    return conversation
+
+
+async def find_logged_message(session: AsyncSession, conversation: Conversation, client_msg_id: str) -> Message | None:
+    """A citizen message already logged under this client-side id (a resend after reconnect)."""
+    return await session.scalar(
+        select(Message).where(
+            Message.conversation_id == conversation.id, Message.client_msg_id == client_msg_id
+        )
+    )
+
+
+def log_incoming(
+    session: AsyncSession,
+    conversation: Conversation,
+    text: str,
+    *,
+    max_chars: int,
+    client_msg_id: str | None = None,
+) -> Message:
+    """Record a citizen's message, truncated to ``max_chars`` if huge."""
+    message = Message(
+        conversation_id=conversation.id,
+        channel=conversation.channel,
+        direction="in",
+        sender_kind="citizen",
+        text=text[:max_chars],
+        original_length=len(text),
+        truncated=len(text) > max_chars,
+        client_msg_id=client_msg_id,
+    )
+    session.add(message)
+    conversation.last_message_at = utcnow()
+    return message
+
+
+def log_outgoing(session: AsyncSession, conversation: Conversation, outgoing: list[OutgoingMessage]) -> list[Message]:
+    """Record what the bot or staff sent to the citizen."""
+    rows = [
+        Message(
+            conversation_id=conversation.id,
+            channel=conversation.channel,
+            direction="out",
+            sender_kind=item.sender_kind,
+            sender_name=item.sender_name,
+            text=item.text,
+            original_length=len(item.text),
+            truncated=False,
+            buttons=item.buttons or None,
+        )
+        for item in outgoing
+    ]
+    session.add_all(rows)
+    conversation.last_message_at = utcnow()
+    return rows
+
+
+async def conversation_history(session: AsyncSession, conversation: Conversation, limit: int = 200) -> list[Message]:
+    """The latest ``limit`` messages of a conversation, oldest first."""
+    rows = await session.scalars(
+        select(Message)
+        .where(Message.conversation_id == conversation.id)
+        .order_by(Message.id.desc())
+        .limit(limit)
+    )
+    return list(reversed(rows.all()))

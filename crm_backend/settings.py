@@ -1,0 +1,100 @@
+"""Settings read from the environment, once, by the process entry points.
+
+Nothing here has a default for a secret: a missing secret is an error at start, so
+no committed value can ever work in production. `bin/setup` generates local
+development secrets into `var/secrets.env` for the embedded default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SettingsError(RuntimeError):
+    """A required setting is missing or malformed."""
+
+
+def normalise_database_url(url: str) -> str:
+    """Turn a plain database URL into the async-driver URL SQLAlchemy needs.
+
+    Args:
+        url: e.g. ``sqlite:///var/crm.db`` or ``postgresql://user:pw@host/db``.
+
+    Returns:
+        The same URL with the async driver named (``aiosqlite``, ``asyncpg``).
+    """
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url.removeprefix("sqlite:///")
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url.removeprefix(prefix)
+    return url
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the app needs to know about its environment."""
+
+    app_host: str
+    app_port: int
+    rasa_url: str
+    database_url: str
+    engine_token: str
+    action_token: str
+    api_token: str
+    rest_channel_token: str
+    engine_timeout_seconds: float
+    allowed_origins: tuple[str, ...]
+    domain_path: Path
+    max_message_chars: int = 2000
+    max_logged_chars: int = 10000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Build settings from environment variables.
+
+        Raises:
+            SettingsError: when a secret is missing or a number is malformed.
+        """
+        env = os.environ if env is None else env
+
+        def secret(name: str) -> str:
+            value = env.get(name, "").strip()
+            if len(value) < 16:
+                raise SettingsError(f"{name} must be set to a random string of at least 16 characters")
+            return value
+
+        def number(name: str, default: str) -> float:
+            raw = env.get(name, default)
+            try:
+                return float(raw)
+            except ValueError as exc:
+                raise SettingsError(f"{name} must be a number, got {raw!r}") from exc
+
+        rasa_port = int(number("RASA_PORT", "5005"))
+        origins = tuple(o.strip() for o in env.get("ALLOWED_ORIGINS", "").split(",") if o.strip())
+        return cls(
+            app_host=env.get("APP_HOST", "127.0.0.1"),
+            app_port=int(number("APP_PORT", "8000")),
+            rasa_url=env.get("RASA_URL", f"http://127.0.0.1:{rasa_port}").rstrip("/"),
+            database_url=database_url_from_env(env),
+            engine_token=secret("ENGINE_TOKEN"),
+            action_token=secret("ACTION_TOKEN"),
+            api_token=secret("API_TOKEN"),
+            rest_channel_token=secret("REST_CHANNEL_TOKEN"),
+            engine_timeout_seconds=number("ENGINE_TIMEOUT_SECONDS", "5"),
+            allowed_origins=origins,
+            domain_path=Path(env.get("DOMAIN_PATH", str(PROJECT_ROOT / "domain.yml"))),
+        )
+
+
+def database_url_from_env(env: Mapping[str, str] | None = None) -> str:
+    """The async database URL alone, for tools that need nothing else (CLI, Alembic)."""
+    env = os.environ if env is None else env
+    default_db = f"sqlite:///{PROJECT_ROOT / 'var' / 'crm.db'}"
+    return normalise_database_url(env.get("DATABASE_URL") or default_db)

@@ -1,0 +1,67 @@
+"""Validation and masking of the personal data citizens type into the chat."""
+
+from __future__ import annotations
+
+import re
+
+from crm_backend.errors import InvalidInput
+
+_FULLWIDTH_DIGITS = str.maketrans("０１２３４５６７８９", "0123456789")
+_SEPARATORS = re.compile(r"[\s\-－—()（）]")
+_PHONE_CANDIDATE = re.compile(r"(?:\+?86)?1\d{10}|\d{5,}")
+_CASE_NUMBER = re.compile(r"(?<!\d)(20\d{6})\s*[-－—]?\s*(\d{4})(?!\d)")
+
+
+def _digits_only(text: str) -> str:
+    return _SEPARATORS.sub("", text.translate(_FULLWIDTH_DIGITS))
+
+
+def normalise_mobile(text: str) -> str:
+    """Extract and validate a mainland-China mobile number from what a citizen typed.
+
+    Accepts spaces, dashes, full-width digits and a +86 / 86 prefix around the number.
+
+    Returns:
+        The 11-digit number.
+
+    Raises:
+        InvalidInput: reason ``phone_missing`` (no digits), ``phone_length`` (not 11
+            digits) or ``phone_prefix`` (11 digits that are not a mobile number).
+    """
+    compact = _digits_only(text)
+    match = _PHONE_CANDIDATE.search(compact)
+    if not match:
+        raise InvalidInput("phone_missing", "no phone number found")
+    number = match.group(0)
+    if number.startswith("+86"):
+        number = number[3:]
+    elif number.startswith("86") and len(number) == 13:
+        number = number[2:]
+    if len(number) != 11:
+        raise InvalidInput("phone_length", f"expected 11 digits, got {len(number)}")
+    if not re.fullmatch(r"1[3-9]\d{9}", number):
+        raise InvalidInput("phone_prefix", "not a mainland mobile number")
+    return number
+
+
+def mask_phone(phone: str | None) -> str:
+    """Show a phone number as 138****5678, for places that do not need it whole."""
+    if not phone:
+        return ""
+    if len(phone) < 7:
+        return "*" * len(phone)
+    return f"{phone[:3]}****{phone[-4:]}"
+
+
+def parse_case_number(text: str) -> str | None:
+    """Find a case number (YYYYMMDD-NNNN, hyphen optional) in free text, normalised."""
+    match = _CASE_NUMBER.search(text.translate(_FULLWIDTH_DIGITS))
+    if not match:
+        return None
+    return f"{match.group(1)}-{match.group(2)}"
+
+
+def parse_phone_last4(text: str) -> str | None:
+    """Accept exactly four digits (spaces and full-width digits tolerated)."""
+    compact = _digits_only(text)
+    return compact if re.fullmatch(r"\d{4}", compact) else None
