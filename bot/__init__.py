@@ -1,0 +1,1 @@
+"""The citizen-facing side: channels, the message pipeline, the conversation log and handoff."""
