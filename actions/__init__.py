@@ -1,0 +1,37 @@
+"""Custom actions the dialogue engine calls. Thin: each delegates to `crm_backend` services.
+
+The app builds them with their collaborators (`build_actions`) and mounts them on its
+action endpoint; nothing here connects to anything at import.
+"""
+
+from __future__ import annotations
+
+from rasa_sdk import Action
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from actions.handoff import ActionHandoff
+from actions.progress import (
+    ActionAskCaseNumber,
+    ActionCheckProgress,
+    ValidateProgressForm,
+)
+from actions.report import (
+    ActionCancelRequest,
+    ActionStartReport,
+    ActionSubmitReport,
+    ValidateReportForm,
+)
+
+
+def build_actions(sessions: async_sessionmaker[AsyncSession]) -> list[Action]:
+    """Every custom action, wired to the CRM database."""
+    return [
+        ActionStartReport(),
+        ValidateReportForm(),
+        ActionSubmitReport(sessions),
+        ActionCancelRequest(),
+        ValidateProgressForm(sessions),
+        ActionAskCaseNumber(sessions),
+        ActionCheckProgress(sessions),
+        ActionHandoff(sessions),
+    ]

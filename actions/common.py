@@ -1,0 +1,40 @@
+"""Small helpers shared by the actions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rasa_sdk import Tracker
+from rasa_sdk.events import SlotSet
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from crm_backend.models import ChannelIdentity, Conversation
+from crm_backend.services.conversations import current_conversation, find_identity
+
+HANDOFF_MARKER = {"handoff": True}
+
+
+def latest_text(tracker: Tracker) -> str:
+    """The citizen's latest message as typed."""
+    return (tracker.latest_message or {}).get("text") or ""
+
+
+def entity_value(tracker: Tracker, entity: str) -> str | None:
+    """The first value of an entity in the latest message, if any."""
+    value = next(tracker.get_latest_entity_values(entity), None)
+    return str(value) if value is not None else None
+
+
+def reset_slots(*names: str) -> list[dict[str, Any]]:
+    """Events clearing the named slots."""
+    return [SlotSet(name, None) for name in names]
+
+
+async def identity_and_conversation(
+    session: AsyncSession, tracker: Tracker
+) -> tuple[ChannelIdentity | None, Conversation | None]:
+    """The channel identity behind the tracker and its current conversation."""
+    identity = await find_identity(session, tracker.sender_id)
+    if identity is None:
+        return None, None
+    return identity, await current_conversation(session, identity)

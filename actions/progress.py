@@ -1,0 +1,144 @@
+"""Answering "where is my case?": the progress form and the lookup."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from rasa_sdk import Action, FormValidationAction, Tracker
+from rasa_sdk.executor import CollectingDispatcher
+from rasa_sdk.types import DomainDict
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from actions.common import reset_slots
+from crm_backend.errors import LookupThrottled
+from crm_backend.models import ServiceCase
+from crm_backend.services.conversations import find_identity
+from crm_backend.services.intake import CHINA_TZ
+from crm_backend.services.lookup import case_filed_by, lookup_progress
+from crm_backend.validation import parse_case_number, parse_phone_last4
+
+logger = logging.getLogger(__name__)
+RECENT_CASES_OFFERED = 3
+
+
+class ValidateProgressForm(FormValidationAction):
+    """Asks for the phone's last four digits only when this citizen did not file the case."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+
+    def name(self) -> str:
+        return "validate_progress_form"
+
+    async def required_slots(
+        self,
+        domain_slots: list[str],
+        dispatcher: CollectingDispatcher,
+        tracker: Tracker,
+        domain: DomainDict,
+    ) -> list[str]:
+        case_number = tracker.get_slot("case_number")
+        if case_number and parse_case_number(str(case_number)):
+            async with self.sessions() as session:
+                identity = await find_identity(session, tracker.sender_id)
+                if await case_filed_by(session, str(case_number), identity):
+                    return [slot for slot in domain_slots if slot != "phone_last4"]
+        return domain_slots
+
+    async def validate_case_number(
+        self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> dict[str, Any]:
+        case_number = parse_case_number(str(value or ""))
+        if case_number is None:
+            dispatcher.utter_message(response="utter_case_number_invalid")
+        return {"case_number": case_number}
+
+    async def validate_phone_last4(
+        self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> dict[str, Any]:
+        digits = parse_phone_last4(str(value or ""))
+        if digits is None:
+            dispatcher.utter_message(response="utter_phone_last4_invalid")
+        return {"phone_last4": digits}
+
+
+class ActionAskCaseNumber(Action):
+    """Asks for a case number, offering the citizen's own recent cases as buttons."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+
+    def name(self) -> str:
+        return "action_ask_case_number"
+
+    async def run(
+        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> list[dict[str, Any]]:
+        async with self.sessions() as session:
+            identity = await find_identity(session, tracker.sender_id)
+            numbers: list[str] = []
+            if identity is not None:
+                rows = await session.scalars(
+                    select(ServiceCase.case_number)
+                    .where(ServiceCase.citizen_id == identity.citizen_id)
+                    .order_by(ServiceCase.id.desc())
+                    .limit(RECENT_CASES_OFFERED)
+                )
+                numbers = list(rows.all())
+        if not numbers:
+            dispatcher.utter_message(response="utter_ask_case_number")
+            return []
+        buttons = [
+            {"title": number, "payload": "/give_case_number" + json.dumps({"case_number": number})}
+            for number in numbers
+        ]
+        dispatcher.utter_message(response="utter_ask_case_number_choices", buttons=buttons)
+        return []
+
+
+class ActionCheckProgress(Action):
+    """Looks the case up and tells the citizen where it stands, or the same neutral refusal."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+
+    def name(self) -> str:
+        return "action_check_progress"
+
+    async def run(
+        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> list[dict[str, Any]]:
+        events = reset_slots("case_number", "phone_last4")
+        case_number = tracker.get_slot("case_number")
+        if not case_number:
+            dispatcher.utter_message(response="utter_case_lookup_failed")
+            return events
+        try:
+            async with self.sessions.begin() as session:
+                identity = await find_identity(session, tracker.sender_id)
+                progress = await lookup_progress(
+                    session,
+                    sender_key=tracker.sender_id,
+                    case_number=str(case_number),
+                    phone_last4=tracker.get_slot("phone_last4"),
+                    identity=identity,
+                )
+        except LookupThrottled:
+            logger.warning("progress lookups throttled for sender %s", tracker.sender_id)
+            dispatcher.utter_message(response="utter_lookup_throttled")
+            return events
+        if progress is None:
+            dispatcher.utter_message(response="utter_case_lookup_failed")
+            return events
+        dispatcher.utter_message(
+            response="utter_case_progress",
+            case_number=progress.case_number,
+            status=progress.status.label,
+            department=progress.department or "待分派",
+            latest=progress.latest_note or progress.status.label,
+            updated_at=progress.updated_at.astimezone(CHINA_TZ).strftime("%Y-%m-%d %H:%M"),
+        )
+        return events
