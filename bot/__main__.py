@@ -1,0 +1,34 @@
+"""``python -m bot``: run the app with settings from the environment."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from aiohttp import web
+
+from bot.app import init_app
+from crm_backend.settings import Settings, SettingsError
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
+    web.run_app(
+        init_app(settings),
+        host=settings.app_host,
+        port=settings.app_port,
+        print=lambda _msg: None,
+        access_log=None,
+        shutdown_timeout=5,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

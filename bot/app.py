@@ -1,0 +1,99 @@
+"""The app: one aiohttp server for the web chat, the REST channel, the action endpoint,
+the CRM API and the health check.
+
+`init_app(settings)` migrates the database, builds every component with its
+collaborators and registers the routes; `on_cleanup` closes what it opened.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import aiohttp
+from aiohttp import web
+from rasa_sdk.executor import ActionExecutor
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from actions import build_actions
+from bot.action_endpoint import ActionEndpoint
+from bot.channels.rest import RestChannel
+from bot.channels.webchat import WebChat
+from bot.engine import EngineClient, EngineUnavailable
+from bot.hub import ConversationHub
+from bot.notifier import ChannelNotifier
+from bot.pipeline import MessagePipeline
+from bot.responses import Responses
+from crm_backend.api import CrmApi
+from crm_backend.db import create_engine, create_sessionmaker, upgrade_database_async
+from crm_backend.http import error_middleware, json_response
+from crm_backend.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class HealthCheck:
+    """``GET /healthz``: 200 when the app, the database and the engine all answer; 503 naming what is down."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], engine: EngineClient) -> None:
+        self._sessions = sessions
+        self._engine = engine
+
+    async def __call__(self, request: web.Request) -> web.Response:
+        checks: dict[str, str] = {"app": "ok"}
+        try:
+            async with self._sessions() as session:
+                await session.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as error:  # any failure means "down", whatever the driver raised
+            logger.warning("health: database down: %s", error)
+            checks["database"] = "down"
+        try:
+            await self._engine.status()
+            checks["engine"] = "ok"
+        except EngineUnavailable as error:
+            logger.info("health: engine down: %s", error)
+            checks["engine"] = "down"
+        down = [name for name, state in checks.items() if state != "ok"]
+        body = {"status": "ok" if not down else "down", "checks": checks, "down": down}
+        return json_response(body, status=503 if down else 200)
+
+
+async def init_app(settings: Settings) -> web.Application:
+    """Build the app from its settings (migrations are applied first)."""
+    started = time.perf_counter()
+    responses = Responses.load(settings.domain_path)
+    await upgrade_database_async(settings.database_url)
+    db_engine = create_engine(settings.database_url)
+    sessions = create_sessionmaker(db_engine)
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+    hub = ConversationHub()
+    engine = EngineClient(http, settings.rasa_url, settings.engine_token, settings.engine_timeout_seconds)
+    pipeline = MessagePipeline(
+        sessions,
+        engine,
+        responses,
+        hub,
+        max_message_chars=settings.max_message_chars,
+        max_logged_chars=settings.max_logged_chars,
+    )
+    executor = ActionExecutor()
+    for action in build_actions(sessions):
+        executor.register_action(action)
+
+    app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
+    app.router.add_get("/healthz", HealthCheck(sessions, engine))
+    WebChat(pipeline, sessions, hub, responses, settings.allowed_origins, settings.max_logged_chars).add_routes(app)
+    RestChannel(pipeline, settings.rest_channel_token).add_routes(app)
+    ActionEndpoint(executor, settings.action_token).add_routes(app)
+    CrmApi(sessions, settings.api_token, ChannelNotifier(sessions, hub)).add_routes(app)
+
+    async def close(_app: web.Application) -> None:
+        await hub.close_all()
+        await http.close()
+        await db_engine.dispose()
+
+    app.on_cleanup.append(close)
+    logger.info("app built in %.2fs", time.perf_counter() - started)
+    return app

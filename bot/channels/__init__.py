@@ -1,0 +1,1 @@
+"""Channel adapters: they turn a platform's messages into `Inbound` and back, nothing more."""

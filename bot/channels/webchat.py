@@ -1,0 +1,239 @@
+"""The web chat: a static page and a websocket that speaks the widget's JSON protocol.
+
+Deliberately public. A browser proves who it is with a random session token the server
+issued (kept in the browser's localStorage); the CRM stores only a hash of it. See
+`bot/static/chat.js` for the protocol from the browser's side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.hub import ConversationHub
+from bot.pipeline import Inbound, MessagePipeline, Outcome
+from bot.responses import Responses
+from crm_backend.models import Message
+from crm_backend.services.conversations import (
+    OutgoingMessage,
+    conversation_history,
+    current_conversation,
+    log_incoming,
+    log_outgoing,
+    resolve_identity,
+)
+from crm_backend.services.handoff import BOT
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "web"
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+SESSION_TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")
+CLIENT_MSG_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_FRAME_BYTES = 256 * 1024
+MAX_PAYLOAD_CHARS = 500
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; connect-src 'self'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+
+class FrameError(Exception):
+    """A websocket frame the protocol does not allow; `code` goes back to the client."""
+
+    def __init__(self, code: str, message: str, client_msg_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.client_msg_id = client_msg_id
+
+
+def external_id_for(token: str) -> str:
+    """What the CRM stores for a web session: a hash, never the token itself."""
+    return hashlib.sha256(token.encode()).hexdigest()[:40]
+
+
+def serialise_message(message: Message) -> dict[str, Any]:
+    """A logged message as the widget renders it."""
+    return {
+        "id": message.client_msg_id,
+        "direction": message.direction,
+        "text": message.text,
+        "buttons": message.buttons or [],
+        "sender": {"kind": message.sender_kind, "name": message.sender_name},
+        "at": message.created_at.isoformat(),
+    }
+
+
+def serialise_outgoing(message: OutgoingMessage) -> dict[str, Any]:
+    return {
+        "text": message.text,
+        "buttons": message.buttons or [],
+        "sender": {"kind": message.sender_kind, "name": message.sender_name},
+    }
+
+
+class WebChat:
+    """Serves the page and runs one websocket session per browser tab."""
+
+    def __init__(
+        self,
+        pipeline: MessagePipeline,
+        sessions: async_sessionmaker[AsyncSession],
+        hub: ConversationHub,
+        responses: Responses,
+        allowed_origins: tuple[str, ...],
+        max_logged_chars: int,
+    ) -> None:
+        self._pipeline = pipeline
+        self._sessions = sessions
+        self._hub = hub
+        self._responses = responses
+        self._allowed_origins = allowed_origins
+        self._max_logged_chars = max_logged_chars
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/", self.index)
+        app.router.add_get("/ws", self.websocket)
+        app.router.add_static("/static/", STATIC_DIR, append_version=False)
+
+    async def index(self, request: web.Request) -> web.FileResponse:
+        response = web.FileResponse(STATIC_DIR / "index.html")
+        response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        return response
+
+    def _origin_allowed(self, request: web.Request) -> bool:
+        origin = request.headers.get("Origin")
+        if origin is None:  # not a browser: nothing cross-site to defend against
+            return True
+        if origin in self._allowed_origins:
+            return True
+        return origin in (f"http://{request.host}", f"https://{request.host}")
+
+    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        if not self._origin_allowed(request):
+            raise web.HTTPForbidden(
+                text=json.dumps({"error": "origin not allowed"}), content_type="application/json"
+            )
+        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=MAX_FRAME_BYTES)
+        await ws.prepare(request)
+        session_token: str | None = None
+        conversation_id: int | None = None
+        try:
+            async for frame in ws:
+                if frame.type == WSMsgType.ERROR:
+                    break
+                try:
+                    if frame.type == WSMsgType.BINARY:
+                        if session_token is None:
+                            raise FrameError("hello_required", "send a hello frame first")
+                        await self._unsupported(ws, session_token, f"<binary frame, {len(frame.data)} bytes>")
+                        continue
+                    if frame.type != WSMsgType.TEXT:
+                        continue
+                    data = _parse_frame(frame.data)
+                    if data["type"] == "hello":
+                        if conversation_id is not None:
+                            self._hub.unregister(conversation_id, ws)
+                        session_token, conversation_id = await self._hello(ws, data.get("session"))
+                        self._hub.register(conversation_id, ws)
+                    elif data["type"] == "message":
+                        if session_token is None:
+                            raise FrameError("hello_required", "send a hello frame first")
+                        await self._message(ws, session_token, data)
+                    elif data["type"] == "ping":
+                        await ws.send_json({"type": "pong"})
+                    else:
+                        raise FrameError("unknown_type", "unknown frame type")
+                except FrameError as error:
+                    await ws.send_json(
+                        {"type": "error", "code": error.code, "message": str(error), "id": error.client_msg_id}
+                    )
+        finally:
+            if conversation_id is not None:
+                self._hub.unregister(conversation_id, ws)
+        return ws
+
+    async def _hello(self, ws: web.WebSocketResponse, token: Any) -> tuple[str, int]:
+        if not isinstance(token, str) or not SESSION_TOKEN.fullmatch(token):
+            token = secrets.token_urlsafe(24)
+        async with self._sessions.begin() as session:
+            identity = await resolve_identity(session, CHANNEL, external_id_for(token))
+            conversation = await current_conversation(session, identity)
+            history = await conversation_history(session, conversation)
+            handoff = conversation.handoff_status != BOT
+            conversation_id = conversation.id
+        await ws.send_json(
+            {
+                "type": "welcome",
+                "session": token,
+                "history": [serialise_message(message) for message in history],
+                "handoff": handoff,
+            }
+        )
+        return token, conversation_id
+
+    async def _message(self, ws: web.WebSocketResponse, token: str, data: dict[str, Any]) -> None:
+        client_msg_id = data.get("id")
+        if client_msg_id is not None and (
+            not isinstance(client_msg_id, str) or not CLIENT_MSG_ID.fullmatch(client_msg_id)
+        ):
+            raise FrameError("bad_id", "id must be 1-64 letters, digits, - or _")
+        text = data.get("text", "")
+        payload = data.get("payload")
+        if not isinstance(text, str):
+            raise FrameError("bad_text", "text must be a string", client_msg_id)
+        if payload is not None and (
+            not isinstance(payload, str) or not payload.startswith("/") or len(payload) > MAX_PAYLOAD_CHARS
+        ):
+            raise FrameError("bad_payload", "payload must be a button payload starting with /", client_msg_id)
+
+        async def acknowledge(_conversation_id: int) -> None:
+            if client_msg_id is not None:
+                await ws.send_json({"type": "ack", "id": client_msg_id})
+
+        outcome = await self._pipeline.handle(
+            Inbound(CHANNEL, external_id_for(token), text, payload=payload, client_msg_id=client_msg_id),
+            on_logged=acknowledge,
+        )
+        await self._deliver(ws, outcome, client_msg_id)
+
+    async def _deliver(self, ws: web.WebSocketResponse, outcome: Outcome, client_msg_id: str | None) -> None:
+        if outcome.replies:
+            await ws.send_json(
+                {
+                    "type": "reply",
+                    "in_reply_to": client_msg_id,
+                    "messages": [serialise_outgoing(reply) for reply in outcome.replies],
+                }
+            )
+        if outcome.handoff_started:
+            await self._hub.publish(outcome.conversation_id, {"type": "handoff", "active": True})
+
+    async def _unsupported(self, ws: web.WebSocketResponse, token: str, description: str) -> None:
+        reply = OutgoingMessage(self._responses.text("utter_unsupported_content"), sender_kind="system")
+        async with self._sessions.begin() as session:
+            identity = await resolve_identity(session, CHANNEL, external_id_for(token))
+            conversation = await current_conversation(session, identity)
+            log_incoming(session, conversation, description, max_chars=self._max_logged_chars)
+            log_outgoing(session, conversation, [reply])
+        await ws.send_json({"type": "reply", "in_reply_to": None, "messages": [serialise_outgoing(reply)]})
+
+
+def _parse_frame(raw: str) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except ValueError as error:
+        raise FrameError("bad_json", "frame is not valid JSON") from error
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise FrameError("bad_frame", "frame must be a JSON object with a string 'type'")
+    return data

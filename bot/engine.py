@@ -1,0 +1,64 @@
+"""Client of the Rasa engine: the app's only way to the dialogue."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aiohttp
+
+logger = logging.getLogger(__name__)
+
+
+class EngineUnavailable(Exception):
+    """The engine did not answer in time, refused, or answered nonsense."""
+
+
+class EngineClient:
+    """Sends citizens' messages to the engine's token-protected channel on loopback."""
+
+    def __init__(self, http: aiohttp.ClientSession, base_url: str, token: str, timeout_seconds: float) -> None:
+        self._http = http
+        self._webhook = f"{base_url}/webhooks/app/webhook"
+        self._status = f"{base_url}/status"
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._token = token
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+
+    async def send(self, sender_id: str, text: str, *, channel: str, metadata: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """One citizen message in; the bot's replies out, in Rasa's REST format.
+
+        Raises:
+            EngineUnavailable: on timeout, connection error or a non-200 answer.
+        """
+        body = {"sender": sender_id, "message": text, "input_channel": channel, "metadata": metadata or {}}
+        try:
+            async with self._http.post(self._webhook, json=body, headers=self._headers, timeout=self._timeout) as resp:
+                if resp.status != 200:
+                    raise EngineUnavailable(f"engine answered HTTP {resp.status}")
+                replies = await resp.json()
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
+            raise EngineUnavailable(f"{type(error).__name__}: {error}") from error
+        if not isinstance(replies, list):
+            raise EngineUnavailable("engine reply is not a list")
+        return [reply for reply in replies if isinstance(reply, dict)]
+
+    async def status(self) -> dict[str, Any]:
+        """The engine's /status (model loaded, fingerprint).
+
+        Raises:
+            EngineUnavailable: if it does not answer within two seconds.
+        """
+        try:
+            async with self._http.get(
+                self._status, params={"token": self._token}, timeout=aiohttp.ClientTimeout(total=2)
+            ) as resp:
+                if resp.status != 200:
+                    raise EngineUnavailable(f"engine status HTTP {resp.status}")
+                data = await resp.json()
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
+            raise EngineUnavailable(f"{type(error).__name__}: {error}") from error
+        if not isinstance(data, dict) or not data.get("model_file"):
+            raise EngineUnavailable("engine has no model loaded")
+        return data

@@ -1,0 +1,188 @@
+"""The one path every citizen message takes, whatever the channel.
+
+log the message → if staff has the conversation, stop there → else ask the engine →
+log and return the replies. The incoming message is committed before the engine is
+asked, so nothing is lost if the engine is down, and so the actions the engine calls
+find the citizen's identity and conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.engine import EngineClient, EngineUnavailable
+from bot.hub import ConversationHub
+from bot.responses import Responses
+from crm_backend.models import Conversation
+from crm_backend.services.conversations import (
+    OutgoingMessage,
+    current_conversation,
+    find_logged_message,
+    log_incoming,
+    log_outgoing,
+    resolve_identity,
+)
+from crm_backend.services.handoff import BOT
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """A citizen's message as a channel received it."""
+
+    channel: str
+    external_id: str
+    text: str
+    payload: str | None = None  # a button's payload, sent to the engine instead of the text
+    client_msg_id: str | None = None
+
+
+@dataclass
+class Outcome:
+    """What became of one inbound message."""
+
+    conversation_id: int
+    sender_id: str
+    replies: list[OutgoingMessage] = field(default_factory=list)
+    handoff_started: bool = False
+    in_handoff: bool = False
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    conversation_id: int
+    channel: str
+    sender_id: str
+    in_handoff: bool
+    duplicate: bool
+
+
+class MessagePipeline:
+    """Logging, handoff state and the engine, shared by every channel."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        engine: EngineClient,
+        responses: Responses,
+        hub: ConversationHub,
+        *,
+        max_message_chars: int,
+        max_logged_chars: int,
+    ) -> None:
+        self._sessions = sessions
+        self._engine = engine
+        self._responses = responses
+        self._hub = hub
+        self._max_message_chars = max_message_chars
+        self._max_logged_chars = max_logged_chars
+        # One lock per sender keeps each citizen's messages in order; unused locks vanish.
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[key] = lock
+        return lock
+
+    async def handle(
+        self, inbound: Inbound, on_logged: Callable[[int], Awaitable[None]] | None = None
+    ) -> Outcome:
+        """Take one citizen message all the way through.
+
+        Args:
+            inbound: the message.
+            on_logged: called with the conversation id once the message is safely stored
+                (the web chat acknowledges it then).
+        """
+        async with self._lock(f"{inbound.channel}:{inbound.external_id}"):
+            accepted = await self._accept(inbound)
+            if on_logged is not None:
+                await on_logged(accepted.conversation_id)
+            outcome = Outcome(accepted.conversation_id, accepted.sender_id, duplicate=accepted.duplicate)
+            if accepted.duplicate:
+                return outcome
+            if accepted.in_handoff:
+                outcome.in_handoff = True
+                return outcome
+            outcome.replies, outcome.handoff_started = await self._ask_engine(inbound, accepted.sender_id)
+            if outcome.replies:
+                async with self._sessions.begin() as session:
+                    conversation = await session.get(Conversation, accepted.conversation_id)
+                    assert conversation is not None
+                    log_outgoing(session, conversation, outcome.replies)
+            return outcome
+
+    async def _accept(self, inbound: Inbound) -> _Accepted:
+        async with self._sessions.begin() as session:
+            identity = await resolve_identity(session, inbound.channel, inbound.external_id)
+            conversation = await current_conversation(session, identity)
+            duplicate = bool(
+                inbound.client_msg_id
+                and await find_logged_message(session, conversation, inbound.client_msg_id)
+            )
+            if not duplicate:
+                log_incoming(
+                    session,
+                    conversation,
+                    inbound.text,
+                    max_chars=self._max_logged_chars,
+                    client_msg_id=inbound.client_msg_id,
+                )
+            return _Accepted(
+                conversation_id=conversation.id,
+                channel=conversation.channel,
+                sender_id=identity.sender_id,
+                in_handoff=conversation.handoff_status != BOT,
+                duplicate=duplicate,
+            )
+
+    async def _ask_engine(self, inbound: Inbound, sender_id: str) -> tuple[list[OutgoingMessage], bool]:
+        text = inbound.text.strip()
+        if not text and not inbound.payload:
+            return [OutgoingMessage(self._responses.text("utter_empty_message"))], False
+        replies: list[OutgoingMessage] = []
+        if len(text) > self._max_message_chars and not inbound.payload:
+            replies.append(OutgoingMessage(self._responses.text("utter_message_truncated")))
+            text = text[: self._max_message_chars]
+        try:
+            raw = await self._engine.send(sender_id, inbound.payload or text, channel=inbound.channel)
+        except EngineUnavailable as error:
+            logger.warning("engine unavailable for %s: %s", sender_id, error)
+            return [OutgoingMessage(self._responses.text("utter_system_busy"), sender_kind="system")], False
+        handoff_started = False
+        for reply in raw:
+            if _is_handoff_marker(reply):
+                handoff_started = True
+                continue
+            converted = _to_outgoing(reply)
+            if converted is not None:
+                replies.append(converted)
+        return replies, handoff_started
+
+
+def _is_handoff_marker(reply: dict[str, Any]) -> bool:
+    custom = reply.get("custom")
+    return isinstance(custom, dict) and custom.get("handoff") is True
+
+
+def _to_outgoing(reply: dict[str, Any]) -> OutgoingMessage | None:
+    text = reply.get("text")
+    buttons = [
+        {"title": str(button.get("title", "")), "payload": str(button.get("payload", ""))}
+        for button in reply.get("buttons") or []
+        if isinstance(button, dict)
+    ]
+    if not isinstance(text, str) and not buttons:
+        return None
+    return OutgoingMessage(text=text if isinstance(text, str) else "", buttons=buttons or None)
