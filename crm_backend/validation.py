@@ -8,7 +8,7 @@ from crm_backend.errors import InvalidInput
 
 _FULLWIDTH_DIGITS = str.maketrans("０１２３４５６７８９", "0123456789")
 _SEPARATORS = re.compile(r"[\s\-－—()（）]")
-_PHONE_CANDIDATE = re.compile(r"(?:\+?86)?1\d{10}|\d{5,}")
+_PHONE_CANDIDATE = re.compile(r"(?:\+?86)?1\d{10}(?!\d)|\d+")
 _CASE_NUMBER = re.compile(r"(?<!\d)(20\d{6})\s*[-－—]?\s*(\d{4})(?!\d)")
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import func, select
+from sqlalchemy import Integer, cast, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from crm_backend.errors import CrmError
 from crm_backend.lifecycle import CaseStatus
 from crm_backend.models import CaseEvent, ChannelIdentity, Citizen, ServiceCase, utcnow
 from crm_backend.validation import normalise_mobile
@@ -16,6 +17,7 @@ from crm_backend.validation import normalise_mobile
 # Case numbers carry the date as citizens live it (Beijing time), not UTC.
 CHINA_TZ = timezone(timedelta(hours=8))
 MAX_DESCRIPTION_CHARS = 5000
+MAX_DAILY_SEQUENCE = 9999
 
 
 @dataclass(frozen=True)
@@ -32,9 +34,13 @@ async def next_case_number(session: AsyncSession, now: datetime) -> str:
     """The next free number of the day: ``YYYYMMDD-NNNN``, in Beijing time."""
     day = now.astimezone(CHINA_TZ).strftime("%Y%m%d")
     latest = await session.scalar(
-        select(func.max(ServiceCase.case_number)).where(ServiceCase.case_number.like(f"{day}-%"))
+        select(func.max(cast(func.substr(ServiceCase.case_number, 10), Integer))).where(
+            ServiceCase.case_number.like(f"{day}-%")
+        )
     )
-    sequence = int(latest.split("-")[1]) + 1 if latest else 1
+    sequence = (latest or 0) + 1
+    if sequence > MAX_DAILY_SEQUENCE:
+        raise CrmError(f"no case numbers left for {day}")
     return f"{day}-{sequence:04d}"
 
 
