@@ -13,6 +13,7 @@ from actions.handoff import ActionHandoff
 from actions.progress import (
     ActionAskCaseNumber,
     ActionCheckProgress,
+    ActionStartProgress,
     ValidateProgressForm,
 )
 from actions.report import (
@@ -30,6 +31,7 @@ def build_actions(sessions: async_sessionmaker[AsyncSession]) -> list[Action]:
         ValidateReportForm(),
         ActionSubmitReport(sessions),
         ActionCancelRequest(),
+        ActionStartProgress(),
         ValidateProgressForm(sessions),
         ActionAskCaseNumber(sessions),
         ActionCheckProgress(sessions),

@@ -7,12 +7,13 @@ import logging
 from typing import Any
 
 from rasa_sdk import Action, FormValidationAction, Tracker
+from rasa_sdk.events import SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from actions.common import reset_slots
+from actions.common import entity_value, latest_text, reset_slots
 from crm_backend.errors import LookupThrottled
 from crm_backend.models import ServiceCase
 from crm_backend.services.conversations import find_identity
@@ -22,6 +23,19 @@ from crm_backend.validation import parse_case_number, parse_phone_last4
 
 logger = logging.getLogger(__name__)
 RECENT_CASES_OFFERED = 3
+
+
+class ActionStartProgress(Action):
+    """Starts a fresh progress query, keeping a case number the opening message gave."""
+
+    def name(self) -> str:
+        return "action_start_progress"
+
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[dict[str, Any]]:
+        case_number = parse_case_number(latest_text(tracker)) or parse_case_number(
+            entity_value(tracker, "case_number") or ""
+        )
+        return [*reset_slots("phone_last4"), SlotSet("case_number", case_number)]
 
 
 class ValidateProgressForm(FormValidationAction):
@@ -51,7 +65,9 @@ class ValidateProgressForm(FormValidationAction):
     async def validate_case_number(
         self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> dict[str, Any]:
-        case_number = parse_case_number(str(value or ""))
+        if value is None:  # cleared after the last query, nothing to check
+            return {}
+        case_number = parse_case_number(str(value))
         if case_number is None:
             dispatcher.utter_message(response="utter_case_number_invalid")
         return {"case_number": case_number}
@@ -59,7 +75,9 @@ class ValidateProgressForm(FormValidationAction):
     async def validate_phone_last4(
         self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> dict[str, Any]:
-        digits = parse_phone_last4(str(value or ""))
+        if value is None:
+            return {}
+        digits = parse_phone_last4(str(value))
         if digits is None:
             dispatcher.utter_message(response="utter_phone_last4_invalid")
         return {"phone_last4": digits}
@@ -74,9 +92,7 @@ class ActionAskCaseNumber(Action):
     def name(self) -> str:
         return "action_ask_case_number"
 
-    async def run(
-        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
-    ) -> list[dict[str, Any]]:
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[dict[str, Any]]:
         async with self.sessions() as session:
             identity = await find_identity(session, tracker.sender_id)
             numbers: list[str] = []
@@ -108,9 +124,7 @@ class ActionCheckProgress(Action):
     def name(self) -> str:
         return "action_check_progress"
 
-    async def run(
-        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
-    ) -> list[dict[str, Any]]:
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[dict[str, Any]]:
         events = reset_slots("case_number", "phone_last4")
         case_number = tracker.get_slot("case_number")
         if not case_number:

@@ -47,9 +47,7 @@ class ActionStartReport(Action):
     def name(self) -> str:
         return "action_start_report"
 
-    async def run(
-        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
-    ) -> list[dict[str, Any]]:
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[dict[str, Any]]:
         events = reset_slots(*REPORT_SLOTS)
         intent = (tracker.latest_message or {}).get("intent", {}).get("name")
         if intent == "report_issue" and (description := substantive_description(latest_text(tracker))):
@@ -73,7 +71,9 @@ class ValidateReportForm(FormValidationAction):
     async def validate_description(
         self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> dict[str, Any]:
-        description = substantive_description(str(value or ""))
+        if value is None:  # cleared by action_start_report, nothing to check
+            return {}
+        description = substantive_description(str(value))
         if description is None:
             dispatcher.utter_message(response="utter_description_too_short")
         return {"description": description}
@@ -81,7 +81,9 @@ class ValidateReportForm(FormValidationAction):
     async def validate_location(
         self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> dict[str, Any]:
-        location = str(value or "").strip()
+        if value is None:
+            return {}
+        location = str(value).strip()
         if len(re.sub(r"[\s\W_]", "", location)) < MIN_LOCATION_CHARS:
             dispatcher.utter_message(response="utter_location_too_short")
             return {"location": None}
@@ -93,8 +95,10 @@ class ValidateReportForm(FormValidationAction):
     async def validate_contact_phone(
         self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> dict[str, Any]:
+        if value is None:
+            return {}
         try:
-            return {"contact_phone": normalise_mobile(str(value or ""))}
+            return {"contact_phone": normalise_mobile(str(value))}
         except InvalidInput as error:
             dispatcher.utter_message(response=f"utter_{error.reason}")
             return {"contact_phone": None}
@@ -102,6 +106,8 @@ class ValidateReportForm(FormValidationAction):
     async def validate_report_confirmed(
         self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> dict[str, Any]:
+        if value is None:
+            return {}
         if value in ("yes", "no"):
             return {"report_confirmed": value}
         # Free text at the read-back: a new phone number corrects the old one.
@@ -122,9 +128,7 @@ class ActionSubmitReport(Action):
     def name(self) -> str:
         return "action_submit_report"
 
-    async def run(
-        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
-    ) -> list[dict[str, Any]]:
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[dict[str, Any]]:
         events = reset_slots(*REPORT_SLOTS)
         if tracker.get_slot("report_confirmed") != "yes":
             dispatcher.utter_message(response="utter_report_cancelled")
@@ -157,9 +161,7 @@ class ActionCancelRequest(Action):
     def name(self) -> str:
         return "action_cancel_request"
 
-    async def run(
-        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
-    ) -> list[dict[str, Any]]:
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[dict[str, Any]]:
         cancelled_form = next(
             (
                 event.get("name")
