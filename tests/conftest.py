@@ -1,0 +1,31 @@
+"""Fixtures shared by every test: a real, migrated SQLite database per test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from crm_backend.db import create_engine, create_sessionmaker, upgrade_database_async
+from crm_backend.settings import normalise_database_url
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+
+
+@pytest.fixture
+async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """A session factory on a fresh database built by the real migrations."""
+    url = normalise_database_url(f"sqlite:///{tmp_path / 'crm.db'}")
+    await upgrade_database_async(url)
+    engine = create_engine(url)
+    yield create_sessionmaker(engine)
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Where tests keep what a person should be able to look at afterwards (screenshots)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS

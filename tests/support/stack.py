@@ -1,0 +1,187 @@
+"""Start the real engine and the real app on free loopback ports, for tests and benchmarks.
+
+Each `Stack` has its own database, tracker store and secrets under a temporary
+directory, so it never touches `var/` and runs beside a developer's own instance.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "models" / "current.tar.gz"
+RASA = ROOT / ".venv-rasa" / "bin" / "rasa"
+APP_PYTHON = ROOT / ".venv" / "bin" / "python"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.25, what: str = "condition") -> float:  # type: ignore[no-untyped-def]
+    """Poll until `predicate()` is truthy; returns the seconds it took."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            if predicate():
+                return time.monotonic() - started
+        except requests.RequestException:
+            pass
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not reached within {timeout}s")
+
+
+@dataclass
+class Stack:
+    """An engine and an app wired to each other, with their own state directory."""
+
+    workdir: Path
+    app_port: int = field(default_factory=free_port)
+    rasa_port: int = field(default_factory=free_port)
+    database_url: str | None = None
+    engine_timeout_seconds: float = 5.0
+    secrets: dict[str, str] = field(
+        default_factory=lambda: {
+            name: secrets.token_urlsafe(24)
+            for name in ("ENGINE_TOKEN", "ACTION_TOKEN", "API_TOKEN", "REST_CHANNEL_TOKEN")
+        }
+    )
+    engine_proc: subprocess.Popen[bytes] | None = None
+    app_proc: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{self.workdir / 'crm.db'}"
+
+    @property
+    def app_url(self) -> str:
+        return f"http://127.0.0.1:{self.app_port}"
+
+    @property
+    def engine_url(self) -> str:
+        return f"http://127.0.0.1:{self.rasa_port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RASA_", "DATABASE_URL"))}
+        env.update(self.secrets)
+        env.update(
+            APP_PORT=str(self.app_port),
+            RASA_PORT=str(self.rasa_port),
+            DATABASE_URL=str(self.database_url),
+            ENGINE_TIMEOUT_SECONDS=str(self.engine_timeout_seconds),
+            ACTION_ENDPOINT_URL=f"{self.app_url}/webhook",
+            TRACKER_STORE_URL=f"sqlite:///{self.workdir / 'tracker.db'}",
+            RASA_TELEMETRY_ENABLED="false",
+            PYTHONPATH=str(ROOT),
+        )
+        return env
+
+    def start_engine(self) -> float:
+        """Start `rasa run` and wait until its model is loaded; returns start-up seconds."""
+        log = open(self.workdir / "engine.log", "ab")
+        self.engine_proc = subprocess.Popen(
+            [
+                str(RASA),
+                "run",
+                "--enable-api",
+                "--auth-token",
+                self.secrets["ENGINE_TOKEN"],
+                "-i",
+                "127.0.0.1",
+                "-p",
+                str(self.rasa_port),
+                "--model",
+                str(MODEL),
+                "--endpoints",
+                "endpoints.yml",
+                "--credentials",
+                "credentials.yml",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return wait_until(self.engine_ready, timeout=240, what="engine start")
+
+    def engine_ready(self) -> bool:
+        assert self.engine_proc is not None
+        if self.engine_proc.poll() is not None:
+            raise RuntimeError(f"engine exited; see {self.workdir / 'engine.log'}")
+        resp = requests.get(f"{self.engine_url}/status", params={"token": self.secrets["ENGINE_TOKEN"]}, timeout=2)
+        return resp.status_code == 200 and bool(resp.json().get("model_file"))
+
+    def start_app(self, extra_env: dict[str, str] | None = None) -> float:
+        """Start the app and wait until it serves; returns start-up seconds."""
+        log = open(self.workdir / "app.log", "ab")
+        self.app_proc = subprocess.Popen(
+            [str(APP_PYTHON), "-m", "bot"],
+            cwd=ROOT,
+            env={**self.env, **(extra_env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return wait_until(self.app_ready, timeout=60, interval=0.05, what="app start")
+
+    def app_ready(self) -> bool:
+        assert self.app_proc is not None
+        if self.app_proc.poll() is not None:
+            raise RuntimeError(f"app exited; see {self.workdir / 'app.log'}")
+        return requests.get(f"{self.app_url}/healthz", timeout=2).status_code in (200, 503)
+
+    def start(self) -> None:
+        self.start_engine()
+        self.start_app()
+
+    @staticmethod
+    def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+        if proc is None or proc.poll() is not None:
+            return
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def stop_engine(self) -> None:
+        self._stop(self.engine_proc)
+
+    def stop_app(self) -> None:
+        self._stop(self.app_proc)
+
+    def stop(self) -> None:
+        self.stop_app()
+        self.stop_engine()
+
+    # --- talking to it ------------------------------------------------------
+    def rest(self, sender: str, message: str) -> list[dict]:  # type: ignore[type-arg]
+        """One message through the app's REST channel; the bot's replies."""
+        resp = requests.post(
+            f"{self.app_url}/webhooks/rest/webhook",
+            json={"sender": sender, "message": message},
+            headers={"Authorization": f"Bearer {self.secrets['REST_CHANNEL_TOKEN']}"},
+            timeout=30,
+        )
+        resp.raise_for_status()
+        return resp.json()
+
+    def api(self, method: str, path: str, **kwargs) -> requests.Response:  # type: ignore[no-untyped-def]
+        headers = {"Authorization": f"Bearer {self.secrets['API_TOKEN']}", **kwargs.pop("headers", {})}
+        return requests.request(method, f"{self.app_url}/api/v1{path}", headers=headers, timeout=30, **kwargs)

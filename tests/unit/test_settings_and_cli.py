@@ -1,0 +1,197 @@
+"""Settings from the environment, and the operator CLI run as operators run it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from crm_backend.services.conversations import current_conversation, log_incoming, resolve_identity
+from crm_backend.services.intake import Report, file_case
+from crm_backend.settings import PROJECT_ROOT, Settings, SettingsError, database_url_from_env, normalise_database_url
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON = ROOT / ".venv" / "bin" / "python"
+SECRET_NAMES = ("ENGINE_TOKEN", "ACTION_TOKEN", "API_TOKEN", "REST_CHANNEL_TOKEN")
+STATUSES = ("received", "dispatched", "accepted", "in_progress", "resolved", "reviewed", "archived", "returned")
+
+
+def make_env(**overrides: str | None) -> dict[str, str]:
+    """A complete environment with distinct 16+ character secrets; `None` removes a variable."""
+    env = {name: f"{name.lower()}-0123456789abcdef" for name in SECRET_NAMES}
+    env.update({key: value for key, value in overrides.items() if value is not None})
+    for key, value in overrides.items():
+        if value is None:
+            env.pop(key, None)
+    return env
+
+
+def run_cli(*args: str, database: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m crm_backend …` in a subprocess, on the given SQLite file."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DATABASE_URL")}
+    env["DATABASE_URL"] = f"sqlite:///{database}"
+    return subprocess.run(
+        [str(PYTHON), "-m", "crm_backend", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def tables(database: Path) -> set[str]:
+    with sqlite3.connect(database) as connection:
+        rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {name for (name,) in rows}
+
+
+# --- Settings ----------------------------------------------------------------
+
+
+def test_settings_read_secrets_and_defaults() -> None:
+    settings = Settings.from_env(make_env())
+    assert settings.engine_token == "engine_token-0123456789abcdef"
+    assert settings.action_token == "action_token-0123456789abcdef"
+    assert settings.api_token == "api_token-0123456789abcdef"
+    assert settings.rest_channel_token == "rest_channel_token-0123456789abcdef"
+    assert (settings.app_host, settings.app_port) == ("127.0.0.1", 8000)
+    assert settings.rasa_url == "http://127.0.0.1:5005"
+    assert settings.database_url == f"sqlite+aiosqlite:///{PROJECT_ROOT / 'var' / 'crm.db'}"
+    assert settings.engine_timeout_seconds == 5.0
+    assert settings.allowed_origins == ()
+    assert settings.domain_path == PROJECT_ROOT / "domain.yml"
+
+
+@pytest.mark.parametrize("name", SECRET_NAMES)
+def test_a_missing_secret_is_refused(name: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env(make_env(**{name: None}))
+
+
+@pytest.mark.parametrize("name", SECRET_NAMES)
+@pytest.mark.parametrize("value", ["", "short", "x" * 15, "   " + "y" * 15 + "   "])
+def test_a_short_secret_is_refused(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env(make_env(**{name: value}))
+
+
+def test_a_secret_of_exactly_sixteen_characters_is_accepted_and_stripped() -> None:
+    settings = Settings.from_env(make_env(API_TOKEN="  " + "k" * 16 + "\n"))
+    assert settings.api_token == "k" * 16
+
+
+def test_ports_hosts_and_origins_are_read() -> None:
+    settings = Settings.from_env(
+        make_env(
+            APP_HOST="0.0.0.0",
+            APP_PORT="9100",
+            RASA_PORT="5999",
+            ENGINE_TIMEOUT_SECONDS="2.5",
+            ALLOWED_ORIGINS=" https://a.example , https://b.example ,,",
+        )
+    )
+    assert (settings.app_host, settings.app_port) == ("0.0.0.0", 9100)
+    assert settings.rasa_url == "http://127.0.0.1:5999"
+    assert settings.engine_timeout_seconds == 2.5
+    assert settings.allowed_origins == ("https://a.example", "https://b.example")
+
+
+def test_an_explicit_rasa_url_wins_without_its_trailing_slash() -> None:
+    settings = Settings.from_env(make_env(RASA_URL="http://engine:5005/", RASA_PORT="5999"))
+    assert settings.rasa_url == "http://engine:5005"
+
+
+@pytest.mark.parametrize("name", ["APP_PORT", "RASA_PORT", "ENGINE_TIMEOUT_SECONDS"])
+def test_a_malformed_number_is_refused(name: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env(make_env(**{name: "eighty"}))
+
+
+@pytest.mark.parametrize(
+    ("url", "normalised"),
+    [
+        ("sqlite:///var/crm.db", "sqlite+aiosqlite:///var/crm.db"),
+        ("sqlite:////srv/crm/crm.db", "sqlite+aiosqlite:////srv/crm/crm.db"),
+        ("postgresql://crm:pw@db:5432/crm", "postgresql+asyncpg://crm:pw@db:5432/crm"),
+        ("postgres://crm:pw@db/crm", "postgresql+asyncpg://crm:pw@db/crm"),
+        ("sqlite+aiosqlite:///var/crm.db", "sqlite+aiosqlite:///var/crm.db"),
+        ("postgresql+asyncpg://crm@db/crm", "postgresql+asyncpg://crm@db/crm"),
+    ],
+)
+def test_database_urls_are_normalised_to_async_drivers(url: str, normalised: str) -> None:
+    assert normalise_database_url(url) == normalised
+    assert Settings.from_env(make_env(DATABASE_URL=url)).database_url == normalised
+    assert database_url_from_env({"DATABASE_URL": url}) == normalised
+
+
+def test_an_empty_database_url_falls_back_to_the_local_file() -> None:
+    assert database_url_from_env({"DATABASE_URL": ""}) == f"sqlite+aiosqlite:///{PROJECT_ROOT / 'var' / 'crm.db'}"
+
+
+# --- CLI ---------------------------------------------------------------------
+
+
+def test_stats_json_on_an_empty_database_is_one_object_of_zeros(tmp_path: Path) -> None:
+    result = run_cli("stats", "--json", database=tmp_path / "x.db")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1
+    assert json.loads(lines[0]) == {
+        "citizens": 0,
+        "conversations": 0,
+        "messages": 0,
+        "cases": 0,
+        "cases_by_status": dict.fromkeys(STATUSES, 0),
+    }
+
+
+def test_stats_as_text_lists_every_status_with_its_label(tmp_path: Path) -> None:
+    result = run_cli("stats", database=tmp_path / "x.db")
+    assert result.returncode == 0, result.stderr
+    assert "cases          0" in result.stdout.splitlines()
+    assert "  已受理 (received)  0" in result.stdout.splitlines()
+    assert "  退回 (returned)  0" in result.stdout.splitlines()
+
+
+async def test_stats_json_counts_what_the_database_holds(
+    sessions: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    async with sessions.begin() as session:
+        identity = await resolve_identity(session, "web", "abc")
+        conversation = await current_conversation(session, identity)
+        log_incoming(session, conversation, "路灯坏了", max_chars=100)
+        await file_case(
+            session, identity, Report(description="路灯坏了三天", location="朝阳区", contact_phone="13812345678")
+        )
+    result = await asyncio.to_thread(run_cli, "stats", "--json", database=tmp_path / "crm.db")
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout)
+    assert (stats["citizens"], stats["conversations"], stats["messages"], stats["cases"]) == (1, 1, 1, 1)
+    assert stats["cases_by_status"]["received"] == 1
+
+
+def test_migrate_exits_zero_builds_the_schema_and_can_run_again(tmp_path: Path) -> None:
+    database = tmp_path / "nested" / "x.db"
+    first = run_cli("migrate", database=database)
+    assert first.returncode == 0, first.stderr
+    assert {"alembic_version", "citizen", "channel_identity", "conversation", "message", "service_case"} <= tables(
+        database
+    )
+    assert {"case_event", "lookup_attempt"} <= tables(database)
+    again = run_cli("migrate", database=database)
+    assert again.returncode == 0, again.stderr
+
+
+def test_an_unknown_command_exits_non_zero(tmp_path: Path) -> None:
+    result = run_cli("explode", database=tmp_path / "x.db")
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr
+    assert not (tmp_path / "x.db").exists()

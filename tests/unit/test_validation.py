@@ -1,0 +1,148 @@
+"""Phone numbers, case numbers and phone digits as citizens type them into the chat."""
+
+from __future__ import annotations
+
+import pytest
+
+from crm_backend.errors import InvalidInput
+from crm_backend.validation import mask_phone, normalise_mobile, parse_case_number, parse_phone_last4
+
+
+def rejection_reason(text: str) -> str:
+    """The `InvalidInput.reason` normalise_mobile gives for `text` (fails the test if it accepts it)."""
+    with pytest.raises(InvalidInput) as caught:
+        normalise_mobile(text)
+    return caught.value.reason
+
+
+@pytest.mark.parametrize(
+    ("typed", "number"),
+    [
+        ("13812345678", "13812345678"),
+        ("138 1234 5678", "13812345678"),
+        ("138-1234-5678", "13812345678"),
+        ("(138)1234-5678", "13812345678"),
+        ("+86 138 1234 5678", "13812345678"),
+        ("+8613812345678", "13812345678"),
+        ("86 13812345678", "13812345678"),
+        ("8613812345678", "13812345678"),
+        ("１３８１２３４５６７８", "13812345678"),
+        ("８６１３８１２３４５６７８", "13812345678"),
+        ("＋86 138 1234 5678", "13812345678"),
+        ("我的电话是19912345678，谢谢", "19912345678"),
+        ("  15000000000  ", "15000000000"),
+    ],
+)
+def test_mobile_numbers_are_normalised_to_eleven_digits(typed: str, number: str) -> None:
+    assert normalise_mobile(typed) == number
+
+
+@pytest.mark.parametrize(
+    ("typed", "reason"),
+    [
+        ("", "phone_missing"),
+        ("不知道", "phone_missing"),
+        ("--", "phone_missing"),
+        ("1381234567", "phone_length"),
+        ("138 1234 567", "phone_length"),
+        ("+86 1381234567", "phone_length"),
+        ("0086 13812345678", "phone_length"),
+        ("12345678901", "phone_prefix"),
+        ("10012345678", "phone_prefix"),
+        ("23812345678", "phone_prefix"),
+        ("86 12345678901", "phone_prefix"),
+    ],
+)
+def test_invalid_numbers_are_refused_with_the_rule_they_broke(typed: str, reason: str) -> None:
+    assert rejection_reason(typed) == reason
+
+
+@pytest.mark.parametrize("typed", ["138123456789", "1381234567890", "138 1234 56789", "+86 138123456789"])
+def test_too_many_digits_is_a_length_error_not_a_shorter_number(typed: str) -> None:
+    assert rejection_reason(typed) == "phone_length"
+
+
+@pytest.mark.parametrize("typed", ["138", "1381"])
+def test_a_few_digits_are_a_length_error_as_documented(typed: str) -> None:
+    assert rejection_reason(typed) == "phone_length"
+
+
+def test_invalid_input_carries_reason_and_code() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        normalise_mobile("12345678901")
+    assert caught.value.reason == "phone_prefix"
+    assert caught.value.code == "invalid_input"
+
+
+@pytest.mark.parametrize(
+    ("phone", "masked"),
+    [
+        ("13812345678", "138****5678"),
+        ("19900001111", "199****1111"),
+        (None, ""),
+        ("", ""),
+        ("1", "*"),
+        ("123456", "******"),
+    ],
+)
+def test_mask_phone_hides_the_middle_and_never_shows_a_short_number(phone: str | None, masked: str) -> None:
+    assert mask_phone(phone) == masked
+
+
+@pytest.mark.parametrize(
+    ("text", "case_number"),
+    [
+        ("20261123-0007", "20261123-0007"),
+        ("202611230007", "20261123-0007"),
+        ("20261123 0007", "20261123-0007"),
+        ("20261123 - 0007", "20261123-0007"),
+        ("  20261123-0007  ", "20261123-0007"),
+        ("20261123－0007", "20261123-0007"),
+        ("20261123—0007", "20261123-0007"),
+        ("２０２６１１２３－０００７", "20261123-0007"),
+        ("２０２６１１２３０００７", "20261123-0007"),
+        ("我的工单号是20261123-0007，请帮我查一下", "20261123-0007"),
+        ("工单20270101-1234进度如何", "20270101-1234"),
+    ],
+)
+def test_case_numbers_are_found_and_normalised(text: str, case_number: str) -> None:
+    assert parse_case_number(text) == case_number
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "我想查工单",
+        "2026112-0007",  # seven-digit date
+        "2026112-000",
+        "20261123-007",  # three-digit sequence
+        "2026112300071",  # thirteen-digit run
+        "20261123-00071",
+        "120261123-0007",  # digits glued before the date
+        "19991123-0007",  # not a 20xx date
+        "13812345678",
+    ],
+)
+def test_text_without_a_case_number_gives_none(text: str) -> None:
+    assert parse_case_number(text) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "digits"),
+    [
+        ("5678", "5678"),
+        (" 5678 ", "5678"),
+        ("56 78", "5678"),
+        ("56-78", "5678"),
+        ("５６７８", "5678"),
+        ("0000", "0000"),
+    ],
+)
+def test_phone_last4_accepts_exactly_four_digits(text: str, digits: str) -> None:
+    assert parse_phone_last4(text) == digits
+
+
+@pytest.mark.parametrize("text", ["", "567", "56789", "后四位5678", "abcd", "13812345678"])
+def test_phone_last4_refuses_anything_else(text: str) -> None:
+    assert parse_phone_last4(text) is None
