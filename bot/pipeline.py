@@ -12,7 +12,7 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -95,9 +95,7 @@ class MessagePipeline:
             self._locks[key] = lock
         return lock
 
-    async def handle(
-        self, inbound: Inbound, on_logged: Callable[[int], Awaitable[None]] | None = None
-    ) -> Outcome:
+    async def handle(self, inbound: Inbound, on_logged: Callable[[int], Awaitable[None]] | None = None) -> Outcome:
         """Take one citizen message all the way through.
 
         Args:
@@ -105,6 +103,8 @@ class MessagePipeline:
             on_logged: called with the conversation id once the message is safely stored
                 (the web chat acknowledges it then).
         """
+        # Lone surrogates (half an emoji) are valid JSON but not storable UTF-8.
+        inbound = replace(inbound, text=_storable(inbound.text), payload=inbound.payload and _storable(inbound.payload))
         async with self._lock(f"{inbound.channel}:{inbound.external_id}"):
             accepted = await self._accept(inbound)
             if on_logged is not None:
@@ -128,8 +128,7 @@ class MessagePipeline:
             identity = await resolve_identity(session, inbound.channel, inbound.external_id)
             conversation = await current_conversation(session, identity)
             duplicate = bool(
-                inbound.client_msg_id
-                and await find_logged_message(session, conversation, inbound.client_msg_id)
+                inbound.client_msg_id and await find_logged_message(session, conversation, inbound.client_msg_id)
             )
             if not duplicate:
                 log_incoming(
@@ -169,6 +168,10 @@ class MessagePipeline:
             if converted is not None:
                 replies.append(converted)
         return replies, handoff_started
+
+
+def _storable(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _is_handoff_marker(reply: dict[str, Any]) -> bool:

@@ -121,9 +121,7 @@ class WebChat:
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
         if not self._origin_allowed(request):
-            raise web.HTTPForbidden(
-                text=json.dumps({"error": "origin not allowed"}), content_type="application/json"
-            )
+            raise web.HTTPForbidden(text=json.dumps({"error": "origin not allowed"}), content_type="application/json")
         ws = web.WebSocketResponse(heartbeat=30, max_msg_size=MAX_FRAME_BYTES)
         await ws.prepare(request)
         session_token: str | None = None
@@ -158,6 +156,9 @@ class WebChat:
                     await ws.send_json(
                         {"type": "error", "code": error.code, "message": str(error), "id": error.client_msg_id}
                     )
+                except Exception:  # one bad frame must never end the citizen's session
+                    logger.exception("web chat frame failed: %.200r", frame.data)
+                    await ws.send_json({"type": "error", "code": "internal_error", "message": "internal error"})
         finally:
             if conversation_id is not None:
                 self._hub.unregister(conversation_id, ws)
