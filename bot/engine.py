@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -26,7 +25,9 @@ class EngineClient:
         self._token = token
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
 
-    async def send(self, sender_id: str, text: str, *, channel: str, metadata: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    async def send(
+        self, sender_id: str, text: str, *, channel: str, metadata: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
         """One citizen message in; the bot's replies out, in Rasa's REST format.
 
         Raises:
@@ -38,7 +39,7 @@ class EngineClient:
                 if resp.status != 200:
                     raise EngineUnavailable(f"engine answered HTTP {resp.status}")
                 replies = await resp.json()
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as error:
             raise EngineUnavailable(f"{type(error).__name__}: {error}") from error
         if not isinstance(replies, list):
             raise EngineUnavailable("engine reply is not a list")
@@ -57,7 +58,7 @@ class EngineClient:
                 if resp.status != 200:
                     raise EngineUnavailable(f"engine status HTTP {resp.status}")
                 data = await resp.json()
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as error:
             raise EngineUnavailable(f"{type(error).__name__}: {error}") from error
         if not isinstance(data, dict) or not data.get("model_file"):
             raise EngineUnavailable("engine has no model loaded")

@@ -8,7 +8,8 @@ free of app imports: it runs inside the engine's process.
 from __future__ import annotations
 
 import hmac
-from typing import Any, Awaitable, Callable, Dict, Optional, Text
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from rasa.core.channels.channel import UserMessage
 from rasa.core.channels.rest import RestInput
@@ -19,15 +20,15 @@ from sanic.request import Request
 class AppInput(RestInput):
     """Rasa's REST channel format, accepted only with the shared engine token."""
 
-    def __init__(self, token: Text) -> None:
+    def __init__(self, token: str) -> None:
         self.token = token
 
     @classmethod
-    def name(cls) -> Text:
+    def name(cls) -> str:
         return "app"
 
     @classmethod
-    def from_credentials(cls, credentials: Optional[Dict[Text, Any]]) -> "AppInput":
+    def from_credentials(cls, credentials: dict[str, Any] | None) -> "AppInput":
         token = (credentials or {}).get("token") or ""
         if len(token) < 16:
             raise ValueError("the app channel needs a token of at least 16 characters")
@@ -38,7 +39,7 @@ class AppInput(RestInput):
         expected = f"Bearer {self.token}".encode()
 
         @blueprint.middleware("request")
-        async def require_token(request: Request) -> Optional[response.HTTPResponse]:
+        async def require_token(request: Request) -> response.HTTPResponse | None:
             supplied = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(supplied, expected):
                 return response.json({"error": "unauthorized"}, status=401)

@@ -64,4 +64,3 @@ def upgrade_database(database_url: str) -> None:
 async def upgrade_database_async(database_url: str) -> None:
     """Apply pending migrations without blocking the running event loop."""
     await asyncio.to_thread(upgrade_database, database_url)
-

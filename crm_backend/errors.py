@@ -25,6 +25,12 @@ class InvalidInput(CrmError):
         self.reason = reason
 
 
+class MalformedRequest(CrmError):
+    """A request body that is not the JSON it must be."""
+
+    code = "bad_request"
+
+
 class InvalidTransition(CrmError):
     """A case status change the life cycle does not allow."""
 

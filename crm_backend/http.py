@@ -16,6 +16,7 @@ from crm_backend.errors import (
     InvalidInput,
     InvalidTransition,
     LookupThrottled,
+    MalformedRequest,
     NotFound,
 )
 
@@ -23,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _STATUS_FOR_CRM_ERROR: dict[type[CrmError], int] = {
+    MalformedRequest: 400,
     NotFound: 404,
     InvalidInput: 422,
     InvalidTransition: 409,
@@ -79,13 +81,13 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object.
 
     Raises:
-        InvalidInput: if the body is not UTF-8 JSON or not an object.
+        MalformedRequest: if the body is not UTF-8 JSON or not an object.
     """
     raw = await request.read()
     try:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as error:
-        raise InvalidInput("bad_json", "body must be UTF-8 JSON") from error
+        raise MalformedRequest("body must be UTF-8 JSON") from error
     if not isinstance(data, dict):
-        raise InvalidInput("bad_json", "body must be a JSON object")
+        raise MalformedRequest("body must be a JSON object")
     return data

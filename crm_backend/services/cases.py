@@ -63,7 +63,9 @@ async def change_status(
     case.updated_at = utcnow()
     if department:
         case.department = department[:64]
-    event = CaseEvent(case_id=case.id, from_status=current.value, to_status=wanted.value, note=note[:2000], actor=actor[:64])
+    event = CaseEvent(
+        case_id=case.id, from_status=current.value, to_status=wanted.value, note=note[:2000], actor=actor[:64]
+    )
     session.add(event)
     await session.flush()
     return event

@@ -26,9 +26,7 @@ class OutgoingMessage:
 
 async def resolve_identity(session: AsyncSession, channel: str, external_id: str) -> ChannelIdentity:
     """Find the identity for (channel, external id), creating it and its citizen if new."""
-    stmt = select(ChannelIdentity).where(
-        ChannelIdentity.channel == channel, ChannelIdentity.external_id == external_id
-    )
+    stmt = select(ChannelIdentity).where(ChannelIdentity.channel == channel, ChannelIdentity.external_id == external_id)
     identity = await session.scalar(stmt)
     if identity is not None:
         return identity
@@ -50,9 +48,7 @@ async def find_identity(session: AsyncSession, sender_id: str) -> ChannelIdentit
     if not external_id:
         return None
     return await session.scalar(
-        select(ChannelIdentity).where(
-            ChannelIdentity.channel == channel, ChannelIdentity.external_id == external_id
-        )
+        select(ChannelIdentity).where(ChannelIdentity.channel == channel, ChannelIdentity.external_id == external_id)
     )
 
 
@@ -65,10 +61,7 @@ async def current_conversation(
     """
     now = now or utcnow()
     conversation = await session.scalar(
-        select(Conversation)
-        .where(Conversation.identity_id == identity.id)
-        .order_by(Conversation.id.desc())
-        .limit(1)
+        select(Conversation).where(Conversation.identity_id == identity.id).order_by(Conversation.id.desc()).limit(1)
     )
     if conversation is not None and (
         conversation.handoff_status != "bot" or now - conversation.last_message_at < CONVERSATION_IDLE_LIMIT
@@ -83,9 +76,7 @@ async def current_conversation(
 async def find_logged_message(session: AsyncSession, conversation: Conversation, client_msg_id: str) -> Message | None:
     """A citizen message already logged under this client-side id (a resend after reconnect)."""
     return await session.scalar(
-        select(Message).where(
-            Message.conversation_id == conversation.id, Message.client_msg_id == client_msg_id
-        )
+        select(Message).where(Message.conversation_id == conversation.id, Message.client_msg_id == client_msg_id)
     )
 
 
@@ -137,9 +128,6 @@ def log_outgoing(session: AsyncSession, conversation: Conversation, outgoing: li
 async def conversation_history(session: AsyncSession, conversation: Conversation, limit: int = 200) -> list[Message]:
     """The latest ``limit`` messages of a conversation, oldest first."""
     rows = await session.scalars(
-        select(Message)
-        .where(Message.conversation_id == conversation.id)
-        .order_by(Message.id.desc())
-        .limit(limit)
+        select(Message).where(Message.conversation_id == conversation.id).order_by(Message.id.desc()).limit(limit)
     )
     return list(reversed(rows.all()))

@@ -38,9 +38,7 @@ async def case_filed_by(session: AsyncSession, case_number: str, identity: Chann
     """Whether this identity (or another channel of the same citizen) filed the case."""
     if identity is None:
         return False
-    citizen_id = await session.scalar(
-        select(ServiceCase.citizen_id).where(ServiceCase.case_number == case_number)
-    )
+    citizen_id = await session.scalar(select(ServiceCase.citizen_id).where(ServiceCase.case_number == case_number))
     return citizen_id is not None and citizen_id == identity.citizen_id
 
 
@@ -82,9 +80,7 @@ async def lookup_progress(
             raise LookupThrottled("too many failed lookups of this case number")
 
     case = await session.scalar(select(ServiceCase).where(ServiceCase.case_number == case_number))
-    allowed = case is not None and (
-        owner or (phone_last4 is not None and case.contact_phone[-4:] == phone_last4)
-    )
+    allowed = case is not None and (owner or (phone_last4 is not None and case.contact_phone[-4:] == phone_last4))
     session.add(LookupAttempt(sender_key=sender_key, case_number=case_number, succeeded=allowed, created_at=now))
     if not allowed or case is None:
         return None
