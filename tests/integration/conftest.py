@@ -1,0 +1,34 @@
+"""The real engine with the trained model and the real app, started once for the session."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.stack import MODEL, Stack
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    if not MODEL.exists():
+        pytest.fail("no trained model: run bin/setup (bin/test does) before the integration tests")
+    running = Stack(workdir=tmp_path_factory.mktemp("stack"))
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+        for log in ("engine.log", "app.log"):
+            path = Path(running.workdir) / log
+            if path.exists():
+                print(f"--- tail of {log} ---")
+                print("\n".join(path.read_text(errors="replace").splitlines()[-15:]))
+
+
+@pytest.fixture
+def sender() -> str:
+    """A fresh REST sender id, so each test is a new citizen."""
+    return f"test-{uuid.uuid4().hex[:12]}"

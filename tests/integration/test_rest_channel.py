@@ -1,0 +1,196 @@
+"""Chinese conversations through the REST channel against the real engine and the real app."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+
+import pytest
+import requests
+import yaml
+
+from tests.support.stack import ROOT, Stack
+
+RESPONSES = yaml.safe_load((ROOT / "domain.yml").read_text(encoding="utf-8"))["responses"]
+
+
+def response_text(name: str) -> str:
+    return RESPONSES[name][0]["text"]
+
+
+def texts(replies: list[dict]) -> list[str]:
+    return [reply.get("text", "") for reply in replies]
+
+
+def file_report(stack: Stack, sender: str, phone: str = "13912345678") -> str:
+    """Report a problem end to end; returns the case number the bot gave."""
+    assert texts(stack.rest(sender, "路边的井盖丢了好几天了，晚上走路很危险")) == [response_text("utter_ask_location")]
+    assert texts(stack.rest(sender, "A3区五一大道和芙蓉路交叉口")) == [response_text("utter_ask_contact_phone")]
+    readback = stack.rest(sender, phone)
+    assert "井盖丢了" in readback[0]["text"] and phone in readback[0]["text"]
+    assert [b["payload"] for b in readback[0]["buttons"]] == ["/affirm", "/deny"]
+    created = stack.rest(sender, "/affirm")[0]["text"]
+    match = re.search(r"\d{8}-\d{4}", created)
+    assert match, created
+    return match.group(0)
+
+
+def test_rasa_sdk_actions_run_for_the_36_engine_and_file_a_case(stack: Stack, sender: str) -> None:
+    case_number = file_report(stack, sender)
+    case = stack.api("GET", f"/cases/{case_number}").json()
+    assert case["description"] == "路边的井盖丢了好几天了，晚上走路很危险"
+    assert case["location"] == "A3区五一大道和芙蓉路交叉口"
+    assert case["contact_phone"] == "139****5678"
+    assert case["status"] == "received"
+    assert [event["to"] for event in case["events"]] == ["received"]
+
+
+def test_a_place_in_the_opening_message_is_not_asked_again(stack: Stack, sender: str) -> None:
+    replies = stack.rest(sender, "A3区五一大道那个井盖丢了好几天了，晚上很危险")
+    assert texts(replies) == [response_text("utter_ask_contact_phone")]
+    readback = stack.rest(sender, "13912345678")[0]["text"]
+    assert "A3区五一大道" in readback
+
+
+def test_wrong_phone_is_asked_again_with_the_reason(stack: Stack, sender: str) -> None:
+    stack.rest(sender, "我要反映一个问题")
+    stack.rest(sender, "楼下烧烤店天天营业到凌晨三点，油烟和噪音太大了")
+    stack.rest(sender, "K8县丁字街12号")
+    assert texts(stack.rest(sender, "1381234567"))[0] == response_text("utter_phone_length")
+    assert texts(stack.rest(sender, "12812345678"))[0] == response_text("utter_phone_prefix")
+    assert "13812345678" in stack.rest(sender, "138 1234 5678")[0]["text"]
+
+
+def test_filler_only_opening_asks_for_the_description(stack: Stack, sender: str) -> None:
+    assert texts(stack.rest(sender, "我要投诉")) == [response_text("utter_ask_description")]
+
+
+def test_cancel_during_the_form_files_nothing(stack: Stack, sender: str) -> None:
+    before = stack.api("GET", "/stats").json()["cases"]
+    stack.rest(sender, "我们村的路被挖断了半个月没人修")
+    assert texts(stack.rest(sender, "算了不报了")) == [response_text("utter_report_cancelled")]
+    assert stack.api("GET", "/stats").json()["cases"] == before
+
+
+def test_owner_sees_progress_without_digits(stack: Stack, sender: str) -> None:
+    case_number = file_report(stack, sender)
+    reply = stack.rest(sender, f"帮我查一下工单{case_number}")
+    assert "已受理" in reply[0]["text"] and case_number in reply[0]["text"]
+
+
+def test_stranger_needs_the_phone_digits_and_wrong_digits_get_the_neutral_answer(stack: Stack, sender: str) -> None:
+    case_number = file_report(stack, sender, phone="13700001234")
+    stranger, other = f"{sender}-x", f"{sender}-y"
+    assert texts(stack.rest(stranger, f"查询工单进度 {case_number}")) == [response_text("utter_ask_phone_last4")]
+    assert texts(stack.rest(stranger, "9999")) == [response_text("utter_case_lookup_failed")]
+    stack.rest(stranger, f"查询工单进度 {case_number}")
+    assert "已受理" in stack.rest(stranger, "1234")[0]["text"]
+    # An unknown case number gets exactly the same treatment as wrong digits.
+    assert texts(stack.rest(other, "查询工单进度 20200101-9999")) == [response_text("utter_ask_phone_last4")]
+    assert texts(stack.rest(other, "1234")) == [response_text("utter_case_lookup_failed")]
+
+
+def test_repeated_failures_are_throttled(stack: Stack, sender: str) -> None:
+    for _ in range(5):
+        stack.rest(sender, "我的工单20200101-0001到哪了")
+        stack.rest(sender, "0000")
+    stack.rest(sender, "我的工单20200101-0001到哪了")
+    assert texts(stack.rest(sender, "0000")) == [response_text("utter_lookup_throttled")]
+
+
+def test_progress_shows_the_latest_update_from_staff(stack: Stack, sender: str) -> None:
+    case_number = file_report(stack, sender)
+    moved = stack.api(
+        "POST",
+        f"/cases/{case_number}/transitions",
+        json={"to": "dispatched", "department": "A3区城管局", "note": "已转城管局"},
+    )
+    assert moved.status_code == 200, moved.text
+    reply = stack.rest(sender, f"{case_number}处理得怎么样了")[0]["text"]
+    assert "已派单" in reply and "A3区城管局" in reply and "已转城管局" in reply
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("", "utter_empty_message"),
+        ("   \n\t ", "utter_empty_message"),
+        ("x" * 20000, "utter_message_truncated"),
+    ],
+)
+def test_empty_and_huge_messages_get_a_clear_reply_and_are_logged(
+    stack: Stack, sender: str, message: str, expected: str
+) -> None:
+    replies = stack.rest(sender, message)
+    assert replies[0]["text"] == response_text(expected)
+    with sqlite3.connect(stack.workdir / "crm.db") as db:
+        row = db.execute(
+            "SELECT m.text, m.original_length, m.truncated FROM message m "
+            "JOIN conversation c ON c.id = m.conversation_id JOIN channel_identity i ON i.id = c.identity_id "
+            "WHERE i.channel = 'rest' AND i.external_id = ? AND m.direction = 'in'",
+            (sender,),
+        ).fetchone()
+    assert row[1] == len(message)
+    assert bool(row[2]) == (len(message) > 10000)
+    assert len(row[0]) == min(len(message), 10000)
+
+
+@pytest.mark.parametrize("message", ["😀😀😀", "<script>alert('x')</script>", "👍", "ｈｅｌｌｏ　你好"])
+def test_odd_text_gets_an_ordinary_reply(stack: Stack, sender: str, message: str) -> None:
+    replies = stack.rest(sender, message)
+    assert replies and replies[0]["recipient_id"] == sender and replies[0]["text"]
+
+
+def post_raw(stack: Stack, body: bytes, token: str | None = None) -> requests.Response:
+    token = token if token is not None else stack.secrets["REST_CHANNEL_TOKEN"]
+    return requests.post(
+        f"{stack.app_url}/webhooks/rest/webhook",
+        data=body,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        timeout=10,
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [
+        (b"{not json", 400, "bad_request"),
+        (b"\xff\xfe\x00binary", 400, "bad_request"),
+        (b"[1, 2]", 400, "bad_request"),
+        (b'{"message": "hi"}', 422, "invalid_input"),
+        (b'{"sender": 42, "message": "hi"}', 422, "invalid_input"),
+        (b'{"sender": "has space", "message": "hi"}', 422, "invalid_input"),
+        (b'{"sender": "abc", "message": 42}', 422, "invalid_input"),
+        (b'{"sender": "abc", "message": ["a"]}', 422, "invalid_input"),
+        (b'{"sender": "' + b"a" * 101 + b'", "message": "hi"}', 422, "invalid_input"),
+    ],
+)
+def test_malformed_requests_get_a_json_4xx(stack: Stack, body: bytes, status: int, error: str) -> None:
+    resp = post_raw(stack, body)
+    assert resp.status_code == status
+    assert resp.json()["error"] == error
+
+
+@pytest.mark.parametrize("token", ["", "wrong-token-wrong-token"])
+def test_rest_channel_refuses_a_caller_without_the_token(stack: Stack, token: str) -> None:
+    resp = post_raw(stack, b'{"sender": "abc", "message": "hi"}', token=token)
+    assert resp.status_code == 401
+    assert resp.json()["error"] == "unauthorized"
+
+
+def test_the_engine_channel_refuses_callers_without_the_engine_token(stack: Stack) -> None:
+    resp = requests.post(
+        f"{stack.engine_url}/webhooks/app/webhook", json={"sender": "intruder", "message": "你好"}, timeout=10
+    )
+    assert resp.status_code == 401
+
+
+def test_the_action_endpoint_refuses_callers_without_the_action_token(stack: Stack) -> None:
+    resp = requests.post(f"{stack.app_url}/webhook", json={"next_action": "action_handoff"}, timeout=10)
+    assert resp.status_code == 401
+
+
+def test_health_reports_everything_up(stack: Stack) -> None:
+    resp = requests.get(f"{stack.app_url}/healthz", timeout=10)
+    assert resp.status_code == 200
+    assert resp.json()["checks"] == {"app": "ok", "database": "ok", "engine": "ok"}
