@@ -51,6 +51,7 @@ class Stack:
     app_port: int = field(default_factory=free_port)
     rasa_port: int = field(default_factory=free_port)
     database_url: str | None = None
+    tracker_store_url: str | None = None
     engine_timeout_seconds: float = 5.0
     secrets: dict[str, str] = field(
         default_factory=lambda: {
@@ -84,7 +85,7 @@ class Stack:
             DATABASE_URL=str(self.database_url),
             ENGINE_TIMEOUT_SECONDS=str(self.engine_timeout_seconds),
             ACTION_ENDPOINT_URL=f"{self.app_url}/webhook",
-            TRACKER_STORE_URL=f"sqlite:///{self.workdir / 'tracker.db'}",
+            TRACKER_STORE_URL=self.tracker_store_url or f"sqlite:///{self.workdir / 'tracker.db'}",
             RASA_TELEMETRY_ENABLED="false",
             PYTHONPATH=str(ROOT),
         )

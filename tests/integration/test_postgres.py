@@ -1,0 +1,105 @@
+"""Production runs on PostgreSQL: the same migrations, services, actions and a full
+conversation (CRM and engine tracker store) against a real PostgreSQL server.
+
+The unit tests of the services and actions are collected here a second time, with the
+`sessions` fixture overridden to give each test a fresh PostgreSQL database.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from crm_backend.db import create_engine, create_sessionmaker, upgrade_database_async
+from crm_backend.settings import normalise_database_url
+from tests.support.postgres import PostgresServer
+from tests.support.stack import APP_PYTHON, ROOT, Stack
+from tests.unit.test_actions import *  # noqa: F403  (run again on PostgreSQL)
+from tests.unit.test_services import *  # noqa: F403  (run again on PostgreSQL)
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def sessions(postgres: PostgresServer) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Overrides tests/conftest.py: a fresh, migrated PostgreSQL database per test."""
+    url = normalise_database_url(postgres.create_database(f"t_{uuid.uuid4().hex[:12]}"))
+    await upgrade_database_async(url)
+    engine = create_engine(url)
+    yield create_sessionmaker(engine)
+    await engine.dispose()
+
+
+async def test_migrations_create_every_table_on_postgres(sessions: async_sessionmaker[AsyncSession]) -> None:
+    async with sessions() as session:
+        tables = await session.run_sync(lambda sync: set(inspect(sync.connection()).get_table_names()))
+        version = await session.scalar(text("SELECT version_num FROM alembic_version"))
+    assert {"citizen", "channel_identity", "conversation", "message", "service_case", "case_event"} <= tables
+    assert version == "0001"
+
+
+def test_stats_cli_reads_postgres(postgres: PostgresServer) -> None:
+    url = postgres.create_database(f"cli_{uuid.uuid4().hex[:8]}")
+    result = subprocess.run(
+        [str(APP_PYTHON), "-m", "crm_backend", "stats", "--json"],
+        cwd=ROOT,
+        env={"DATABASE_URL": url, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(result.stdout)["cases"] == 0
+
+
+@pytest.fixture(scope="module")
+def pg_stack(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    url = postgres.create_database("stack")
+    running = Stack(workdir=Path(tmp_path_factory.mktemp("pgstack")), database_url=url, tracker_store_url=url)
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+
+
+def test_a_full_conversation_on_postgres_keeps_cases_and_trackers_there(
+    pg_stack: Stack, postgres: PostgresServer
+) -> None:
+    sender = f"pg-{uuid.uuid4().hex[:8]}"
+    pg_stack.rest(sender, "我们单位拖欠了三个月工资一直不发，老板也联系不上")
+    pg_stack.rest(sender, "A7县工业园区12栋")
+    pg_stack.rest(sender, "18612345678")
+    created = pg_stack.rest(sender, "/affirm")[0]["text"]
+    case_number = re.search(r"\d{8}-\d{4}", created)
+    assert case_number, created
+    reply = pg_stack.rest(sender, f"查一下{case_number.group(0)}")[0]["text"]
+    assert "已受理" in reply
+    assert pg_stack.api("GET", f"/cases/{case_number.group(0)}").json()["location"] == "A7县工业园区12栋"
+    events = subprocess.run(
+        [
+            str(postgres.bindir / "psql"),
+            postgres.url("stack"),
+            "-tAc",
+            f"SELECT count(*) FROM events WHERE sender_id = 'rest:{sender}'",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert int(events.stdout.strip()) > 10

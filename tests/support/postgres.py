@@ -1,0 +1,83 @@
+"""A throwaway PostgreSQL server on a free loopback port, for tests and benchmarks.
+
+Uses the Debian server binaries (`bin/test` installs `postgresql` when missing). As root,
+the server runs as the `postgres` user, since PostgreSQL refuses to run as root.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from tests.support.stack import free_port
+
+
+def _bindir() -> Path:
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if os.environ.get("PG_BINDIR"):
+        return Path(os.environ["PG_BINDIR"])
+    if not candidates:
+        raise RuntimeError("PostgreSQL server binaries not found: apt-get install postgresql (bin/test does)")
+    return Path(candidates[-1]).parent
+
+
+class PostgresServer:
+    """initdb + pg_ctl in a private temporary directory; `url` names its `postgres` database."""
+
+    def __init__(self) -> None:
+        self.bindir = _bindir()
+        self.workdir = Path(tempfile.mkdtemp(prefix="crm-pg-"))
+        self.port = free_port()
+        self._as_owner: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.workdir, "postgres", "postgres")
+            self._as_owner = ["runuser", "-u", "postgres", "--"]
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://crm@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([*self._as_owner, *args], check=True, capture_output=True, cwd=self.workdir)
+
+    def start(self) -> None:
+        data = self.workdir / "data"
+        self._run(str(self.bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "crm", "-E", "UTF8", "--no-locale")
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.workdir} -c fsync=off -c max_connections=200"
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(self.workdir / "server.log"),
+            "-o",
+            options,
+            "-w",
+            "start",
+        )
+
+    def create_database(self, name: str) -> str:
+        """A new empty database; returns its URL."""
+        self._run(
+            str(self.bindir / "psql"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "crm",
+            "-d",
+            "postgres",
+            "-c",
+            f'CREATE DATABASE "{name}"',
+        )
+        return self.url(name)
+
+    def stop(self) -> None:
+        try:
+            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.workdir / "data"), "-m", "fast", "-w", "stop")
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
