@@ -53,7 +53,7 @@ class HealthCheck:
             await self._engine.status()
             checks["engine"] = "ok"
         except EngineUnavailable as error:
-            logger.info("health: engine down: %s", error)
+            logger.debug("health: engine down: %s", error)  # polled often while it starts
             checks["engine"] = "down"
         down = [name for name, state in checks.items() if state != "ok"]
         body = {"status": "ok" if not down else "down", "checks": checks, "down": down}
