@@ -16,6 +16,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -155,6 +156,10 @@ class ServiceCase(Base):
     category: Mapped[str | None] = mapped_column(String(32))
     department: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16))
+    department_id: Mapped[int | None] = mapped_column(ForeignKey("department.id"), index=True)
+    urgent: Mapped[bool] = mapped_column(Boolean, default=False)
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    duplicate_of_id: Mapped[int | None] = mapped_column(ForeignKey("service_case.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
@@ -187,4 +192,59 @@ class LookupAttempt(Base):
     sender_key: Mapped[str] = mapped_column(String(160))
     case_number: Mapped[str] = mapped_column(String(20))
     succeeded: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Department(Base):
+    """A body that handles cases: a district bureau or a city-level department."""
+
+    __tablename__ = "department"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(64))
+    district: Mapped[str | None] = mapped_column(String(32))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class CategoryPolicy(Base):
+    """Per first-level category: the reply deadline and the department when no rule matches."""
+
+    __tablename__ = "category_policy"
+
+    category: Mapped[str] = mapped_column(String(32), primary_key=True)
+    deadline_working_days: Mapped[int] = mapped_column(Integer)
+    default_department_id: Mapped[int] = mapped_column(ForeignKey("department.id"))
+
+
+class RoutingRule(Base):
+    """Category × district → department."""
+
+    __tablename__ = "routing_rule"
+    __table_args__ = (UniqueConstraint("category", "district"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    category: Mapped[str] = mapped_column(String(32))
+    district: Mapped[str] = mapped_column(String(32))
+    department_id: Mapped[int] = mapped_column(ForeignKey("department.id"))
+
+
+class RoutingDecision(Base):
+    """Why a case went where it went: the model's view, the rule that fired, the outcome."""
+
+    __tablename__ = "routing_decision"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("service_case.id"), index=True)
+    category: Mapped[str] = mapped_column(String(32))
+    confidence: Mapped[float] = mapped_column(Float)
+    probabilities: Mapped[dict[str, float]] = mapped_column(JSON)
+    suggestions: Mapped[list[str]] = mapped_column(JSON)
+    model_version: Mapped[str] = mapped_column(String(64))
+    rule: Mapped[str] = mapped_column(String(200))
+    department_id: Mapped[int | None] = mapped_column(ForeignKey("department.id"))
+    district: Mapped[str | None] = mapped_column(String(32))
+    queued: Mapped[bool] = mapped_column(Boolean)
+    urgent: Mapped[bool] = mapped_column(Boolean)
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
