@@ -1,0 +1,128 @@
+"""The category classifier's commands: ``python -m crm_backend.dispatch {train,evaluate}``.
+
+``train [--data CSV] [--out PATH]`` trains on the bundled data (or CSV) and writes the model.
+``evaluate FILE.csv [--model PATH]`` scores the model on labelled messages it has not seen
+and prints one JSON object on stdout. Exit codes: 0 done, 1 the model cannot be used,
+2 bad arguments or a CSV that cannot be used (the reason on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from crm_backend.dispatch.classifier import (
+    CATEGORIES,
+    DEFAULT_MODEL_PATH,
+    TRAINING_DATA_PATH,
+    CategoryClassifier,
+    DataError,
+    LabelledMessage,
+    ModelLoadError,
+    read_labelled_csv,
+)
+
+EXIT_MODEL = 1
+EXIT_DATA = 2
+
+
+def train_and_save(data: Path, out: Path) -> CategoryClassifier:
+    """Train on a labelled CSV and write the model.
+
+    Raises:
+        DataError: the CSV cannot be used.
+    """
+    classifier = CategoryClassifier.train(read_labelled_csv(data))
+    classifier.save(out)
+    return classifier
+
+
+def scores(classifier: CategoryClassifier, rows: list[LabelledMessage]) -> dict[str, Any]:
+    """Accuracy, macro F1 and per-category precision, recall, F1 and support.
+
+    Macro F1 is the mean F1 over the categories present in `rows`; every category of
+    `CATEGORIES` is listed in ``per_class`` (support 0 when absent).
+    """
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    truth = [row.label for row in rows]
+    predicted = [prediction.category for prediction in classifier.predict_many([row.text for row in rows])]
+    precision, recall, f1, support = precision_recall_fscore_support(
+        truth, predicted, labels=list(CATEGORIES), zero_division=0
+    )
+    present = [i for i, n in enumerate(support) if n > 0]
+    return {
+        "accuracy": round(float(accuracy_score(truth, predicted)), 4),
+        "macro_f1": round(float(sum(f1[i] for i in present) / len(present)), 4),
+        "per_class": {
+            name: {
+                "precision": round(float(precision[i]), 4),
+                "recall": round(float(recall[i]), 4),
+                "f1": round(float(f1[i]), 4),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(CATEGORIES)
+        },
+        "n": len(rows),
+        "model_version": classifier.model_version,
+    }
+
+
+def _train(args: argparse.Namespace) -> int:
+    try:
+        classifier = train_and_save(args.data, args.out)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_DATA
+    print(f"wrote {args.out}")
+    print(f"model version {classifier.model_version}")
+    print(f"trained on {classifier.trained_rows} messages in {classifier.training_seconds:.1f} s")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    try:
+        rows = read_labelled_csv(args.file)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_DATA
+    if not args.model.exists():
+        print(
+            f"no model at {args.model}: training it first from {TRAINING_DATA_PATH} "
+            "(messages in that file are not unseen: do not evaluate on them)",
+            file=sys.stderr,
+        )
+        try:
+            train_and_save(TRAINING_DATA_PATH, args.model)
+        except DataError as exc:
+            print(f"error: cannot train: {exc}", file=sys.stderr)
+            return EXIT_MODEL
+    try:
+        classifier = CategoryClassifier.load(args.model)
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_MODEL
+    json.dump(scores(classifier, rows), sys.stdout, ensure_ascii=False)
+    sys.stdout.write("\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the process exit code."""
+    parser = argparse.ArgumentParser(prog="python -m crm_backend.dispatch")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train the case-category classifier and write it")
+    train.add_argument("--data", type=Path, default=TRAINING_DATA_PATH, help="labelled CSV (text,label)")
+    train.add_argument("--out", type=Path, default=DEFAULT_MODEL_PATH, help="where to write the model")
+    evaluate = commands.add_parser("evaluate", help="score the model on a labelled CSV of unseen messages")
+    evaluate.add_argument("file", type=Path, help="CSV with text and label columns")
+    evaluate.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="the model to evaluate")
+    args = parser.parse_args(argv)
+    return _train(args) if args.command == "train" else _evaluate(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
