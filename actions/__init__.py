@@ -9,27 +9,22 @@ from __future__ import annotations
 from rasa_sdk import Action
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from actions.dispatch import ActionAskCategoryChoice, ActionAskDistrict, ActionAskReportConfirmed, ActionSubmitReport
 from actions.handoff import ActionHandoff
-from actions.progress import (
-    ActionAskCaseNumber,
-    ActionCheckProgress,
-    ActionStartProgress,
-    ValidateProgressForm,
-)
-from actions.report import (
-    ActionCancelRequest,
-    ActionStartReport,
-    ActionSubmitReport,
-    ValidateReportForm,
-)
+from actions.progress import ActionAskCaseNumber, ActionCheckProgress, ActionStartProgress, ValidateProgressForm
+from actions.report import ActionCancelRequest, ActionStartReport, ValidateReportForm
+from crm_backend.dispatch.service import Dispatcher
 
 
-def build_actions(sessions: async_sessionmaker[AsyncSession]) -> list[Action]:
-    """Every custom action, wired to the CRM database."""
+def build_actions(sessions: async_sessionmaker[AsyncSession], desk: Dispatcher) -> list[Action]:
+    """Every custom action, wired to the CRM database and the dispatch desk."""
     return [
         ActionStartReport(),
-        ValidateReportForm(),
-        ActionSubmitReport(sessions),
+        ValidateReportForm(desk),
+        ActionAskDistrict(desk),
+        ActionAskCategoryChoice(),
+        ActionAskReportConfirmed(sessions, desk),
+        ActionSubmitReport(sessions, desk),
         ActionCancelRequest(),
         ActionStartProgress(),
         ValidateProgressForm(sessions),

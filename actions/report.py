@@ -1,4 +1,4 @@
-"""Reporting a problem: the report form, its validation, filing the case, cancelling."""
+"""Reporting a problem: starting the report form, validating its answers, cancelling."""
 
 from __future__ import annotations
 
@@ -10,21 +10,26 @@ from rasa_sdk import Action, FormValidationAction, Tracker
 from rasa_sdk.events import SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from actions.common import (
-    entity_value,
-    identity_and_conversation,
-    latest_text,
-    reset_slots,
-)
-from crm_backend.errors import CrmError, InvalidInput
-from crm_backend.services.intake import Report, file_case
+from actions.common import entity_value, latest_text, reset_slots
+from crm_backend.dispatch.classifier import CATEGORIES
+from crm_backend.dispatch.location import surface_key
+from crm_backend.dispatch.service import Dispatcher
+from crm_backend.errors import InvalidInput
 from crm_backend.validation import normalise_mobile
 
 logger = logging.getLogger(__name__)
 
-REPORT_SLOTS = ("description", "location", "district", "contact_phone", "report_confirmed")
+REPORT_SLOTS = (
+    "description",
+    "location",
+    "district",
+    "district_candidates",
+    "contact_phone",
+    "category_choice",
+    "category_requested",
+    "report_confirmed",
+)
 # Words that say "I want to report something" without saying what.
 _FILLER = re.compile(
     r"我要|我想|想要|我们|要|想|帮我|帮忙|请问|你好|您好|在吗|一下|一个|这个|那个|问题|事情|情况|"
@@ -33,6 +38,12 @@ _FILLER = re.compile(
 )
 MIN_DESCRIPTION_CHARS = 4
 MIN_LOCATION_CHARS = 2
+
+
+def with_district(location: str, district: str) -> str:
+    """The location, prefixed with its district unless it already names it (in any width or spacing)."""
+    compact = surface_key(location).replace(" ", "")
+    return location if surface_key(district) in compact else f"{district}{location}"
 
 
 def substantive_description(text: str) -> str | None:
@@ -57,16 +68,34 @@ class ActionStartReport(Action):
         if district:
             events.append(SlotSet("district", district))
         if address:
-            location = address if not district or district in address else f"{district}{address}"
-            events.append(SlotSet("location", location))
+            events.append(SlotSet("location", with_district(address, district) if district else address))
         return events
 
 
 class ValidateReportForm(FormValidationAction):
-    """Checks each answer of the report form and says why one is refused."""
+    """Checks each answer of the report form and says why one is refused.
+
+    Asks for the district only when the place named does not settle it, and for the
+    category only when the citizen wants to correct it.
+    """
+
+    def __init__(self, desk: Dispatcher) -> None:
+        self.desk = desk
 
     def name(self) -> str:
         return "validate_report_form"
+
+    async def required_slots(
+        self, domain_slots: list[str], dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> list[str]:
+        # A slot is validated only while it is listed, so district and category_choice stay
+        # listed once they are in play, even after they are filled.
+        slots = [slot for slot in domain_slots if slot not in ("district", "category_choice")]
+        if tracker.get_slot("location"):
+            slots.insert(slots.index("location") + 1, "district")
+        if tracker.get_slot("category_requested") or tracker.get_slot("category_choice"):
+            slots.insert(slots.index("report_confirmed"), "category_choice")
+        return slots
 
     async def validate_description(
         self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
@@ -83,14 +112,30 @@ class ValidateReportForm(FormValidationAction):
     ) -> dict[str, Any]:
         if value is None:
             return {}
-        location = str(value).strip()
+        location = str(value).strip()[:200]
         if len(re.sub(r"[\s\W_]", "", location)) < MIN_LOCATION_CHARS:
             dispatcher.utter_message(response="utter_location_too_short")
             return {"location": None}
-        district = tracker.get_slot("district")
-        if district and district not in location:
-            location = f"{district}{location}"
-        return {"location": location[:200]}
+        found = self.desk.locate(f"{location} {tracker.get_slot('description') or ''}", tracker.get_slot("district"))
+        if found.district and not found.ambiguous:
+            return {"location": with_district(location, found.district), "district": found.district}
+        return {"location": location, "district": None, "district_candidates": found.candidates or self.desk.districts}
+
+    async def validate_district(
+        self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> dict[str, Any]:
+        if value is None:
+            return {}
+        gazetteer = self.desk.locator.gazetteer
+        district = gazetteer.canonical_district(str(value))
+        if district is not None and gazetteer.districts[district].is_city:
+            district = None  # a city is not a district: its districts are the candidates
+        if district is None:
+            if tracker.get_slot("requested_slot") == "district":
+                dispatcher.utter_message(response="utter_district_invalid")
+            return {"district": None}
+        location = tracker.get_slot("location")
+        return {"district": district, "location": with_district(location, district) if location else None}
 
     async def validate_contact_phone(
         self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
@@ -103,56 +148,38 @@ class ValidateReportForm(FormValidationAction):
             dispatcher.utter_message(response=f"utter_{error.reason}")
             return {"contact_phone": None}
 
+    async def validate_category_choice(
+        self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if str(value) not in CATEGORIES:
+            dispatcher.utter_message(response="utter_category_invalid")
+            return {"category_choice": None}
+        return {"category_choice": str(value), "category_requested": False}
+
     async def validate_report_confirmed(
         self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> dict[str, Any]:
         if value is None:
             return {}
+        intent = (tracker.latest_message or {}).get("intent", {}).get("name")
+        if intent == "correct_category":
+            chosen = entity_value(tracker, "category")
+            if chosen in CATEGORIES:
+                return {"category_choice": chosen, "category_requested": False, "report_confirmed": None}
+            return {"category_requested": True, "category_choice": None, "report_confirmed": None}
+        if intent == "correct_location":
+            return {"location": None, "district": None, "report_confirmed": None}
         if value in ("yes", "no"):
             return {"report_confirmed": value}
         # Free text at the read-back: a new phone number corrects the old one.
         try:
-            phone = normalise_mobile(str(value or ""))
+            phone = normalise_mobile(str(value))
         except InvalidInput:
             dispatcher.utter_message(response="utter_confirm_please")
             return {"report_confirmed": None}
         return {"contact_phone": phone, "report_confirmed": None}
-
-
-class ActionSubmitReport(Action):
-    """Files the confirmed report as a case and tells the citizen its number."""
-
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
-        self.sessions = sessions
-
-    def name(self) -> str:
-        return "action_submit_report"
-
-    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[dict[str, Any]]:
-        events = reset_slots(*REPORT_SLOTS)
-        if tracker.get_slot("report_confirmed") != "yes":
-            dispatcher.utter_message(response="utter_report_cancelled")
-            return events
-        report = Report(
-            description=tracker.get_slot("description") or "",
-            location=tracker.get_slot("location") or "",
-            contact_phone=tracker.get_slot("contact_phone") or "",
-            district=tracker.get_slot("district"),
-        )
-        try:
-            async with self.sessions.begin() as session:
-                identity, conversation = await identity_and_conversation(session, tracker)
-                if identity is None:
-                    raise CrmError(f"unknown sender {tracker.sender_id!r}")
-                case = await file_case(
-                    session, identity, report, conversation_id=conversation.id if conversation else None
-                )
-        except CrmError:
-            logger.exception("filing a case failed for sender %s", tracker.sender_id)
-            dispatcher.utter_message(response="utter_case_failed")
-            return events
-        dispatcher.utter_message(response="utter_case_created", case_number=case.case_number)
-        return [*events, SlotSet("filed_case_number", case.case_number)]
 
 
 class ActionCancelRequest(Action):

@@ -7,6 +7,7 @@ collaborators and registers the routes; `on_cleanup` closes what it opened.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -27,6 +28,9 @@ from bot.pipeline import MessagePipeline
 from bot.responses import Responses
 from crm_backend.api import CrmApi
 from crm_backend.db import create_engine, create_sessionmaker, upgrade_database_async
+from crm_backend.dispatch.routing import DATA_DIR as ROUTING_DATA_DIR
+from crm_backend.dispatch.routing import seed_routing
+from crm_backend.dispatch.service import Dispatcher
 from crm_backend.http import error_middleware, json_response
 from crm_backend.settings import Settings
 
@@ -67,6 +71,10 @@ async def init_app(settings: Settings) -> web.Application:
     await upgrade_database_async(settings.database_url)
     db_engine = create_engine(settings.database_url)
     sessions = create_sessionmaker(db_engine)
+    async with sessions.begin() as session:
+        if await seed_routing(session):
+            logger.info("loaded departments and routing rules from %s", ROUTING_DATA_DIR)
+    desk = await asyncio.to_thread(Dispatcher.load, settings.category_model_path)
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
     hub = ConversationHub()
     engine = EngineClient(http, settings.rasa_url, settings.engine_token, settings.engine_timeout_seconds)
@@ -79,7 +87,7 @@ async def init_app(settings: Settings) -> web.Application:
         max_logged_chars=settings.max_logged_chars,
     )
     executor = ActionExecutor()
-    for action in build_actions(sessions):
+    for action in build_actions(sessions, desk):
         executor.register_action(action)
 
     app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)

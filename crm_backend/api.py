@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from crm_backend.errors import InvalidInput, NotFound
 from crm_backend.http import json_response, read_json_object, require_bearer
 from crm_backend.lifecycle import CaseStatus
-from crm_backend.models import CaseEvent, Conversation, Message, ServiceCase
+from crm_backend.models import CaseEvent, Conversation, Message, RoutingDecision, ServiceCase
 from crm_backend.services import cases, handoff
 from crm_backend.services.conversations import conversation_history
 from crm_backend.services.stats import collect_stats
@@ -33,6 +33,22 @@ class ConversationNotifier(Protocol):
         """Tell the citizen the bot is back."""
 
 
+def routing_json(decision: RoutingDecision) -> dict[str, Any]:
+    return {
+        "category": decision.category,
+        "confidence": decision.confidence,
+        "probabilities": decision.probabilities,
+        "suggestions": decision.suggestions,
+        "model_version": decision.model_version,
+        "rule": decision.rule,
+        "district": decision.district,
+        "queued": decision.queued,
+        "urgent": decision.urgent,
+        "due_at": decision.due_at.isoformat() if decision.due_at else None,
+        "at": decision.created_at.isoformat(),
+    }
+
+
 def case_json(case: ServiceCase, *, events: list[CaseEvent] | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "case_number": case.case_number,
@@ -44,6 +60,8 @@ def case_json(case: ServiceCase, *, events: list[CaseEvent] | None = None) -> di
         "category": case.category,
         "department": case.department,
         "contact_phone": mask_phone(case.contact_phone),
+        "urgent": case.urgent,
+        "due_at": case.due_at.isoformat() if case.due_at else None,
         "created_at": case.created_at.isoformat(),
         "updated_at": case.updated_at.isoformat(),
     }
@@ -128,7 +146,11 @@ class CrmApi:
         require_bearer(request, self._token)
         async with self._sessions() as session:
             case = await cases.get_case(session, request.match_info["case_number"], with_events=True)
-            return json_response(case_json(case, events=list(case.events)))
+            body = case_json(case, events=list(case.events))
+            body["routing"] = [routing_json(decision) for decision in await cases.routing_decisions(session, case)]
+            duplicate_of = await cases.case_number_of(session, case.duplicate_of_id)
+            body["duplicate_of"] = duplicate_of
+            return json_response(body)
 
     async def transition(self, request: web.Request) -> web.Response:
         require_bearer(request, self._token)

@@ -51,6 +51,7 @@ class Settings:
     engine_timeout_seconds: float
     allowed_origins: tuple[str, ...]
     domain_path: Path
+    category_model_path: Path
     max_message_chars: int = 2000
     max_logged_chars: int = 10000
 
@@ -90,6 +91,9 @@ class Settings:
             engine_timeout_seconds=number("ENGINE_TIMEOUT_SECONDS", "5"),
             allowed_origins=origins,
             domain_path=Path(env.get("DOMAIN_PATH", str(PROJECT_ROOT / "domain.yml"))),
+            category_model_path=Path(
+                env.get("CATEGORY_MODEL_PATH", str(PROJECT_ROOT / "models" / "category_classifier.joblib"))
+            ),
         )
 
 

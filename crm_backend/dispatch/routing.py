@@ -36,9 +36,14 @@ DISPATCH_ACTOR = "dispatch"
 class Prediction(Protocol):
     """What routing needs from the category classifier."""
 
-    category: str
-    confidence: float
-    needs_manual_dispatch: bool
+    @property
+    def category(self) -> str: ...
+
+    @property
+    def confidence(self) -> float: ...
+
+    @property
+    def needs_manual_dispatch(self) -> bool: ...
 
     @property
     def top(self) -> list[tuple[str, float]]: ...

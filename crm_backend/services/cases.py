@@ -8,7 +8,7 @@ from sqlalchemy.orm import selectinload
 
 from crm_backend.errors import InvalidInput, NotFound
 from crm_backend.lifecycle import CaseStatus, check_transition
-from crm_backend.models import CaseEvent, ServiceCase, utcnow
+from crm_backend.models import CaseEvent, RoutingDecision, ServiceCase, utcnow
 
 MAX_PAGE = 200
 
@@ -26,6 +26,21 @@ async def get_case(session: AsyncSession, case_number: str, *, with_events: bool
     if case is None:
         raise NotFound(f"case {case_number}")
     return case
+
+
+async def routing_decisions(session: AsyncSession, case: ServiceCase) -> list[RoutingDecision]:
+    """Every routing decision taken for a case, oldest first."""
+    rows = await session.scalars(
+        select(RoutingDecision).where(RoutingDecision.case_id == case.id).order_by(RoutingDecision.id)
+    )
+    return list(rows.all())
+
+
+async def case_number_of(session: AsyncSession, case_id: int | None) -> str | None:
+    """The number of a case given its id (None for None)."""
+    if case_id is None:
+        return None
+    return await session.scalar(select(ServiceCase.case_number).where(ServiceCase.id == case_id))
 
 
 async def list_cases(

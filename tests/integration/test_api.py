@@ -29,7 +29,7 @@ def test_every_api_route_refuses_a_caller_without_the_token(stack: Stack, method
 
 def test_case_list_masks_phone_numbers(stack: Stack, sender: str) -> None:
     case_number = file_report(stack, sender, phone="13612345678")
-    cases = stack.api("GET", "/cases", params={"status": "received", "limit": 200}).json()["cases"]
+    cases = stack.api("GET", "/cases", params={"limit": 200}).json()["cases"]
     listed = next(case for case in cases if case["case_number"] == case_number)
     assert listed["contact_phone"] == "136****5678"
     assert "13612345678" not in str(cases)
@@ -40,7 +40,7 @@ def test_invalid_transition_is_refused_with_409_and_changes_nothing(stack: Stack
     resp = stack.api("POST", f"/cases/{case_number}/transitions", json={"to": "archived"})
     assert resp.status_code == 409
     assert resp.json()["error"] == "invalid_transition"
-    assert stack.api("GET", f"/cases/{case_number}").json()["status"] == "received"
+    assert stack.api("GET", f"/cases/{case_number}").json()["status"] in ("received", "dispatched")
 
 
 def test_unknown_case_and_bad_status_are_json_errors(stack: Stack) -> None:
@@ -55,5 +55,6 @@ def test_stats_count_cases_by_status(stack: Stack, sender: str) -> None:
     file_report(stack, sender)
     after = stack.api("GET", "/stats").json()
     assert after["cases"] == before["cases"] + 1
-    assert after["cases_by_status"]["received"] == before["cases_by_status"]["received"] + 1
+    gained = {k: after["cases_by_status"][k] - v for k, v in before["cases_by_status"].items()}
+    assert sorted(gained.values()) == [0] * (len(gained) - 1) + [1]
     assert after["messages"] > before["messages"]

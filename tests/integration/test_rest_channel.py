@@ -26,9 +26,14 @@ def file_report(stack: Stack, sender: str, phone: str = "13912345678") -> str:
     """Report a problem end to end; returns the case number the bot gave."""
     assert texts(stack.rest(sender, "路边的井盖丢了好几天了，晚上走路很危险")) == [response_text("utter_ask_location")]
     assert texts(stack.rest(sender, "A3区五一大道和芙蓉路交叉口")) == [response_text("utter_ask_contact_phone")]
-    readback = stack.rest(sender, phone)
-    assert "井盖丢了" in readback[0]["text"] and phone in readback[0]["text"]
-    assert [b["payload"] for b in readback[0]["buttons"]] == ["/affirm", "/deny"]
+    summary, preview = stack.rest(sender, phone)
+    assert "井盖丢了" in summary["text"] and phone in summary["text"]
+    # Several tests file this report in one engine session: later ones meet the earlier case as
+    # a duplicate (buttons 仍然提交 / 不用了); both offer /affirm.
+    assert [b["payload"] for b in preview["buttons"]] in (
+        ["/affirm", "/correct_category", "/correct_location", "/deny"],
+        ["/affirm", "/deny"],
+    )
     created = stack.rest(sender, "/affirm")[0]["text"]
     match = re.search(r"\d{8}-\d{4}", created)
     assert match, created
@@ -41,15 +46,16 @@ def test_rasa_sdk_actions_run_for_the_36_engine_and_file_a_case(stack: Stack, se
     assert case["description"] == "路边的井盖丢了好几天了，晚上走路很危险"
     assert case["location"] == "A3区五一大道和芙蓉路交叉口"
     assert case["contact_phone"] == "139****5678"
-    assert case["status"] == "received"
-    assert [event["to"] for event in case["events"]] == ["received"]
+    routed = not case["routing"][0]["queued"]
+    assert case["status"] == ("dispatched" if routed else "received")
+    assert [event["to"] for event in case["events"]] == (["received", "dispatched"] if routed else ["received"])
 
 
 def test_a_place_in_the_opening_message_is_not_asked_again(stack: Stack, sender: str) -> None:
     replies = stack.rest(sender, "A3区五一大道那个井盖丢了好几天了，晚上很危险")
     assert texts(replies) == [response_text("utter_ask_contact_phone")]
-    readback = stack.rest(sender, "13912345678")[0]["text"]
-    assert "A3区五一大道" in readback
+    summary = stack.rest(sender, "13912345678")[0]["text"]
+    assert "A3区五一大道" in summary
 
 
 def test_wrong_phone_is_asked_again_with_the_reason(stack: Stack, sender: str) -> None:
@@ -74,8 +80,9 @@ def test_cancel_during_the_form_files_nothing(stack: Stack, sender: str) -> None
 
 def test_owner_sees_progress_without_digits(stack: Stack, sender: str) -> None:
     case_number = file_report(stack, sender)
+    status = stack.api("GET", f"/cases/{case_number}").json()["status_label"]
     reply = stack.rest(sender, f"帮我查一下工单{case_number}")
-    assert "已受理" in reply[0]["text"] and case_number in reply[0]["text"]
+    assert status in reply[0]["text"] and case_number in reply[0]["text"]
 
 
 def test_stranger_needs_the_phone_digits_and_wrong_digits_get_the_neutral_answer(stack: Stack, sender: str) -> None:
@@ -84,7 +91,7 @@ def test_stranger_needs_the_phone_digits_and_wrong_digits_get_the_neutral_answer
     assert texts(stack.rest(stranger, f"查询工单进度 {case_number}")) == [response_text("utter_ask_phone_last4")]
     assert texts(stack.rest(stranger, "9999")) == [response_text("utter_case_lookup_failed")]
     stack.rest(stranger, f"查询工单进度 {case_number}")
-    assert "已受理" in stack.rest(stranger, "1234")[0]["text"]
+    assert case_number in stack.rest(stranger, "1234")[0]["text"]
     # An unknown case number gets exactly the same treatment as wrong digits.
     assert texts(stack.rest(other, "查询工单进度 20200101-9999")) == [response_text("utter_ask_phone_last4")]
     assert texts(stack.rest(other, "1234")) == [response_text("utter_case_lookup_failed")]

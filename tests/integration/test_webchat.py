@@ -14,6 +14,7 @@ import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from functools import cache
 from typing import Any
 
@@ -21,6 +22,7 @@ import aiohttp
 import pytest
 import yaml
 
+from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.settings import Settings
 from tests.support.stack import ROOT, Stack
 
@@ -55,6 +57,33 @@ def utter_buttons(name: str) -> list[dict[str, str]]:
 
 def texts(messages: list[dict[str, Any]]) -> list[str]:
     return [message["text"] for message in messages]
+
+
+def day_text(iso: str) -> str:
+    """A deadline from the API as the bot writes it to citizens: 12月8日 (Beijing time)."""
+    local = datetime.fromisoformat(iso).astimezone(CHINA_TZ)
+    return f"{local.month}月{local.day}日"
+
+
+def expected_preview(case: dict[str, Any]) -> str:
+    """The dispatch preview the citizen should have been shown, from the routing the API records."""
+    [decision] = case["routing"]
+    if decision["queued"]:
+        return utter("utter_dispatch_preview_manual", suggestions="、".join(decision["suggestions"]))
+    if decision["urgent"]:
+        return utter("utter_dispatch_preview_urgent", category=case["category"], department=case["department"])
+    return utter(
+        "utter_dispatch_preview", category=case["category"], department=case["department"], due=day_text(case["due_at"])
+    )
+
+
+def expected_created(case: dict[str, Any]) -> str:
+    """The bot's answer to the confirmation, from the routing the API records."""
+    [decision] = case["routing"]
+    if decision["queued"]:
+        return utter("utter_case_created_queued", case_number=case["case_number"])
+    due = "今天" if decision["urgent"] else day_text(case["due_at"])
+    return utter("utter_case_created_routed", case_number=case["case_number"], department=case["department"], due=due)
 
 
 # --- the client -----------------------------------------------------------------------------
@@ -227,34 +256,43 @@ async def test_report_conversation_files_a_case(stack: Stack, chat: ChatClient) 
     refused = await chat.say(SHORT_PHONE)
     assert texts(refused) == [utter("utter_phone_length"), utter("utter_ask_contact_phone")]
 
-    readback = await chat.say(PHONE)
-    assert len(readback) == 1
-    text = readback[0]["text"]
+    summary, preview = await chat.say(PHONE)
+    text = summary["text"]
     assert f"问题描述：{PROBLEM}" in text
     assert f"发生地点：{LOCATION}" in text
     assert f"联系电话：{PHONE}" in text
-    assert text == utter("utter_ask_report_confirmed", description=PROBLEM, location=LOCATION, contact_phone=PHONE)
-    assert readback[0]["buttons"] == [
+    assert text == utter("utter_report_summary", description=PROBLEM, location=LOCATION, contact_phone=PHONE)
+    assert summary["buttons"] == []
+    assert preview["buttons"] == [
         {"title": "确认提交", "payload": "/affirm"},
+        {"title": "更正类别", "payload": "/correct_category"},
+        {"title": "更正地点", "payload": "/correct_location"},
         {"title": "取消", "payload": "/deny"},
     ]
+    assert preview["text"].endswith("确认提交吗？"), preview
 
     done = await chat.say("确认提交", payload="/affirm")
     assert len(done) == 1
     match = re.search(r"工单号：(\d{8}-\d{4})", done[0]["text"])
     assert match, done
     number = match.group(1)
-    assert done[0]["text"] == utter("utter_case_created", case_number=number)
 
     resp = stack.api("GET", f"/cases/{number}")
     assert resp.status_code == 200, resp.text
     case = resp.json()
+    assert preview["text"] == expected_preview(case)
+    assert done[0]["text"] == expected_created(case)
     assert case["case_number"] == number
     assert case["description"] == PROBLEM
     assert case["location"] == LOCATION
+    assert case["district"] == "A3区"
     assert case["contact_phone"] == "138****5678"
-    assert case["status"] == "received"
-    assert case["status_label"] == "已受理"
+    assert case["duplicate_of"] is None
+    routed = not case["routing"][0]["queued"]
+    assert (case["status"], case["status_label"]) == (("dispatched", "已派单") if routed else ("received", "已受理"))
+    assert [event["to"] for event in case["events"]] == (["received", "dispatched"] if routed else ["received"])
+    if routed:
+        assert case["department"] and case["due_at"]
 
 
 async def test_progress_query_offers_own_case_without_phone_digits(stack: Stack, chat: ChatClient) -> None:
@@ -266,10 +304,11 @@ async def test_progress_query_offers_own_case_without_phone_digits(stack: Stack,
     assert [b["title"] for b in buttons] == [number]
     assert number in buttons[0]["payload"]
 
+    status = stack.api("GET", f"/cases/{number}").json()["status_label"]
     answer = await chat.click(buttons[0])
     assert len(answer) == 1, answer
     assert utter("utter_ask_phone_last4") not in texts(answer)
-    assert f"工单 {number} 当前状态：已受理。" in answer[0]["text"]
+    assert f"工单 {number} 当前状态：{status}。" in answer[0]["text"]
 
     # Someone else asking about the same number must prove they know the phone.
     async with open_chat(stack) as stranger:
@@ -280,7 +319,7 @@ async def test_progress_query_offers_own_case_without_phone_digits(stack: Stack,
         asked = await stranger.say(number)
         assert texts(asked) == [utter("utter_ask_phone_last4")]
         answer = await stranger.say(PHONE[-4:])
-        assert f"工单 {number} 当前状态：已受理。" in answer[0]["text"]
+        assert f"工单 {number} 当前状态：{status}。" in answer[0]["text"]
 
 
 async def test_reconnect_with_session_restores_history(stack: Stack, chat: ChatClient) -> None:

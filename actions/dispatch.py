@@ -1,0 +1,185 @@
+"""The end of the report form: where the case will go, the read-back, and filing it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from typing import Any
+
+from rasa_sdk import Action, Tracker
+from rasa_sdk.events import SlotSet
+from rasa_sdk.executor import CollectingDispatcher
+from rasa_sdk.types import DomainDict
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from actions.common import identity_and_conversation, reset_slots
+from actions.report import REPORT_SLOTS
+from crm_backend.dispatch.classifier import CATEGORIES
+from crm_backend.dispatch.deadlines import CHINA_TZ
+from crm_backend.dispatch.service import Dispatcher, Preview
+from crm_backend.errors import CrmError
+from crm_backend.services.intake import Report, file_case
+
+logger = logging.getLogger(__name__)
+
+CONFIRM_BUTTONS = [
+    {"title": "确认提交", "payload": "/affirm"},
+    {"title": "更正类别", "payload": "/correct_category"},
+    {"title": "更正地点", "payload": "/correct_location"},
+    {"title": "取消", "payload": "/deny"},
+]
+DUPLICATE_BUTTONS = [
+    {"title": "仍然提交", "payload": "/affirm"},
+    {"title": "不用了", "payload": "/deny"},
+]
+
+
+def due_text(due: datetime | None) -> str:
+    """A deadline as citizens read it: 11月30日."""
+    if due is None:
+        return ""
+    local = due.astimezone(CHINA_TZ)
+    return f"{local.month}月{local.day}日"
+
+
+def report_from(tracker: Tracker) -> Report:
+    return Report(
+        description=tracker.get_slot("description") or "",
+        location=tracker.get_slot("location") or "",
+        contact_phone=tracker.get_slot("contact_phone") or "",
+        district=tracker.get_slot("district"),
+    )
+
+
+async def preview_report(desk: Dispatcher, session: AsyncSession, tracker: Tracker) -> Preview:
+    report = report_from(tracker)
+    return await desk.preview(
+        session,
+        description=report.description,
+        location_text=report.location,
+        district_hint=report.district,
+        category_override=chosen if (chosen := tracker.get_slot("category_choice")) in CATEGORIES else None,
+    )
+
+
+class ActionAskDistrict(Action):
+    """Asks which district, offering the candidates as buttons."""
+
+    def __init__(self, desk: Dispatcher) -> None:
+        self.desk = desk
+
+    def name(self) -> str:
+        return "action_ask_district"
+
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[dict[str, Any]]:
+        candidates = tracker.get_slot("district_candidates") or self.desk.districts
+        buttons = [
+            {"title": name, "payload": "/give_location" + json.dumps({"district": name}, ensure_ascii=False)}
+            for name in candidates[:12]
+        ]
+        dispatcher.utter_message(response="utter_choose_district", buttons=buttons)
+        return []
+
+
+class ActionAskCategoryChoice(Action):
+    """Offers the first-level categories as buttons."""
+
+    def name(self) -> str:
+        return "action_ask_category_choice"
+
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[dict[str, Any]]:
+        buttons = [
+            {"title": name, "payload": "/correct_category" + json.dumps({"category": name}, ensure_ascii=False)}
+            for name in CATEGORIES
+        ]
+        dispatcher.utter_message(response="utter_choose_category", buttons=buttons)
+        return []
+
+
+class ActionAskReportConfirmed(Action):
+    """Reads the report back with where it will go and by when, or with the open case it repeats."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], desk: Dispatcher) -> None:
+        self.sessions = sessions
+        self.desk = desk
+
+    def name(self) -> str:
+        return "action_ask_report_confirmed"
+
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[dict[str, Any]]:
+        async with self.sessions() as session:
+            preview = await preview_report(self.desk, session, tracker)
+        report = report_from(tracker)
+        dispatcher.utter_message(
+            response="utter_report_summary",
+            description=report.description,
+            location=report.location,
+            contact_phone=report.contact_phone,
+        )
+        plan = preview.plan
+        if preview.duplicate is not None:
+            dispatcher.utter_message(
+                response="utter_duplicate_found", case_number=preview.duplicate.case_number, buttons=DUPLICATE_BUTTONS
+            )
+        elif plan.queued:
+            dispatcher.utter_message(
+                response="utter_dispatch_preview_manual",
+                suggestions="、".join(plan.suggestions),
+                buttons=CONFIRM_BUTTONS,
+            )
+        else:
+            dispatcher.utter_message(
+                response="utter_dispatch_preview_urgent" if plan.urgent else "utter_dispatch_preview",
+                category=plan.category,
+                department=plan.department_name,
+                due=due_text(plan.due_at),
+                buttons=CONFIRM_BUTTONS,
+            )
+        return []
+
+
+class ActionSubmitReport(Action):
+    """Files the confirmed report as a case, routes it, and tells the citizen where it went."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], desk: Dispatcher) -> None:
+        self.sessions = sessions
+        self.desk = desk
+
+    def name(self) -> str:
+        return "action_submit_report"
+
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[dict[str, Any]]:
+        events = reset_slots(*REPORT_SLOTS)
+        try:
+            async with self.sessions.begin() as session:
+                preview = await preview_report(self.desk, session, tracker)
+                if tracker.get_slot("report_confirmed") != "yes":
+                    if preview.duplicate is not None:
+                        dispatcher.utter_message(
+                            response="utter_duplicate_not_filed", case_number=preview.duplicate.case_number
+                        )
+                    else:
+                        dispatcher.utter_message(response="utter_report_cancelled")
+                    return events
+                identity, conversation = await identity_and_conversation(session, tracker)
+                if identity is None:
+                    raise CrmError(f"unknown sender {tracker.sender_id!r}")
+                case = await file_case(
+                    session, identity, report_from(tracker), conversation_id=conversation.id if conversation else None
+                )
+                await self.desk.route(session, case, preview)
+        except CrmError:
+            logger.exception("filing a case failed for sender %s", tracker.sender_id)
+            dispatcher.utter_message(response="utter_case_failed")
+            return events
+        if preview.plan.queued:
+            dispatcher.utter_message(response="utter_case_created_queued", case_number=case.case_number)
+        else:
+            dispatcher.utter_message(
+                response="utter_case_created_routed",
+                case_number=case.case_number,
+                department=preview.plan.department_name,
+                due="今天" if preview.plan.urgent else due_text(preview.plan.due_at),
+            )
+        return [*events, SlotSet("filed_case_number", case.case_number)]
