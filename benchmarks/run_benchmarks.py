@@ -56,7 +56,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -72,7 +71,7 @@ import aiohttp
 import requests
 import yaml
 
-from tests.support.stack import APP_PYTHON, MODEL, RASA, ROOT, Stack, free_port, wait_until
+from tests.support.stack import APP_PYTHON, MODEL, RASA, ROOT, Stack, free_port, stop_process_group, wait_until
 
 RASA_ENV = {"RASA_TELEMETRY_ENABLED": "false"}
 CV_FOLDS = 5
@@ -201,18 +200,6 @@ def memory_of(pid: int) -> dict[str, float | int]:
         "group_pss_mb": round(sum(pss_mb(p) for p in group), 1),
         "processes": len(group),
     }
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM the process group of a process we started, SIGKILL if it lingers."""
-    if proc is None or proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 # --- 1 and 2: NLU cross-validation and training --------------------------------------------
@@ -649,7 +636,7 @@ def sdk_server(workdir: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, fl
         started = wait_until(ready, timeout=60, interval=0.05, what="rasa_sdk server start")
         yield proc, url, started
     finally:
-        stop_process(proc)
+        stop_process_group(proc)
 
 
 async def action_calls(

@@ -43,6 +43,18 @@ def wait_until(predicate, timeout: float, interval: float = 0.25, what: str = "c
     raise TimeoutError(f"{what} not reached within {timeout}s")
 
 
+def stop_process_group(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM the process group of a process we started, SIGKILL if it lingers."""
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @dataclass
 class Stack:
     """An engine and an app wired to each other, with their own state directory."""
@@ -150,22 +162,11 @@ class Stack:
         self.start_engine()
         self.start_app()
 
-    @staticmethod
-    def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-        if proc is None or proc.poll() is not None:
-            return
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
     def stop_engine(self) -> None:
-        self._stop(self.engine_proc)
+        stop_process_group(self.engine_proc)
 
     def stop_app(self) -> None:
-        self._stop(self.app_proc)
+        stop_process_group(self.app_proc)
 
     def stop(self) -> None:
         self.stop_app()
