@@ -82,7 +82,6 @@ async def init_app(settings: Settings) -> web.Application:
         sessions,
         engine,
         responses,
-        hub,
         max_message_chars=settings.max_message_chars,
         max_logged_chars=settings.max_logged_chars,
     )

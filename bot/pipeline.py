@@ -18,7 +18,6 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.engine import EngineClient, EngineUnavailable
-from bot.hub import ConversationHub
 from bot.responses import Responses
 from crm_backend.models import Conversation
 from crm_backend.services.conversations import (
@@ -74,7 +73,6 @@ class MessagePipeline:
         sessions: async_sessionmaker[AsyncSession],
         engine: EngineClient,
         responses: Responses,
-        hub: ConversationHub,
         *,
         max_message_chars: int,
         max_logged_chars: int,
@@ -82,7 +80,6 @@ class MessagePipeline:
         self._sessions = sessions
         self._engine = engine
         self._responses = responses
-        self._hub = hub
         self._max_message_chars = max_message_chars
         self._max_logged_chars = max_logged_chars
         # One lock per sender keeps each citizen's messages in order; unused locks vanish.

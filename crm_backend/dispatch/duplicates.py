@@ -14,6 +14,7 @@ would hide a different problem, and the citizen can still insist on a new case.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections import Counter
@@ -99,9 +100,15 @@ async def find_duplicate(
         .order_by(ServiceCase.id.desc())
         .limit(MAX_CANDIDATES)
     )
+    # Segmenting up to 300 descriptions is CPU work: keep it off the event loop.
+    return await asyncio.to_thread(best_match, description, list(rows.tuples()))
+
+
+def best_match(description: str, candidates: list[tuple[int, str, str]]) -> DuplicateMatch | None:
+    """The candidate (id, case number, description) most similar to `description`, if similar enough."""
     words = content_words(description)
     best: DuplicateMatch | None = None
-    for case_id, case_number, other in rows.all():
+    for case_id, case_number, other in candidates:
         score = similarity(words, content_words(other))
         if score >= DUPLICATE_THRESHOLD and (best is None or score > best.similarity):
             best = DuplicateMatch(case_number=case_number, case_id=case_id, similarity=round(score, 3))
