@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from datetime import datetime
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from playwright.sync_api import sync_playwright
 
-from crm_backend.dispatch.deadlines import CHINA_TZ
-from tests.support.stack import ROOT, Stack
+from tests.support.domain_text import expected_preview, utter
+from tests.support.stack import Stack
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -43,34 +40,6 @@ PROBLEM = "小区门口的路灯坏了一个多星期了晚上很黑"
 LOCATION = "A6区阳光花园小区东门"
 PHONE = "13812345678"
 MARKUP = "<b>粗体</b><script>window.__xss=1</script>"
-
-
-@cache
-def _responses() -> dict[str, Any]:
-    return yaml.safe_load((ROOT / "domain.yml").read_text(encoding="utf-8"))["responses"]
-
-
-def utter(name: str, **slots: str) -> str:
-    text = _responses()[name][0]["text"]
-    return text.format(**slots) if slots else text
-
-
-def day_text(iso: str) -> str:
-    """A deadline from the API as the bot writes it to citizens: 12月8日 (Beijing time)."""
-    local = datetime.fromisoformat(iso).astimezone(CHINA_TZ)
-    return f"{local.month}月{local.day}日"
-
-
-def expected_preview(case: dict[str, Any]) -> str:
-    """The dispatch preview the citizen should have been shown, from the routing the API records."""
-    [decision] = case["routing"]
-    if decision["queued"]:
-        return utter("utter_dispatch_preview_manual", suggestions="、".join(decision["suggestions"]))
-    if decision["urgent"]:
-        return utter("utter_dispatch_preview_urgent", category=case["category"], department=case["department"])
-    return utter(
-        "utter_dispatch_preview", category=case["category"], department=case["department"], due=day_text(case["due_at"])
-    )
 
 
 class Widget:

@@ -7,15 +7,13 @@ import sqlite3
 
 import pytest
 import requests
-import yaml
 
-from tests.support.stack import ROOT, Stack
-
-RESPONSES = yaml.safe_load((ROOT / "domain.yml").read_text(encoding="utf-8"))["responses"]
+from tests.support.domain_text import utter
+from tests.support.stack import Stack
 
 
 def response_text(name: str) -> str:
-    return RESPONSES[name][0]["text"]
+    return utter(name)
 
 
 def texts(replies: list[dict]) -> list[str]:

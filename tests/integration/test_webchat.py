@@ -14,17 +14,14 @@ import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
-from functools import cache
 from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
-from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.settings import Settings
-from tests.support.stack import ROOT, Stack
+from tests.support.domain_text import day_text, expected_preview, utter, utter_buttons
+from tests.support.stack import Stack
 
 REPLY_TIMEOUT = 20.0  # the machine may be shared and slow
 SILENCE_SECONDS = 2.0
@@ -39,42 +36,8 @@ SHORT_PHONE = "1381234567"
 # --- domain texts ---------------------------------------------------------------------------
 
 
-@cache
-def _responses() -> dict[str, Any]:
-    domain = yaml.safe_load((ROOT / "domain.yml").read_text(encoding="utf-8"))
-    return domain["responses"]
-
-
-def utter(name: str, **slots: str) -> str:
-    """The first variant of a response in domain.yml, with its {slots} filled in."""
-    text = _responses()[name][0]["text"]
-    return text.format(**slots) if slots else text
-
-
-def utter_buttons(name: str) -> list[dict[str, str]]:
-    return [{"title": b["title"], "payload": b["payload"]} for b in _responses()[name][0].get("buttons", [])]
-
-
 def texts(messages: list[dict[str, Any]]) -> list[str]:
     return [message["text"] for message in messages]
-
-
-def day_text(iso: str) -> str:
-    """A deadline from the API as the bot writes it to citizens: 12月8日 (Beijing time)."""
-    local = datetime.fromisoformat(iso).astimezone(CHINA_TZ)
-    return f"{local.month}月{local.day}日"
-
-
-def expected_preview(case: dict[str, Any]) -> str:
-    """The dispatch preview the citizen should have been shown, from the routing the API records."""
-    [decision] = case["routing"]
-    if decision["queued"]:
-        return utter("utter_dispatch_preview_manual", suggestions="、".join(decision["suggestions"]))
-    if decision["urgent"]:
-        return utter("utter_dispatch_preview_urgent", category=case["category"], department=case["department"])
-    return utter(
-        "utter_dispatch_preview", category=case["category"], department=case["department"], due=day_text(case["due_at"])
-    )
 
 
 def expected_created(case: dict[str, Any]) -> str:
