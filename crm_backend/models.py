@@ -109,6 +109,10 @@ class Conversation(Base):
     channel: Mapped[str] = mapped_column(String(16))
     handoff_status: Mapped[str] = mapped_column(String(16), default="bot")
     handoff_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    handoff_reason: Mapped[str | None] = mapped_column(String(32))
+    assigned_staff_id: Mapped[int | None] = mapped_column(ForeignKey("staff_user.id"))
+    department_id: Mapped[int | None] = mapped_column(ForeignKey("department.id"))  # whose inbox
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_message_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
@@ -142,7 +146,12 @@ class ServiceCase(Base):
     """A problem a citizen reported, from intake to archive."""
 
     __tablename__ = "service_case"
-    __table_args__ = (Index("ix_service_case_status_created_at", "status", "created_at"),)
+    __table_args__ = (
+        Index("ix_service_case_status_created_at", "status", "created_at"),
+        # The console's case lists: 督办 first, then newest, overall and per department.
+        Index("ix_service_case_supervised_id", "supervised", "id"),
+        Index("ix_service_case_department_supervised_id", "department_id", "supervised", "id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     case_number: Mapped[str] = mapped_column(String(20), unique=True)
@@ -160,6 +169,7 @@ class ServiceCase(Base):
     urgent: Mapped[bool] = mapped_column(Boolean, default=False)
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     duplicate_of_id: Mapped[int | None] = mapped_column(ForeignKey("service_case.id"))
+    supervised: Mapped[bool] = mapped_column(Boolean, default=False)  # 督办
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
@@ -175,8 +185,10 @@ class CaseEvent(Base):
     case_id: Mapped[int] = mapped_column(ForeignKey("service_case.id"), index=True)
     from_status: Mapped[str | None] = mapped_column(String(16))
     to_status: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(16), default="status")  # status | note | reply | supervise | extension
     note: Mapped[str] = mapped_column(Text, default="")
     actor: Mapped[str] = mapped_column(String(64))
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("staff_user.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     case: Mapped[ServiceCase] = relationship(back_populates="events", lazy="raise_on_sql")
@@ -248,3 +260,80 @@ class RoutingDecision(Base):
     urgent: Mapped[bool] = mapped_column(Boolean)
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class StaffUser(Base):
+    """A member of staff who signs in to the console."""
+
+    __tablename__ = "staff_user"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(32))
+    password_hash: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))  # agent | supervisor | admin
+    department_id: Mapped[int | None] = mapped_column(ForeignKey("department.id"))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class StaffSession(Base):
+    """A signed-in browser: the cookie holds the token, the table only its hash."""
+
+    __tablename__ = "staff_session"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[int] = mapped_column(ForeignKey("staff_user.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class LoginFailure(Base):
+    """A failed sign-in, counted to throttle password guessing."""
+
+    __tablename__ = "login_failure"
+    __table_args__ = (
+        Index("ix_login_failure_username_created_at", "username", "created_at"),
+        Index("ix_login_failure_address_created_at", "address", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class AuditEntry(Base):
+    """Who did or saw what, when: sign-ins, views of personal data, every change."""
+
+    __tablename__ = "audit_entry"
+    __table_args__ = (Index("ix_audit_entry_created_at", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("staff_user.id"))
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(48))
+    target: Mapped[str] = mapped_column(String(80), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")
+    address: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ExtensionRequest(Base):
+    """延期: a department asks for more working days; a supervisor approves or refuses."""
+
+    __tablename__ = "extension_request"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("service_case.id"), index=True)
+    working_days: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | approved | refused
+    requested_by_id: Mapped[int] = mapped_column(ForeignKey("staff_user.id"))
+    decided_by_id: Mapped[int | None] = mapped_column(ForeignKey("staff_user.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
