@@ -59,3 +59,110 @@ def check_transition(current: CaseStatus, target: CaseStatus) -> None:
     """
     if target not in ALLOWED_TRANSITIONS[current]:
         raise InvalidTransition(f"cannot move a case from {current.value} to {target.value}")
+
+
+class Role(StrEnum):
+    """What a member of staff may do; each role can do everything the one before it can."""
+
+    AGENT = "agent"
+    SUPERVISOR = "supervisor"
+    ADMIN = "admin"
+
+    @property
+    def label(self) -> str:
+        return ROLE_LABELS[self]
+
+    def at_least(self, other: Role) -> bool:
+        return _ROLE_RANK[self] >= _ROLE_RANK[other]
+
+
+ROLE_LABELS: dict[Role, str] = {Role.AGENT: "坐席", Role.SUPERVISOR: "值班长", Role.ADMIN: "管理员"}
+_ROLE_RANK: dict[Role, int] = {Role.AGENT: 0, Role.SUPERVISOR: 1, Role.ADMIN: 2}
+
+
+class CaseAction(StrEnum):
+    """The operations staff perform on a case; each is one status move."""
+
+    DISPATCH = "dispatch"  # 派单, from the manual queue or after 退回
+    REASSIGN = "reassign"  # 改派
+    ACCEPT = "accept"  # 签收
+    START = "start"  # 开始办理
+    RETURN = "return"  # 退回
+    RESOLVE = "resolve"  # 办结
+    REOPEN = "reopen"  # 重办
+    REVIEW = "review"  # 回访
+    ARCHIVE = "archive"  # 归档
+
+
+class ActionSpec:
+    """One operation: where it may start, where it leads, what it needs and who may do it."""
+
+    __slots__ = ("label", "needs_department", "needs_note", "role", "sources", "target")
+
+    def __init__(
+        self,
+        label: str,
+        sources: frozenset[CaseStatus],
+        target: CaseStatus,
+        *,
+        role: Role = Role.AGENT,
+        needs_note: bool = False,
+        needs_department: bool = False,
+    ) -> None:
+        self.label = label
+        self.sources = sources
+        self.target = target
+        self.role = role
+        self.needs_note = needs_note
+        self.needs_department = needs_department
+
+
+_OPEN_AT_DEPARTMENT = frozenset({CaseStatus.DISPATCHED, CaseStatus.ACCEPTED})
+CASE_ACTIONS: dict[CaseAction, ActionSpec] = {
+    CaseAction.DISPATCH: ActionSpec(
+        "派单",
+        frozenset({CaseStatus.RECEIVED, CaseStatus.RETURNED}),
+        CaseStatus.DISPATCHED,
+        role=Role.SUPERVISOR,
+        needs_department=True,
+    ),
+    CaseAction.REASSIGN: ActionSpec(
+        "改派", frozenset({CaseStatus.DISPATCHED}), CaseStatus.DISPATCHED, role=Role.SUPERVISOR, needs_department=True
+    ),
+    CaseAction.ACCEPT: ActionSpec("签收", frozenset({CaseStatus.DISPATCHED}), CaseStatus.ACCEPTED),
+    CaseAction.START: ActionSpec("开始办理", frozenset({CaseStatus.ACCEPTED}), CaseStatus.IN_PROGRESS),
+    CaseAction.RETURN: ActionSpec("退回", _OPEN_AT_DEPARTMENT, CaseStatus.RETURNED, needs_note=True),
+    CaseAction.RESOLVE: ActionSpec("办结", frozenset({CaseStatus.IN_PROGRESS}), CaseStatus.RESOLVED, needs_note=True),
+    CaseAction.REOPEN: ActionSpec(
+        "重办", frozenset({CaseStatus.RESOLVED}), CaseStatus.IN_PROGRESS, role=Role.SUPERVISOR, needs_note=True
+    ),
+    CaseAction.REVIEW: ActionSpec("回访完成", frozenset({CaseStatus.RESOLVED}), CaseStatus.REVIEWED),
+    CaseAction.ARCHIVE: ActionSpec("归档", frozenset({CaseStatus.REVIEWED}), CaseStatus.ARCHIVED),
+}
+# Cases a department still owes an answer on: these can be overdue, 督办 or extended.
+OPEN_STATUSES = frozenset({CaseStatus.DISPATCHED, CaseStatus.ACCEPTED, CaseStatus.IN_PROGRESS})
+
+
+def check_action(action: CaseAction, current: CaseStatus, role: Role) -> ActionSpec:
+    """The operation's spec, if this role may perform it on a case in this status.
+
+    Raises:
+        InvalidTransition: with a message staff can read (Chinese labels).
+    """
+    spec = CASE_ACTIONS[action]
+    if current not in spec.sources:
+        allowed = "、".join(CaseStatus(s).label for s in sorted(spec.sources))
+        raise InvalidTransition(f"「{current.label}」的工单不能{spec.label}（只有{allowed}的工单可以）")
+    if not role.at_least(spec.role):
+        raise InvalidTransition(f"{role.label}不能{spec.label}，需要{spec.role.label}权限")
+    check_transition(current, spec.target)
+    return spec
+
+
+def available_actions(current: CaseStatus, role: Role) -> list[CaseAction]:
+    """The operations this role may perform now, in life-cycle order."""
+    return [
+        action
+        for action, spec in CASE_ACTIONS.items()
+        if current in spec.sources and role.at_least(spec.role) and spec.target in ALLOWED_TRANSITIONS[current]
+    ]

@@ -55,7 +55,7 @@ async def find_identity(session: AsyncSession, sender_id: str) -> ChannelIdentit
 async def current_conversation(
     session: AsyncSession, identity: ChannelIdentity, now: datetime | None = None
 ) -> Conversation:
-    """The identity's open conversation; a new one after a day of silence.
+    """The identity's open conversation; a new one after a day of silence or once staff closed it.
 
     A conversation handed to staff stays current however long it waits.
     """
@@ -63,8 +63,10 @@ async def current_conversation(
     conversation = await session.scalar(
         select(Conversation).where(Conversation.identity_id == identity.id).order_by(Conversation.id.desc()).limit(1)
     )
-    if conversation is not None and (
-        conversation.handoff_status != "bot" or now - conversation.last_message_at < CONVERSATION_IDLE_LIMIT
+    if (
+        conversation is not None
+        and conversation.closed_at is None
+        and (conversation.handoff_status != "bot" or now - conversation.last_message_at < CONVERSATION_IDLE_LIMIT)
     ):
         return conversation
     conversation = Conversation(identity_id=identity.id, channel=identity.channel, started_at=now, last_message_at=now)

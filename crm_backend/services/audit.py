@@ -1,0 +1,45 @@
+"""The audit log: who signed in, who saw a citizen's personal data, who changed what."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from crm_backend.models import AuditEntry, StaffUser
+
+MAX_PAGE = 200
+
+
+def record(
+    session: AsyncSession,
+    actor: StaffUser | None,
+    action: str,
+    target: str = "",
+    detail: str = "",
+    *,
+    address: str = "",
+    actor_name: str | None = None,
+) -> AuditEntry:
+    """Append an audit row in the caller's transaction, so it lands with the change or not at all."""
+    entry = AuditEntry(
+        actor_id=actor.id if actor else None,
+        actor=(actor.username if actor else actor_name or "anonymous")[:64],
+        action=action[:48],
+        target=target[:80],
+        detail=detail[:2000],
+        address=address[:64],
+    )
+    session.add(entry)
+    return entry
+
+
+async def recent_entries(
+    session: AsyncSession, *, before_id: int | None = None, action: str | None = None, limit: int = 100
+) -> list[AuditEntry]:
+    """Newest first, keyset-paginated by id."""
+    stmt = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(max(1, min(limit, MAX_PAGE)))
+    if before_id is not None:
+        stmt = stmt.where(AuditEntry.id < before_id)
+    if action:
+        stmt = stmt.where(AuditEntry.action == action)
+    return list((await session.scalars(stmt)).all())

@@ -1,0 +1,321 @@
+"""Staff working cases in the console: what they may see, list and do.
+
+Every function takes the member of staff and checks, here on the server, that the case
+is theirs to see (agents: their department's cases; supervisors and admins: all) and
+that their role may perform the operation. Each change writes its `CaseEvent` and an
+audit row in the caller's transaction, so both land together or not at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, and_, false, or_, select, true
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from crm_backend.dispatch.deadlines import CHINA_TZ, END_OF_OFFICE_DAY, add_working_days, due_at
+from crm_backend.errors import InvalidInput, InvalidTransition, NotFound
+from crm_backend.lifecycle import OPEN_STATUSES, CaseAction, CaseStatus, Role, check_action
+from crm_backend.models import (
+    CaseEvent,
+    CategoryPolicy,
+    Department,
+    ExtensionRequest,
+    RoutingDecision,
+    ServiceCase,
+    StaffUser,
+    utcnow,
+)
+from crm_backend.services import audit
+
+MAX_NOTE_CHARS = 2000
+MAX_EXTENSION_DAYS = 30
+PAGE_SIZE = 50
+
+
+def role_of(user: StaffUser) -> Role:
+    return Role(user.role)
+
+
+def case_scope(user: StaffUser) -> ColumnElement[bool]:
+    """The cases a member of staff may see, as a WHERE clause."""
+    if role_of(user).at_least(Role.SUPERVISOR):
+        return true()
+    return ServiceCase.department_id == user.department_id
+
+
+async def visible_case(session: AsyncSession, user: StaffUser, case_number: str) -> ServiceCase:
+    """A case by number, if this member of staff may see it.
+
+    Raises:
+        NotFound: no such case, or another department's (the two are never told apart).
+    """
+    case = await session.scalar(
+        select(ServiceCase).where(ServiceCase.case_number == case_number[:20], case_scope(user))
+    )
+    if case is None:
+        raise NotFound("case")
+    return case
+
+
+@dataclass(frozen=True)
+class CaseFilters:
+    """The case list's filters; None means any."""
+
+    status: str | None = None
+    category: str | None = None
+    department_id: int | None = None
+    district: str | None = None
+    overdue: bool = False
+    supervised: bool = False
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page ended: the list is ordered 督办 first, then newest first."""
+
+    supervised: bool
+    case_id: int
+
+    def encode(self) -> str:
+        return f"{int(self.supervised)}-{self.case_id}"
+
+    @classmethod
+    def decode(cls, raw: str | None) -> Cursor | None:
+        if not raw:
+            return None
+        flag, _, number = raw.partition("-")
+        if flag not in ("0", "1") or not number.isdigit():
+            raise InvalidInput("bad_cursor", "分页参数无效")
+        return cls(flag == "1", int(number))
+
+
+async def list_cases(
+    session: AsyncSession,
+    user: StaffUser,
+    filters: CaseFilters,
+    *,
+    after: Cursor | None = None,
+    limit: int = PAGE_SIZE,
+    now: datetime | None = None,
+) -> tuple[list[ServiceCase], Cursor | None]:
+    """One page of cases and the cursor of the next page (None on the last one).
+
+    Keyset pagination over the (supervised, id) index: every page costs the same,
+    however deep, and no total is counted.
+    """
+    now = now or utcnow()
+    stmt = select(ServiceCase).where(case_scope(user))
+    if filters.status:
+        stmt = stmt.where(ServiceCase.status == filters.status)
+    if filters.category:
+        stmt = stmt.where(ServiceCase.category == filters.category)
+    if filters.department_id is not None:
+        stmt = stmt.where(ServiceCase.department_id == filters.department_id)
+    if filters.district:
+        stmt = stmt.where(ServiceCase.district == filters.district)
+    if filters.overdue:
+        stmt = stmt.where(ServiceCase.due_at < now, ServiceCase.status.in_([s.value for s in OPEN_STATUSES]))
+    if filters.supervised:
+        stmt = stmt.where(ServiceCase.supervised == true())
+    if after is not None:
+        older = ServiceCase.id < after.case_id
+        if after.supervised:
+            stmt = stmt.where(or_(and_(ServiceCase.supervised == true(), older), ServiceCase.supervised == false()))
+        else:
+            stmt = stmt.where(ServiceCase.supervised == false(), older)
+    stmt = stmt.order_by(ServiceCase.supervised.desc(), ServiceCase.id.desc()).limit(limit + 1)
+    rows = list((await session.scalars(stmt)).all())
+    if len(rows) <= limit:
+        return rows, None
+    last = rows[limit - 1]
+    return rows[:limit], Cursor(bool(last.supervised), last.id)
+
+
+def is_overdue(case: ServiceCase, now: datetime | None = None) -> bool:
+    return bool(case.due_at and case.due_at < (now or utcnow()) and CaseStatus(case.status) in OPEN_STATUSES)
+
+
+def _event(case: ServiceCase, user: StaffUser, kind: str, note: str, to_status: str | None = None) -> CaseEvent:
+    return CaseEvent(
+        case_id=case.id,
+        from_status=case.status,
+        to_status=to_status or case.status,
+        kind=kind,
+        note=note[:MAX_NOTE_CHARS],
+        actor=user.display_name[:64],
+        actor_id=user.id,
+    )
+
+
+async def perform(
+    session: AsyncSession,
+    user: StaffUser,
+    case_number: str,
+    action: str,
+    *,
+    note: str = "",
+    department_id: int | None = None,
+    address: str = "",
+) -> CaseEvent:
+    """Perform one life-cycle operation on a case.
+
+    Raises:
+        NotFound: the case is not visible to this member of staff.
+        InvalidInput: unknown operation, missing reason or department.
+        InvalidTransition: the case's status or the user's role does not allow it.
+    """
+    try:
+        operation = CaseAction(action)
+    except ValueError as error:
+        raise InvalidInput("bad_action", "未知的操作") from error
+    case = await visible_case(session, user, case_number)
+    spec = check_action(operation, CaseStatus(case.status), role_of(user))
+    note = note.strip()
+    if spec.needs_note and not note:
+        raise InvalidInput("note_required", f"{spec.label}需要填写原因或说明")
+    previous_department = case.department
+    if spec.needs_department:
+        department = await session.get(Department, department_id) if department_id else None
+        if department is None or not department.active:
+            raise InvalidInput("department_required", f"{spec.label}需要选择一个在用的承办部门")
+        if operation is CaseAction.REASSIGN and department.id == case.department_id:
+            raise InvalidTransition("改派需要选择另一个部门")
+        case.department_id, case.department = department.id, department.name
+        if case.due_at is None:
+            case.due_at = await _due_for(session, case)
+        note = f"{department.name}。{note}" if note else department.name
+    if operation is CaseAction.RETURN:
+        case.department_id, case.department = None, None  # back to the dispatcher's queue
+    event = _event(case, user, "status", note, spec.target.value)
+    session.add(event)
+    case.status = spec.target.value
+    case.updated_at = utcnow()
+    detail = f"{event.from_status} → {event.to_status}"
+    if spec.needs_department:
+        detail += f"；部门 {previous_department or '无'} → {case.department}"
+    audit.record(session, user, f"case.{operation.value}", case.case_number, detail, address=address)
+    await session.flush()
+    return event
+
+
+async def _due_for(session: AsyncSession, case: ServiceCase) -> datetime | None:
+    policy = await session.get(CategoryPolicy, case.category) if case.category else None
+    if policy is None:
+        return None
+    return due_at(utcnow(), policy.deadline_working_days, urgent=case.urgent)
+
+
+async def add_note(session: AsyncSession, user: StaffUser, case_number: str, text: str, *, address: str = "") -> None:
+    """An internal note on the case's timeline; citizens never see it."""
+    text = text.strip()
+    if not text:
+        raise InvalidInput("empty_note", "备注不能为空")
+    case = await visible_case(session, user, case_number)
+    session.add(_event(case, user, "note", text))
+    audit.record(session, user, "case.note", case.case_number, address=address)
+
+
+def record_reply(session: AsyncSession, user: StaffUser, case: ServiceCase, text: str, *, address: str = "") -> None:
+    """Put a reply sent to the citizen on the case's timeline."""
+    session.add(_event(case, user, "reply", text))
+    audit.record(session, user, "case.reply", case.case_number, address=address)
+
+
+async def set_supervised(
+    session: AsyncSession, user: StaffUser, case_number: str, on: bool, note: str = "", *, address: str = ""
+) -> None:
+    """督办: a supervisor flags an open case, which puts it at the top of its department's list."""
+    if not role_of(user).at_least(Role.SUPERVISOR):
+        raise InvalidTransition("只有值班长可以督办")
+    case = await visible_case(session, user, case_number)
+    if on and CaseStatus(case.status) not in OPEN_STATUSES:
+        raise InvalidTransition(f"「{CaseStatus(case.status).label}」的工单不能督办")
+    if case.supervised == on:
+        return
+    case.supervised = on
+    session.add(_event(case, user, "supervise", note.strip() or ("督办" if on else "取消督办")))
+    audit.record(session, user, "case.supervise" if on else "case.unsupervise", case.case_number, address=address)
+
+
+async def request_extension(
+    session: AsyncSession, user: StaffUser, case_number: str, working_days: int, reason: str, *, address: str = ""
+) -> ExtensionRequest:
+    """延期: ask for more working days, with a reason; a supervisor decides."""
+    case = await visible_case(session, user, case_number)
+    reason = reason.strip()
+    if CaseStatus(case.status) not in OPEN_STATUSES:
+        raise InvalidTransition(f"「{CaseStatus(case.status).label}」的工单不能申请延期")
+    if not 1 <= working_days <= MAX_EXTENSION_DAYS:
+        raise InvalidInput("bad_days", f"延期天数为 1-{MAX_EXTENSION_DAYS} 个工作日")
+    if not reason:
+        raise InvalidInput("reason_required", "申请延期需要填写原因")
+    if await pending_extension(session, case):
+        raise InvalidTransition("这个工单已有待审批的延期申请")
+    request = ExtensionRequest(
+        case_id=case.id, working_days=working_days, reason=reason[:MAX_NOTE_CHARS], requested_by_id=user.id
+    )
+    session.add(request)
+    session.add(_event(case, user, "extension", f"申请延期 {working_days} 个工作日：{reason}"))
+    audit.record(session, user, "case.extension_request", case.case_number, f"{working_days} days", address=address)
+    await session.flush()
+    return request
+
+
+async def pending_extension(session: AsyncSession, case: ServiceCase) -> ExtensionRequest | None:
+    return await session.scalar(
+        select(ExtensionRequest).where(ExtensionRequest.case_id == case.id, ExtensionRequest.status == "pending")
+    )
+
+
+async def decide_extension(
+    session: AsyncSession, user: StaffUser, case_number: str, approve: bool, note: str = "", *, address: str = ""
+) -> ExtensionRequest:
+    """A supervisor approves (the due date moves by the working days asked) or refuses a 延期."""
+    if not role_of(user).at_least(Role.SUPERVISOR):
+        raise InvalidTransition("只有值班长可以审批延期")
+    case = await visible_case(session, user, case_number)
+    request = await pending_extension(session, case)
+    if request is None:
+        raise InvalidTransition("这个工单没有待审批的延期申请")
+    request.status = "approved" if approve else "refused"
+    request.decided_by_id, request.decided_at = user.id, utcnow()
+    if approve:
+        base = (case.due_at or utcnow()).astimezone(CHINA_TZ).date()
+        new_day = add_working_days(base, request.working_days)
+        case.due_at = datetime.combine(new_day, END_OF_OFFICE_DAY, tzinfo=CHINA_TZ)
+        text = f"同意延期 {request.working_days} 个工作日，新的办理期限 {new_day:%Y-%m-%d}"
+    else:
+        text = "不同意延期"
+    if note.strip():
+        text += f"：{note.strip()}"
+    session.add(_event(case, user, "extension", text))
+    audit.record(session, user, "case.extension_" + request.status, case.case_number, text, address=address)
+    return request
+
+
+async def dispatch_queue(session: AsyncSession, limit: int = 100) -> list[tuple[ServiceCase, RoutingDecision | None]]:
+    """Cases waiting for a person to dispatch them (low-confidence or 退回), oldest first."""
+    cases = (
+        await session.scalars(
+            select(ServiceCase)
+            .where(ServiceCase.status.in_([CaseStatus.RECEIVED.value, CaseStatus.RETURNED.value]))
+            .order_by(ServiceCase.id)
+            .limit(limit)
+        )
+    ).all()
+    decisions: dict[int, RoutingDecision] = {}
+    if cases:
+        rows = await session.scalars(
+            select(RoutingDecision)
+            .where(RoutingDecision.case_id.in_([case.id for case in cases]))
+            .order_by(RoutingDecision.id)
+        )
+        decisions = {decision.case_id: decision for decision in rows}
+    return [(case, decisions.get(case.id)) for case in cases]
+
+
+async def timeline(session: AsyncSession, case: ServiceCase) -> list[CaseEvent]:
+    rows = await session.scalars(select(CaseEvent).where(CaseEvent.case_id == case.id).order_by(CaseEvent.id))
+    return list(rows.all())

@@ -1,0 +1,215 @@
+"""Staff accounts, sign-in and console sessions.
+
+Passwords are hashed with Argon2id (argon2-cffi's defaults); hashing runs in a worker
+thread so a sign-in never stalls the event loop. A browser holds a random session
+token in a cookie; the database keeps only its SHA-256, so a leaked table opens no
+session. Failed sign-ins are counted per username and per address and throttled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from crm_backend.errors import CrmError, InvalidInput, NotFound
+from crm_backend.lifecycle import Role
+from crm_backend.models import Department, LoginFailure, StaffSession, StaffUser, utcnow
+
+SESSION_IDLE_LIMIT = timedelta(hours=2)
+SESSION_MAX_AGE = timedelta(hours=12)
+THROTTLE_WINDOW = timedelta(minutes=15)
+MAX_FAILURES_PER_USERNAME = 5
+MAX_FAILURES_PER_ADDRESS = 20
+MIN_PASSWORD_CHARS = 10
+USERNAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{2,31}")
+_hasher = PasswordHasher()
+# Verified against when the username is unknown, so a miss costs as long as a hit.
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+class LoginRefused(CrmError):
+    """Wrong username or password (which of the two is never said)."""
+
+    code = "login_refused"
+
+
+class LoginThrottled(CrmError):
+    """Too many failed sign-ins recently."""
+
+    code = "login_throttled"
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    """A console session just opened: the cookie value and the session row."""
+
+    token: str
+    session: StaffSession
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def check_password_rules(password: str) -> None:
+    """Raises InvalidInput unless the password is long enough to resist guessing."""
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise InvalidInput("weak_password", f"密码至少需要 {MIN_PASSWORD_CHARS} 个字符")
+    if len(password) > 256:
+        raise InvalidInput("long_password", "密码不能超过 256 个字符")
+
+
+async def hash_password(password: str) -> str:
+    return await asyncio.to_thread(_hasher.hash, password)
+
+
+async def create_user(
+    session: AsyncSession,
+    *,
+    username: str,
+    display_name: str,
+    password: str,
+    role: str,
+    department_code: str | None = None,
+) -> StaffUser:
+    """Add a member of staff, in the caller's transaction.
+
+    Raises:
+        InvalidInput: a bad username, display name, role, department or password, or a
+            username already taken.
+    """
+    username = username.strip().lower()
+    display_name = display_name.strip()
+    if not USERNAME_PATTERN.fullmatch(username):
+        raise InvalidInput("bad_username", "用户名为 3-32 位小写字母、数字、点、下划线或连字符")
+    if not 0 < len(display_name) <= 32:
+        raise InvalidInput("bad_display_name", "显示名称为 1-32 个字符")
+    try:
+        staff_role = Role(role)
+    except ValueError as error:
+        raise InvalidInput("bad_role", "角色只能是 agent、supervisor 或 admin") from error
+    check_password_rules(password)
+    department_id = None
+    if department_code:
+        department_id = await session.scalar(select(Department.id).where(Department.code == department_code))
+        if department_id is None:
+            raise InvalidInput("bad_department", f"没有编码为 {department_code} 的部门")
+    if staff_role is Role.AGENT and department_id is None:
+        raise InvalidInput("department_required", "坐席必须属于一个部门")
+    if await session.scalar(select(StaffUser.id).where(StaffUser.username == username)):
+        raise InvalidInput("username_taken", f"用户名 {username} 已被使用")
+    user = StaffUser(
+        username=username,
+        display_name=display_name,
+        password_hash=await hash_password(password),
+        role=staff_role.value,
+        department_id=department_id,
+        active=True,
+    )
+    session.add(user)
+    await session.flush()
+    return user
+
+
+async def set_password(session: AsyncSession, user_id: int, password: str) -> StaffUser:
+    """Replace a password and sign the user out everywhere."""
+    check_password_rules(password)
+    user = await session.get(StaffUser, user_id)
+    if user is None:
+        raise NotFound("staff user")
+    user.password_hash = await hash_password(password)
+    await session.execute(delete(StaffSession).where(StaffSession.user_id == user.id))
+    return user
+
+
+async def authenticate(session: AsyncSession, username: str, password: str, address: str) -> StaffUser:
+    """The active user with this username and password, or an error; failures are recorded.
+
+    Raises:
+        LoginThrottled: too many recent failures for this username or from this address.
+        LoginRefused: unknown user, wrong password, or a deactivated account.
+    """
+    username = username.strip().lower()[:64]
+    since = utcnow() - THROTTLE_WINDOW
+    by_name = await session.scalar(
+        select(func.count(LoginFailure.id)).where(LoginFailure.username == username, LoginFailure.created_at >= since)
+    )
+    by_address = await session.scalar(
+        select(func.count(LoginFailure.id)).where(LoginFailure.address == address, LoginFailure.created_at >= since)
+    )
+    if (by_name or 0) >= MAX_FAILURES_PER_USERNAME or (by_address or 0) >= MAX_FAILURES_PER_ADDRESS:
+        raise LoginThrottled("登录失败次数过多，请 15 分钟后再试")
+    user = await session.scalar(select(StaffUser).where(StaffUser.username == username))
+    valid = await asyncio.to_thread(_verify, user.password_hash if user else _DUMMY_HASH, password)
+    if user is None or not valid or not user.active:
+        session.add(LoginFailure(username=username, address=address[:64]))
+        raise LoginRefused("用户名或密码不正确")
+    if _hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = await hash_password(password)
+    user.last_login_at = utcnow()
+    return user
+
+
+def _verify(stored: str, password: str) -> bool:
+    try:
+        return _hasher.verify(stored, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+async def open_session(session: AsyncSession, user: StaffUser, now: datetime | None = None) -> SignedIn:
+    """Start a console session for a user who just signed in."""
+    now = now or utcnow()
+    token = secrets.token_urlsafe(32)
+    row = StaffSession(
+        token_hash=token_hash(token),
+        csrf_token=secrets.token_urlsafe(32),
+        user_id=user.id,
+        created_at=now,
+        last_seen_at=now,
+        expires_at=now + SESSION_MAX_AGE,
+    )
+    session.add(row)
+    await session.flush()
+    return SignedIn(token, row)
+
+
+async def find_session(
+    session: AsyncSession, token: str, now: datetime | None = None
+) -> tuple[StaffSession, StaffUser] | None:
+    """The live session and its active user for a cookie token; None if unknown or expired.
+
+    An expired session (idle too long, or past its maximum age) is deleted.
+    """
+    if not token or len(token) > 100:
+        return None
+    now = now or utcnow()
+    row = await session.scalar(select(StaffSession).where(StaffSession.token_hash == token_hash(token)))
+    if row is None:
+        return None
+    if now >= row.expires_at or now - row.last_seen_at >= SESSION_IDLE_LIMIT:
+        await session.delete(row)
+        return None
+    user = await session.get(StaffUser, row.user_id)
+    if user is None or not user.active:
+        return None
+    if now - row.last_seen_at > timedelta(minutes=1):
+        row.last_seen_at = now
+    return row, user
+
+
+async def close_session(session: AsyncSession, token: str) -> None:
+    await session.execute(delete(StaffSession).where(StaffSession.token_hash == token_hash(token)))
+
+
+async def list_users(session: AsyncSession) -> list[StaffUser]:
+    return list((await session.scalars(select(StaffUser).order_by(StaffUser.username))).all())
