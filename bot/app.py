@@ -27,6 +27,8 @@ from bot.notifier import ChannelNotifier
 from bot.pipeline import MessagePipeline
 from bot.responses import Responses
 from crm_backend.api import CrmApi
+from crm_backend.console import add_console
+from crm_backend.console.feed import LiveFeed
 from crm_backend.db import create_engine, create_sessionmaker, upgrade_database_async
 from crm_backend.dispatch.routing import DATA_DIR as ROUTING_DATA_DIR
 from crm_backend.dispatch.routing import seed_routing
@@ -77,6 +79,7 @@ async def init_app(settings: Settings) -> web.Application:
     desk = await asyncio.to_thread(Dispatcher.load, settings.category_model_path)
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
     hub = ConversationHub()
+    feed = LiveFeed()
     engine = EngineClient(http, settings.rasa_url, settings.engine_token, settings.engine_timeout_seconds)
     pipeline = MessagePipeline(
         sessions,
@@ -84,6 +87,7 @@ async def init_app(settings: Settings) -> web.Application:
         responses,
         max_message_chars=settings.max_message_chars,
         max_logged_chars=settings.max_logged_chars,
+        feed=feed,
     )
     executor = ActionExecutor()
     for action in build_actions(sessions, desk):
@@ -94,7 +98,17 @@ async def init_app(settings: Settings) -> web.Application:
     WebChat(pipeline, sessions, hub, responses, settings.allowed_origins, settings.max_logged_chars).add_routes(app)
     RestChannel(pipeline, settings.rest_channel_token).add_routes(app)
     ActionEndpoint(executor, settings.action_token).add_routes(app)
-    CrmApi(sessions, settings.api_token, ChannelNotifier(sessions, hub)).add_routes(app)
+    notifier = ChannelNotifier(sessions, hub)
+    CrmApi(sessions, settings.api_token, notifier).add_routes(app)
+    add_console(
+        app,
+        sessions,
+        feed=feed,
+        notifier=notifier,
+        engine=engine,
+        desk=desk,
+        secure_cookies=settings.console_secure_cookies,
+    )
 
     async def close(_app: web.Application) -> None:
         await hub.close_all()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -19,6 +20,7 @@ class EngineClient:
 
     def __init__(self, http: aiohttp.ClientSession, base_url: str, token: str, timeout_seconds: float) -> None:
         self._http = http
+        self._base_url = base_url
         self._webhook = f"{base_url}/webhooks/app/webhook"
         self._status = f"{base_url}/status"
         self._headers = {"Authorization": f"Bearer {token}"}
@@ -63,3 +65,24 @@ class EngineClient:
         if not isinstance(data, dict) or not data.get("model_file"):
             raise EngineUnavailable("engine has no model loaded")
         return data
+
+    async def slots(self, sender_id: str) -> dict[str, Any]:
+        """The slots the dialogue holds for a conversation (what a form collected so far).
+
+        Raises:
+            EngineUnavailable: if the engine does not answer within two seconds.
+        """
+        url = f"{self._base_url}/conversations/{quote(sender_id, safe='')}/tracker"
+        try:
+            async with self._http.get(
+                url,
+                params={"token": self._token, "include_events": "NONE"},
+                timeout=aiohttp.ClientTimeout(total=2),
+            ) as resp:
+                if resp.status != 200:
+                    raise EngineUnavailable(f"engine tracker HTTP {resp.status}")
+                data = await resp.json()
+        except (TimeoutError, aiohttp.ClientError, ValueError) as error:
+            raise EngineUnavailable(f"{type(error).__name__}: {error}") from error
+        slots = data.get("slots") if isinstance(data, dict) else None
+        return slots if isinstance(slots, dict) else {}

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.engine import EngineClient, EngineUnavailable
 from bot.responses import Responses
+from crm_backend.console.feed import LiveEvent, LiveFeed
 from crm_backend.models import Conversation
 from crm_backend.services.conversations import (
     OutgoingMessage,
@@ -63,6 +64,7 @@ class _Accepted:
     sender_id: str
     in_handoff: bool
     duplicate: bool
+    department_id: int | None
 
 
 class MessagePipeline:
@@ -76,8 +78,10 @@ class MessagePipeline:
         *,
         max_message_chars: int,
         max_logged_chars: int,
+        feed: LiveFeed | None = None,
     ) -> None:
         self._sessions = sessions
+        self._feed = feed
         self._engine = engine
         self._responses = responses
         self._max_message_chars = max_message_chars
@@ -111,14 +115,22 @@ class MessagePipeline:
                 return outcome
             if accepted.in_handoff:
                 outcome.in_handoff = True
+                self._tell_staff("message", accepted.conversation_id, accepted.department_id)
                 return outcome
             outcome.replies, outcome.handoff_started = await self._ask_engine(inbound, accepted.sender_id)
-            if outcome.replies:
+            if outcome.replies or outcome.handoff_started:
                 async with self._sessions.begin() as session:
                     conversation = await session.get(Conversation, accepted.conversation_id)
                     assert conversation is not None
                     log_outgoing(session, conversation, outcome.replies)
+                    department_id = conversation.department_id
+                if outcome.handoff_started:
+                    self._tell_staff("escalation", accepted.conversation_id, department_id)
             return outcome
+
+    def _tell_staff(self, kind: str, conversation_id: int, department_id: int | None) -> None:
+        if self._feed is not None:
+            self._feed.publish(LiveEvent(kind, conversation_id, department_id))
 
     async def _accept(self, inbound: Inbound) -> _Accepted:
         async with self._sessions.begin() as session:
@@ -141,6 +153,7 @@ class MessagePipeline:
                 sender_id=identity.sender_id,
                 in_handoff=conversation.handoff_status != BOT,
                 duplicate=duplicate,
+                department_id=conversation.department_id,
             )
 
     async def _ask_engine(self, inbound: Inbound, sender_id: str) -> tuple[list[OutgoingMessage], bool]:

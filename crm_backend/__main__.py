@@ -1,14 +1,22 @@
-"""Operator commands: ``python -m crm_backend {migrate,stats}``."""
+"""Operator commands: ``python -m crm_backend {migrate,stats,create-user}``.
+
+``create-user`` reads the password from a prompt (twice) or, when standard input is not a
+terminal, from its first line, never from an argument that would land in shell history.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import sys
 
 from crm_backend.db import create_engine, create_sessionmaker, upgrade_database
-from crm_backend.lifecycle import STATUS_LABELS, CaseStatus
+from crm_backend.dispatch.routing import seed_routing
+from crm_backend.errors import CrmError
+from crm_backend.lifecycle import STATUS_LABELS, CaseStatus, Role
+from crm_backend.services import audit, staff
 from crm_backend.services.stats import collect_stats
 from crm_backend.settings import database_url_from_env
 
@@ -20,6 +28,34 @@ async def _stats(database_url: str) -> dict[str, object]:
             return await collect_stats(session)
     finally:
         await engine.dispose()
+
+
+async def _create_user(database_url: str, args: argparse.Namespace, password: str) -> str:
+    engine = create_engine(database_url)
+    try:
+        async with create_sessionmaker(engine).begin() as session:
+            await seed_routing(session)  # departments must exist to put an agent in one
+            user = await staff.create_user(
+                session,
+                username=args.username,
+                display_name=args.display_name or args.username,
+                password=password,
+                role=args.role,
+                department_code=args.department,
+            )
+            audit.record(session, None, "user.create", user.username, user.role, actor_name="cli")
+            return user.username
+    finally:
+        await engine.dispose()
+
+
+def _read_password() -> str:
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Repeat password: ") != first:
+        raise CrmError("the two passwords differ")
+    return first
 
 
 def _print_stats(stats: dict[str, object]) -> None:
@@ -40,11 +76,25 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("migrate", help="apply pending database migrations")
     stats = commands.add_parser("stats", help="count citizens, conversations, messages and cases")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
+    create = commands.add_parser("create-user", help="add a console user (password from a prompt or stdin)")
+    create.add_argument("--username", required=True)
+    create.add_argument("--display-name", help="the name citizens see on replies (default: the username)")
+    create.add_argument("--role", required=True, choices=[role.value for role in Role])
+    create.add_argument("--department", help="department code, required for agents (e.g. A-hotline)")
     args = parser.parse_args(argv)
 
     database_url = database_url_from_env()
     if args.command == "migrate":
         upgrade_database(database_url)
+        return 0
+    if args.command == "create-user":
+        upgrade_database(database_url)
+        try:
+            username = asyncio.run(_create_user(database_url, args, _read_password()))
+        except CrmError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(f"created {args.role} {username}")
         return 0
     upgrade_database(database_url)
     result = asyncio.run(_stats(database_url))

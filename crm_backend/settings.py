@@ -52,6 +52,7 @@ class Settings:
     allowed_origins: tuple[str, ...]
     domain_path: Path
     category_model_path: Path
+    console_secure_cookies: bool = False
     max_message_chars: int = 2000
     max_logged_chars: int = 10000
 
@@ -91,6 +92,7 @@ class Settings:
             engine_timeout_seconds=number("ENGINE_TIMEOUT_SECONDS", "5"),
             allowed_origins=origins,
             domain_path=Path(env.get("DOMAIN_PATH", str(PROJECT_ROOT / "domain.yml"))),
+            console_secure_cookies=env.get("CONSOLE_SECURE_COOKIES", "") in ("1", "true", "yes"),
             category_model_path=Path(
                 env.get("CATEGORY_MODEL_PATH", str(PROJECT_ROOT / "models" / "category_classifier.joblib"))
             ),

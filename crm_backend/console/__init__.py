@@ -1,0 +1,36 @@
+"""The staff console at /console: server-rendered pages, no front-end build step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from crm_backend.console.admin import AdminViews
+from crm_backend.console.cases import CaseViews
+from crm_backend.console.conversations import ChannelNotifier, ConversationViews, SlotReader
+from crm_backend.console.feed import LiveFeed
+from crm_backend.console.web import ConsoleBase, build_templates
+from crm_backend.dispatch.service import Dispatcher
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+def add_console(
+    app: web.Application,
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    feed: LiveFeed,
+    notifier: ChannelNotifier,
+    engine: SlotReader,
+    desk: Dispatcher,
+    secure_cookies: bool,
+) -> None:
+    """Register every console route on the app."""
+    base = ConsoleBase(sessions, build_templates(), secure_cookies=secure_cookies)
+    districts = desk.districts
+    ConversationViews(base, feed, notifier, engine, desk).add_routes(app)
+    CaseViews(base, notifier, districts).add_routes(app)
+    AdminViews(base, districts).add_routes(app)
+    app.router.add_static("/console/static/", STATIC_DIR, append_version=False)

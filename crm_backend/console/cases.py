@@ -1,0 +1,202 @@
+"""The console's case pages: the filtered list, one case and its operations, the dispatch queue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import select
+
+from crm_backend.console.conversations import ChannelNotifier
+from crm_backend.console.web import ConsoleBase, Staff, client_address, form, int_or_none, secure, signed_in
+from crm_backend.dispatch.classifier import CATEGORIES
+from crm_backend.errors import InvalidInput, InvalidTransition, NotFound
+from crm_backend.lifecycle import CASE_ACTIONS, CaseAction, CaseStatus, Role, available_actions
+from crm_backend.models import Department, ExtensionRequest, RoutingDecision, StaffUser
+from crm_backend.services import audit, casework
+from crm_backend.validation import mask_phone
+
+MAX_REPLY_CHARS = 4000
+
+
+class CaseViews(ConsoleBase):
+    """Cases through their life cycle."""
+
+    def __init__(self, base: ConsoleBase, notifier: ChannelNotifier, districts: list[str]) -> None:
+        super().__init__(base.sessions, base.templates, secure_cookies=base.secure_cookies)
+        self.notifier = notifier
+        self.districts = districts
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/console/cases", self.case_list)
+        app.router.add_get("/console/cases/{case_number}", self.case_page)
+        app.router.add_post("/console/cases/{case_number}/{operation}", self.case_operation)
+        app.router.add_get("/console/queue", self.queue)
+
+    async def _departments(self, session: Any) -> list[Department]:
+        return list((await session.scalars(select(Department).order_by(Department.name))).all())
+
+    @signed_in()
+    async def case_list(self, request: web.Request) -> web.StreamResponse:
+        member: Staff = request["staff"]
+        query = request.query
+        status = query.get("status") or None
+        if status is not None and status not in {s.value for s in CaseStatus}:
+            status = None
+        filters = casework.CaseFilters(
+            status=status,
+            category=query.get("category") if query.get("category") in CATEGORIES else None,
+            department_id=int_or_none(query.get("department")),
+            district=(query.get("district") or None),
+            overdue=query.get("overdue") == "1",
+            supervised=query.get("supervised") == "1",
+        )
+        cursor = casework.Cursor.decode(query.get("after"))
+        async with self.sessions() as session:
+            rows, next_cursor = await casework.list_cases(session, member.user, filters, after=cursor)
+            departments = await self._departments(session)
+        params = {key: value for key, value in query.items() if key != "after" and value}
+        return self.render(
+            request,
+            "cases.html",
+            cases=rows,
+            filters=filters,
+            next_cursor=next_cursor.encode() if next_cursor else None,
+            params=params,
+            statuses=list(CaseStatus),
+            categories=CATEGORIES,
+            departments=departments,
+            districts=self.districts,
+            is_overdue=casework.is_overdue,
+        )
+
+    @signed_in()
+    async def case_page(self, request: web.Request) -> web.StreamResponse:
+        return await self._case_page(request)
+
+    async def _case_page(
+        self,
+        request: web.Request,
+        *,
+        error: str | None = None,
+        notice: str | None = None,
+        status: int = 200,
+        reveal_phone: bool = False,
+    ) -> web.StreamResponse:
+        member: Staff = request["staff"]
+        async with self.sessions.begin() as session:
+            case = await casework.visible_case(session, member.user, request.match_info["case_number"])
+            events = await casework.timeline(session, case)
+            decisions = list(
+                (
+                    await session.scalars(
+                        select(RoutingDecision).where(RoutingDecision.case_id == case.id).order_by(RoutingDecision.id)
+                    )
+                ).all()
+            )
+            extension = await casework.pending_extension(session, case)
+            requester = await session.get(StaffUser, extension.requested_by_id) if extension else None
+            departments = [d for d in await self._departments(session) if d.active]
+            audit.record(
+                session,
+                member.user,
+                "case.view_phone" if reveal_phone else "case.view",
+                case.case_number,
+                address=client_address(request),
+            )
+        actions = available_actions(CaseStatus(case.status), member.role)
+        return self.render(
+            request,
+            "case.html",
+            status=status,
+            error=error,
+            notice=notice,
+            case=case,
+            phone=case.contact_phone if reveal_phone else mask_phone(case.contact_phone),
+            events=events,
+            decision=decisions[-1] if decisions else None,
+            extension=extension,
+            requester=requester,
+            departments=departments,
+            actions=[(action, CASE_ACTIONS[action]) for action in actions],
+            overdue=casework.is_overdue(case),
+            can_supervise=member.at_least(Role.SUPERVISOR),
+            open_case=CaseStatus(case.status) in casework.OPEN_STATUSES,
+        )
+
+    @signed_in()
+    async def case_operation(self, request: web.Request) -> web.StreamResponse:
+        member: Staff = request["staff"]
+        number = request.match_info["case_number"]
+        operation = request.match_info["operation"]
+        data = await form(request)
+        address = client_address(request)
+        if operation == "reveal-phone":
+            return await self._case_page(request, reveal_phone=True)
+        try:
+            notice = await self._operate(member, number, operation, data, address)
+        except (InvalidInput, InvalidTransition) as problem:
+            return await self._case_page(
+                request, error=str(problem), status=422 if isinstance(problem, InvalidInput) else 409
+            )
+        if request.headers.get("X-Requested-With") == "fetch":
+            return secure(web.json_response({"ok": True, "notice": notice}))
+        return await self._case_page(request, notice=notice)
+
+    async def _operate(self, member: Staff, number: str, operation: str, data: dict[str, str], address: str) -> str:
+        note = data.get("note", "")
+        if operation == "reply":
+            text = data.get("text", "").strip()
+            if not text or len(text) > MAX_REPLY_CHARS:
+                raise InvalidInput("bad_text", f"回复内容为 1-{MAX_REPLY_CHARS} 个字符")
+            async with self.sessions.begin() as session:
+                case = await casework.visible_case(session, member.user, number)
+                if case.conversation_id is None:
+                    raise InvalidInput("no_conversation", "这个工单没有关联的对话，无法在线回复市民")
+                casework.record_reply(session, member.user, case, text, address=address)
+                conversation_id = case.conversation_id
+            live = await self.notifier.staff_reply(
+                conversation_id, f"关于工单 {number}：{text}", member.user.display_name
+            )
+            return "已回复市民" if live else "已回复；市民当前不在线，下次打开对话时会看到"
+        async with self.sessions.begin() as session:
+            if operation == "action":
+                event = await casework.perform(
+                    session,
+                    member.user,
+                    number,
+                    data.get("action", ""),
+                    note=note,
+                    department_id=int_or_none(data.get("department_id")),
+                    address=address,
+                )
+                return f"工单已变为「{CaseStatus(event.to_status).label}」"
+            if operation == "note":
+                await casework.add_note(session, member.user, number, note, address=address)
+                return "已添加内部备注"
+            if operation == "supervise":
+                on = data.get("on") == "1"
+                await casework.set_supervised(session, member.user, number, on, note, address=address)
+                return "已督办" if on else "已取消督办"
+            if operation == "extension":
+                days = int_or_none(data.get("working_days"))
+                if days is None:
+                    raise InvalidInput("bad_days", "请填写延期的工作日数")
+                await casework.request_extension(session, member.user, number, days, note, address=address)
+                return "延期申请已提交，等待值班长审批"
+            if operation == "extension-decision":
+                approve = data.get("approve") == "1"
+                request: ExtensionRequest = await casework.decide_extension(
+                    session, member.user, number, approve, note, address=address
+                )
+                return "已同意延期" if request.status == "approved" else "已驳回延期申请"
+        raise NotFound("operation")
+
+    @signed_in(Role.SUPERVISOR)
+    async def queue(self, request: web.Request) -> web.StreamResponse:
+        async with self.sessions() as session:
+            rows = await casework.dispatch_queue(session)
+            departments = [d for d in await self._departments(session) if d.active]
+        return self.render(
+            request, "queue.html", rows=rows, departments=departments, dispatch=CaseAction.DISPATCH.value
+        )

@@ -1,0 +1,101 @@
+// The console's live parts: server-sent events refresh the inbox and the open transcript,
+// and the reply form posts without reloading. Everything else is plain forms.
+"use strict";
+
+(function () {
+  const body = document.body;
+  const page = body.dataset.page;
+  if (page === "login") return;
+  const csrf = body.dataset.csrf;
+  const conversationId = body.dataset.conversation ? Number(body.dataset.conversation) : null;
+
+  function toast(text) {
+    const box = document.getElementById("toast");
+    if (!box) return;
+    box.textContent = text;
+    box.hidden = false;
+    clearTimeout(toast.timer);
+    toast.timer = setTimeout(() => { box.hidden = true; }, 4000);
+  }
+
+  async function fetchHtml(url) {
+    const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "text/html-fragment" } });
+    if (!response.ok) throw new Error("HTTP " + response.status);
+    return response.text();
+  }
+
+  async function refreshInbox() {
+    const rows = document.getElementById("inbox-rows");
+    if (!rows) return;
+    rows.innerHTML = await fetchHtml("/console/inbox/rows");
+    body.dataset.inboxRefreshed = String(Date.now());
+  }
+
+  let fetchingMessages = Promise.resolve();
+  function refreshMessages() {
+    fetchingMessages = fetchingMessages.then(async () => {
+      const list = document.getElementById("messages");
+      if (!list) return;
+      const items = list.querySelectorAll("li[data-id]");
+      const after = items.length ? items[items.length - 1].dataset.id : "0";
+      const html = await fetchHtml(`/console/conversations/${conversationId}/messages?after=${after}`);
+      if (html.trim()) {
+        list.insertAdjacentHTML("beforeend", html);
+        list.lastElementChild.scrollIntoView({ block: "end" });
+      }
+    }).catch((error) => console.warn("transcript refresh failed", error));
+    return fetchingMessages;
+  }
+
+  const badge = document.getElementById("inbox-badge");
+  let unseen = 0;
+
+  const source = new EventSource("/console/events");
+  source.addEventListener("open", () => { body.dataset.live = "1"; });
+  source.addEventListener("error", () => { body.dataset.live = "0"; });
+  const onEvent = (event) => {
+    const data = JSON.parse(event.data);
+    if (page === "inbox") refreshInbox().catch((error) => console.warn("inbox refresh failed", error));
+    if (conversationId !== null && data.conversation_id === conversationId) refreshMessages();
+    if (event.type === "escalation") {
+      toast("有新的转人工会话");
+      if (page !== "inbox" && badge) {
+        unseen += 1;
+        badge.textContent = String(unseen);
+        badge.hidden = false;
+      }
+    }
+  };
+  for (const kind of ["escalation", "message", "claimed", "released", "closed", "reply", "filed"]) {
+    source.addEventListener(kind, onEvent);
+  }
+
+  const replyForm = document.getElementById("reply-form");
+  if (replyForm) {
+    replyForm.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const button = replyForm.querySelector("button[type=submit]");
+      button.disabled = true;
+      try {
+        const response = await fetch(replyForm.action, {
+          method: "POST",
+          credentials: "same-origin",
+          headers: { "X-CSRF-Token": csrf, "X-Requested-With": "fetch" },
+          body: new URLSearchParams(new FormData(replyForm)),
+        });
+        const result = await response.json().catch(() => ({}));
+        if (!response.ok) {
+          toast(result.message || "发送失败，请重试");
+          return;
+        }
+        replyForm.reset();
+        toast(result.notice || "已发送");
+        await refreshMessages();
+      } catch (error) {
+        toast("网络异常，发送失败，请重试");
+      } finally {
+        button.disabled = false;
+      }
+    });
+  }
+})();

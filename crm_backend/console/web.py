@@ -1,0 +1,203 @@
+"""What every console page shares: sign-in guard, CSRF, templates, security headers.
+
+Pages are rendered on the server with Jinja2 (autoescaping on: every piece of citizen
+text is HTML-escaped) and carry a strict Content-Security-Policy: scripts and styles
+only from /console/static, no inline code, no inline event handlers.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import jinja2
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from crm_backend.dispatch.deadlines import CHINA_TZ
+from crm_backend.lifecycle import ROLE_LABELS, CaseStatus, Role
+from crm_backend.models import StaffSession, StaffUser, utcnow
+from crm_backend.services import staff
+from crm_backend.validation import mask_phone
+
+HERE = Path(__file__).resolve().parent
+SESSION_COOKIE = "console_session"
+LOGIN_CSRF_COOKIE = "console_login_csrf"
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+@dataclass(frozen=True)
+class Staff:
+    """The signed-in member of staff behind a request."""
+
+    user: StaffUser
+    session: StaffSession
+
+    @property
+    def role(self) -> Role:
+        return Role(self.user.role)
+
+    def at_least(self, role: Role) -> bool:
+        return self.role.at_least(role)
+
+
+def client_address(request: web.Request) -> str:
+    return (request.remote or "")[:64]
+
+
+def _beijing(value: datetime | None, pattern: str = "%Y-%m-%d %H:%M") -> str:
+    return value.astimezone(CHINA_TZ).strftime(pattern) if value else ""
+
+
+def _waited(value: datetime | None) -> str:
+    if value is None:
+        return ""
+    minutes = int((utcnow() - value).total_seconds() // 60)
+    if minutes < 1:
+        return "不到 1 分钟"
+    if minutes < 60:
+        return f"{minutes} 分钟"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} 小时 {minutes} 分"
+    return f"{hours // 24} 天 {hours % 24} 小时"
+
+
+def _status_label(value: str) -> str:
+    try:
+        return CaseStatus(value).label
+    except ValueError:
+        return value
+
+
+def build_templates() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(beijing=_beijing, waited=_waited, status_label=_status_label, mask=mask_phone)
+    env.globals.update(role_labels={role.value: label for role, label in ROLE_LABELS.items()})
+    return env
+
+
+class ConsoleBase:
+    """Shared plumbing of the console's handlers."""
+
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], templates: jinja2.Environment, *, secure_cookies: bool
+    ) -> None:
+        self.sessions = sessions
+        self.templates = templates
+        self.secure_cookies = secure_cookies
+
+    def render(self, request: web.Request, name: str, *, status: int = 200, **context: Any) -> web.Response:
+        staff_member: Staff | None = request.get("staff")
+        context.setdefault("error", None)
+        context.setdefault("notice", None)
+        html = self.templates.get_template(name).render(
+            staff=staff_member,
+            csrf=staff_member.session.csrf_token if staff_member else "",
+            path=request.path,
+            Role=Role,
+            **context,
+        )
+        return secure(web.Response(text=html, status=status, content_type="text/html", charset="utf-8"))
+
+    def set_session_cookie(self, response: web.StreamResponse, token: str) -> None:
+        response.set_cookie(
+            SESSION_COOKIE,
+            token,
+            httponly=True,
+            samesite="Strict",
+            secure=self.secure_cookies,
+            path="/console",
+            max_age=int(staff.SESSION_MAX_AGE.total_seconds()),
+        )
+
+    def set_login_csrf(self, response: web.StreamResponse, token: str) -> None:
+        """The sign-in form's CSRF token, as a double-submit cookie (there is no session yet)."""
+        response.set_cookie(
+            LOGIN_CSRF_COOKIE, token, httponly=True, samesite="Strict", secure=self.secure_cookies, path="/console"
+        )
+
+
+ResponseT = TypeVar("ResponseT", bound=web.StreamResponse)
+
+
+def secure(response: ResponseT) -> ResponseT:
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+ViewT = TypeVar("ViewT", bound=ConsoleBase)
+Handler = Callable[[ViewT, web.Request], Awaitable[web.StreamResponse]]
+
+
+def signed_in(role: Role = Role.AGENT) -> Callable[[Handler[ViewT]], Handler[ViewT]]:
+    """Guard a console handler: a live session, the role, and a CSRF token on every POST.
+
+    A browser without a session is sent to the sign-in page (pages) or gets 401 (fetches);
+    a role too low gets 404, as if the page did not exist.
+    """
+
+    def decorate(handler: Handler[ViewT]) -> Handler[ViewT]:
+        @functools.wraps(handler)
+        async def guarded(view: ViewT, request: web.Request) -> web.StreamResponse:
+            token = request.cookies.get(SESSION_COOKIE, "")
+            async with view.sessions.begin() as session:
+                found = await staff.find_session(session, token)
+            if found is None:
+                if request.method == "GET" and "text/html" in request.headers.get("Accept", ""):
+                    raise web.HTTPSeeOther("/console/login")
+                raise web.HTTPUnauthorized(
+                    text='{"error": "unauthorized", "message": "请先登录"}', content_type="application/json"
+                )
+            request["staff"] = Staff(user=found[1], session=found[0])
+            if request.method == "POST":
+                supplied = request.headers.get("X-CSRF-Token", "")
+                if not supplied and request.content_type in (
+                    "application/x-www-form-urlencoded",
+                    "multipart/form-data",
+                ):
+                    supplied = str((await request.post()).get("csrf", ""))
+                if not hmac.compare_digest(supplied.encode(), found[0].csrf_token.encode()):
+                    raise web.HTTPForbidden(
+                        text='{"error": "csrf", "message": "页面已过期，请刷新后重试"}', content_type="application/json"
+                    )
+            if not request["staff"].at_least(role):
+                raise web.HTTPNotFound()
+            return await handler(view, request)
+
+        return guarded
+
+    return decorate
+
+
+async def form(request: web.Request) -> dict[str, str]:
+    """The posted form as plain strings (files and repeated keys ignored)."""
+    data = await request.post()
+    return {key: value for key, value in data.items() if isinstance(value, str)}
+
+
+def int_or_none(raw: str | None) -> int | None:
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        return None
