@@ -7,7 +7,17 @@ import itertools
 import pytest
 
 from crm_backend.errors import InvalidTransition
-from crm_backend.lifecycle import ALLOWED_TRANSITIONS, STATUS_LABELS, CaseStatus, check_transition
+from crm_backend.lifecycle import (
+    ALLOWED_TRANSITIONS,
+    CASE_ACTIONS,
+    STATUS_LABELS,
+    CaseAction,
+    CaseStatus,
+    Role,
+    available_actions,
+    check_action,
+    check_transition,
+)
 
 S = CaseStatus
 
@@ -88,3 +98,64 @@ def test_each_status_has_an_english_code_and_a_chinese_label(status: CaseStatus,
 def test_labels_cover_every_status_and_are_distinct() -> None:
     assert set(STATUS_LABELS) == set(CaseStatus)
     assert len(set(STATUS_LABELS.values())) == len(CaseStatus)
+
+
+# --- named operations and who may perform them ------------------------------------------
+
+A, Sup, Adm = Role.AGENT, Role.SUPERVISOR, Role.ADMIN
+# (operation, from status) → (target, lowest role allowed), written out by hand.
+EXPECTED_OPERATIONS: dict[tuple[CaseAction, CaseStatus], tuple[CaseStatus, Role]] = {
+    (CaseAction.DISPATCH, S.RECEIVED): (S.DISPATCHED, Sup),
+    (CaseAction.DISPATCH, S.RETURNED): (S.DISPATCHED, Sup),
+    (CaseAction.REASSIGN, S.DISPATCHED): (S.DISPATCHED, Sup),
+    (CaseAction.ACCEPT, S.DISPATCHED): (S.ACCEPTED, A),
+    (CaseAction.START, S.ACCEPTED): (S.IN_PROGRESS, A),
+    (CaseAction.RETURN, S.DISPATCHED): (S.RETURNED, A),
+    (CaseAction.RETURN, S.ACCEPTED): (S.RETURNED, A),
+    (CaseAction.RESOLVE, S.IN_PROGRESS): (S.RESOLVED, A),
+    (CaseAction.REOPEN, S.RESOLVED): (S.IN_PROGRESS, Sup),
+    (CaseAction.REVIEW, S.RESOLVED): (S.REVIEWED, A),
+    (CaseAction.ARCHIVE, S.REVIEWED): (S.ARCHIVED, A),
+}
+EVERY_OPERATION = list(itertools.product(CaseAction, CaseStatus, Role))
+
+
+def operation_id(item: tuple[CaseAction, CaseStatus, Role]) -> str:
+    return f"{item[0].value}@{item[1].value}-by-{item[2].value}"
+
+
+@pytest.mark.parametrize("item", EVERY_OPERATION, ids=operation_id)
+def test_each_operation_is_allowed_exactly_where_expected(item: tuple[CaseAction, CaseStatus, Role]) -> None:
+    action, status, role = item
+    expected = EXPECTED_OPERATIONS.get((action, status))
+    if expected is not None and role.at_least(expected[1]):
+        spec = check_action(action, status, role)
+        assert spec.target == expected[0]
+        assert action in available_actions(status, role)
+    else:
+        with pytest.raises(InvalidTransition) as refused:
+            check_action(action, status, role)
+        assert "不能" in str(refused.value)  # a reason staff can read
+        assert action not in available_actions(status, role)
+
+
+def test_every_operation_is_a_move_the_status_machine_allows() -> None:
+    for (_action, source), (target, _role) in EXPECTED_OPERATIONS.items():
+        assert target in ALLOWED_TRANSITIONS[source]
+
+
+def test_return_and_resolve_and_reopen_need_a_reason_and_dispatch_a_department() -> None:
+    assert {a for a, spec in CASE_ACTIONS.items() if spec.needs_note} == {
+        CaseAction.RETURN,
+        CaseAction.RESOLVE,
+        CaseAction.REOPEN,
+    }
+    assert {a for a, spec in CASE_ACTIONS.items() if spec.needs_department} == {
+        CaseAction.DISPATCH,
+        CaseAction.REASSIGN,
+    }
+
+
+def test_roles_are_ordered() -> None:
+    assert Adm.at_least(Sup) and Sup.at_least(A) and Adm.at_least(A)
+    assert not A.at_least(Sup) and not Sup.at_least(Adm)

@@ -32,7 +32,7 @@ def make_env(**overrides: str | None) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, database: Path) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, database: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """`python -m crm_backend …` in a subprocess, on the given SQLite file."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("DATABASE_URL")}
     env["DATABASE_URL"] = f"sqlite:///{database}"
@@ -41,6 +41,7 @@ def run_cli(*args: str, database: Path) -> subprocess.CompletedProcess[str]:
         cwd=ROOT,
         env=env,
         capture_output=True,
+        input=stdin,
         text=True,
         timeout=120,
         check=False,
@@ -195,3 +196,44 @@ def test_an_unknown_command_exits_non_zero(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
     assert not (tmp_path / "x.db").exists()
+
+
+def test_create_user_reads_the_password_from_stdin_and_stores_only_a_hash(tmp_path: Path) -> None:
+    database = tmp_path / "crm.db"
+    done = run_cli(
+        "create-user", "--username", "chief", "--role", "admin", "--display-name", "王主任",
+        database=database, stdin="a long enough password\n",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "created admin chief" in done.stdout
+    with sqlite3.connect(database) as connection:
+        ((username, display_name, role, password_hash),) = connection.execute(
+            "SELECT username, display_name, role, password_hash FROM staff_user"
+        ).fetchall()
+        audited = connection.execute("SELECT actor, action, target FROM audit_entry").fetchall()
+    assert (username, display_name, role) == ("chief", "王主任", "admin")
+    assert password_hash.startswith("$argon2id$") and "a long enough password" not in password_hash
+    assert audited == [("cli", "user.create", "chief")]
+
+
+def test_create_user_refuses_a_weak_password_and_an_agent_without_department(tmp_path: Path) -> None:
+    database = tmp_path / "crm.db"
+    weak = run_cli("create-user", "--username", "chief", "--role", "admin", database=database, stdin="short\n")
+    assert weak.returncode == 1 and "密码至少需要" in weak.stderr
+    homeless = run_cli(
+        "create-user", "--username", "li.ming", "--role", "agent", database=database, stdin="a long enough password\n"
+    )
+    assert homeless.returncode == 1 and "部门" in homeless.stderr
+    placed = run_cli(
+        "create-user", "--username", "li.ming", "--role", "agent", "--department", "A-hotline",
+        database=database, stdin="a long enough password\n",
+    )  # fmt: skip
+    assert placed.returncode == 0, placed.stderr
+
+
+def test_create_user_has_no_password_argument(tmp_path: Path) -> None:
+    done = run_cli(
+        "create-user", "--username", "x1x", "--role", "admin", "--password", "secret-in-history",
+        database=tmp_path / "crm.db", stdin="",
+    )  # fmt: skip
+    assert done.returncode == 2 and "unrecognized arguments" in done.stderr
