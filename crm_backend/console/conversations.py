@@ -115,21 +115,15 @@ class ConversationViews(ConsoleBase):
         try:
             async with self.sessions.begin() as session:
                 user = await staff.authenticate(session, username, password, address)
-                signed = await staff.open_session(session, user)
-                audit.record(session, user, "login", address=address)
-        except (staff.LoginRefused, staff.LoginThrottled) as error:
-            async with self.sessions.begin() as session:
-                audit.record(
-                    session,
-                    None,
-                    "login.failed",
-                    username[:64],
-                    str(error),
-                    address=address,
-                    actor_name=username[:64] or "anonymous",
-                )
-            status = 429 if isinstance(error, staff.LoginThrottled) else 401
-            return self.render_login(request, cookie_token, error=str(error), username=username, status=status)
+                if user is None:
+                    audit.record(session, None, "login.failed", username, address=address, actor_name=username)
+                else:
+                    signed = await staff.open_session(session, user)
+                    audit.record(session, user, "login", address=address)
+        except staff.LoginThrottled as error:
+            return self.render_login(request, cookie_token, error=str(error), username=username, status=429)
+        if user is None:
+            return self.render_login(request, cookie_token, error=staff.LOGIN_REFUSED, username=username, status=401)
         response = secure(web.HTTPSeeOther("/console/inbox"))
         self.set_session_cookie(response, signed.token)
         response.del_cookie(LOGIN_CSRF_COOKIE, path="/console")

@@ -102,13 +102,22 @@ def may_see_conversation(user: StaffUser, conversation: Conversation) -> bool:
 
 
 async def visible_conversation(session: AsyncSession, user: StaffUser, conversation_id: int) -> Conversation:
-    """A conversation this member of staff may work.
+    """A conversation this member of staff may see: in their inbox, or behind one of their cases.
 
     Raises:
         NotFound: no such conversation, or one of another department (never told apart).
     """
     conversation = await session.get(Conversation, conversation_id)
-    if conversation is None or not may_see_conversation(user, conversation):
+    if conversation is None:
+        raise NotFound("conversation")
+    if may_see_conversation(user, conversation):
+        return conversation
+    has_their_case = await session.scalar(
+        select(ServiceCase.id)
+        .where(ServiceCase.conversation_id == conversation.id, ServiceCase.department_id == user.department_id)
+        .limit(1)
+    )
+    if has_their_case is None:
         raise NotFound("conversation")
     return conversation
 

@@ -30,16 +30,11 @@ THROTTLE_WINDOW = timedelta(minutes=15)
 MAX_FAILURES_PER_USERNAME = 5
 MAX_FAILURES_PER_ADDRESS = 20
 MIN_PASSWORD_CHARS = 10
+LOGIN_REFUSED = "用户名或密码不正确"  # never says which of the two was wrong
 USERNAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{2,31}")
 _hasher = PasswordHasher()
 # Verified against when the username is unknown, so a miss costs as long as a hit.
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
-
-
-class LoginRefused(CrmError):
-    """Wrong username or password (which of the two is never said)."""
-
-    code = "login_refused"
 
 
 class LoginThrottled(CrmError):
@@ -131,12 +126,14 @@ async def set_password(session: AsyncSession, user_id: int, password: str) -> St
     return user
 
 
-async def authenticate(session: AsyncSession, username: str, password: str, address: str) -> StaffUser:
-    """The active user with this username and password, or an error; failures are recorded.
+async def authenticate(session: AsyncSession, username: str, password: str, address: str) -> StaffUser | None:
+    """The active user with this username and password; None (and the failure recorded) if not.
+
+    The failure is added to the caller's transaction, which must commit it: a refusal is
+    a normal outcome here, not an exception that would roll the record back.
 
     Raises:
         LoginThrottled: too many recent failures for this username or from this address.
-        LoginRefused: unknown user, wrong password, or a deactivated account.
     """
     username = username.strip().lower()[:64]
     since = utcnow() - THROTTLE_WINDOW
@@ -152,7 +149,7 @@ async def authenticate(session: AsyncSession, username: str, password: str, addr
     valid = await asyncio.to_thread(_verify, user.password_hash if user else _DUMMY_HASH, password)
     if user is None or not valid or not user.active:
         session.add(LoginFailure(username=username, address=address[:64]))
-        raise LoginRefused("用户名或密码不正确")
+        return None
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = await hash_password(password)
     user.last_login_at = utcnow()

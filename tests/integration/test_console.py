@@ -1,0 +1,196 @@
+"""The staff console over HTTP against the running app: sign-in, CSRF, roles, escaping, live events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+
+import aiohttp
+import pytest
+from sqlalchemy import select
+
+from crm_backend.db import create_engine, create_sessionmaker
+from crm_backend.models import Department
+from crm_backend.services.conversations import current_conversation, log_incoming, resolve_identity
+from crm_backend.services.intake import Report, file_case
+from crm_backend.settings import normalise_database_url
+from tests.support.console import PASSWORD, ConsoleClient, create_staff
+from tests.support.stack import Stack
+
+MARKUP = '<img src=x onerror="window.__xss=1"><script>alert(1)</script>'
+
+
+async def file_case_for(stack: Stack, department_code: str, text: str = "路灯坏了") -> tuple[str, int]:
+    """A case of the given department filed straight through the CRM service; (number, conversation id)."""
+    engine = create_engine(normalise_database_url(str(stack.database_url)))
+    try:
+        async with create_sessionmaker(engine).begin() as session:
+            identity = await resolve_identity(session, "webchat", f"console-{uuid.uuid4().hex}")
+            conversation = await current_conversation(session, identity)
+            log_incoming(session, conversation, text, max_chars=10_000)
+            case = await file_case(
+                session,
+                identity,
+                Report(description=text, location="A1区解放路", contact_phone="13812345678", district="A1区"),
+                conversation_id=conversation.id,
+            )
+            department = await session.scalar(select(Department).where(Department.code == department_code))
+            assert department is not None
+            case.department_id, case.department, case.status = department.id, department.name, "dispatched"
+            return case.case_number, conversation.id
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def accounts(stack: Stack) -> dict[str, str]:
+    return {
+        "housing": create_staff(stack, "agent", "A-housing", "住建李"),
+        "transport": create_staff(stack, "agent", "A-transport", "交通赵"),
+        "supervisor": create_staff(stack, "supervisor", None, "值班王"),
+        "admin": create_staff(stack, "admin", None, "管理员"),
+    }
+
+
+def signed_in(stack: Stack, username: str) -> ConsoleClient:
+    client = ConsoleClient(stack)
+    response = client.login(username)
+    assert response.status_code == 200 and client.csrf, response.text[:300]
+    return client
+
+
+def test_sign_in_sets_a_strict_http_only_cookie_and_pages_carry_a_csp(stack: Stack, accounts: dict[str, str]) -> None:
+    client = ConsoleClient(stack)
+    login_page = client.get("/login")
+    assert "default-src 'none'" in login_page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in login_page.headers["Content-Security-Policy"]
+    response = client.login(accounts["supervisor"])
+    cookie_header = response.history[0].headers["Set-Cookie"]
+    session_cookie = next(part for part in cookie_header.split(", console") if "console_session=" in part)
+    assert "HttpOnly" in session_cookie and "SameSite=Strict" in session_cookie and "Path=/console" in session_cookie
+    assert response.url.endswith("/console/inbox")
+    assert "值班王" in response.text
+    assert not re.search(r"<[^>]*\son[a-z]+\s*=", response.text)  # no inline event handlers
+
+
+def test_a_page_without_a_session_leads_to_the_sign_in_page(stack: Stack) -> None:
+    client = ConsoleClient(stack)
+    response = client.get("/cases")
+    assert response.url.endswith("/console/login") and "登录" in response.text
+    fetch = client.http.get(f"{client.base}/inbox/rows", headers={"Accept": "*/*"}, timeout=10)
+    assert fetch.status_code == 401 and fetch.json()["error"] == "unauthorized"
+
+
+def test_wrong_passwords_are_refused_then_throttled(stack: Stack) -> None:
+    username = create_staff(stack, "supervisor")
+    client = ConsoleClient(stack)
+    for _ in range(5):
+        refused = client.login(username, "not the password")
+        assert refused.status_code == 401 and "用户名或密码不正确" in refused.text
+    throttled = client.login(username, PASSWORD)
+    assert throttled.status_code == 429 and "15 分钟" in throttled.text
+
+
+def test_a_post_without_the_csrf_token_is_refused(stack: Stack, accounts: dict[str, str]) -> None:
+    number, _ = asyncio.run(file_case_for(stack, "A-housing"))
+    client = signed_in(stack, accounts["housing"])
+    missing = client.post(f"/cases/{number}/note", {"note": "no token"}, csrf=False)
+    assert missing.status_code == 403 and missing.json()["error"] == "csrf"
+    wrong = client.post(f"/cases/{number}/note", {"note": "bad token", "csrf": "forged"}, csrf=False)
+    assert wrong.status_code == 403
+    ok = client.post(f"/cases/{number}/note", {"note": "带令牌的备注"})
+    assert ok.status_code == 200 and "带令牌的备注" in ok.text
+    assert "no token" not in ok.text and "bad token" not in ok.text
+    login_without_token = client.http.post(f"{client.base}/login", data={"username": "x", "password": "y"}, timeout=10)
+    assert login_without_token.status_code == 403
+
+
+def test_an_agent_cannot_read_another_departments_case_or_conversation(stack: Stack, accounts: dict[str, str]) -> None:
+    number, conversation_id = asyncio.run(file_case_for(stack, "A-housing"))
+    transport = signed_in(stack, accounts["transport"])
+    assert transport.get(f"/cases/{number}").status_code == 404
+    assert transport.post(f"/cases/{number}/action", {"action": "accept"}).status_code == 404
+    assert transport.get(f"/conversations/{conversation_id}").status_code == 404
+    assert number not in transport.get("/cases").text
+    housing = signed_in(stack, accounts["housing"])
+    assert housing.get(f"/cases/{number}").status_code == 200
+    assert number in housing.get("/cases").text
+    assert signed_in(stack, accounts["supervisor"]).get(f"/cases/{number}").status_code == 200
+
+
+def test_pages_are_kept_to_their_roles(stack: Stack, accounts: dict[str, str]) -> None:
+    agent = signed_in(stack, accounts["housing"])
+    for path in ("/queue", "/audit", "/admin/users", "/admin/routing"):
+        assert agent.get(path).status_code == 404, path
+    supervisor = signed_in(stack, accounts["supervisor"])
+    assert supervisor.get("/queue").status_code == 200
+    assert supervisor.get("/audit").status_code == 200
+    assert supervisor.get("/admin/users").status_code == 404
+    admin = signed_in(stack, accounts["admin"])
+    users = admin.get("/admin/users")
+    assert users.status_code == 200 and accounts["housing"] in users.text
+
+
+def test_citizen_text_is_escaped_and_phone_views_are_audited(stack: Stack, accounts: dict[str, str]) -> None:
+    number, conversation_id = asyncio.run(file_case_for(stack, "A-housing", f"路灯坏了{MARKUP}"))
+    housing = signed_in(stack, accounts["housing"])
+    case_page = housing.get(f"/cases/{number}")
+    assert MARKUP not in case_page.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in case_page.text
+    assert "138****5678" in case_page.text and "13812345678" not in case_page.text
+    conversation_page = housing.get(f"/conversations/{conversation_id}")
+    assert conversation_page.status_code == 200 and MARKUP not in conversation_page.text
+    revealed = housing.post(f"/cases/{number}/reveal-phone", {})
+    assert "13812345678" in revealed.text
+    audit = signed_in(stack, accounts["supervisor"]).get("/audit").text
+    assert "case.view_phone" in audit and number in audit and "conversation.view" in audit
+    assert accounts["housing"] in audit
+
+
+def test_logout_ends_the_session(stack: Stack, accounts: dict[str, str]) -> None:
+    client = signed_in(stack, accounts["housing"])
+    assert client.post("/logout", {}).url.endswith("/console/login")
+    assert client.get("/cases").url.endswith("/console/login")
+
+
+async def test_escalations_and_citizen_messages_arrive_live(stack: Stack, accounts: dict[str, str]) -> None:
+    client = await asyncio.to_thread(signed_in, stack, accounts["supervisor"])
+    cookies = {cookie.name: cookie.value or "" for cookie in client.http.cookies}
+    sender = f"live-{uuid.uuid4().hex[:8]}"
+    events: list[dict[str, object]] = []
+
+    async with (
+        aiohttp.ClientSession(cookies=cookies) as http,
+        http.get(f"{client.base}/events", timeout=aiohttp.ClientTimeout(total=60)) as stream,
+    ):
+        assert stream.status == 200 and stream.headers["Content-Type"].startswith("text/event-stream")
+
+        async def read_until(kind: str) -> dict[str, object]:
+            current = ""
+            async for raw in stream.content:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("event: "):
+                    current = line.removeprefix("event: ")
+                elif line.startswith("data: "):
+                    data = json.loads(line.removeprefix("data: "))
+                    events.append({"kind": current, **data})
+                    if current == kind:
+                        return data
+            raise AssertionError("stream ended")
+
+        replies = await asyncio.to_thread(stack.rest, sender, "我要转人工")
+        assert replies, "the bot said nothing on handoff"
+        escalation = await asyncio.wait_for(read_until("escalation"), 20)
+        conversation_id = escalation["conversation_id"]
+        silent = await asyncio.to_thread(stack.rest, sender, f"我的问题是{MARKUP}")
+        assert silent == []  # handed off: the bot stays silent
+        message = await asyncio.wait_for(read_until("message"), 20)
+        assert message["conversation_id"] == conversation_id
+
+    rows = await asyncio.to_thread(client.http.get, f"{client.base}/inbox/rows", timeout=10)
+    assert f'data-conversation="{conversation_id}"' in rows.text
+    transcript = await asyncio.to_thread(
+        client.http.get, f"{client.base}/conversations/{conversation_id}/messages?after=0", timeout=10
+    )
+    assert "我要转人工" in transcript.text and "&lt;script&gt;" in transcript.text and MARKUP not in transcript.text
