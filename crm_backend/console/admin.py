@@ -19,7 +19,7 @@ class AdminViews(ConsoleBase):
     """Pages only admins (and, for the audit log, supervisors) reach."""
 
     def __init__(self, base: ConsoleBase, districts: list[str]) -> None:
-        super().__init__(base.sessions, base.templates, secure_cookies=base.secure_cookies)
+        super().__init__(**base.share())
         self.districts = districts
 
     def add_routes(self, app: web.Application) -> None:
@@ -107,7 +107,7 @@ class AdminViews(ConsoleBase):
                     raise InvalidInput("bad_op", "未知的操作")
         except InvalidInput as problem:
             return await self._users_page(request, error=str(problem), status=422)
-        return await self._users_page(request, notice=notice)
+        self.done(request, "/console/admin/users", notice)
 
     # --- departments ---------------------------------------------------------------
 
@@ -161,7 +161,7 @@ class AdminViews(ConsoleBase):
                 audit.record(session, member.user, action, target, name, address=client_address(request))
         except InvalidInput as problem:
             return await self._departments_page(request, error=str(problem), status=422)
-        return await self._departments_page(request, notice=notice)
+        self.done(request, "/console/admin/departments", notice)
 
     # --- routing -----------------------------------------------------------------
 
@@ -229,7 +229,7 @@ class AdminViews(ConsoleBase):
                 )
         except InvalidInput as problem:
             return await self._routing_page(request, error=str(problem), status=422)
-        return await self._routing_page(request, notice=f"已保存：{category} {detail}")
+        self.done(request, "/console/admin/routing", f"已保存：{category} {detail}")
 
     async def _active_department(self, session: object, raw: str | None) -> Department:
         department_id = int_or_none(raw)

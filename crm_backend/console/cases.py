@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 from sqlalchemy import select
@@ -23,7 +24,7 @@ class CaseViews(ConsoleBase):
     """Cases through their life cycle."""
 
     def __init__(self, base: ConsoleBase, notifier: ChannelNotifier, districts: list[str]) -> None:
-        super().__init__(base.sessions, base.templates, secure_cookies=base.secure_cookies)
+        super().__init__(**base.share())
         self.notifier = notifier
         self.districts = districts
 
@@ -141,7 +142,7 @@ class CaseViews(ConsoleBase):
             )
         if request.headers.get("X-Requested-With") == "fetch":
             return secure(web.json_response({"ok": True, "notice": notice}))
-        return await self._case_page(request, notice=notice)
+        self.done(request, f"/console/cases/{quote(number)}", notice)
 
     async def _operate(self, member: Staff, number: str, operation: str, data: dict[str, str], address: str) -> str:
         note = data.get("note", "")

@@ -68,7 +68,7 @@ class ConversationViews(ConsoleBase):
         engine: SlotReader,
         desk: Dispatcher,
     ) -> None:
-        super().__init__(base.sessions, base.templates, secure_cookies=base.secure_cookies)
+        super().__init__(**base.share())
         self.feed = feed
         self.notifier = notifier
         self.engine = engine
@@ -291,10 +291,10 @@ class ConversationViews(ConsoleBase):
                 raise
             return await self._conversation_page(request, error=str(problem), status=422)
         if name == "close":
-            raise web.HTTPSeeOther("/console/inbox")
+            self.done(request, "/console/inbox", notice)
         if request.headers.get("X-Requested-With") == "fetch":
             return secure(web.json_response({"ok": True, "notice": notice}))
-        return await self._conversation_page(request, notice=notice)
+        self.done(request, f"/console/conversations/{conversation_id}", notice)
 
     async def _act(self, name: str, member: Staff, conversation_id: int, data: dict[str, str], address: str) -> str:
         target = f"conversation:{conversation_id}"

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import jinja2
 from aiohttp import web
@@ -87,23 +87,61 @@ def build_templates() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters.update(beijing=_beijing, waited=_waited, status_label=_status_label, mask=mask_phone)
-    env.globals.update(role_labels={role.value: label for role, label in ROLE_LABELS.items()})
+    env.globals.update(
+        role_labels={role.value: label for role, label in ROLE_LABELS.items()},
+        channel_labels={"web": "网页", "telegram": "Telegram", "rest": "接口"},
+    )
     return env
+
+
+class Flashes:
+    """One-shot messages carried across a POST → redirect → GET, per console session."""
+
+    def __init__(self) -> None:
+        self._pending: dict[int, str] = {}
+
+    def put(self, session_id: int, message: str) -> None:
+        self._pending[session_id] = message
+
+    def pop(self, session_id: int) -> str | None:
+        return self._pending.pop(session_id, None)
 
 
 class ConsoleBase:
     """Shared plumbing of the console's handlers."""
 
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], templates: jinja2.Environment, *, secure_cookies: bool
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        templates: jinja2.Environment,
+        *,
+        secure_cookies: bool,
+        flashes: Flashes | None = None,
     ) -> None:
         self.sessions = sessions
         self.templates = templates
         self.secure_cookies = secure_cookies
+        self.flashes = flashes or Flashes()
+
+    def share(self) -> dict[str, Any]:
+        """What a view built on this one passes to `ConsoleBase.__init__`."""
+        return {
+            "sessions": self.sessions,
+            "templates": self.templates,
+            "secure_cookies": self.secure_cookies,
+            "flashes": self.flashes,
+        }
+
+    def done(self, request: web.Request, location: str, notice: str) -> NoReturn:
+        """After a successful change: redirect to the page to show, with a notice (POST → redirect → GET)."""
+        self.flashes.put(request["staff"].session.id, notice)
+        raise web.HTTPSeeOther(location)
 
     def render(self, request: web.Request, name: str, *, status: int = 200, **context: Any) -> web.Response:
         staff_member: Staff | None = request.get("staff")
         context.setdefault("error", None)
+        if context.get("notice") is None and staff_member is not None and request.method == "GET":
+            context["notice"] = self.flashes.pop(staff_member.session.id)
         context.setdefault("notice", None)
         html = self.templates.get_template(name).render(
             staff=staff_member,

@@ -1,0 +1,137 @@
+"""The console and the citizen's chat in one real browser: a handoff from both sides.
+
+A supervisor signs in to the console and waits on the inbox; a citizen in another
+browser profile asks for a person; the escalation appears in the inbox without a
+reload; the supervisor opens it and replies; the citizen sees the reply, with the
+supervisor's display name; the citizen's next message appears live in the console;
+the supervisor files the drafted case in one click and takes it to 已办结.
+Screenshots of each step are kept in artifacts/.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from tests.integration.test_browser import CHROMIUM, CHROMIUM_ARGS, REPLY_TIMEOUT_MS, Widget
+from tests.support.console import PASSWORD, create_staff
+from tests.support.stack import Stack
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is not installed (bin/test installs chromium)"),
+]
+STAFF_NAME = "值班王"
+GREETING = "您好，我是值班王，请问有什么可以帮您？"
+PROBLEM = "A6区幸福路和建设路路口的下水道井盖丢了，晚上很危险"
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+def new_page(browser: Any, problems: list[str]) -> Any:
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN", timezone_id="Asia/Shanghai")
+    page = context.new_page()
+    page.set_default_timeout(REPLY_TIMEOUT_MS)
+    page.on("console", lambda m: problems.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    return page
+
+
+def test_staff_take_a_handoff_reply_live_and_resolve_the_drafted_case(
+    stack: Stack, browser: Any, artifacts_dir: Path
+) -> None:
+    username = create_staff(stack, "supervisor", display_name=STAFF_NAME)
+    staff_problems: list[str] = []
+    console = new_page(browser, staff_problems)
+
+    # Sign in and wait on the inbox with the live stream open.
+    console.goto(f"{stack.app_url}/console/login")
+    console.fill("input[name=username]", username)
+    console.fill("input[name=password]", PASSWORD)
+    console.click("button[type=submit]")
+    console.wait_for_url(re.compile(r"/console/inbox$"))
+    console.wait_for_selector('body[data-live="1"]', state="attached")
+    rows = console.locator("#inbox-rows tr[data-conversation]")
+    before = rows.count()
+
+    # The citizen asks for a person.
+    citizen = Widget(new_page(browser, []))
+    citizen.page.on("console", citizen.on_console)
+    citizen.open(stack.app_url)
+    citizen.type_and_enter("我要转人工")
+    expect(citizen.page.locator("#handoff-banner")).to_be_visible()
+
+    # The escalation arrives in the open inbox without a reload (oldest first: it is last).
+    expect(rows).to_have_count(before + 1)
+    row = rows.last
+    expect(row).to_contain_text("我要转人工")
+    expect(row).to_contain_text("待认领")
+    console.screenshot(path=str(artifacts_dir / "console-inbox-escalation.png"), full_page=True)
+
+    row.get_by_role("link", name="打开").click()
+    console.wait_for_url(re.compile(r"/console/conversations/\d+$"))
+    console.wait_for_selector('body[data-live="1"]', state="attached")
+    expect(console.locator("#messages")).to_contain_text("我要转人工")
+
+    # The reply reaches the citizen's page live, under the staff member's display name.
+    console.fill("#reply-text", GREETING)
+    console.click("#reply-form button[type=submit]")
+    staff_bubble = citizen.page.locator(".msg", has_text=GREETING)
+    expect(staff_bubble).to_be_visible()
+    expect(staff_bubble.locator(".msg-sender")).to_have_text(STAFF_NAME)
+    expect(console.locator("#messages li.staff")).to_contain_text(GREETING)
+    expect(console.locator("#reply-text")).to_have_value("")
+
+    # The citizen's next message goes to staff, not to the bot, and shows up live.
+    citizen.page.locator("#input").fill(PROBLEM)
+    citizen.page.locator("#input").press("Enter")
+    expect(console.locator("#messages li.citizen").last).to_contain_text(PROBLEM)
+    citizen.page.screenshot(path=str(artifacts_dir / "citizen-chat-staff-reply.png"), full_page=True)
+    console.screenshot(path=str(artifacts_dir / "console-conversation.png"), full_page=True)
+
+    # File the drafted case in one click.
+    draft = console.locator("#draft-case")
+    draft.locator("textarea[name=description]").fill(PROBLEM)
+    draft.locator("input[name=location]").fill("A6区幸福路与建设路路口")
+    draft.locator("input[name=contact_phone]").fill("13912345678")
+    draft.locator("select[name=category]").select_option("城乡建设")
+    draft.locator("button[type=submit]").click()
+    notice = console.locator(".flash.notice")
+    expect(notice).to_contain_text("已登记工单")
+    number_match = re.search(r"\d{8}-\d{4}", notice.text_content() or "")
+    assert number_match, notice.text_content()
+    number = number_match.group(0)
+
+    # Work the case to 已办结 through the life cycle.
+    console.goto(f"{stack.app_url}/console/cases/{number}")
+    expect(console.locator("#case-status")).to_have_text("已派单")
+    for action, label, status in (("accept", "签收", "已签收"), ("start", "开始办理", "办理中")):
+        console.locator(f'form[data-action="{action}"] button', has_text=label).click()
+        expect(console.locator("#case-status")).to_have_text(status)
+    resolve = console.locator('form[data-action="resolve"]')
+    resolve.locator("textarea[name=note]").fill("已安排维修人员补装井盖并设置警示标志")
+    resolve.locator("button").click()
+    expect(console.locator("#case-status")).to_have_text("已办结")
+    expect(console.locator("#timeline")).to_contain_text("已安排维修人员补装井盖")
+    expect(console.locator("#timeline")).to_contain_text(STAFF_NAME)
+    console.screenshot(path=str(artifacts_dir / "console-case-resolved.png"), full_page=True)
+
+    # A refused move says why, and the page stays usable.
+    console.goto(f"{stack.app_url}/console/cases?status=resolved")
+    expect(console.locator("#case-list")).to_contain_text(number)
+
+    assert staff_problems == [], staff_problems
+    assert citizen.problems == [], citizen.problems
