@@ -151,7 +151,7 @@ class ConversationViews(ConsoleBase):
     async def inbox_rows(self, request: web.Request) -> web.StreamResponse:
         async with self.sessions() as session:
             rows = await handoff.inbox(session, request["staff"].user)
-        return self.render(request, "inbox_rows.html", rows=rows)
+        return self.render(request, "inbox_rows.html", fragment=True, rows=rows)
 
     @signed_in()
     async def events(self, request: web.Request) -> web.StreamResponse:
@@ -275,7 +275,7 @@ class ConversationViews(ConsoleBase):
                     )
                 ).all()
             )
-        return self.render(request, "message_rows.html", messages=rows)
+        return self.render(request, "message_rows.html", fragment=True, messages=rows)
 
     @signed_in()
     async def conversation_action(self, request: web.Request) -> web.StreamResponse:

@@ -137,10 +137,13 @@ class ConsoleBase:
         self.flashes.put(request["staff"].session.id, notice)
         raise web.HTTPSeeOther(location)
 
-    def render(self, request: web.Request, name: str, *, status: int = 200, **context: Any) -> web.Response:
+    def render(
+        self, request: web.Request, name: str, *, status: int = 200, fragment: bool = False, **context: Any
+    ) -> web.Response:
+        """A page (or, with `fragment`, a piece of one fetched by the page's script)."""
         staff_member: Staff | None = request.get("staff")
         context.setdefault("error", None)
-        if context.get("notice") is None and staff_member is not None and request.method == "GET":
+        if context.get("notice") is None and staff_member is not None and request.method == "GET" and not fragment:
             context["notice"] = self.flashes.pop(staff_member.session.id)
         context.setdefault("notice", None)
         html = self.templates.get_template(name).render(

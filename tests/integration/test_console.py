@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 import pytest
@@ -42,6 +43,12 @@ async def file_case_for(stack: Stack, department_code: str, text: str = "路灯�
             return case.case_number, conversation.id
     finally:
         await engine.dispose()
+
+
+def file_case_now(stack: Stack, department_code: str, text: str = "路灯坏了") -> tuple[str, int]:
+    """`file_case_for` from synchronous code, even where an event loop is running (Playwright)."""
+    with ThreadPoolExecutor(1) as worker:
+        return worker.submit(asyncio.run, file_case_for(stack, department_code, text)).result()
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +101,7 @@ def test_wrong_passwords_are_refused_then_throttled(stack: Stack) -> None:
 
 
 def test_a_post_without_the_csrf_token_is_refused(stack: Stack, accounts: dict[str, str]) -> None:
-    number, _ = asyncio.run(file_case_for(stack, "A-housing"))
+    number, _ = file_case_now(stack, "A-housing")
     client = signed_in(stack, accounts["housing"])
     missing = client.post(f"/cases/{number}/note", {"note": "no token"}, csrf=False)
     assert missing.status_code == 403 and missing.json()["error"] == "csrf"
@@ -108,7 +115,7 @@ def test_a_post_without_the_csrf_token_is_refused(stack: Stack, accounts: dict[s
 
 
 def test_an_agent_cannot_read_another_departments_case_or_conversation(stack: Stack, accounts: dict[str, str]) -> None:
-    number, conversation_id = asyncio.run(file_case_for(stack, "A-housing"))
+    number, conversation_id = file_case_now(stack, "A-housing")
     transport = signed_in(stack, accounts["transport"])
     assert transport.get(f"/cases/{number}").status_code == 404
     assert transport.post(f"/cases/{number}/action", {"action": "accept"}).status_code == 404
@@ -134,7 +141,7 @@ def test_pages_are_kept_to_their_roles(stack: Stack, accounts: dict[str, str]) -
 
 
 def test_citizen_text_is_escaped_and_phone_views_are_audited(stack: Stack, accounts: dict[str, str]) -> None:
-    number, conversation_id = asyncio.run(file_case_for(stack, "A-housing", f"路灯坏了{MARKUP}"))
+    number, conversation_id = file_case_now(stack, "A-housing", f"路灯坏了{MARKUP}")
     housing = signed_in(stack, accounts["housing"])
     case_page = housing.get(f"/cases/{number}")
     assert MARKUP not in case_page.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in case_page.text

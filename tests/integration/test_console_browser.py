@@ -19,6 +19,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from tests.integration.test_browser import CHROMIUM, CHROMIUM_ARGS, REPLY_TIMEOUT_MS, Widget
+from tests.integration.test_console import file_case_now
 from tests.support.console import PASSWORD, create_staff
 from tests.support.stack import Stack
 
@@ -135,3 +136,31 @@ def test_staff_take_a_handoff_reply_live_and_resolve_the_drafted_case(
 
     assert staff_problems == [], staff_problems
     assert citizen.problems == [], citizen.problems
+
+
+def test_the_browser_is_refused_a_csrf_less_post_and_another_departments_case(
+    stack: Stack, browser: Any, artifacts_dir: Path
+) -> None:
+    housing_case = file_case_now(stack, "A-housing")[0]
+    username = create_staff(stack, "agent", "A-transport", display_name="交通赵")
+    problems: list[str] = []
+    console = new_page(browser, problems)
+    console.goto(f"{stack.app_url}/console/login")
+    console.fill("input[name=username]", username)
+    console.fill("input[name=password]", PASSWORD)
+    console.click("button[type=submit]")
+    console.wait_for_url(re.compile(r"/console/inbox$"))
+
+    other = console.goto(f"{stack.app_url}/console/cases/{housing_case}")
+    assert other is not None and other.status == 404
+    console.goto(f"{stack.app_url}/console/cases")
+    expect(console.locator("#case-list")).not_to_contain_text(housing_case)
+
+    # The browser's own cookies, but no CSRF token: what a forged cross-site form would send.
+    forged = console.request.post(f"{stack.app_url}/console/logout", form={"anything": "1"})
+    assert forged.status == 403
+    console.goto(f"{stack.app_url}/console/inbox")  # still signed in: the forged logout did nothing
+    expect(console.locator("header .me")).to_contain_text("交通赵")
+    console.screenshot(path=str(artifacts_dir / "console-agent-inbox.png"), full_page=True)
+    unexpected = [p for p in problems if "status of 404" not in p and "status of 403" not in p]
+    assert unexpected == [], problems
