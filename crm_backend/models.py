@@ -150,6 +150,7 @@ class ServiceCase(Base):
         Index("ix_service_case_status_created_at", "status", "created_at"),
         # The console's case lists: 督办 first, then newest, overall and per department.
         Index("ix_service_case_supervised_id", "supervised", "id"),
+        Index("ix_service_case_status_supervised_id", "status", "supervised", "id"),
         Index("ix_service_case_department_supervised_id", "department_id", "supervised", "id"),
     )
 

@@ -124,6 +124,7 @@ def upgrade() -> None:
             "ix_service_case_department_supervised_id", ["department_id", "supervised", "id"], unique=False
         )
         batch_op.create_index("ix_service_case_supervised_id", ["supervised", "id"], unique=False)
+        batch_op.create_index("ix_service_case_status_supervised_id", ["status", "supervised", "id"], unique=False)
 
     # Escalated conversations with no case yet wait in the hotline's own inbox. A database
     # seeded before this department existed gets it here (an empty one gets it from the
@@ -140,6 +141,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table("service_case", schema=None) as batch_op:
+        batch_op.drop_index("ix_service_case_status_supervised_id")
         batch_op.drop_index("ix_service_case_supervised_id")
         batch_op.drop_index("ix_service_case_department_supervised_id")
         batch_op.drop_column("supervised")
