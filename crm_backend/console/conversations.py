@@ -215,6 +215,17 @@ class ConversationViews(ConsoleBase):
                     )
                 ).all()
             )
+            history = list(
+                (
+                    await session.scalars(
+                        select(Conversation)
+                        .join(ChannelIdentity, ChannelIdentity.id == Conversation.identity_id)
+                        .where(ChannelIdentity.citizen_id == identity.citizen_id, Conversation.id != conversation.id)
+                        .order_by(Conversation.id.desc())
+                        .limit(20)
+                    )
+                ).all()
+            )
             colleagues = await handoff.colleagues_for(session, conversation)
             assignee = (
                 await session.get(StaffUser, conversation.assigned_staff_id) if conversation.assigned_staff_id else None
@@ -246,6 +257,7 @@ class ConversationViews(ConsoleBase):
             channels=channels,
             messages=messages,
             cases=cases,
+            history=history,
             colleagues=colleagues,
             assignee=assignee,
             collected=collected,

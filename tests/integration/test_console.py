@@ -201,3 +201,19 @@ async def test_escalations_and_citizen_messages_arrive_live(stack: Stack, accoun
         client.http.get, f"{client.base}/conversations/{conversation_id}/messages?after=0", timeout=10
     )
     assert "我要转人工" in transcript.text and "&lt;script&gt;" in transcript.text and MARKUP not in transcript.text
+
+
+def test_staff_see_what_the_bot_collected_as_a_draft_case(stack: Stack, accounts: dict[str, str]) -> None:
+    sender = f"draft-{uuid.uuid4().hex[:8]}"
+    stack.rest(sender, "我家楼下的路灯坏了好几天了，晚上很黑")
+    stack.rest(sender, "A1区解放路18号")
+    handed = stack.rest(sender, "我要转人工")
+    assert any("人工" in str(reply.get("text", "")) for reply in handed), handed
+    supervisor = signed_in(stack, accounts["supervisor"])
+    inbox = supervisor.get("/inbox/rows").text
+    conversation_id = re.findall(r'data-conversation="(\d+)"', inbox)[-1]
+    page = supervisor.get(f"/conversations/{conversation_id}").text
+    draft = page[page.index('id="draft-case"') :]
+    assert "我家楼下的路灯坏了好几天了，晚上很黑</textarea>" in draft
+    assert 'value="A1区解放路18号"' in draft
+    assert "机器人已收集" in page and "问题描述" in page
