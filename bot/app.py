@@ -110,6 +110,11 @@ async def init_app(settings: Settings) -> web.Application:
         secure_cookies=settings.console_secure_cookies,
     )
 
+    async def end_streams(_app: web.Application) -> None:
+        feed.close()
+
+    app.on_shutdown.append(end_streams)
+
     async def close(_app: web.Application) -> None:
         await hub.close_all()
         await http.close()

@@ -169,6 +169,8 @@ class ConversationViews(ConsoleBase):
                 except TimeoutError:
                     await response.write(b": keep-alive\n\n")
                     continue
+                if event is None:
+                    break
                 if not _may_see(member, event):
                     continue
                 body = json.dumps({"kind": event.kind, "conversation_id": event.conversation_id})

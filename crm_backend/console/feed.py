@@ -8,6 +8,7 @@ database on the next event it does get (the pages always re-read what they show)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -29,14 +30,21 @@ class LiveFeed:
     """Fan-out of `LiveEvent`s to every subscribed console."""
 
     def __init__(self) -> None:
-        self._queues: set[asyncio.Queue[LiveEvent]] = set()
+        self._queues: set[asyncio.Queue[LiveEvent | None]] = set()
 
-    def subscribe(self) -> asyncio.Queue[LiveEvent]:
-        queue: asyncio.Queue[LiveEvent] = asyncio.Queue(QUEUE_SIZE)
+    def subscribe(self) -> asyncio.Queue[LiveEvent | None]:
+        """A queue of events; None in it means the app is shutting down."""
+        queue: asyncio.Queue[LiveEvent | None] = asyncio.Queue(QUEUE_SIZE)
         self._queues.add(queue)
         return queue
 
-    def unsubscribe(self, queue: asyncio.Queue[LiveEvent]) -> None:
+    def close(self) -> None:
+        """End every open stream, so shutting down does not wait on open consoles."""
+        for queue in self._queues:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+
+    def unsubscribe(self, queue: asyncio.Queue[LiveEvent | None]) -> None:
         self._queues.discard(queue)
 
     @property
