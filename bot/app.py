@@ -99,7 +99,7 @@ async def init_app(settings: Settings) -> web.Application:
     RestChannel(pipeline, settings.rest_channel_token).add_routes(app)
     ActionEndpoint(executor, settings.action_token).add_routes(app)
     notifier = ChannelNotifier(sessions, hub)
-    CrmApi(sessions, settings.api_token, notifier).add_routes(app)
+    CrmApi(sessions, settings.api_token, notifier, feed).add_routes(app)
     add_console(
         app,
         sessions,

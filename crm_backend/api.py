@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from crm_backend.console.feed import LiveEvent, LiveFeed
 from crm_backend.errors import InvalidInput, NotFound
 from crm_backend.http import json_response, read_json_object, require_bearer
 from crm_backend.lifecycle import CaseStatus
@@ -111,10 +112,17 @@ def _path_id(request: web.Request) -> int:
 class CrmApi:
     """Routes of /api/v1."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], token: str, notifier: ConversationNotifier) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        token: str,
+        notifier: ConversationNotifier,
+        feed: LiveFeed | None = None,
+    ) -> None:
         self._sessions = sessions
         self._token = token
         self._notifier = notifier
+        self._feed = feed  # open consoles hear about replies and hand-backs made through the API
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/api/v1/stats", self.stats)
@@ -205,7 +213,9 @@ class CrmApi:
             raise InvalidInput("bad_text", f"text must be a non-empty string of at most {MAX_REPLY_CHARS} characters")
         if not isinstance(staff_name, str) or not 0 < len(staff_name) <= 32:
             raise InvalidInput("bad_staff_name", "staff_name must be a display name of 1-32 characters")
-        delivered = await self._notifier.staff_reply(_path_id(request), text, staff_name)
+        conversation_id = _path_id(request)
+        delivered = await self._notifier.staff_reply(conversation_id, text, staff_name)
+        await self._tell_consoles("reply", conversation_id)
         return json_response({"delivered_live": delivered}, status=201)
 
     async def release(self, request: web.Request) -> web.Response:
@@ -213,4 +223,13 @@ class CrmApi:
         async with self._sessions.begin() as session:
             conversation = await handoff.release_to_bot(session, _path_id(request))
         await self._notifier.handoff_ended(conversation.id)
+        await self._tell_consoles("released", conversation.id)
         return json_response({"id": conversation.id, "handoff_status": conversation.handoff_status})
+
+    async def _tell_consoles(self, kind: str, conversation_id: int) -> None:
+        if self._feed is None:
+            return
+        async with self._sessions() as session:
+            conversation = await session.get(Conversation, conversation_id)
+        if conversation is not None:
+            self._feed.publish(LiveEvent(kind, conversation_id, conversation.department_id))
