@@ -10,14 +10,20 @@ from rasa_sdk import Action
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from actions.dispatch import ActionAskCategoryChoice, ActionAskDistrict, ActionAskReportConfirmed, ActionSubmitReport
-from actions.handoff import ActionHandoff
+from actions.handoff import ActionFallback, ActionHandoff, ActionRejectAnswer
 from actions.progress import ActionAskCaseNumber, ActionCheckProgress, ActionStartProgress, ValidateProgressForm
 from actions.report import ActionCancelRequest, ActionStartReport, ValidateReportForm
 from crm_backend.dispatch.service import Dispatcher
+from crm_backend.duty import DutyHours
 
 
 def build_actions(sessions: async_sessionmaker[AsyncSession], desk: Dispatcher) -> list[Action]:
-    """Every custom action, wired to the CRM database and the dispatch desk."""
+    """Every custom action, wired to the CRM database and the dispatch desk.
+
+    Raises:
+        InvalidDutyHours: `STAFF_DUTY_HOURS` is set to something unreadable.
+    """
+    hours = DutyHours.from_env()
     return [
         ActionStartReport(),
         ValidateReportForm(desk),
@@ -30,5 +36,7 @@ def build_actions(sessions: async_sessionmaker[AsyncSession], desk: Dispatcher) 
         ValidateProgressForm(sessions),
         ActionAskCaseNumber(sessions),
         ActionCheckProgress(sessions),
-        ActionHandoff(sessions),
+        ActionHandoff(sessions, hours),
+        ActionFallback(sessions, hours),
+        ActionRejectAnswer(sessions, hours),
     ]

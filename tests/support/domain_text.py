@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from crm_backend.dispatch.deadlines import CHINA_TZ
+from crm_backend.duty import DutyHours, clock_text, next_duty_start, on_duty
 from tests.support.stack import ROOT
 
 
@@ -45,3 +46,22 @@ def expected_preview(case: dict[str, Any]) -> str:
     return utter(
         "utter_dispatch_preview", category=case["category"], department=case["department"], due=day_text(case["due_at"])
     )
+
+
+def handoff_texts(before: datetime, after: datetime) -> list[str]:
+    """What the bot may say on handing off between two moments (staff on duty or not then).
+
+    The hours are the ones the app reads (`STAFF_DUTY_HOURS`, or 09:00-18:00).
+    """
+    hours = DutyHours.from_env()
+
+    def at(moment: datetime) -> str:
+        if on_duty(moment, hours):
+            return utter("utter_handoff_on_duty")
+        start = next_duty_start(moment, hours)
+        local = start.astimezone(CHINA_TZ)
+        return utter(
+            "utter_handoff_off_duty", hours=hours.label(), date=f"{local.month}月{local.day}日", start=clock_text(start)
+        )
+
+    return sorted({at(before), at(after)})
