@@ -98,7 +98,7 @@ async def init_app(settings: Settings) -> web.Application:
     WebChat(pipeline, sessions, hub, responses, settings.allowed_origins, settings.max_logged_chars).add_routes(app)
     RestChannel(pipeline, settings.rest_channel_token).add_routes(app)
     ActionEndpoint(executor, settings.action_token).add_routes(app)
-    notifier = ChannelNotifier(sessions, hub)
+    notifier = ChannelNotifier(sessions, hub, responses)
     CrmApi(sessions, settings.api_token, notifier, feed).add_routes(app)
     add_console(
         app,

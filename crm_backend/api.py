@@ -30,7 +30,7 @@ class ConversationNotifier(Protocol):
     async def staff_reply(self, conversation_id: int, text: str, staff_name: str) -> bool:
         """Log a staff reply and deliver it; True if the citizen was connected to see it live."""
 
-    async def handoff_ended(self, conversation_id: int) -> None:
+    async def handoff_ended(self, conversation_id: int, *, closed: bool = False) -> None:
         """Tell the citizen the bot is back."""
 
 

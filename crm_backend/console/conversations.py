@@ -50,7 +50,7 @@ FORM_SLOTS = {
 class ChannelNotifier(Protocol):
     async def staff_reply(self, conversation_id: int, text: str, staff_name: str) -> bool: ...
 
-    async def handoff_ended(self, conversation_id: int) -> None: ...
+    async def handoff_ended(self, conversation_id: int, *, closed: bool = False) -> None: ...
 
 
 class SlotReader(Protocol):
@@ -352,7 +352,7 @@ class ConversationViews(ConsoleBase):
             audit.record(session, member.user, f"conversation.{name}", target, address=address)
             department_id = conversation.department_id
         if name in ("release", "close"):
-            await self.notifier.handoff_ended(conversation_id)
+            await self.notifier.handoff_ended(conversation_id, closed=name == "close")
         self.feed.publish(LiveEvent(kind, conversation_id, department_id))
         return notice
 

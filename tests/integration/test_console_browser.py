@@ -21,6 +21,7 @@ from playwright.sync_api import expect, sync_playwright
 from tests.integration.test_browser import CHROMIUM, CHROMIUM_ARGS, REPLY_TIMEOUT_MS, Widget
 from tests.integration.test_console import file_case_now
 from tests.support.console import PASSWORD, create_staff
+from tests.support.domain_text import utter
 from tests.support.stack import Stack
 
 pytestmark = [
@@ -115,6 +116,14 @@ def test_staff_take_a_handoff_reply_live_and_resolve_the_drafted_case(
     number_match = re.search(r"\d{8}-\d{4}", notice.text_content() or "")
     assert number_match, notice.text_content()
     number = number_match.group(0)
+
+    # Hand the conversation back: the citizen is told, and the bot answers again.
+    console.get_by_role("button", name="交还机器人").click()
+    expect(console.locator(".flash.notice")).to_contain_text("已交还机器人")
+    expect(citizen.page.locator(".msg", has_text=utter("utter_handoff_released"))).to_be_visible()
+    expect(citizen.page.locator("#handoff-banner")).to_be_hidden()
+    citizen.type_and_enter("你好")
+    assert citizen.last_bot_text() == utter("utter_greet")
 
     # Work the case to 已办结 through the life cycle.
     console.goto(f"{stack.app_url}/console/cases/{number}")

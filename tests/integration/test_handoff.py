@@ -113,6 +113,7 @@ async def test_asking_for_a_person_in_the_middle_of_a_report_hands_off(stack: St
     # Handed back, the bot does not take up the abandoned form again.
     assert stack.api("POST", f"/conversations/{cid}/release").status_code == 200
     assert await chat.expect("handoff") == {"type": "handoff", "active": False}
+    assert texts((await chat.expect("reply"))["messages"]) == [utter("utter_handoff_released")]
     assert texts(await chat.say("你好")) == [utter("utter_greet")]
 
 
@@ -189,6 +190,7 @@ async def test_while_handed_off_the_bot_is_silent_staff_answer_live_and_hand_bac
     resp = stack.api("POST", f"/conversations/{cid}/release")
     assert resp.status_code == 200, resp.text
     assert await chat.expect("handoff") == {"type": "handoff", "active": False}
+    assert texts((await chat.expect("reply"))["messages"]) == [utter("utter_handoff_released")]
     assert cid not in waiting(stack)
     assert texts(await chat.say("你好")) == [utter("utter_greet")]
     assert texts(await chat.say(GIBBERISH[1])) == [utter("utter_default")]
@@ -203,6 +205,7 @@ async def test_while_handed_off_the_bot_is_silent_staff_answer_live_and_hand_bac
         *[("in", "citizen")] * len(during),
         ("out", "staff"),
         ("in", "citizen"),
+        ("out", "system"),  # the hand-back notice
         ("in", "citizen"),
         ("out", "bot"),
         ("in", "citizen"),

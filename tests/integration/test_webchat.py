@@ -449,6 +449,7 @@ async def test_handoff_to_staff_and_back(stack: Stack, chat: ChatClient) -> None
     resp = stack.api("POST", f"/conversations/{cid}/release")
     assert resp.status_code == 200, resp.text
     assert await chat.expect("handoff") == {"type": "handoff", "active": False}
+    assert texts((await chat.expect("reply"))["messages"]) == [utter("utter_handoff_released")]
 
     assert texts(await chat.say("你好")) == [utter("utter_greet")]
     waiting = [c["id"] for c in stack.api("GET", "/conversations").json()["conversations"]]
@@ -459,6 +460,7 @@ async def test_handoff_to_staff_and_back(stack: Stack, chat: ChatClient) -> None
         ("out", "bot"),
         ("in", "citizen"),
         ("out", "staff"),
+        ("out", "system"),  # the hand-back notice
         ("in", "citizen"),
         ("out", "bot"),
     ]
