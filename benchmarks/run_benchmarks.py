@@ -346,14 +346,7 @@ def check_messages(stack: Stack) -> list[dict[str, Any]]:
     texts = list(dict.fromkeys(text for turn in TURNS for text in turn))
     checked = []
     for text in texts:
-        resp = requests.post(
-            f"{stack.engine_url}/model/parse",
-            params={"token": stack.secrets["ENGINE_TOKEN"]},
-            json={"text": text},
-            timeout=30,
-        )
-        resp.raise_for_status()
-        intent = resp.json().get("intent") or {}
+        intent = stack.parse(text).get("intent") or {}
         checked.append(
             {
                 "text": text,

@@ -51,18 +51,10 @@ class EngineClient:
         """The engine's /status (model loaded, fingerprint).
 
         Raises:
-            EngineUnavailable: if it does not answer within two seconds.
+            EngineUnavailable: if it does not answer within two seconds or has no model.
         """
-        try:
-            async with self._http.get(
-                self._status, params={"token": self._token}, timeout=aiohttp.ClientTimeout(total=2)
-            ) as resp:
-                if resp.status != 200:
-                    raise EngineUnavailable(f"engine status HTTP {resp.status}")
-                data = await resp.json()
-        except (TimeoutError, aiohttp.ClientError, ValueError) as error:
-            raise EngineUnavailable(f"{type(error).__name__}: {error}") from error
-        if not isinstance(data, dict) or not data.get("model_file"):
+        data = await self._get(self._status, {})
+        if not data.get("model_file"):
             raise EngineUnavailable("engine has no model loaded")
         return data
 
@@ -73,16 +65,20 @@ class EngineClient:
             EngineUnavailable: if the engine does not answer within two seconds.
         """
         url = f"{self._base_url}/conversations/{quote(sender_id, safe='')}/tracker"
+        slots = (await self._get(url, {"include_events": "NONE"})).get("slots")
+        return slots if isinstance(slots, dict) else {}
+
+    async def _get(self, url: str, params: dict[str, str]) -> dict[str, Any]:
+        """A GET on the engine's token-protected HTTP API, expecting a JSON object within two seconds."""
         try:
             async with self._http.get(
-                url,
-                params={"token": self._token, "include_events": "NONE"},
-                timeout=aiohttp.ClientTimeout(total=2),
+                url, params={"token": self._token, **params}, timeout=aiohttp.ClientTimeout(total=2)
             ) as resp:
                 if resp.status != 200:
-                    raise EngineUnavailable(f"engine tracker HTTP {resp.status}")
+                    raise EngineUnavailable(f"engine answered HTTP {resp.status} on {url}")
                 data = await resp.json()
         except (TimeoutError, aiohttp.ClientError, ValueError) as error:
             raise EngineUnavailable(f"{type(error).__name__}: {error}") from error
-        slots = data.get("slots") if isinstance(data, dict) else None
-        return slots if isinstance(slots, dict) else {}
+        if not isinstance(data, dict):
+            raise EngineUnavailable("engine answer is not a JSON object")
+        return data

@@ -52,6 +52,14 @@ def new_page(browser: Any, problems: list[str]) -> Any:
     return page
 
 
+def sign_in(console: Any, stack: Stack, username: str) -> None:
+    console.goto(f"{stack.app_url}/console/login")
+    console.fill("input[name=username]", username)
+    console.fill("input[name=password]", PASSWORD)
+    console.click("button[type=submit]")
+    console.wait_for_url(re.compile(r"/console/inbox$"))
+
+
 def test_staff_take_a_handoff_reply_live_and_resolve_the_drafted_case(
     stack: Stack, browser: Any, artifacts_dir: Path
 ) -> None:
@@ -60,11 +68,7 @@ def test_staff_take_a_handoff_reply_live_and_resolve_the_drafted_case(
     console = new_page(browser, staff_problems)
 
     # Sign in and wait on the inbox with the live stream open.
-    console.goto(f"{stack.app_url}/console/login")
-    console.fill("input[name=username]", username)
-    console.fill("input[name=password]", PASSWORD)
-    console.click("button[type=submit]")
-    console.wait_for_url(re.compile(r"/console/inbox$"))
+    sign_in(console, stack, username)
     console.wait_for_selector('body[data-live="1"]', state="attached")
     rows = console.locator("#inbox-rows tr[data-conversation]")
     before = rows.count()
@@ -154,11 +158,7 @@ def test_the_browser_is_refused_a_csrf_less_post_and_another_departments_case(
     username = create_staff(stack, "agent", "A-transport", display_name="交通赵")
     problems: list[str] = []
     console = new_page(browser, problems)
-    console.goto(f"{stack.app_url}/console/login")
-    console.fill("input[name=username]", username)
-    console.fill("input[name=password]", PASSWORD)
-    console.click("button[type=submit]")
-    console.wait_for_url(re.compile(r"/console/inbox$"))
+    sign_in(console, stack, username)
 
     other = console.goto(f"{stack.app_url}/console/cases/{housing_case}")
     assert other is not None and other.status == 404

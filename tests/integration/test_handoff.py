@@ -14,7 +14,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-import requests
 
 from crm_backend.models import utcnow
 from tests.integration.test_webchat import ChatClient, api_messages, open_chat, texts
@@ -47,14 +46,7 @@ async def send_unanswered(chat: ChatClient, text: str) -> str:
 
 
 def engine_intent(stack: Stack, text: str) -> str:
-    resp = requests.post(
-        f"{stack.engine_url}/model/parse",
-        params={"token": stack.secrets["ENGINE_TOKEN"]},
-        json={"text": text},
-        timeout=30,
-    )
-    resp.raise_for_status()
-    return str(resp.json()["intent"]["name"])
+    return str(stack.parse(text)["intent"]["name"])
 
 
 def waiting(stack: Stack) -> dict[int, dict[str, object]]:

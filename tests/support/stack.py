@@ -184,6 +184,17 @@ class Stack:
         resp.raise_for_status()
         return resp.json()
 
+    def parse(self, text: str) -> dict:  # type: ignore[type-arg]
+        """What the engine's NLU makes of a text (its /model/parse answer)."""
+        resp = requests.post(
+            f"{self.engine_url}/model/parse",
+            params={"token": self.secrets["ENGINE_TOKEN"]},
+            json={"text": text},
+            timeout=30,
+        )
+        resp.raise_for_status()
+        return resp.json()
+
     def api(self, method: str, path: str, **kwargs) -> requests.Response:  # type: ignore[no-untyped-def]
         headers = {"Authorization": f"Bearer {self.secrets['API_TOKEN']}", **kwargs.pop("headers", {})}
         return requests.request(method, f"{self.app_url}/api/v1{path}", headers=headers, timeout=30, **kwargs)
