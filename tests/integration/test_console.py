@@ -23,12 +23,13 @@ from tests.support.stack import Stack
 MARKUP = '<img src=x onerror="window.__xss=1"><script>alert(1)</script>'
 
 
-async def file_case_for(stack: Stack, department_code: str, text: str = "路灯坏了") -> tuple[str, int]:
-    """A case of the given department filed straight through the CRM service; (number, conversation id)."""
+async def file_case_for(stack: Stack, department_code: str | None, text: str = "路灯坏了") -> tuple[str, int]:
+    """A case filed straight through the CRM service, dispatched to the department or, for None,
+    waiting in the manual dispatch queue; (number, conversation id)."""
     engine = create_engine(normalise_database_url(str(stack.database_url)))
     try:
         async with create_sessionmaker(engine).begin() as session:
-            identity = await resolve_identity(session, "webchat", f"console-{uuid.uuid4().hex}")
+            identity = await resolve_identity(session, "web", f"console-{uuid.uuid4().hex}")
             conversation = await current_conversation(session, identity)
             log_incoming(session, conversation, text, max_chars=10_000)
             case = await file_case(
@@ -37,15 +38,17 @@ async def file_case_for(stack: Stack, department_code: str, text: str = "路灯�
                 Report(description=text, location="A1区解放路", contact_phone="13812345678", district="A1区"),
                 conversation_id=conversation.id,
             )
-            department = await session.scalar(select(Department).where(Department.code == department_code))
-            assert department is not None
-            case.department_id, case.department, case.status = department.id, department.name, "dispatched"
+            case.category = "城乡建设"
+            if department_code is not None:
+                department = await session.scalar(select(Department).where(Department.code == department_code))
+                assert department is not None
+                case.department_id, case.department, case.status = department.id, department.name, "dispatched"
             return case.case_number, conversation.id
     finally:
         await engine.dispose()
 
 
-def file_case_now(stack: Stack, department_code: str, text: str = "路灯坏了") -> tuple[str, int]:
+def file_case_now(stack: Stack, department_code: str | None, text: str = "路灯坏了") -> tuple[str, int]:
     """`file_case_for` from synchronous code, even where an event loop is running (Playwright)."""
     with ThreadPoolExecutor(1) as worker:
         return worker.submit(asyncio.run, file_case_for(stack, department_code, text)).result()
@@ -217,3 +220,74 @@ def test_staff_see_what_the_bot_collected_as_a_draft_case(stack: Stack, accounts
     assert "我家楼下的路灯坏了好几天了，晚上很黑</textarea>" in draft
     assert 'value="A1区解放路18号"' in draft
     assert "机器人已收集" in page and "问题描述" in page
+
+
+def department_option(page: str, name: str) -> str:
+    found = re.search(rf'<option value="(\d+)"[^>]*>{name}</option>', page)
+    assert found, f"no option {name}"
+    return found.group(1)
+
+
+def test_a_supervisor_dispatches_from_the_manual_queue(stack: Stack, accounts: dict[str, str]) -> None:
+    number, _ = file_case_now(stack, None)
+    housing = signed_in(stack, accounts["housing"])
+    assert housing.get(f"/cases/{number}").status_code == 404  # in no department yet
+    supervisor = signed_in(stack, accounts["supervisor"])
+    queue = supervisor.get("/queue").text
+    assert number in queue
+    done = supervisor.post(
+        f"/cases/{number}/action",
+        {"action": "dispatch", "department_id": department_option(queue, "A市住房和城乡建设局")},
+    )
+    assert done.url.endswith(f"/console/cases/{number}")  # redirected to the case after the change
+    assert "工单已变为「已派单」" in done.text and "A市住房和城乡建设局" in done.text
+    assert number not in supervisor.get("/queue").text
+    case_page = housing.get(f"/cases/{number}")
+    assert case_page.status_code == 200 and "签收" in case_page.text
+    refused = housing.post(f"/cases/{number}/action", {"action": "resolve", "note": "跳过步骤"})
+    assert refused.status_code == 409 and "「已派单」的工单不能办结" in refused.text
+
+
+def test_an_admin_manages_staff_and_routing_and_it_is_audited(stack: Stack, accounts: dict[str, str]) -> None:
+    admin = signed_in(stack, accounts["admin"])
+    username = f"new.{uuid.uuid4().hex[:6]}"
+    created = admin.post(
+        "/admin/users",
+        {
+            "op": "create",
+            "username": username,
+            "display_name": "新同事",
+            "role": "agent",
+            "department": "A-hotline",
+            "password": PASSWORD,
+        },
+    )
+    assert f"已创建用户 {username}" in created.text
+    weak = admin.post("/admin/users", {"op": "create", "username": "weak.one", "display_name": "x",
+                                       "role": "admin", "password": "short"})  # fmt: skip
+    assert weak.status_code == 422 and "密码至少需要" in weak.text
+    newcomer = ConsoleClient(stack)
+    assert newcomer.login(username).url.endswith("/console/inbox")
+
+    rows = [row for row in created.text.split("<tr>") if f"<td>{username}</td>" in row]
+    assert rows, "the new user is not listed"
+    user_id = re.search(r'name="user_id" value="(\d+)"', rows[0])
+    assert user_id
+    admin.post("/admin/users", {"op": "deactivate", "user_id": user_id.group(1)})
+    assert ConsoleClient(stack).login(username).status_code == 401
+    assert newcomer.get("/inbox").url.endswith("/console/login")  # the open session ends too
+
+    routing = admin.get("/admin/routing").text
+    saved = admin.post(
+        "/admin/routing",
+        {
+            "op": "rule",
+            "category": "卫生计生",
+            "district": "A1区",
+            "department_id": department_option(routing, "A市卫生健康委员会"),
+        },
+    )
+    assert "已保存：卫生计生 A1区 → A市卫生健康委员会" in saved.text
+    audit = signed_in(stack, accounts["supervisor"]).get("/audit").text
+    for action in ("user.create", "user.deactivate", "routing.rule"):
+        assert action in audit, action
