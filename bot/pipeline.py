@@ -43,6 +43,10 @@ class Inbound:
     text: str
     payload: str | None = None  # a button's payload, sent to the engine instead of the text
     client_msg_id: str | None = None
+    # Something sent besides text (a photo's file id, a location's coordinates), stored with
+    # the message; the label says in the log what it was ("[图片]"), before any caption.
+    attachment: dict[str, Any] | None = None
+    attachment_label: str = ""
 
 
 @dataclass
@@ -143,9 +147,10 @@ class MessagePipeline:
                 log_incoming(
                     session,
                     conversation,
-                    inbound.text,
+                    f"{inbound.attachment_label} {inbound.text}".strip() if inbound.attachment_label else inbound.text,
                     max_chars=self._max_logged_chars,
                     client_msg_id=inbound.client_msg_id,
+                    attachment=inbound.attachment,
                 )
             return _Accepted(
                 conversation_id=conversation.id,
@@ -159,7 +164,9 @@ class MessagePipeline:
     async def _ask_engine(self, inbound: Inbound, sender_id: str) -> tuple[list[OutgoingMessage], bool]:
         text = inbound.text.strip()
         if not text and not inbound.payload:
-            return [OutgoingMessage(self._responses.text("utter_empty_message"))], False
+            # A photo without a caption is stored; there is nothing for the engine to read.
+            empty = "utter_attachment_received" if inbound.attachment else "utter_empty_message"
+            return [OutgoingMessage(self._responses.text(empty))], False
         replies: list[OutgoingMessage] = []
         if len(text) > self._max_message_chars and not inbound.payload:
             replies.append(OutgoingMessage(self._responses.text("utter_message_truncated")))

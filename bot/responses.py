@@ -17,6 +17,8 @@ APP_RESPONSES = (
     "utter_message_truncated",
     "utter_handoff_released",
     "utter_handoff_closed",
+    "utter_attachment_received",
+    "utter_telegram_help",
 )
 
 

@@ -139,6 +139,9 @@ class Message(Base):
     truncated: Mapped[bool] = mapped_column(Boolean, default=False)
     buttons: Mapped[list[dict[str, str]] | None] = mapped_column(JSON)
     client_msg_id: Mapped[str | None] = mapped_column(String(64))
+    # What came with a message besides text: {"kind": "photo", "file_id": ...} or
+    # {"kind": "location", "latitude": ..., "longitude": ...} (Telegram).
+    attachment: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
@@ -338,3 +341,35 @@ class ExtensionRequest(Base):
     decided_by_id: Mapped[int | None] = mapped_column(ForeignKey("staff_user.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class TelegramOutbox(Base):
+    """A message to a Telegram chat that could not be delivered at once, retried until it goes or gives up."""
+
+    __tablename__ = "telegram_outbox"
+    __table_args__ = (
+        Index("ix_telegram_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_telegram_outbox_chat_id_status", "chat_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    chat_id: Mapped[str] = mapped_column(String(32))
+    text: Mapped[str] = mapped_column(Text)
+    # Inline keyboard rows as sent: [[{"text": ..., "callback_data": ...}], ...]
+    keyboard: Mapped[list[list[dict[str, str]]] | None] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | sent | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class TelegramCallbackPayload(Base):
+    """A button payload too long for Telegram's 64-byte callback_data, kept under a short token."""
+
+    __tablename__ = "telegram_callback_payload"
+
+    token: Mapped[str] = mapped_column(String(64), primary_key=True)
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

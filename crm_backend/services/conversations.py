@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -89,8 +90,10 @@ def log_incoming(
     *,
     max_chars: int,
     client_msg_id: str | None = None,
+    attachment: dict[str, Any] | None = None,
 ) -> Message:
-    """Record a citizen's message, truncated to ``max_chars`` if huge."""
+    """Record a citizen's message, truncated to ``max_chars`` if huge, with what came with it
+    (a photo's file id, a location's coordinates)."""
     message = Message(
         conversation_id=conversation.id,
         channel=conversation.channel,
@@ -100,6 +103,7 @@ def log_incoming(
         original_length=len(text),
         truncated=len(text) > max_chars,
         client_msg_id=client_msg_id,
+        attachment=attachment,
     )
     session.add(message)
     conversation.last_message_at = utcnow()
