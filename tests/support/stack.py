@@ -111,8 +111,8 @@ class Stack:
                 str(RASA),
                 "run",
                 "--enable-api",
-                "--auth-token",
-                self.secrets["ENGINE_TOKEN"],
+                # "=" form: a random token may start with "-", which argparse would take for an option.
+                f"--auth-token={self.secrets['ENGINE_TOKEN']}",
                 "-i",
                 "127.0.0.1",
                 "-p",
