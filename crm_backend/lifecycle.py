@@ -44,7 +44,8 @@ ALLOWED_TRANSITIONS: dict[CaseStatus, frozenset[CaseStatus]] = {
     CaseStatus.DISPATCHED: frozenset({CaseStatus.ACCEPTED, CaseStatus.RETURNED, CaseStatus.DISPATCHED}),
     CaseStatus.ACCEPTED: frozenset({CaseStatus.IN_PROGRESS, CaseStatus.RETURNED}),
     CaseStatus.IN_PROGRESS: frozenset({CaseStatus.RESOLVED, CaseStatus.IN_PROGRESS}),
-    CaseStatus.RESOLVED: frozenset({CaseStatus.REVIEWED, CaseStatus.IN_PROGRESS}),
+    # 已办结 → 已归档 directly only when the citizen never answered the 回访 (未回访).
+    CaseStatus.RESOLVED: frozenset({CaseStatus.REVIEWED, CaseStatus.IN_PROGRESS, CaseStatus.ARCHIVED}),
     CaseStatus.REVIEWED: frozenset({CaseStatus.ARCHIVED}),
     CaseStatus.ARCHIVED: frozenset(),
     CaseStatus.RETURNED: frozenset({CaseStatus.DISPATCHED}),

@@ -74,6 +74,7 @@ class Citizen(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     phone: Mapped[str | None] = mapped_column(String(20))
+    notices_enabled: Mapped[bool] = mapped_column(Boolean, default=True)  # "不要再通知我" turns it off
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     identities: Mapped[list[ChannelIdentity]] = relationship(back_populates="citizen", lazy="raise_on_sql")
@@ -174,6 +175,8 @@ class ServiceCase(Base):
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     duplicate_of_id: Mapped[int | None] = mapped_column(ForeignKey("service_case.id"))
     supervised: Mapped[bool] = mapped_column(Boolean, default=False)  # 督办
+    followup_asked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # 回访 question sent
+    followup_reminded_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # its one reminder sent
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
@@ -372,4 +375,33 @@ class TelegramCallbackPayload(Base):
 
     token: Mapped[str] = mapped_column(String(64), primary_key=True)
     payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class LinkCode(Base):
+    """A one-time code shown on one channel and sent from another to link the two."""
+
+    __tablename__ = "link_code"
+    __table_args__ = (Index("ix_link_code_code_expires_at", "code", "expires_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(6))
+    citizen_id: Mapped[int] = mapped_column(ForeignKey("citizen.id"))
+    identity_id: Mapped[int] = mapped_column(ForeignKey("channel_identity.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    used_by_identity_id: Mapped[int | None] = mapped_column(ForeignKey("channel_identity.id"))
+
+
+class Satisfaction(Base):
+    """A citizen's 回访 answer about a handled case: 1-5 and an optional comment."""
+
+    __tablename__ = "satisfaction"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("service_case.id"), index=True)
+    rating: Mapped[int] = mapped_column(Integer)
+    comment: Mapped[str] = mapped_column(Text, default="")
+    channel: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

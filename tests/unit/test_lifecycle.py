@@ -34,6 +34,7 @@ EXPECTED_MOVES: frozenset[tuple[CaseStatus, CaseStatus]] = frozenset(
         (S.IN_PROGRESS, S.IN_PROGRESS),  # a progress note
         (S.RESOLVED, S.REVIEWED),
         (S.RESOLVED, S.IN_PROGRESS),  # reopened after the follow-up call
+        (S.RESOLVED, S.ARCHIVED),  # 未回访: no answer to the follow-up nor its reminder
         (S.REVIEWED, S.ARCHIVED),
         (S.RETURNED, S.DISPATCHED),
     }
