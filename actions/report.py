@@ -47,8 +47,10 @@ def with_district(location: str, district: str) -> str:
 
 
 def substantive_description(text: str) -> str | None:
-    """The text, if it says more than "I want to report a problem"."""
+    """The text, if it says more than "I want to report a problem" (a pressed button's payload never does)."""
     text = text.strip()
+    if text.startswith("/"):
+        return None
     return text if len(_FILLER.sub("", text)) >= MIN_DESCRIPTION_CHARS else None
 
 

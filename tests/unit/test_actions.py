@@ -336,6 +336,11 @@ async def test_start_report_drops_a_filler_only_opening(dispatcher: CollectingDi
     assert state == cleared(*REPORT_SLOTS)
 
 
+async def test_start_report_from_the_greeting_button_asks_for_the_description(dispatcher: CollectingDispatcher) -> None:
+    state = await run_start_report(dispatcher, make_tracker(text="/report_issue", intent="report_issue"))
+    assert state["description"] is None
+
+
 async def test_start_report_ignores_text_of_another_intent(dispatcher: CollectingDispatcher) -> None:
     state = await run_start_report(dispatcher, make_tracker(text="小区门口的路灯坏了三天了", intent="greet"))
     assert state["description"] is None
