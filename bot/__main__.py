@@ -14,6 +14,8 @@ from crm_backend.settings import Settings, SettingsError
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # httpx (under python-telegram-bot) logs every request URL, and Bot API URLs carry the bot token.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         settings = Settings.from_env()
     except SettingsError as error:

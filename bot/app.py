@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from actions import build_actions
 from bot.action_endpoint import ActionEndpoint
 from bot.channels.rest import RestChannel
+from bot.channels.telegram import TelegramChannel
 from bot.channels.webchat import WebChat
 from bot.engine import EngineClient, EngineUnavailable
 from bot.hub import ConversationHub
@@ -98,7 +99,12 @@ async def init_app(settings: Settings) -> web.Application:
     WebChat(pipeline, sessions, hub, responses, settings.allowed_origins, settings.max_logged_chars).add_routes(app)
     RestChannel(pipeline, settings.rest_channel_token).add_routes(app)
     ActionEndpoint(executor, settings.action_token).add_routes(app)
-    notifier = ChannelNotifier(sessions, hub, responses)
+    telegram: TelegramChannel | None = None
+    if settings.telegram is not None:
+        telegram = TelegramChannel(settings.telegram, pipeline, sessions, responses, settings.max_logged_chars)
+        telegram.add_routes(app)
+        logger.info("telegram channel enabled (%s mode)", settings.telegram.mode)
+    notifier = ChannelNotifier(sessions, hub, responses, telegram.delivery if telegram is not None else None)
     CrmApi(sessions, settings.api_token, notifier, feed).add_routes(app)
     add_console(
         app,

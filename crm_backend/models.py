@@ -142,7 +142,7 @@ class Message(Base):
     client_msg_id: Mapped[str | None] = mapped_column(String(64))
     # What came with a message besides text: {"kind": "photo", "file_id": ...} or
     # {"kind": "location", "latitude": ..., "longitude": ...} (Telegram).
-    attachment: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    attachment: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

@@ -1,0 +1,325 @@
+"""The Telegram channel: python-telegram-bot 22 inside the app's own aiohttp server.
+
+Webhook mode (production): Telegram posts updates to ``POST /webhooks/telegram``; each call must
+carry the secret token registered with ``setWebhook`` in ``X-Telegram-Bot-Api-Secret-Token``,
+else it is refused with 403 before its body is read. The route only queues the update and
+answers at once; updates are processed in background tasks, one chat's in the order they came.
+Polling mode (a developer without a public URL): PTB's ``Updater`` asks Telegram for updates
+and feeds the same queue.
+
+Every citizen message goes through the same `MessagePipeline` as the web chat. Rasa's buttons
+become inline keyboards; a pressed button's callback is answered and its payload sent to the
+engine. Photos and locations are stored with the message; a location is given to the engine as
+「位置：北纬…，东经…」, so the report form takes it as the place when it asks for one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hmac
+import itertools
+import logging
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from telegram import Message, Update
+from telegram.error import TelegramError
+from telegram.ext import (
+    Application,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    filters,
+)
+
+from bot.channels.telegram_delivery import KeyedSequencer, TelegramDelivery
+from bot.channels.telegram_format import is_stored_token, location_text
+from bot.pipeline import Inbound, MessagePipeline
+from bot.responses import Responses
+from crm_backend.http import json_error, json_response
+from crm_backend.models import TelegramCallbackPayload
+from crm_backend.services.conversations import (
+    OutgoingMessage,
+    current_conversation,
+    log_incoming,
+    log_outgoing,
+    resolve_identity,
+)
+from crm_backend.settings import TelegramSettings
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "telegram"
+WEBHOOK_PATH = "/webhooks/telegram"
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 (a header name)
+MAX_UPDATE_BYTES = 1024 * 1024
+ALLOWED_UPDATES = ["message", "callback_query"]
+PHOTO_LABEL = "[图片]"  # what the conversation log (read by staff) shows for a photo
+UNSUPPORTED_LABELS = {  # likewise for content the assistant cannot read
+    "sticker": "[贴纸]",
+    "voice": "[语音]",
+    "audio": "[音频]",
+    "video": "[视频]",
+    "video_note": "[视频消息]",
+    "animation": "[动图]",
+    "document": "[文件]",
+    "contact": "[联系人名片]",
+}
+START_PAYLOAD = "/greet"
+CANCEL_PAYLOAD = "/cancel"
+PRIVATE_MESSAGES = filters.ChatType.PRIVATE & filters.UpdateType.MESSAGE
+STARTUP_RETRY_SECONDS = (1, 2, 5, 10, 30, 60)
+
+
+class TelegramChannel:
+    """The PTB application, its handlers, the webhook route and the update workers."""
+
+    def __init__(
+        self,
+        settings: TelegramSettings,
+        pipeline: MessagePipeline,
+        sessions: async_sessionmaker[AsyncSession],
+        responses: Responses,
+        max_logged_chars: int,
+    ) -> None:
+        self._settings = settings
+        self._pipeline = pipeline
+        self._sessions = sessions
+        self._responses = responses
+        self._max_logged_chars = max_logged_chars
+        builder = Application.builder().token(settings.bot_token).base_url(settings.api_base_url)
+        if settings.mode == "webhook":
+            builder = builder.updater(None)  # updates come from our own route
+        self.application: Application[Any, Any, Any, Any, Any, Any] = builder.build()
+        self.delivery = TelegramDelivery(self.application.bot, sessions)
+        self._ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sequencer = KeyedSequencer("telegram-update")
+        self._add_handlers()
+
+    # --- wiring ---------------------------------------------------------------------------------
+
+    def add_routes(self, app: web.Application) -> None:
+        """The webhook route (webhook mode) and start/stop with the app."""
+        if self._settings.mode == "webhook":
+            app.router.add_post(WEBHOOK_PATH, self.webhook)
+        app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
+
+    def _add_handlers(self) -> None:
+        application = self.application
+        application.add_handler(CommandHandler("start", self._on_start, filters=PRIVATE_MESSAGES))
+        application.add_handler(CommandHandler("help", self._on_help, filters=PRIVATE_MESSAGES))
+        application.add_handler(CommandHandler("cancel", self._on_cancel, filters=PRIVATE_MESSAGES))
+        application.add_handler(MessageHandler(PRIVATE_MESSAGES & filters.COMMAND, self._on_help))
+        application.add_handler(MessageHandler(PRIVATE_MESSAGES & filters.TEXT, self._on_text))
+        application.add_handler(MessageHandler(PRIVATE_MESSAGES & filters.PHOTO, self._on_photo))
+        application.add_handler(MessageHandler(PRIVATE_MESSAGES & filters.LOCATION, self._on_location))
+        application.add_handler(MessageHandler(PRIVATE_MESSAGES, self._on_unsupported))
+        application.add_handler(CallbackQueryHandler(self._on_callback))
+        application.add_error_handler(self._on_error)
+
+    async def _on_startup(self, _app: web.Application) -> None:
+        self._tasks = [
+            asyncio.create_task(self._start(), name="telegram-start"),
+            asyncio.create_task(self._consume_updates(), name="telegram-updates"),
+            asyncio.create_task(self.delivery.run_outbox(), name="telegram-outbox"),
+        ]
+
+    async def _start(self) -> None:
+        """Initialise PTB (it asks Telegram getMe), retrying so a Telegram outage does not stop the app."""
+        for attempt in itertools.count():
+            try:
+                await self.application.initialize()
+                break
+            except TelegramError as error:
+                wait = STARTUP_RETRY_SECONDS[min(attempt, len(STARTUP_RETRY_SECONDS) - 1)]
+                logger.warning("telegram: cannot reach the Bot API (%s); retrying in %ss", error, wait)
+                await asyncio.sleep(wait)
+        bot = self.application.bot
+        try:
+            if self._settings.mode == "webhook":
+                if self._settings.webhook_url:
+                    await bot.set_webhook(
+                        self._settings.webhook_url,
+                        secret_token=self._settings.webhook_secret,
+                        allowed_updates=ALLOWED_UPDATES,
+                    )
+                    logger.info("telegram: webhook registered at %s", self._settings.webhook_url)
+            else:
+                updater = self.application.updater
+                assert updater is not None
+                await updater.start_polling(allowed_updates=ALLOWED_UPDATES, bootstrap_retries=-1)
+                logger.info("telegram: polling for updates")
+        except TelegramError:
+            logger.exception("telegram: could not register the webhook or start polling")
+        self._ready.set()
+        logger.info("telegram: bot @%s ready (%s mode)", bot.username, self._settings.mode)
+
+    async def _on_shutdown(self, _app: web.Application) -> None:
+        updater = self.application.updater
+        if updater is not None and updater.running:
+            await updater.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._sequencer.close()
+        await self.delivery.close()
+        if self._ready.is_set():
+            await self.application.shutdown()
+
+    # --- updates in -----------------------------------------------------------------------------
+
+    async def webhook(self, request: web.Request) -> web.Response:
+        """``POST /webhooks/telegram``: check the secret, queue the update, answer at once."""
+        supplied = request.headers.get(SECRET_HEADER, "").encode()
+        expected = (self._settings.webhook_secret or "").encode()
+        if not expected or not hmac.compare_digest(supplied, expected):
+            return json_error(403, "forbidden", "missing or wrong secret token")
+        if (request.content_length or 0) > MAX_UPDATE_BYTES:
+            return json_error(413, "too_large", "update larger than 1 MiB")
+        try:
+            data = await request.json()
+            update = Update.de_json(data, self.application.bot)
+        except Exception:  # whatever PTB makes of a malformed body, it is the sender's error
+            return json_error(400, "bad_request", "body is not a Telegram update")
+        # Queued even while PTB still starts: the consumer waits for it.
+        await self.application.update_queue.put(update)
+        return json_response({"ok": True})
+
+    async def _consume_updates(self) -> None:
+        """Hand each queued update (webhook or polling) to its chat's worker, in arrival order."""
+        await self._ready.wait()
+        queue = self.application.update_queue
+        while True:
+            update = await queue.get()
+            chat = update.effective_chat if isinstance(update, Update) else None
+            key = str(chat.id) if chat is not None else "none"
+            self._sequencer.submit(key, functools.partial(self.application.process_update, update))
+
+    async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        update_id = update.update_id if isinstance(update, Update) else None
+        logger.error("telegram: update %s failed", update_id, exc_info=context.error)
+
+    # --- handlers -------------------------------------------------------------------------------
+
+    async def _on_start(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = _message(update)
+        await self._converse(message.chat_id, Inbound(CHANNEL, str(message.chat_id), "/start", payload=START_PAYLOAD))
+
+    async def _on_cancel(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = _message(update)
+        await self._converse(message.chat_id, Inbound(CHANNEL, str(message.chat_id), "/cancel", payload=CANCEL_PAYLOAD))
+
+    async def _on_help(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = _message(update)
+        await self._answer_directly(message.chat_id, message.text or "/help", "utter_telegram_help")
+
+    async def _on_text(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = _message(update)
+        await self._converse(message.chat_id, Inbound(CHANNEL, str(message.chat_id), message.text or ""))
+
+    async def _on_photo(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = _message(update)
+        largest = max(message.photo, key=lambda size: size.width * size.height)
+        attachment = {
+            "kind": "photo",
+            "file_id": largest.file_id,
+            "file_unique_id": largest.file_unique_id,
+            "width": largest.width,
+            "height": largest.height,
+        }
+        inbound = Inbound(
+            CHANNEL,
+            str(message.chat_id),
+            message.caption or "",
+            attachment=attachment,
+            attachment_label=PHOTO_LABEL,
+        )
+        await self._converse(message.chat_id, inbound)
+
+    async def _on_location(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = _message(update)
+        location = message.location
+        assert location is not None
+        attachment = {"kind": "location", "latitude": location.latitude, "longitude": location.longitude}
+        text = location_text(location.latitude, location.longitude)
+        await self._converse(message.chat_id, Inbound(CHANNEL, str(message.chat_id), text, attachment=attachment))
+
+    async def _on_unsupported(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = _message(update)
+        kind = next((name for name in UNSUPPORTED_LABELS if getattr(message, name, None)), None)
+        label = UNSUPPORTED_LABELS.get(kind or "", "[不支持的消息]")
+        attachment: dict[str, Any] = {"kind": kind or "other"}
+        sticker = message.sticker
+        if sticker is not None:
+            attachment["file_id"] = sticker.file_id
+        await self._answer_directly(message.chat_id, label, "utter_unsupported_content", attachment)
+
+    async def _on_callback(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+        query = update.callback_query
+        assert query is not None
+        try:
+            await query.answer()  # stops the button's spinner on the citizen's screen
+        except TelegramError as error:
+            logger.warning("telegram: could not answer callback query %s: %s", query.id, error)
+        chat = update.effective_chat
+        if chat is None or chat.type != "private" or not query.data:
+            return
+        payload = await self._payload_for(query.data)
+        if payload is None:
+            logger.info("telegram: unknown callback data %.80r from chat %s", query.data, chat.id)
+            return
+        title = _button_title(query.message, query.data) or payload
+        await self._converse(chat.id, Inbound(CHANNEL, str(chat.id), title, payload=payload))
+
+    # --- the conversation -----------------------------------------------------------------------
+
+    async def _converse(self, chat_id: int, inbound: Inbound) -> None:
+        outcome = await self._pipeline.handle(inbound)
+        if outcome.replies:
+            await self.deliver(str(chat_id), outcome.replies)
+
+    async def deliver(self, chat_id: str, replies: list[OutgoingMessage]) -> bool:
+        """Send replies now (retried; kept in the outbox if they cannot go)."""
+        return await self.delivery.deliver(chat_id, replies)
+
+    async def _answer_directly(
+        self, chat_id: int, logged_text: str, response: str, attachment: dict[str, Any] | None = None
+    ) -> None:
+        """Log the citizen's message and answer it with one of the app's own sentences, without the engine."""
+        reply = OutgoingMessage(self._responses.text(response), sender_kind="system")
+        async with self._sessions.begin() as session:
+            identity = await resolve_identity(session, CHANNEL, str(chat_id))
+            conversation = await current_conversation(session, identity)
+            log_incoming(session, conversation, logged_text, max_chars=self._max_logged_chars, attachment=attachment)
+            log_outgoing(session, conversation, [reply])
+        await self.delivery.deliver(str(chat_id), [reply])
+
+    async def _payload_for(self, callback_data: str) -> str | None:
+        if not is_stored_token(callback_data):
+            return callback_data
+        async with self._sessions() as session:
+            stored = await session.get(TelegramCallbackPayload, callback_data)
+        return stored.payload if stored is not None else None
+
+
+def _message(update: Update) -> Message:
+    message = update.message
+    assert message is not None  # the handlers' filters let only messages through
+    return message
+
+
+def _button_title(message: object, callback_data: str) -> str | None:
+    """The title of the pressed button, read back from the message it was on."""
+    markup = getattr(message, "reply_markup", None)
+    with contextlib.suppress(AttributeError, TypeError):
+        for row in markup.inline_keyboard:  # type: ignore[union-attr]
+            for button in row:
+                if button.callback_data == callback_data:
+                    return str(button.text)
+    return None
