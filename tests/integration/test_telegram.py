@@ -348,3 +348,35 @@ def test_replies_are_sent_as_plain_text_to_the_chat(citizen: TelegramCitizen) ->
     [call] = citizen.fake.calls_of("sendMessage", chat_id=citizen.chat_id)
     assert "parse_mode" not in call.params
     assert re.fullmatch(r"-?\d+", str(call.params["chat_id"]))
+
+
+# --- polling mode ---------------------------------------------------------------------------
+
+
+def test_polling_mode_asks_telegram_for_updates_and_answers_them(stack: Stack, fake_telegram: FakeTelegram) -> None:
+    """A developer without a public URL: the app polls getUpdates instead of receiving the webhook."""
+    app = Stack(
+        workdir=stack.workdir / "telegram-polling-app",
+        app_port=free_port(),
+        rasa_port=stack.rasa_port,
+        database_url=stack.database_url,
+        secrets=stack.secrets,
+    )
+    app.start_app(
+        extra_env={
+            "TELEGRAM_BOT_TOKEN": TOKEN,
+            "TELEGRAM_MODE": "polling",
+            "TELEGRAM_API_BASE_URL": fake_telegram.base_url,
+        }
+    )
+    try:
+        fake_telegram.wait_for_call("deleteWebhook", timeout=20)
+        chat_id = random.randint(10**9, 2 * 10**9)
+        fake_telegram.queue_for_polling(fake_telegram.message_update(chat_id, text="/start"))
+        [greeting] = fake_telegram.wait_for_messages(chat_id, 1)
+        assert greeting["text"] == utter("utter_greet")
+        # Polling mode has no webhook route to attack.
+        update = fake_telegram.message_update(chat_id, text="你好")
+        assert fake_telegram.post_update(f"{app.app_url}/webhooks/telegram", update, SECRET).status_code in (404, 405)
+    finally:
+        app.stop_app()

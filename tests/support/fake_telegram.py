@@ -47,6 +47,7 @@ class FakeTelegram:
     _down: set[str] = field(default_factory=set)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
     _updates: itertools.count[int] = field(default_factory=lambda: itertools.count(500000))
+    _polled: list[dict[str, Any]] = field(default_factory=list)  # updates waiting for getUpdates
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
     _runner: web.AppRunner | None = None
@@ -120,7 +121,21 @@ class FakeTelegram:
             return self._record(method, params, 429, body)
         if down:
             return self._record(method, params, 500, {"ok": False, "error_code": 500, "description": "Internal error"})
+        if method == "getUpdates":
+            return self._record(method, params, 200, {"ok": True, "result": await self._long_poll(params)})
         return self._record(method, params, 200, {"ok": True, "result": self._result(method, params)})
+
+    async def _long_poll(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Updates from ``offset`` on, waiting up to a second for one (Telegram waits ``timeout``)."""
+        offset = int(params.get("offset") or 0)
+        for _ in range(20):
+            with self._lock:
+                self._polled = [u for u in self._polled if u["update_id"] >= offset]
+                ready = list(self._polled)
+            if ready:
+                return ready
+            await asyncio.sleep(0.05)
+        return []
 
     def _record(self, method: str, params: dict[str, Any], status: int, body: dict[str, Any]) -> web.Response:
         with self._lock:
@@ -141,8 +156,6 @@ class FakeTelegram:
             if "reply_markup" in params:
                 message["reply_markup"] = params["reply_markup"]
             return message
-        if method == "getUpdates":
-            return []
         return True
 
     # --- what the app did ---------------------------------------------------------------------
@@ -182,6 +195,11 @@ class FakeTelegram:
                 return found[-1]
             time.sleep(0.05)
         raise AssertionError(f"no {method} call matching {match} within {timeout}s")
+
+    def queue_for_polling(self, update: dict[str, Any]) -> None:
+        """Hold an update until the app asks for it with getUpdates (polling mode)."""
+        with self._lock:
+            self._polled.append(update)
 
     # --- updates to the app -------------------------------------------------------------------
 
