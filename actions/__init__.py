@@ -9,7 +9,9 @@ from __future__ import annotations
 from rasa_sdk import Action
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from actions.account import ActionLinkAccount, ActionListMyCases, ActionSetNotices
 from actions.dispatch import ActionAskCategoryChoice, ActionAskDistrict, ActionAskReportConfirmed, ActionSubmitReport
+from actions.followup import ActionAskFollowup, ActionRecordRating, ValidateFollowupForm
 from actions.handoff import ActionFallback, ActionHandoff, ActionRejectAnswer
 from actions.progress import ActionAskCaseNumber, ActionCheckProgress, ActionStartProgress, ValidateProgressForm
 from actions.report import ActionCancelRequest, ActionStartReport, ValidateReportForm
@@ -39,4 +41,10 @@ def build_actions(sessions: async_sessionmaker[AsyncSession], desk: Dispatcher) 
         ActionHandoff(sessions, hours),
         ActionFallback(sessions, hours),
         ActionRejectAnswer(sessions, hours),
+        ActionListMyCases(sessions),
+        ActionLinkAccount(sessions),
+        ActionSetNotices(sessions),
+        ActionAskFollowup(),
+        ValidateFollowupForm(),
+        ActionRecordRating(sessions),
     ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import timedelta
 
 import aiohttp
 from aiohttp import web
@@ -23,6 +24,7 @@ from bot.channels.rest import RestChannel
 from bot.channels.telegram import TelegramChannel
 from bot.channels.webchat import WebChat
 from bot.engine import EngineClient, EngineUnavailable
+from bot.followup import CaseFollowup
 from bot.hub import ConversationHub
 from bot.notifier import ChannelNotifier
 from bot.pipeline import MessagePipeline
@@ -105,7 +107,16 @@ async def init_app(settings: Settings) -> web.Application:
         telegram.add_routes(app)
         logger.info("telegram channel enabled (%s mode)", settings.telegram.mode)
     notifier = ChannelNotifier(sessions, hub, responses, telegram.delivery if telegram is not None else None)
-    CrmApi(sessions, settings.api_token, notifier, feed).add_routes(app)
+    followups = CaseFollowup(
+        sessions,
+        engine,
+        notifier,
+        responses,
+        remind_after=timedelta(hours=settings.followup_remind_hours),
+        archive_after=timedelta(hours=settings.followup_archive_hours),
+        interval_seconds=settings.followup_check_seconds,
+    )
+    CrmApi(sessions, settings.api_token, notifier, feed, followups).add_routes(app)
     add_console(
         app,
         sessions,
@@ -113,8 +124,14 @@ async def init_app(settings: Settings) -> web.Application:
         notifier=notifier,
         engine=engine,
         desk=desk,
+        watcher=followups,
         secure_cookies=settings.console_secure_cookies,
     )
+
+    async def start_followups(_app: web.Application) -> None:
+        followups.start()
+
+    app.on_startup.append(start_followups)
 
     async def end_streams(_app: web.Application) -> None:
         feed.close()
@@ -122,6 +139,7 @@ async def init_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(end_streams)
 
     async def close(_app: web.Application) -> None:
+        await followups.stop()
         await hub.close_all()
         await http.close()
         await db_engine.dispose()

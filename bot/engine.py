@@ -68,6 +68,29 @@ class EngineClient:
         slots = (await self._get(url, {"include_events": "NONE"})).get("slots")
         return slots if isinstance(slots, dict) else {}
 
+    async def trigger_intent(self, sender_id: str, intent: str, entities: dict[str, str]) -> list[dict[str, Any]]:
+        """Make the dialogue act as if the citizen had expressed `intent` (an external event);
+        returns what the bot says, in the REST format, for the app to deliver.
+
+        Raises:
+            EngineUnavailable: on timeout, connection error or a non-200 answer.
+        """
+        url = f"{self._base_url}/conversations/{quote(sender_id, safe='')}/trigger_intent"
+        try:
+            async with self._http.post(
+                url,
+                params={"token": self._token},
+                json={"name": intent, "entities": entities},
+                timeout=self._timeout,
+            ) as resp:
+                if resp.status != 200:
+                    raise EngineUnavailable(f"engine answered HTTP {resp.status} on trigger_intent")
+                data = await resp.json()
+        except (TimeoutError, aiohttp.ClientError, ValueError) as error:
+            raise EngineUnavailable(f"{type(error).__name__}: {error}") from error
+        messages = data.get("messages") if isinstance(data, dict) else None
+        return [message for message in messages or [] if isinstance(message, dict)]
+
     async def _get(self, url: str, params: dict[str, str]) -> dict[str, Any]:
         """A GET on the engine's token-protected HTTP API, expecting a JSON object within two seconds."""
         try:

@@ -15,7 +15,7 @@ from bot.hub import ConversationHub
 from bot.responses import Responses
 from crm_backend.errors import NotFound
 from crm_backend.models import ChannelIdentity, Conversation
-from crm_backend.services.conversations import OutgoingMessage, log_outgoing
+from crm_backend.services.conversations import OutgoingMessage, current_conversation, log_outgoing
 
 TELEGRAM = "telegram"
 
@@ -60,6 +60,26 @@ class ChannelNotifier:
         await self._hub.publish(
             conversation_id, {"type": "reply", "in_reply_to": None, "messages": [serialise_outgoing(notice)]}
         )
+
+    async def notify_identity(self, identity_id: int, messages: list[OutgoingMessage]) -> bool:
+        """Log messages on the identity's current conversation and deliver them on its channel.
+
+        Web chat: live to an open page, else seen on the next visit (the page restores the
+        conversation). Telegram: sent in the background. Other channels have no push: the
+        log keeps them. True if delivered live or on its way.
+        """
+        async with self._sessions.begin() as session:
+            identity = await session.get(ChannelIdentity, identity_id)
+            if identity is None:
+                raise NotFound("identity")
+            conversation = await current_conversation(session, identity)
+            log_outgoing(session, conversation, messages)
+            conversation_id, channel, chat_id = conversation.id, conversation.channel, identity.external_id
+        if channel == TELEGRAM and self._telegram is not None:
+            self._telegram.submit(chat_id, messages)
+            return True
+        frame = {"type": "reply", "in_reply_to": None, "messages": [serialise_outgoing(m) for m in messages]}
+        return await self._hub.publish(conversation_id, frame) > 0
 
     async def _log(self, conversation_id: int, message: OutgoingMessage) -> str | None:
         """Log the message on the conversation; the Telegram chat to send it to, if that is its channel."""

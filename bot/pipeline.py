@@ -181,7 +181,7 @@ class MessagePipeline:
             if _is_handoff_marker(reply):
                 handoff_started = True
                 continue
-            converted = _to_outgoing(reply)
+            converted = to_outgoing(reply)
             if converted is not None:
                 replies.append(converted)
         return replies, handoff_started
@@ -196,7 +196,8 @@ def _is_handoff_marker(reply: dict[str, Any]) -> bool:
     return isinstance(custom, dict) and custom.get("handoff") is True
 
 
-def _to_outgoing(reply: dict[str, Any]) -> OutgoingMessage | None:
+def to_outgoing(reply: dict[str, Any]) -> OutgoingMessage | None:
+    """A reply in the engine's REST format as a message to deliver; None if it carries nothing."""
     text = reply.get("text")
     buttons = [
         {"title": str(button.get("title", "")), "payload": str(button.get("payload", ""))}

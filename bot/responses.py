@@ -19,6 +19,7 @@ APP_RESPONSES = (
     "utter_handoff_closed",
     "utter_attachment_received",
     "utter_telegram_help",
+    "utter_case_notice",
 )
 
 

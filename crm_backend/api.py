@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from crm_backend.console.cases import CaseWatcher
 from crm_backend.console.feed import LiveEvent, LiveFeed
 from crm_backend.errors import InvalidInput, NotFound
 from crm_backend.http import json_response, read_json_object, require_bearer
@@ -118,11 +119,13 @@ class CrmApi:
         token: str,
         notifier: ConversationNotifier,
         feed: LiveFeed | None = None,
+        watcher: CaseWatcher | None = None,
     ) -> None:
         self._sessions = sessions
         self._token = token
         self._notifier = notifier
         self._feed = feed  # open consoles hear about replies and hand-backs made through the API
+        self._watcher = watcher  # citizens hear about status changes made through the API
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/api/v1/stats", self.stats)
@@ -174,7 +177,9 @@ class CrmApi:
                 session, request.match_info["case_number"], target, actor=actor, note=note, department=department
             )
             case = await cases.get_case(session, request.match_info["case_number"])
-            return json_response(case_json(case))
+        if self._watcher is not None:
+            self._watcher.submit(case.case_number)
+        return json_response(case_json(case))
 
     async def waiting_conversations(self, request: web.Request) -> web.Response:
         require_bearer(request, self._token)

@@ -54,6 +54,9 @@ class Settings:
     domain_path: Path
     category_model_path: Path
     console_secure_cookies: bool = False
+    followup_remind_hours: float = 24.0  # 回访 unanswered this long: one reminder
+    followup_archive_hours: float = 48.0  # reminder unanswered this long: archived as 未回访
+    followup_check_seconds: float = 60.0  # how often the 回访 loop looks
     max_message_chars: int = 2000
     max_logged_chars: int = 10000
     telegram: TelegramSettings | None = None  # None: no TELEGRAM_BOT_TOKEN, the app runs without Telegram
@@ -95,6 +98,9 @@ class Settings:
             allowed_origins=origins,
             domain_path=Path(env.get("DOMAIN_PATH", str(PROJECT_ROOT / "domain.yml"))),
             console_secure_cookies=env.get("CONSOLE_SECURE_COOKIES", "") in ("1", "true", "yes"),
+            followup_remind_hours=number("FOLLOWUP_REMIND_HOURS", "24"),
+            followup_archive_hours=number("FOLLOWUP_ARCHIVE_HOURS", "48"),
+            followup_check_seconds=number("FOLLOWUP_CHECK_SECONDS", "60"),
             category_model_path=Path(
                 env.get("CATEGORY_MODEL_PATH", str(PROJECT_ROOT / "models" / "category_classifier.joblib"))
             ),

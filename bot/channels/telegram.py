@@ -21,6 +21,7 @@ import functools
 import hmac
 import itertools
 import logging
+import re
 from typing import Any
 
 from aiohttp import web
@@ -71,6 +72,7 @@ UNSUPPORTED_LABELS = {  # likewise for content the assistant cannot read
 }
 START_PAYLOAD = "/greet"
 CANCEL_PAYLOAD = "/cancel"
+LINK_CODE = re.compile(r"(?<!\d)(\d{6})(?!\d)")
 PRIVATE_MESSAGES = filters.ChatType.PRIVATE & filters.UpdateType.MESSAGE
 STARTUP_RETRY_SECONDS = (1, 2, 5, 10, 30, 60)
 
@@ -115,6 +117,7 @@ class TelegramChannel:
         application.add_handler(CommandHandler("start", self._on_start, filters=PRIVATE_MESSAGES))
         application.add_handler(CommandHandler("help", self._on_help, filters=PRIVATE_MESSAGES))
         application.add_handler(CommandHandler("cancel", self._on_cancel, filters=PRIVATE_MESSAGES))
+        application.add_handler(CommandHandler("link", self._on_link, filters=PRIVATE_MESSAGES))
         application.add_handler(MessageHandler(PRIVATE_MESSAGES & filters.COMMAND, self._on_help))
         application.add_handler(MessageHandler(PRIVATE_MESSAGES & filters.TEXT, self._on_text))
         application.add_handler(MessageHandler(PRIVATE_MESSAGES & filters.PHOTO, self._on_photo))
@@ -214,6 +217,14 @@ class TelegramChannel:
     async def _on_cancel(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
         message = _message(update)
         await self._converse(message.chat_id, Inbound(CHANNEL, str(message.chat_id), "/cancel", payload=CANCEL_PAYLOAD))
+
+    async def _on_link(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+        """`/link 483920`: link this chat to the citizen who was shown the code on another channel."""
+        message = _message(update)
+        text = message.text or "/link"
+        code = LINK_CODE.search(text)
+        payload = f'/link_account{{"link_code": "{code.group(1)}"}}' if code else "/link_account"
+        await self._converse(message.chat_id, Inbound(CHANNEL, str(message.chat_id), text, payload=payload))
 
     async def _on_help(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
         message = _message(update)

@@ -8,7 +8,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_backend.console.admin import AdminViews
-from crm_backend.console.cases import CaseViews
+from crm_backend.console.cases import CaseViews, CaseWatcher
 from crm_backend.console.conversations import ChannelNotifier, ConversationViews, SlotReader
 from crm_backend.console.feed import LiveFeed
 from crm_backend.console.web import ConsoleBase, build_templates
@@ -25,12 +25,13 @@ def add_console(
     notifier: ChannelNotifier,
     engine: SlotReader,
     desk: Dispatcher,
+    watcher: CaseWatcher,
     secure_cookies: bool,
 ) -> None:
     """Register every console route on the app."""
     base = ConsoleBase(sessions, build_templates(), secure_cookies=secure_cookies)
     districts = desk.districts
     ConversationViews(base, feed, notifier, engine, desk).add_routes(app)
-    CaseViews(base, notifier, districts).add_routes(app)
+    CaseViews(base, notifier, districts, watcher).add_routes(app)
     AdminViews(base, districts).add_routes(app)
     app.router.add_static("/console/static/", STATIC_DIR, append_version=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from aiohttp import web
@@ -15,18 +15,28 @@ from crm_backend.errors import InvalidInput, InvalidTransition, NotFound
 from crm_backend.lifecycle import CASE_ACTIONS, CaseAction, CaseStatus, Role, available_actions
 from crm_backend.models import Department, ExtensionRequest, RoutingDecision, StaffUser
 from crm_backend.services import audit, casework
+from crm_backend.services.conversations import OutgoingMessage
 from crm_backend.validation import mask_phone
 
 MAX_REPLY_CHARS = 4000
 
 
+class CaseWatcher(Protocol):
+    """Who tells the citizen when staff change their case (notices, then the 回访 question)."""
+
+    def submit(self, case_number: str) -> None: ...
+
+
 class CaseViews(ConsoleBase):
     """Cases through their life cycle."""
 
-    def __init__(self, base: ConsoleBase, notifier: ChannelNotifier, districts: list[str]) -> None:
+    def __init__(
+        self, base: ConsoleBase, notifier: ChannelNotifier, districts: list[str], watcher: CaseWatcher
+    ) -> None:
         super().__init__(**base.share())
         self.notifier = notifier
         self.districts = districts
+        self.watcher = watcher
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/console/cases", self.case_list)
@@ -152,16 +162,17 @@ class CaseViews(ConsoleBase):
                 raise InvalidInput("bad_text", f"回复内容为 1-{MAX_REPLY_CHARS} 个字符")
             async with self.sessions.begin() as session:
                 case = await casework.visible_case(session, member.user, number)
-                if case.conversation_id is None:
-                    raise InvalidInput("no_conversation", "这个工单没有关联的对话，无法在线回复市民")
                 casework.record_reply(session, member.user, case, text, address=address)
-                conversation_id = case.conversation_id
-            live = await self.notifier.staff_reply(
-                conversation_id, f"关于工单 {number}：{text}", member.user.display_name
+                identity_id = case.identity_id
+            # To the citizen's current conversation on the case's channel, which may be newer than
+            # the one the case was filed in.
+            reply = OutgoingMessage(
+                f"关于工单 {number}：{text}", sender_kind="staff", sender_name=member.user.display_name
             )
+            live = await self.notifier.notify_identity(identity_id, [reply])
             return "已回复市民" if live else "已回复；市民当前不在线，下次打开对话时会看到"
-        async with self.sessions.begin() as session:
-            if operation == "action":
+        if operation == "action":
+            async with self.sessions.begin() as session:
                 event = await casework.perform(
                     session,
                     member.user,
@@ -171,7 +182,9 @@ class CaseViews(ConsoleBase):
                     department_id=int_or_none(data.get("department_id")),
                     address=address,
                 )
-                return f"工单已变为「{CaseStatus(event.to_status).label}」"
+            self.watcher.submit(number)  # after the commit: the citizen hears of what really happened
+            return f"工单已变为「{CaseStatus(event.to_status).label}」"
+        async with self.sessions.begin() as session:
             if operation == "note":
                 await casework.add_note(session, member.user, number, note, address=address)
                 return "已添加内部备注"

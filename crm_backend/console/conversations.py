@@ -30,6 +30,7 @@ from crm_backend.errors import CrmError, InvalidInput, NotFound
 from crm_backend.lifecycle import Role
 from crm_backend.models import ChannelIdentity, Citizen, Conversation, Message, ServiceCase, StaffUser
 from crm_backend.services import audit, handoff, staff
+from crm_backend.services.conversations import OutgoingMessage
 from crm_backend.services.intake import Report, file_case
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ class ChannelNotifier(Protocol):
     async def staff_reply(self, conversation_id: int, text: str, staff_name: str) -> bool: ...
 
     async def handoff_ended(self, conversation_id: int, *, closed: bool = False) -> None: ...
+
+    async def notify_identity(self, identity_id: int, messages: list[OutgoingMessage]) -> bool: ...
 
 
 class SlotReader(Protocol):

@@ -7,6 +7,7 @@ webhook with the secret header and records what the app sends back.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 import secrets
@@ -19,6 +20,9 @@ import pytest
 
 from bot.channels.telegram_format import MAX_MESSAGE_UNITS, utf16_units
 from tests.integration.test_dispatch_conversation import case_number_in
+from tests.integration.test_followup import file_case
+from tests.integration.test_webchat import open_chat
+from tests.support.console import ConsoleClient, create_staff
 from tests.support.domain_text import utter, utter_buttons
 from tests.support.fake_telegram import FakeTelegram, keyboard_buttons
 from tests.support.stack import Stack, free_port
@@ -216,7 +220,7 @@ def test_a_whole_report_on_telegram_files_a_case(citizen: TelegramCitizen, stack
     [created] = citizen.press(readback, "确认提交")
     number = case_number_in(created["text"])
     case = stack.api("GET", f"/cases/{number}").json()
-    assert "路灯" in case["description"] and "丁字街" in case["location"]
+    assert "路灯" in case["description"] and "K8县" in case["location"]
     with db(stack) as conn:
         channel = conn.execute(
             "SELECT channel_identity.channel, external_id FROM service_case"
@@ -380,3 +384,58 @@ def test_polling_mode_asks_telegram_for_updates_and_answers_them(stack: Stack, f
         assert fake_telegram.post_update(f"{app.app_url}/webhooks/telegram", update, SECRET).status_code in (404, 405)
     finally:
         app.stop_app()
+
+
+async def _web_case_and_link_code(stack: Stack) -> tuple[str, str]:
+    """A citizen files a case on the web chat and asks there for a link code."""
+    async with open_chat(stack) as chat:
+        await chat.hello()
+        number = await file_case(chat, "河边步道的护栏断了一截，晚上散步很危险", "A7县滨河步道")
+        [issued] = await chat.say("绑定账号")
+    code = re.search(r"\d{6}", issued["text"])
+    assert code, issued
+    return number, code.group(0)
+
+
+def test_linking_web_and_telegram_lists_the_web_case_and_its_notices_reach_telegram(
+    citizen: TelegramCitizen, stack: Stack, telegram_app: Stack
+) -> None:
+    number, code = asyncio.run(_web_case_and_link_code(stack))
+    assert texts(citizen.say("我的工单")) == [utter("utter_my_cases_none")]
+    assert texts(citizen.say(f"/link {code}")) == [utter("utter_link_done")]
+    [listed] = citizen.say("我的工单")
+    assert number in listed["text"] and "已派单" in listed["text"]
+
+    # The case came from the web chat: staff's change is told there, not on Telegram.
+    console = ConsoleClient(telegram_app)
+    assert console.login(create_staff(telegram_app, "supervisor")).status_code == 200
+    before = len(citizen.fake.sent_to(citizen.chat_id))
+    response = console.post(f"/cases/{number}/action", {"action": "accept"})
+    assert "工单已变为「已签收」" in response.text
+    time.sleep(1.5)
+    assert len(citizen.fake.sent_to(citizen.chat_id)) == before
+
+
+def test_a_telegram_case_is_told_its_progress_and_rated_on_telegram(
+    citizen: TelegramCitizen, stack: Stack, telegram_app: Stack
+) -> None:
+    replies = citizen.say("桥洞下面的路面塌陷了一个大坑，车辆经过很危险")
+    readback = answer_form_until_readback(citizen, replies, location={"text": "A9市人民路桥洞"}, phone="13512345678")
+    done = citizen.press(readback, "确认提交")
+    number = re.search(r"\d{8}-\d{4}", done[-1]["text"])
+    assert number, done
+    console = ConsoleClient(telegram_app)
+    assert console.login(create_staff(telegram_app, "supervisor")).status_code == 200
+    for action, status in (("accept", "已签收"), ("start", "办理中")):
+        before = len(citizen.fake.sent_to(citizen.chat_id))
+        console.post(f"/cases/{number.group(0)}/action", {"action": action})
+        [notice] = citizen.answer_after(before)
+        assert notice["text"].startswith(f"您的工单 {number.group(0)} 有新进展：{status}")
+    before = len(citizen.fake.sent_to(citizen.chat_id))
+    console.post(f"/cases/{number.group(0)}/action", {"action": "resolve", "note": "已修复路面"})
+    told = citizen.answer_after(before, quiet=1.5)
+    assert "已办结" in told[0]["text"]
+    question = told[-1]
+    assert question["text"] == utter("utter_ask_rating", followup_case=number.group(0))
+    assert texts(citizen.press(question, "5分 非常满意")) == [utter("utter_rating_thanks", rating="5")]
+    assert stack.api("GET", f"/cases/{number.group(0)}").json()["status"] == "reviewed"

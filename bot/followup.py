@@ -1,0 +1,162 @@
+"""Telling citizens about their cases: progress notices, and the 回访 question and its loop.
+
+After staff change a case, the citizen who filed it is told on that case's channel (unless
+they said 「不要再通知我」). Once a case is 已办结 the engine is asked, through an external
+event, to put the satisfaction question; what the bot says is delivered like any notice.
+A background loop asks cases whose question could not be put yet (the engine was down, or
+staff held the conversation), reminds once, and archives cases nobody rated as 未回访.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import timedelta
+from typing import Protocol
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.engine import EngineClient, EngineUnavailable
+from bot.pipeline import to_outgoing
+from bot.responses import Responses
+from crm_backend.lifecycle import CaseStatus
+from crm_backend.models import ChannelIdentity, Citizen, ServiceCase, utcnow
+from crm_backend.services import followup
+from crm_backend.services.conversations import OutgoingMessage, current_conversation
+from crm_backend.services.handoff import BOT
+
+logger = logging.getLogger(__name__)
+
+FOLLOWUP_INTENT = "EXTERNAL_followup"
+
+
+class IdentityNotifier(Protocol):
+    async def notify_identity(self, identity_id: int, messages: list[OutgoingMessage]) -> bool: ...
+
+
+class CaseFollowup:
+    """Progress notices and the 回访 loop."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        engine: EngineClient,
+        notifier: IdentityNotifier,
+        responses: Responses,
+        *,
+        remind_after: timedelta,
+        archive_after: timedelta,
+        interval_seconds: float,
+    ) -> None:
+        self._sessions = sessions
+        self._engine = engine
+        self._notifier = notifier
+        self._responses = responses
+        self._remind_after = remind_after
+        self._archive_after = archive_after
+        self._interval = interval_seconds
+        self._tasks: list[asyncio.Task[None]] = []
+        self._changes: asyncio.Queue[str] = asyncio.Queue()
+
+    def submit(self, case_number: str) -> None:
+        """Staff changed a case: tell the citizen in the background, in the order changes were made."""
+        self._changes.put_nowait(case_number)
+
+    async def case_changed(self, case_number: str) -> None:
+        """Staff moved the case: tell the citizen, and put the 回访 question once it is 已办结."""
+        async with self._sessions() as session:
+            case = await session.scalar(select(ServiceCase).where(ServiceCase.case_number == case_number))
+            if case is None:
+                return
+            enabled = await followup.notices_enabled(session, case.citizen_id)
+            status = CaseStatus(case.status)
+        if enabled:
+            detail = f"（{case.department}）" if case.department and status is not CaseStatus.RETURNED else ""
+            text = self._responses.text("utter_case_notice").format(
+                case_number=case_number, status=status.label, detail=detail
+            )
+            await self._notifier.notify_identity(case.identity_id, [OutgoingMessage(text, sender_kind="system")])
+        if status is CaseStatus.RESOLVED:
+            await self.ask(case.id)
+
+    async def ask(self, case_id: int, *, reminder: bool = False) -> bool:
+        """Put the satisfaction question (or its one reminder); False if it has to wait."""
+        async with self._sessions.begin() as session:
+            case = await session.get(ServiceCase, case_id)
+            identity = await session.get(ChannelIdentity, case.identity_id) if case else None
+            if case is None or identity is None or case.status != CaseStatus.RESOLVED.value:
+                return False
+            citizen = await session.get(Citizen, identity.citizen_id)
+            if citizen is not None and not citizen.notices_enabled:
+                # They asked for silence: no question; the loop archives the case as 未回访 later.
+                case.followup_asked_at = case.followup_reminded_at = utcnow()
+                return False
+            conversation = await current_conversation(session, identity)
+            if conversation.handoff_status != BOT:
+                return False  # staff hold the conversation; the loop asks later
+            sender_id, number = identity.sender_id, case.case_number
+        entities = {"case_number": number, **({"reminder": "yes"} if reminder else {})}
+        try:
+            raw = await self._engine.trigger_intent(sender_id, FOLLOWUP_INTENT, entities)
+        except EngineUnavailable as error:
+            logger.warning("回访 for case %s postponed: %s", number, error)
+            return False
+        messages = [message for message in map(to_outgoing, raw) if message is not None]
+        await self._notifier.notify_identity(identity.id, messages)
+        async with self._sessions.begin() as session:
+            case = await session.get(ServiceCase, case_id)
+            if case is not None:
+                if reminder:
+                    case.followup_reminded_at = utcnow()
+                else:
+                    case.followup_asked_at = utcnow()
+        logger.info("回访 %s for case %s", "reminder sent" if reminder else "asked", number)
+        return True
+
+    async def run_once(self) -> None:
+        """One pass of the loop: ask, remind, archive."""
+        async with self._sessions() as session:
+            due = await followup.due_followups(
+                session, utcnow(), remind_after=self._remind_after, archive_after=self._archive_after
+            )
+        for case in due.to_ask:
+            await self.ask(case.id)
+        for case in due.to_remind:
+            await self.ask(case.id, reminder=True)
+        if due.to_archive:
+            async with self._sessions.begin() as session:
+                for stale in due.to_archive:
+                    current = await session.get(ServiceCase, stale.id)
+                    if current is not None and current.status == CaseStatus.RESOLVED.value:
+                        followup.archive_unanswered(session, current)
+                        logger.info("case %s archived as 未回访", current.case_number)
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._loop(), name="followup-loop"),
+            asyncio.create_task(self._tell_changes(), name="case-notices"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _tell_changes(self) -> None:
+        while True:
+            case_number = await self._changes.get()
+            try:
+                await self.case_changed(case_number)
+            except Exception:  # one failed notice must not stop the others
+                logger.exception("notice for case %s failed", case_number)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except Exception:  # the loop must survive a bad pass (database blip, engine restart)
+                logger.exception("回访 loop pass failed")
+            await asyncio.sleep(self._interval)

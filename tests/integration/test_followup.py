@@ -1,0 +1,180 @@
+"""Progress notices and 回访 over the web chat, with staff working the case in the console.
+
+A citizen files a case in the real dialogue; a supervisor moves it through its life cycle
+in the console; each move reaches the citizen's open chat; at 已办结 the engine asks the
+satisfaction question (an external event) and the citizen's answer — a button, their own
+words, or a single star — closes or reopens the case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests.integration.test_console import department_option, signed_in
+from tests.integration.test_webchat import CASE_NUMBER, ChatClient, open_chat, texts
+from tests.support.console import ConsoleClient, create_staff
+from tests.support.domain_text import utter
+from tests.support.stack import Stack
+
+PHONE = "13698765432"
+
+
+@pytest.fixture(scope="module")
+def supervisor(stack: Stack) -> str:
+    return create_staff(stack, "supervisor", display_name="回访王")
+
+
+@pytest.fixture
+async def chat(stack: Stack) -> AsyncIterator[ChatClient]:
+    async with open_chat(stack) as client:
+        await client.hello()
+        yield client
+
+
+async def file_case(chat: ChatClient, problem: str, location: str) -> str:
+    """Report a problem through the dialogue, answering whatever the form asks; the case number."""
+    replies = await chat.say(problem)
+    for _ in range(8):
+        last = replies[-1]
+        payloads = [button["payload"] for button in last.get("buttons", [])]
+        if "/affirm" in payloads:
+            done = await chat.click(next(b for b in last["buttons"] if b["payload"] == "/affirm"))
+            match = CASE_NUMBER.search(done[-1]["text"])
+            assert match, done
+            return match.group(0)
+        if last["text"] == utter("utter_ask_description"):
+            replies = await chat.say(problem)
+        elif last["text"] == utter("utter_ask_location"):
+            replies = await chat.say(location)
+        elif last["text"] == utter("utter_ask_contact_phone"):
+            replies = await chat.say(PHONE)
+        elif last.get("buttons"):  # a district or a category to choose: the first will do
+            replies = await chat.click(last["buttons"][0])
+        else:
+            raise AssertionError(f"unexpected question: {last}")
+    raise AssertionError("the report was never read back")
+
+
+async def act(console: ConsoleClient, number: str, action: str, note: str = "", **extra: str) -> None:
+    """A life-cycle step in the console, as the browser posts it."""
+    form = {"action": action, "note": note, **extra}
+    response = await asyncio.to_thread(console.post, f"/cases/{number}/action", form)
+    assert response.status_code == 200 and "工单已变为" in response.text, response.text[-800:]
+
+
+async def dispatched(stack: Stack, chat: ChatClient, console: ConsoleClient, number: str) -> None:
+    """A case the classifier was unsure of waits in the manual queue: the supervisor dispatches it."""
+    if case_json(stack, number)["status"] != "received":
+        return
+    queue = await asyncio.to_thread(console.get, "/queue")
+    await act(console, number, "dispatch", department_id=department_option(queue.text, "A市住房和城乡建设局"))
+    assert "已派单" in (await notice(chat))["text"]
+
+
+async def notice(chat: ChatClient) -> dict[str, Any]:
+    frame = await chat.expect("reply")
+    [message] = frame["messages"]
+    assert message["sender"]["kind"] == "system", message
+    return message
+
+
+def case_json(stack: Stack, number: str) -> dict[str, Any]:
+    response = stack.api("GET", f"/cases/{number}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def resolve_and_get_question(
+    stack: Stack, chat: ChatClient, console: ConsoleClient, number: str
+) -> dict[str, Any]:
+    """Staff take the case from 已派单 to 已办结; the notices arrive, then the 回访 question."""
+    await dispatched(stack, chat, console, number)
+    department = case_json(stack, number)["department"]
+    for action, label in (("accept", "已签收"), ("start", "办理中")):
+        await act(console, number, action)
+        assert (await notice(chat))["text"] == utter(
+            "utter_case_notice", case_number=number, status=label, detail=f"（{department}）"
+        )
+    await act(console, number, "resolve", "已安排人员处理完毕")
+    assert (await notice(chat))["text"] == utter(
+        "utter_case_notice", case_number=number, status="已办结", detail=f"（{department}）"
+    )
+    question = (await chat.expect("reply"))["messages"][-1]
+    assert question["text"] == utter("utter_ask_rating", followup_case=number)
+    return question
+
+
+async def test_each_move_is_told_and_a_button_rating_closes_the_case(
+    stack: Stack, chat: ChatClient, supervisor: str
+) -> None:
+    number = await file_case(chat, "幸福路公交站的候车亭顶棚塌了一块，很危险", "A6区幸福路公交站")
+    console = await asyncio.to_thread(signed_in, stack, supervisor)
+    question = await resolve_and_get_question(stack, chat, console, number)
+    four = next(button for button in question["buttons"] if button["title"].startswith("4分"))
+    assert texts(await chat.click(four)) == [utter("utter_rating_thanks", rating="4")]
+    assert case_json(stack, number)["status"] == "reviewed"
+
+
+async def test_a_free_text_answer_is_understood(stack: Stack, chat: ChatClient, supervisor: str) -> None:
+    number = await file_case(chat, "学校门口的人行道地砖松动好几块，孩子容易绊倒", "A8区实验小学门口")
+    console = await asyncio.to_thread(signed_in, stack, supervisor)
+    replied = await asyncio.to_thread(console.post, f"/cases/{number}/reply", {"text": "已联系施工队，明天上午修复"})
+    assert "已回复市民" in replied.text
+    [reply] = (await chat.expect("reply"))["messages"]
+    assert reply["text"] == f"关于工单 {number}：已联系施工队，明天上午修复"
+    assert reply["sender"] == {"kind": "staff", "name": "回访王"}
+    await resolve_and_get_question(stack, chat, console, number)
+    assert texts(await chat.say("还行吧，挺快的")) == [utter("utter_rating_thanks", rating="4")]
+    case = case_json(stack, number)
+    assert case["status"] == "reviewed"
+    assert "市民评价 4 分：还行吧，挺快的" in case["events"][-1]["note"]
+
+
+async def test_one_star_reopens_the_case_for_supervisor_review(stack: Stack, chat: ChatClient, supervisor: str) -> None:
+    number = await file_case(chat, "小区垃圾桶好几天没人清运，臭味很大", "A5区花园小区3号楼")
+    console = await asyncio.to_thread(signed_in, stack, supervisor)
+    await resolve_and_get_question(stack, chat, console, number)
+    assert texts(await chat.say("1分，根本没人来清运")) == [
+        utter("utter_rating_reopened", rating="1", case_number=number)
+    ]
+    case = case_json(stack, number)
+    assert case["status"] == "in_progress"
+    supervised = await asyncio.to_thread(console.get, "/cases?supervised=1")
+    assert number in supervised.text
+
+
+async def test_a_citizen_can_turn_notices_off(stack: Stack, chat: ChatClient, supervisor: str) -> None:
+    number = await file_case(chat, "路口的交通信号灯一直闪黄灯，车辆乱成一团", "A2区人民路与解放路路口")
+    console = await asyncio.to_thread(signed_in, stack, supervisor)
+    await dispatched(stack, chat, console, number)
+    assert texts(await chat.say("不要再通知我")) == [utter("utter_notices_off")]
+    await act(console, number, "accept")
+    await chat.assert_silent(1.5)
+    assert texts(await chat.say("恢复通知")) == [utter("utter_notices_on")]
+    await act(console, number, "start")
+    assert "办理中" in (await notice(chat))["text"]
+
+
+async def test_linking_a_second_channel_lists_the_first_channels_cases(stack: Stack, chat: ChatClient) -> None:
+    number = await file_case(chat, "公园里的健身器材断了一根，有安全隐患", "A4区滨江公园")
+    [issued] = await chat.say("绑定账号")
+    code = re.search(r"\d{6}", issued["text"])
+    assert code and issued["text"] == utter("utter_link_code", code=code.group(0))
+
+    other = f"partner-{uuid.uuid4().hex[:8]}"  # a second channel (the REST channel of an integrator)
+    [unknown] = stack.rest(other, "我的工单")
+    assert unknown["text"] == utter("utter_my_cases_none")
+    [wrong] = stack.rest(other, "绑定 000000" if code.group(0) != "000000" else "绑定 111111")
+    assert wrong["text"] == utter("utter_link_invalid")
+    [linked] = stack.rest(other, f"绑定 {code.group(0)}")
+    assert linked["text"] == utter("utter_link_done")
+    [again] = stack.rest(f"partner-{uuid.uuid4().hex[:8]}", f"绑定 {code.group(0)}")
+    assert again["text"] == utter("utter_link_invalid")  # single use
+    [listed] = stack.rest(other, "我的工单")
+    assert number in listed["text"] and "已派单" in listed["text"]
