@@ -68,6 +68,17 @@ class EngineClient:
         slots = (await self._get(url, {"include_events": "NONE"})).get("slots")
         return slots if isinstance(slots, dict) else {}
 
+    async def active_form(self, sender_id: str) -> str | None:
+        """The form the citizen is in the middle of, if any (so the app does not interrupt it).
+
+        Raises:
+            EngineUnavailable: if the engine does not answer within two seconds.
+        """
+        url = f"{self._base_url}/conversations/{quote(sender_id, safe='')}/tracker"
+        loop = (await self._get(url, {"include_events": "NONE"})).get("active_loop")
+        name = loop.get("name") if isinstance(loop, dict) else None
+        return name if isinstance(name, str) and name else None
+
     async def trigger_intent(self, sender_id: str, intent: str, entities: dict[str, str]) -> list[dict[str, Any]]:
         """Make the dialogue act as if the citizen had expressed `intent` (an external event);
         returns what the bot says, in the REST format, for the app to deliver.

@@ -30,6 +30,7 @@ from crm_backend.services.handoff import BOT
 logger = logging.getLogger(__name__)
 
 FOLLOWUP_INTENT = "EXTERNAL_followup"
+FOLLOWUP_FORM = "followup_form"  # an unanswered question may be asked again (the reminder)
 
 
 class IdentityNotifier(Protocol):
@@ -99,6 +100,10 @@ class CaseFollowup:
             sender_id, number = identity.sender_id, case.case_number
         entities = {"case_number": number, **({"reminder": "yes"} if reminder else {})}
         try:
+            busy = await self._engine.active_form(sender_id)
+            if busy is not None and busy != FOLLOWUP_FORM:
+                logger.info("回访 for case %s waits: the citizen is in %s", number, busy)
+                return False
             raw = await self._engine.trigger_intent(sender_id, FOLLOWUP_INTENT, entities)
         except EngineUnavailable as error:
             logger.warning("回访 for case %s postponed: %s", number, error)
@@ -134,10 +139,10 @@ class CaseFollowup:
                         logger.info("case %s archived as 未回访", current.case_number)
 
     def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._loop(), name="followup-loop"),
-            asyncio.create_task(self._tell_changes(), name="case-notices"),
-        ]
+        """Start telling changes, and the loop unless its interval is 0 (off)."""
+        self._tasks = [asyncio.create_task(self._tell_changes(), name="case-notices")]
+        if self._interval > 0:
+            self._tasks.append(asyncio.create_task(self._loop(), name="followup-loop"))
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -20,7 +20,7 @@ from tests.integration.test_console import department_option, signed_in
 from tests.integration.test_webchat import CASE_NUMBER, ChatClient, open_chat, texts
 from tests.support.console import ConsoleClient, create_staff
 from tests.support.domain_text import utter
-from tests.support.stack import Stack
+from tests.support.stack import Stack, free_port
 
 PHONE = "13698765432"
 
@@ -178,3 +178,59 @@ async def test_linking_a_second_channel_lists_the_first_channels_cases(stack: St
     assert again["text"] == utter("utter_link_invalid")  # single use
     [listed] = stack.rest(other, "我的工单")
     assert number in listed["text"] and "已派单" in listed["text"]
+
+
+# --- the 回访 loop: a question that had to wait, one reminder, then 未回访 ----------------------------
+
+
+@pytest.fixture(scope="module")
+def loop_app(stack: Stack) -> Iterator[Stack]:
+    """An app whose 回访 loop runs every second, with a reminder after ~2 s and 未回访 ~2 s later."""
+    app = Stack(
+        workdir=stack.workdir / "followup-loop-app",
+        app_port=free_port(),
+        rasa_port=stack.rasa_port,
+        database_url=stack.database_url,
+        secrets=stack.secrets,
+    )
+    app.start_app(
+        extra_env={
+            "FOLLOWUP_CHECK_SECONDS": "1",
+            "FOLLOWUP_REMIND_HOURS": str(2 / 3600),
+            "FOLLOWUP_ARCHIVE_HOURS": str(2 / 3600),
+        }
+    )
+    try:
+        yield app
+    finally:
+        app.stop_app()
+
+
+async def test_a_question_waits_for_a_form_then_is_reminded_once_and_the_case_archived_unanswered(
+    stack: Stack, loop_app: Stack, supervisor: str
+) -> None:
+    async with open_chat(loop_app) as chat:
+        await chat.hello()
+        number = await file_case(chat, "菜市场门口的下水道堵了，污水漫到路上", "A1区东风菜市场门口")
+        console = await asyncio.to_thread(signed_in, loop_app, supervisor)
+        await dispatched(stack, chat, console, number)
+        for action in ("accept", "start"):
+            await act(console, number, action)
+            await notice(chat)
+        # The citizen is in the middle of another report when the case is resolved.
+        assert texts(await chat.say("另外我还要反映一个问题，楼道里的灯坏了")) == [utter("utter_ask_location")]
+        await act(console, number, "resolve", "已疏通")
+        assert "已办结" in (await notice(chat))["text"]
+        await chat.assert_silent(2.5)  # not put in the middle of the form
+        assert texts(await chat.say("取消")) != []
+        question = (await chat.expect("reply", timeout=15))["messages"][-1]
+        assert question["text"] == utter("utter_ask_rating", followup_case=number)
+        reminder = await chat.expect("reply", timeout=15)
+        assert texts(reminder["messages"])[0] == utter("utter_followup_reminder")
+        for _ in range(40):
+            if case_json(stack, number)["status"] == "archived":
+                break
+            await asyncio.sleep(0.5)
+        case = case_json(stack, number)
+        assert case["status"] == "archived" and case["events"][-1]["note"].startswith("未回访")
+        await chat.assert_silent(2.5)  # one reminder only
