@@ -234,3 +234,20 @@ async def test_a_question_waits_for_a_form_then_is_reminded_once_and_the_case_ar
         case = case_json(stack, number)
         assert case["status"] == "archived" and case["events"][-1]["note"].startswith("未回访")
         await chat.assert_silent(2.5)  # one reminder only
+
+
+async def test_a_notice_sent_while_the_page_was_closed_is_there_on_the_next_visit(
+    stack: Stack, supervisor: str
+) -> None:
+    async with open_chat(stack) as chat:
+        await chat.hello()
+        number = await file_case(chat, "广场的音乐喷泉坏了，水一直往外冒", "A3区人民广场")
+        session = chat.session
+        console = await asyncio.to_thread(signed_in, stack, supervisor)
+        await dispatched(stack, chat, console, number)
+    await act(console, number, "accept")  # nobody is connected now
+    await asyncio.sleep(1.0)
+    async with open_chat(stack) as chat:
+        welcome = await chat.hello(session)
+        told = [m["text"] for m in welcome["history"] if m["text"].startswith(f"您的工单 {number}")]
+        assert told and "已签收" in told[-1]
