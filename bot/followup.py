@@ -12,19 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.engine import EngineClient, EngineUnavailable
+from bot.notifier import Delivery
 from bot.pipeline import to_outgoing
 from bot.responses import Responses
 from crm_backend.lifecycle import CaseStatus
 from crm_backend.models import ChannelIdentity, Citizen, ServiceCase, utcnow
 from crm_backend.services import followup
-from crm_backend.services.conversations import OutgoingMessage, current_conversation
+from crm_backend.services.conversations import OutgoingMessage, current_conversation, log_outgoing
 from crm_backend.services.handoff import BOT
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,18 @@ FOLLOWUP_FORM = "followup_form"  # an unanswered question may be asked again (th
 
 class IdentityNotifier(Protocol):
     async def notify_identity(self, identity_id: int, messages: list[OutgoingMessage]) -> bool: ...
+
+    async def push(self, delivery: Delivery, messages: list[OutgoingMessage]) -> bool: ...
+
+
+@dataclass(frozen=True)
+class CaseNotice:
+    """A notice written with a case change, waiting to be pushed after the commit."""
+
+    case_id: int
+    delivery: Delivery
+    messages: list[OutgoingMessage]
+    resolved: bool
 
 
 class CaseFollowup:
@@ -59,28 +72,44 @@ class CaseFollowup:
         self._archive_after = archive_after
         self._interval = interval_seconds
         self._tasks: list[asyncio.Task[None]] = []
-        self._changes: asyncio.Queue[str] = asyncio.Queue()
+        self._changes: asyncio.Queue[CaseNotice] = asyncio.Queue()
 
-    def submit(self, case_number: str) -> None:
-        """Staff changed a case: tell the citizen in the background, in the order changes were made."""
-        self._changes.put_nowait(case_number)
+    async def record(self, session: AsyncSession, case: ServiceCase) -> CaseNotice:
+        """In the transaction that changed the case: write the citizen's notice to their conversation.
 
-    async def case_changed(self, case_number: str) -> None:
-        """Staff moved the case: tell the citizen, and put the 回访 question once it is 已办结."""
-        async with self._sessions() as session:
-            case = await session.scalar(select(ServiceCase).where(ServiceCase.case_number == case_number))
-            if case is None:
-                return
-            enabled = await followup.notices_enabled(session, case.citizen_id)
-            status = CaseStatus(case.status)
-        if enabled:
+        The notice says the status this change set, and is stored with the change or not at all,
+        so a restart cannot lose it (a web chat shows it on the next visit) and two quick changes
+        are told as they happened. `deliver` pushes it once the transaction has committed.
+        """
+        status = CaseStatus(case.status)
+        identity = await session.get(ChannelIdentity, case.identity_id)
+        assert identity is not None
+        messages: list[OutgoingMessage] = []
+        if await followup.notices_enabled(session, identity.citizen_id):
             detail = f"（{case.department}）" if case.department and status is not CaseStatus.RETURNED else ""
             text = self._responses.text("utter_case_notice").format(
-                case_number=case_number, status=status.label, detail=detail
+                case_number=case.case_number, status=status.label, detail=detail
             )
-            await self._notifier.notify_identity(case.identity_id, [OutgoingMessage(text, sender_kind="system")])
-        if status is CaseStatus.RESOLVED:
-            await self.ask(case.id)
+            messages.append(OutgoingMessage(text, sender_kind="system"))
+        conversation = await current_conversation(session, identity)
+        if messages:
+            log_outgoing(session, conversation, messages)
+        return CaseNotice(
+            case_id=case.id,
+            delivery=Delivery(conversation.id, conversation.channel, identity.external_id),
+            messages=messages,
+            resolved=status is CaseStatus.RESOLVED,
+        )
+
+    def deliver(self, notice: CaseNotice) -> None:
+        """After the commit: push the notice and, for 已办结, put the 回访 question; in order, off the request."""
+        self._changes.put_nowait(notice)
+
+    async def _tell(self, notice: CaseNotice) -> None:
+        if notice.messages:
+            await self._notifier.push(notice.delivery, notice.messages)
+        if notice.resolved:
+            await self.ask(notice.case_id)
 
     async def ask(self, case_id: int, *, reminder: bool = False) -> bool:
         """Put the satisfaction question (or its one reminder); False if it has to wait."""
@@ -152,11 +181,11 @@ class CaseFollowup:
 
     async def _tell_changes(self) -> None:
         while True:
-            case_number = await self._changes.get()
+            notice = await self._changes.get()
             try:
-                await self.case_changed(case_number)
-            except Exception:  # one failed notice must not stop the others
-                logger.exception("notice for case %s failed", case_number)
+                await self._tell(notice)
+            except Exception:  # one failed push must not stop the others (the notice is logged)
+                logger.exception("notice for case id %s failed", notice.case_id)
 
     async def _loop(self) -> None:
         while True:

@@ -6,6 +6,8 @@ log). Telegram: as a Telegram message, sent in the background with retries and t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -18,6 +20,15 @@ from crm_backend.models import ChannelIdentity, Conversation
 from crm_backend.services.conversations import OutgoingMessage, current_conversation, log_outgoing
 
 TELEGRAM = "telegram"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Where a logged message goes: the conversation (web chat) and the channel's own address."""
+
+    conversation_id: int
+    channel: str
+    chat_id: str
 
 
 class ChannelNotifier:
@@ -61,6 +72,14 @@ class ChannelNotifier:
             conversation_id, {"type": "reply", "in_reply_to": None, "messages": [serialise_outgoing(notice)]}
         )
 
+    async def push(self, delivery: Delivery, messages: list[OutgoingMessage]) -> bool:
+        """Send messages already logged: live to an open web chat, or to Telegram in the background."""
+        if delivery.channel == TELEGRAM and self._telegram is not None:
+            self._telegram.submit(delivery.chat_id, messages)
+            return True
+        frame = {"type": "reply", "in_reply_to": None, "messages": [serialise_outgoing(m) for m in messages]}
+        return await self._hub.publish(delivery.conversation_id, frame) > 0
+
     async def notify_identity(self, identity_id: int, messages: list[OutgoingMessage]) -> bool:
         """Log messages on the identity's current conversation and deliver them on its channel.
 
@@ -74,12 +93,8 @@ class ChannelNotifier:
                 raise NotFound("identity")
             conversation = await current_conversation(session, identity)
             log_outgoing(session, conversation, messages)
-            conversation_id, channel, chat_id = conversation.id, conversation.channel, identity.external_id
-        if channel == TELEGRAM and self._telegram is not None:
-            self._telegram.submit(chat_id, messages)
-            return True
-        frame = {"type": "reply", "in_reply_to": None, "messages": [serialise_outgoing(m) for m in messages]}
-        return await self._hub.publish(conversation_id, frame) > 0
+            delivery = Delivery(conversation.id, conversation.channel, identity.external_id)
+        return await self.push(delivery, messages)
 
     async def _log(self, conversation_id: int, message: OutgoingMessage) -> str | None:
         """Log the message on the conversation; the Telegram chat to send it to, if that is its channel."""

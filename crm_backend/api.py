@@ -177,8 +177,9 @@ class CrmApi:
                 session, request.match_info["case_number"], target, actor=actor, note=note, department=department
             )
             case = await cases.get_case(session, request.match_info["case_number"])
+            notice = await self._watcher.record(session, case) if self._watcher is not None else None
         if self._watcher is not None:
-            self._watcher.submit(case.case_number)
+            self._watcher.deliver(notice)
         return json_response(case_json(case))
 
     async def waiting_conversations(self, request: web.Request) -> web.Response:

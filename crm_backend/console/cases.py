@@ -7,13 +7,14 @@ from urllib.parse import quote
 
 from aiohttp import web
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_backend.console.conversations import ChannelNotifier
 from crm_backend.console.web import ConsoleBase, Staff, client_address, form, int_or_none, secure, signed_in
 from crm_backend.dispatch.classifier import CATEGORIES
 from crm_backend.errors import InvalidInput, InvalidTransition, NotFound
 from crm_backend.lifecycle import CASE_ACTIONS, CaseAction, CaseStatus, Role, available_actions
-from crm_backend.models import Department, ExtensionRequest, RoutingDecision, StaffUser
+from crm_backend.models import Department, ExtensionRequest, RoutingDecision, ServiceCase, StaffUser
 from crm_backend.services import audit, casework
 from crm_backend.services.conversations import OutgoingMessage
 from crm_backend.validation import mask_phone
@@ -22,9 +23,12 @@ MAX_REPLY_CHARS = 4000
 
 
 class CaseWatcher(Protocol):
-    """Who tells the citizen when staff change their case (notices, then the 回访 question)."""
+    """Who tells the citizen when staff change their case (notices, then the 回访 question):
+    `record` writes the notice in the change's own transaction, `deliver` pushes it after the commit."""
 
-    def submit(self, case_number: str) -> None: ...
+    async def record(self, session: AsyncSession, case: ServiceCase) -> Any: ...
+
+    def deliver(self, notice: Any) -> None: ...
 
 
 class CaseViews(ConsoleBase):
@@ -182,7 +186,8 @@ class CaseViews(ConsoleBase):
                     department_id=int_or_none(data.get("department_id")),
                     address=address,
                 )
-            self.watcher.submit(number)  # after the commit: the citizen hears of what really happened
+                notice = await self.watcher.record(session, await casework.visible_case(session, member.user, number))
+            self.watcher.deliver(notice)
             return f"工单已变为「{CaseStatus(event.to_status).label}」"
         async with self.sessions.begin() as session:
             if operation == "note":

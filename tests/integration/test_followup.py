@@ -251,3 +251,13 @@ async def test_a_notice_sent_while_the_page_was_closed_is_there_on_the_next_visi
         welcome = await chat.hello(session)
         told = [m["text"] for m in welcome["history"] if m["text"].startswith(f"您的工单 {number}")]
         assert told and "已签收" in told[-1]
+
+
+async def test_two_quick_changes_are_told_as_they_happened(stack: Stack, chat: ChatClient, supervisor: str) -> None:
+    number = await file_case(chat, "天桥上的照明灯全都不亮了，晚上过天桥很吓人", "A6区中山路天桥")
+    console = await asyncio.to_thread(signed_in, stack, supervisor)
+    await dispatched(stack, chat, console, number)
+    await act(console, number, "accept")
+    await act(console, number, "start")  # before the first notice is necessarily out
+    told = [(await notice(chat))["text"], (await notice(chat))["text"]]
+    assert ["已签收" in told[0], "办理中" in told[1]] == [True, True], told
