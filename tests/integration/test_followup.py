@@ -20,7 +20,7 @@ from tests.integration.test_console import department_option, signed_in
 from tests.integration.test_webchat import CASE_NUMBER, ChatClient, open_chat, texts
 from tests.support.console import ConsoleClient, create_staff
 from tests.support.domain_text import utter
-from tests.support.stack import Stack, free_port
+from tests.support.stack import Stack
 
 PHONE = "13698765432"
 
@@ -186,13 +186,7 @@ async def test_linking_a_second_channel_lists_the_first_channels_cases(stack: St
 @pytest.fixture(scope="module")
 def loop_app(stack: Stack) -> Iterator[Stack]:
     """An app whose 回访 loop runs every second, with a reminder after ~2 s and 未回访 ~2 s later."""
-    app = Stack(
-        workdir=stack.workdir / "followup-loop-app",
-        app_port=free_port(),
-        rasa_port=stack.rasa_port,
-        database_url=stack.database_url,
-        secrets=stack.secrets,
-    )
+    app = stack.sibling("followup-loop-app")
     app.start_app(
         extra_env={
             "FOLLOWUP_CHECK_SECONDS": "1",

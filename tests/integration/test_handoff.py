@@ -18,7 +18,7 @@ import pytest
 from crm_backend.models import utcnow
 from tests.integration.test_webchat import ChatClient, api_messages, open_chat, texts
 from tests.support.domain_text import handoff_texts, utter, utter_buttons
-from tests.support.stack import Stack, free_port
+from tests.support.stack import Stack
 
 # Words the model cannot place: each must come back from the engine as nlu_fallback.
 GIBBERISH = ("龘靐齉", "xkcd lorem ipsum")
@@ -215,13 +215,7 @@ def own_app(stack: Stack) -> Iterator[Stack]:
     The engine calls its actions on the session's app, which writes the same database, so
     this app sees every hand-off; restarting it leaves the other tests' app alone.
     """
-    app = Stack(
-        workdir=stack.workdir / "restarted-app",
-        app_port=free_port(),
-        rasa_port=stack.rasa_port,
-        database_url=stack.database_url,
-        secrets=stack.secrets,
-    )
+    app = stack.sibling("restarted-app")
     app.start_app()
     try:
         yield app

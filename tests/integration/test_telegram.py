@@ -25,7 +25,7 @@ from tests.integration.test_webchat import open_chat
 from tests.support.console import ConsoleClient, create_staff
 from tests.support.domain_text import utter, utter_buttons
 from tests.support.fake_telegram import FakeTelegram, keyboard_buttons
-from tests.support.stack import Stack, free_port
+from tests.support.stack import Stack
 
 TOKEN = "123456789:TEST-token-of-the-fake-bot-api"
 SECRET = secrets.token_urlsafe(24)
@@ -46,13 +46,7 @@ def fake_telegram() -> Iterator[FakeTelegram]:
 def telegram_app(stack: Stack, fake_telegram: FakeTelegram) -> Iterator[Stack]:
     """An app with Telegram enabled, sharing the session's engine and database (the engine calls
     its actions on the session's app, which writes the same database)."""
-    app = Stack(
-        workdir=stack.workdir / "telegram-app",
-        app_port=free_port(),
-        rasa_port=stack.rasa_port,
-        database_url=stack.database_url,
-        secrets=stack.secrets,
-    )
+    app = stack.sibling("telegram-app")
     app.start_app(
         extra_env={
             "TELEGRAM_BOT_TOKEN": TOKEN,
@@ -359,13 +353,7 @@ def test_replies_are_sent_as_plain_text_to_the_chat(citizen: TelegramCitizen) ->
 
 def test_polling_mode_asks_telegram_for_updates_and_answers_them(stack: Stack, fake_telegram: FakeTelegram) -> None:
     """A developer without a public URL: the app polls getUpdates instead of receiving the webhook."""
-    app = Stack(
-        workdir=stack.workdir / "telegram-polling-app",
-        app_port=free_port(),
-        rasa_port=stack.rasa_port,
-        database_url=stack.database_url,
-        secrets=stack.secrets,
-    )
+    app = stack.sibling("telegram-polling-app")
     app.start_app(
         extra_env={
             "TELEGRAM_BOT_TOKEN": TOKEN,

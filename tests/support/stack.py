@@ -161,6 +161,19 @@ class Stack:
             raise RuntimeError(f"app exited; see {self.workdir / 'app.log'}")
         return requests.get(f"{self.app_url}/healthz", timeout=2).status_code in (200, 503)
 
+    def sibling(self, name: str) -> Stack:
+        """Another app on this stack's engine and database (own port, own log), not started yet.
+
+        The engine still calls its actions on this stack's app, which writes the same database.
+        """
+        return Stack(
+            workdir=self.workdir / name,
+            app_port=free_port(),
+            rasa_port=self.rasa_port,
+            database_url=self.database_url,
+            secrets=self.secrets,
+        )
+
     def start(self) -> None:
         self.start_engine()
         self.start_app()
