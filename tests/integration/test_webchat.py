@@ -378,6 +378,9 @@ async def test_bad_input_never_kills_the_connection(stack: Stack) -> None:
         assert answer[0]["text"] == utter("utter_message_truncated")
         assert len(answer) >= 2, "the engine should still answer the first 2000 characters"
 
+        # Understood in between, so two unclear messages in a row cannot hand the chat to staff.
+        assert texts(await chat.say("你好")) == [utter("utter_greet")]
+
         script = "<script>alert(1)</script>"
         script_id = str(uuid.uuid4())
         answer = await chat.say(script, msg_id=script_id)
