@@ -16,11 +16,10 @@ from crm_backend.errors import LookupThrottled
 from crm_backend.lifecycle import CaseStatus
 from crm_backend.models import Citizen
 from crm_backend.services import linking
-from crm_backend.validation import parse_case_number
+from crm_backend.validation import parse_case_number, parse_link_code
 
 logger = logging.getLogger(__name__)
 
-LINK_CODE = re.compile(r"(?<!\d)(\d{6})(?!\d)")
 LAST_FOUR = re.compile(r"(?:后四位|尾号|后4位)\D{0,3}(\d{4})(?!\d)")
 MAX_LISTED = 10
 
@@ -65,7 +64,7 @@ class ActionLinkAccount(Action):
         text = latest_text(tracker)
         case_number = parse_case_number(text)
         last_four = LAST_FOUR.search(text)
-        code = None if case_number else LINK_CODE.search(entity_value(tracker, "link_code") or text)
+        code = None if case_number else parse_link_code(entity_value(tracker, "link_code") or text)
         async with self.sessions.begin() as session:
             identity, _ = await identity_and_conversation(session, tracker)
             if identity is None:
@@ -77,7 +76,7 @@ class ActionLinkAccount(Action):
                 return []
             try:  # inside the transaction, so a failed attempt is recorded for the throttle
                 if code:
-                    await linking.redeem_code(session, identity, code.group(1))
+                    await linking.redeem_code(session, identity, code)
                 else:
                     assert case_number is not None and last_four is not None
                     await linking.link_by_case(session, identity, case_number, last_four.group(1))

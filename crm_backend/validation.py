@@ -9,6 +9,7 @@ from crm_backend.errors import InvalidInput
 _FULLWIDTH_DIGITS = str.maketrans("０１２３４５６７８９", "0123456789")
 _SEPARATORS = re.compile(r"[\s\-－—()（）]")
 _PHONE_CANDIDATE = re.compile(r"(?:\+?86)?1\d{10}(?!\d)|\d+")
+_LINK_CODE = re.compile(r"(?<!\d)(\d{6})(?!\d)")
 _CASE_NUMBER = re.compile(r"(?<!\d)(20\d{6})\s*[-－—]?\s*(\d{4})(?!\d)")
 
 
@@ -59,6 +60,12 @@ def parse_case_number(text: str) -> str | None:
     if not match:
         return None
     return f"{match.group(1)}-{match.group(2)}"
+
+
+def parse_link_code(text: str) -> str | None:
+    """A six-digit channel-linking code in free text (not part of a longer number)."""
+    match = _LINK_CODE.search(text.translate(_FULLWIDTH_DIGITS))
+    return match.group(1) if match else None
 
 
 def parse_phone_last4(text: str) -> str | None:

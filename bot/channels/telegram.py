@@ -21,7 +21,6 @@ import functools
 import hmac
 import itertools
 import logging
-import re
 from typing import Any
 
 from aiohttp import web
@@ -51,6 +50,7 @@ from crm_backend.services.conversations import (
     resolve_identity,
 )
 from crm_backend.settings import TelegramSettings
+from crm_backend.validation import parse_link_code
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,6 @@ UNSUPPORTED_LABELS = {  # likewise for content the assistant cannot read
 }
 START_PAYLOAD = "/greet"
 CANCEL_PAYLOAD = "/cancel"
-LINK_CODE = re.compile(r"(?<!\d)(\d{6})(?!\d)")
 PRIVATE_MESSAGES = filters.ChatType.PRIVATE & filters.UpdateType.MESSAGE
 STARTUP_RETRY_SECONDS = (1, 2, 5, 10, 30, 60)
 
@@ -222,8 +221,8 @@ class TelegramChannel:
         """`/link 483920`: link this chat to the citizen who was shown the code on another channel."""
         message = _message(update)
         text = message.text or "/link"
-        code = LINK_CODE.search(text)
-        payload = f'/link_account{{"link_code": "{code.group(1)}"}}' if code else "/link_account"
+        code = parse_link_code(text)
+        payload = f'/link_account{{"link_code": "{code}"}}' if code else "/link_account"
         await self._converse(message.chat_id, Inbound(CHANNEL, str(message.chat_id), text, payload=payload))
 
     async def _on_help(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
