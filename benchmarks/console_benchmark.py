@@ -63,7 +63,7 @@ from typing import Any
 import aiohttp
 import sqlalchemy as sa
 
-from benchmarks.run_benchmarks import log, machine_info, summarize, table
+from benchmarks.run_benchmarks import log, log_tail, machine_info, summarize, table
 from bot.channels.webchat import external_id_for
 from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.lifecycle import OPEN_STATUSES, CaseStatus
@@ -775,13 +775,6 @@ async def case_list_benchmarks(
 # --- the run ------------------------------------------------------------------------------------
 
 
-def log_tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine_info()}
     started = time.perf_counter()
@@ -803,7 +796,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["case_list"] = asyncio.run(case_list_benchmarks(stack, args, passwords, results["case_load"]))
     except BaseException:
         for name in ("engine.log", "app.log"):
-            print(f"--- tail of {name} ---\n{log_tail(workdir / name)}", file=sys.stderr)
+            print(f"--- tail of {name} ---\n{log_tail(workdir / name, 40)}", file=sys.stderr)
         raise
     finally:
         stack.stop()

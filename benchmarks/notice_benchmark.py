@@ -60,8 +60,8 @@ import aiohttp
 from aiohttp import web
 from sqlalchemy import select
 
-from benchmarks.console_benchmark import console_client, create_staff, log_tail, sign_in
-from benchmarks.run_benchmarks import log, machine_info, summarize, table
+from benchmarks.console_benchmark import console_client, create_staff, sign_in, summary_row
+from benchmarks.run_benchmarks import log, log_tail, machine_info, summarize, table
 from bot.channels.webchat import external_id_for
 from crm_backend.db import create_engine, create_sessionmaker
 from crm_backend.models import Department
@@ -519,7 +519,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["app_log"] = app_log_problems(workdir / "app.log")
     except BaseException:
         for name in ("engine.log", "app.log"):
-            print(f"--- tail of {name} ---\n{log_tail(workdir / name)}", file=sys.stderr)
+            print(f"--- tail of {name} ---\n{log_tail(workdir / name, 40)}", file=sys.stderr)
         raise
     finally:
         stack.stop()
@@ -531,14 +531,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # --- the report ---------------------------------------------------------------------------------
-
-
-def ms(value: float | None) -> str:
-    return "–" if value is None else f"{value:.0f}"
-
-
-def summary_row(label: str, stats: dict[str, Any]) -> list[Any]:
-    return [label, stats.get("n", 0), ms(stats.get("p50_ms")), ms(stats.get("p95_ms")), ms(stats.get("max_ms"))]
 
 
 def render_burst(title: str, b: dict[str, Any]) -> str:
