@@ -9,12 +9,13 @@ history is the append-only `CaseEvent` log. `case` is an SQL keyword, so the tab
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     Boolean,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -404,4 +405,59 @@ class Satisfaction(Base):
     rating: Mapped[int] = mapped_column(Integer)
     comment: Mapped[str] = mapped_column(Text, default="")
     channel: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class KnowledgeEntry(Base):
+    """A knowledge-base entry: how to get one government service done, as the bot answers it.
+
+    `questions` are the ways citizens ask for it (what retrieval matches against), `follow_ups`
+    short answers to follow-up questions keyed by aspect (材料, 地点, 时间, 费用, 时限, 线上).
+    Every saved change bumps `version` and keeps the full entry in `KnowledgeEntryVersion`.
+    """
+
+    __tablename__ = "knowledge_entry"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(80), unique=True)
+    title: Mapped[str] = mapped_column(String(100))
+    category: Mapped[str] = mapped_column(String(32))
+    department: Mapped[str] = mapped_column(String(100))
+    questions: Mapped[list[str]] = mapped_column(JSON)
+    answer: Mapped[str] = mapped_column(Text)
+    follow_ups: Mapped[dict[str, str]] = mapped_column(JSON)
+    last_reviewed: Mapped[date] = mapped_column(Date)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_by_id: Mapped[int | None] = mapped_column(ForeignKey("staff_user.id"))
+
+
+class KnowledgeEntryVersion(Base):
+    """One saved state of a knowledge-base entry: who saved it, when, and which fields changed."""
+
+    __tablename__ = "knowledge_entry_version"
+    __table_args__ = (UniqueConstraint("entry_id", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    entry_id: Mapped[int] = mapped_column(ForeignKey("knowledge_entry.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    snapshot: Mapped[dict[str, Any]] = mapped_column(JSON)
+    changed_fields: Mapped[list[str]] = mapped_column(JSON)
+    changed_by_id: Mapped[int | None] = mapped_column(ForeignKey("staff_user.id"))
+    changed_by: Mapped[str] = mapped_column(String(64))  # display name then, or "数据文件" for the seed
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class KnowledgeFeedback(Base):
+    """A citizen's answer to "这个回答有帮助吗？" about one entry, kept for staff to review."""
+
+    __tablename__ = "knowledge_feedback"
+    __table_args__ = (Index("ix_knowledge_feedback_entry_id_helpful", "entry_id", "helpful"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    entry_id: Mapped[int] = mapped_column(ForeignKey("knowledge_entry.id"))
+    helpful: Mapped[bool] = mapped_column(Boolean)
+    question: Mapped[str] = mapped_column(Text, default="")
+    conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversation.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -54,6 +54,15 @@ def mask_phone(phone: str | None) -> str:
     return f"{phone[:3]}****{phone[-4:]}"
 
 
+# Runs of 7+ digits, separators allowed (138 1234 5678, 138-1234-5678), an ID number's final X too.
+NUMBER_RUN = re.compile(r"[0-9０-９](?:[\s\-－]?[0-9０-９]){6,}[XxＸｘ]?")
+
+
+def mask_numbers(text: str) -> str:
+    """Free text with phone and ID numbers shown as 138****5678 (staff reviewing feedback need the words only)."""
+    return NUMBER_RUN.sub(lambda match: mask_phone(re.sub(r"[\s\-－]", "", match.group(0))), text)
+
+
 def parse_case_number(text: str) -> str | None:
     """Find a case number (YYYYMMDD-NNNN, hyphen optional) in free text, normalised."""
     match = _CASE_NUMBER.search(text.translate(_FULLWIDTH_DIGITS))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from crm_backend.errors import InvalidInput
-from crm_backend.validation import mask_phone, normalise_mobile, parse_case_number, parse_phone_last4
+from crm_backend.validation import mask_numbers, mask_phone, normalise_mobile, parse_case_number, parse_phone_last4
 
 
 def rejection_reason(text: str) -> str:
@@ -146,3 +146,17 @@ def test_phone_last4_accepts_exactly_four_digits(text: str, digits: str) -> None
 @pytest.mark.parametrize("text", ["", "567", "56789", "后四位5678", "abcd", "13812345678"])
 def test_phone_last4_refuses_anything_else(text: str) -> None:
     assert parse_phone_last4(text) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("我的电话13812345678，身份证丢了", "我的电话138****5678，身份证丢了"),
+        ("身份证号 11010519491231002X 怎么补", "身份证号 110****002X 怎么补"),
+        ("打 138 1234 5678 找我", "打 138****5678 找我"),
+        ("居住证要住满半年吗", "居住证要住满半年吗"),
+        ("12345热线几点上班", "12345热线几点上班"),
+    ],
+)
+def test_numbers_in_free_text_are_masked(text: str, masked: str) -> None:
+    assert mask_numbers(text) == masked

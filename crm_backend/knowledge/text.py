@@ -1,0 +1,57 @@
+"""Normalising citizens' questions before retrieval: one script, one name per service.
+
+Citizens write traditional characters, full-width letters, typos and nicknames (居主证, 暂住证,
+gjj). Questions and entries both pass through `normalise`, so a variant and its canonical
+term (from ``data/synonyms.yml``) meet in the index.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+from pathlib import Path
+
+import yaml
+
+SYNONYMS_PATH = Path(__file__).resolve().parent / "data" / "synonyms.yml"
+_NOISE = re.compile(r"[\s\W_]+", re.UNICODE)
+
+
+@functools.cache
+def _to_simplified():  # type: ignore[no-untyped-def]
+    from opencc import OpenCC
+
+    return OpenCC("t2s")
+
+
+@functools.cache
+def _synonym_pattern(path: Path = SYNONYMS_PATH) -> tuple[re.Pattern[str] | None, dict[str, str]]:
+    """One alternation of every variant (longest first) and the canonical term of each."""
+    if not path.exists():
+        return None, {}
+    table = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    canonical: dict[str, str] = {}
+    for term, variants in table.items():
+        for variant in variants or ():
+            key = _plain(str(variant))
+            if key and key != term:
+                canonical[key] = str(term)
+    if not canonical:
+        return None, {}
+    alternation = "|".join(re.escape(v) for v in sorted(canonical, key=len, reverse=True))
+    return re.compile(alternation), canonical
+
+
+def _plain(text: str) -> str:
+    """NFKC, lower case, simplified characters."""
+    return _to_simplified().convert(unicodedata.normalize("NFKC", text).lower())
+
+
+def normalise(text: str) -> str:
+    """A question as the index sees it: plain, canonical service names, no punctuation or spaces."""
+    text = _plain(text)
+    pattern, canonical = _synonym_pattern()
+    if pattern is not None:
+        text = pattern.sub(lambda match: canonical[match.group(0)], text)
+    return _NOISE.sub(" ", text).strip()
