@@ -11,6 +11,7 @@ from crm_backend.console.admin import AdminViews
 from crm_backend.console.cases import CaseViews, CaseWatcher
 from crm_backend.console.conversations import ChannelNotifier, ConversationViews, SlotReader
 from crm_backend.console.feed import LiveFeed
+from crm_backend.console.knowledge import KnowledgeViews
 from crm_backend.console.web import ConsoleBase, build_templates
 from crm_backend.dispatch.service import Dispatcher
 
@@ -34,4 +35,5 @@ def add_console(
     ConversationViews(base, feed, notifier, engine, desk).add_routes(app)
     CaseViews(base, notifier, districts, watcher).add_routes(app)
     AdminViews(base, districts).add_routes(app)
+    KnowledgeViews(base).add_routes(app)
     app.router.add_static("/console/static/", STATIC_DIR, append_version=False)
