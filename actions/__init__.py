@@ -13,19 +13,24 @@ from actions.account import ActionLinkAccount, ActionListMyCases, ActionSetNotic
 from actions.dispatch import ActionAskCategoryChoice, ActionAskDistrict, ActionAskReportConfirmed, ActionSubmitReport
 from actions.followup import ActionAskFollowup, ActionRecordRating, ValidateFollowupForm
 from actions.handoff import ActionFallback, ActionHandoff, ActionRejectAnswer
+from actions.knowledge import ActionAcceptAnswer, ActionAnswerQuestion, KnowledgeAnswers
 from actions.progress import ActionAskCaseNumber, ActionCheckProgress, ActionStartProgress, ValidateProgressForm
 from actions.report import ActionCancelRequest, ActionStartReport, ValidateReportForm
 from crm_backend.dispatch.service import Dispatcher
 from crm_backend.duty import DutyHours
+from crm_backend.services.knowledge import KnowledgeBase
 
 
-def build_actions(sessions: async_sessionmaker[AsyncSession], desk: Dispatcher) -> list[Action]:
-    """Every custom action, wired to the CRM database and the dispatch desk.
+def build_actions(
+    sessions: async_sessionmaker[AsyncSession], desk: Dispatcher, knowledge: KnowledgeBase
+) -> list[Action]:
+    """Every custom action, wired to the CRM database, the dispatch desk and the knowledge base.
 
     Raises:
         InvalidDutyHours: `STAFF_DUTY_HOURS` is set to something unreadable.
     """
     hours = DutyHours.from_env()
+    answers = KnowledgeAnswers(knowledge)
     return [
         ActionStartReport(),
         ValidateReportForm(desk),
@@ -39,7 +44,7 @@ def build_actions(sessions: async_sessionmaker[AsyncSession], desk: Dispatcher) 
         ActionAskCaseNumber(sessions),
         ActionCheckProgress(sessions),
         ActionHandoff(sessions, hours),
-        ActionFallback(sessions, hours),
+        ActionFallback(sessions, hours, answers=answers),
         ActionRejectAnswer(sessions, hours),
         ActionListMyCases(sessions),
         ActionLinkAccount(sessions),
@@ -47,4 +52,6 @@ def build_actions(sessions: async_sessionmaker[AsyncSession], desk: Dispatcher) 
         ActionAskFollowup(),
         ValidateFollowupForm(),
         ActionRecordRating(sessions),
+        ActionAnswerQuestion(answers),
+        ActionAcceptAnswer(sessions),
     ]

@@ -23,6 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from actions.common import HANDOFF_MARKER, identity_and_conversation
 from actions.dispatch import due_text
+from actions.knowledge import FEEDBACK_QUESTIONS, KnowledgeAnswers, off_topic_reply, record_answer_feedback
+from actions.turns import follows_a_fallback, last_bot_response
 from crm_backend.duty import DutyHours, clock_text, next_duty_start, on_duty
 from crm_backend.models import utcnow
 from crm_backend.services.handoff import request_handoff
@@ -44,62 +46,6 @@ CLOSING_RESPONSES = frozenset(
 )
 
 Event = dict[str, Any]
-
-
-# --- reading the tracker's events ------------------------------------------------------------
-
-
-def previous_turn(events: list[Event]) -> tuple[Event, list[Event]] | None:
-    """The citizen's previous message and the events after it, up to the latest message.
-
-    None when there is no earlier message in this session.
-    """
-    user_indexes = [index for index, event in enumerate(events) if event.get("event") == "user"]
-    if len(user_indexes) < 2:
-        return None
-    previous, latest = user_indexes[-2], user_indexes[-1]
-    between = events[previous + 1 : latest]
-    if any(event.get("event") == "session_started" for event in between):
-        return None
-    return events[previous], between
-
-
-def bot_responses(events: list[Event]) -> list[str | None]:
-    """The domain responses the bot uttered in these events (None for a message without one)."""
-    return [(event.get("metadata") or {}).get("utter_action") for event in events if event.get("event") == "bot"]
-
-
-def handed_off(events: list[Event]) -> bool:
-    """Whether the bot handed the conversation to staff in these events."""
-    return any(
-        event.get("event") == "bot" and (event.get("data") or {}).get("custom") == HANDOFF_MARKER for event in events
-    )
-
-
-def intent_of(user_event: Event) -> str | None:
-    return ((user_event.get("parse_data") or {}).get("intent") or {}).get("name")
-
-
-def follows_a_fallback(tracker: Tracker) -> bool:
-    """Whether the citizen's previous message was not understood either.
-
-    That is: it fell back, the bot asked to rephrase (`utter_default`) and did not hand off.
-    A message a form took as an answer does not count, nor one in an earlier session.
-    """
-    turn = previous_turn(tracker.events)
-    if turn is None:
-        return False
-    message, after = turn
-    return intent_of(message) == "nlu_fallback" and "utter_default" in bot_responses(after) and not handed_off(after)
-
-
-def last_bot_response(tracker: Tracker) -> str | None:
-    """The last response the bot gave before the citizen's latest message, if any this session."""
-    turn = previous_turn(tracker.events)
-    if turn is None:
-        return None
-    responses = [response for response in bot_responses(turn[1]) if response]
-    return responses[-1] if responses else None
 
 
 # --- the hand-off --------------------------------------------------------------------------
@@ -165,12 +111,33 @@ class ActionHandoff(HandoffActionBase):
 
 
 class ActionFallback(HandoffActionBase):
-    """A message the bot did not understand: ask to rephrase, or hand off the second in a row."""
+    """A message the bot did not understand: ask to rephrase, or hand off the second in a row.
+
+    Before either, the knowledge base gets a look: a clear question (or a follow-up on the
+    entry just answered) the NLU could not place is answered like any other. A message whose
+    best guess was off-topic or small talk gets that reply (and is no misunderstanding to hand
+    off for).
+    """
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        hours: DutyHours | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        answers: KnowledgeAnswers | None = None,
+    ) -> None:
+        super().__init__(sessions, hours, clock)
+        self.answers = answers
 
     def name(self) -> str:
         return "action_fallback"
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[Event]:
+        if self.answers is not None and (answered := await self.answers.answer_if_clear(dispatcher, tracker)):
+            return answered
+        if off_topic := off_topic_reply(tracker, runner_up=False):  # unsure, but its best guess is off-topic
+            dispatcher.utter_message(response=off_topic)
+            return []
         if follows_a_fallback(tracker):
             return await self.hand_off(dispatcher, tracker, "fallback")
         dispatcher.utter_message(response="utter_default")
@@ -180,7 +147,8 @@ class ActionFallback(HandoffActionBase):
 class ActionRejectAnswer(HandoffActionBase):
     """A "no" outside a form: a rejected answer is apologised for, the second one handed off.
 
-    A "no" to "anything else?" (or before the bot said anything) only declines more help.
+    A "no" to "这个回答有帮助吗？" is also counted against the entry. A "no" to "anything
+    else?" (or before the bot said anything) only declines more help.
     """
 
     def name(self) -> str:
@@ -194,8 +162,11 @@ class ActionRejectAnswer(HandoffActionBase):
         if answered_with in CLOSING_RESPONSES:
             dispatcher.utter_message(response="utter_goodbye")
             return []
+        from_knowledge = answered_with in FEEDBACK_QUESTIONS
+        if from_knowledge:
+            await record_answer_feedback(self.sessions, tracker, helpful=False)
         rejections = int(tracker.get_slot(REJECTIONS_SLOT) or 0) + 1
         if rejections >= REJECTIONS_BEFORE_HANDOFF:
             return await self.hand_off(dispatcher, tracker, "rejected")
-        dispatcher.utter_message(response="utter_answer_rejected")
+        dispatcher.utter_message(response="utter_kb_not_helpful" if from_knowledge else "utter_answer_rejected")
         return [SlotSet(REJECTIONS_SLOT, float(rejections))]

@@ -37,6 +37,8 @@ from crm_backend.dispatch.routing import DATA_DIR as ROUTING_DATA_DIR
 from crm_backend.dispatch.routing import seed_routing
 from crm_backend.dispatch.service import Dispatcher
 from crm_backend.http import error_middleware, json_response
+from crm_backend.knowledge.entries import DATA_FILE as KNOWLEDGE_DATA_FILE
+from crm_backend.services.knowledge import KnowledgeBase, seed_knowledge_once
 from crm_backend.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -79,7 +81,11 @@ async def init_app(settings: Settings) -> web.Application:
     async with sessions.begin() as session:
         if await seed_routing(session):
             logger.info("loaded departments and routing rules from %s", ROUTING_DATA_DIR)
+    if await seed_knowledge_once(sessions):
+        logger.info("loaded the knowledge base from %s", KNOWLEDGE_DATA_FILE)
     desk = await asyncio.to_thread(Dispatcher.load, settings.category_model_path)
+    knowledge = KnowledgeBase(sessions)
+    await knowledge.warm_up()
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
     hub = ConversationHub()
     feed = LiveFeed()
@@ -93,7 +99,7 @@ async def init_app(settings: Settings) -> web.Application:
         feed=feed,
     )
     executor = ActionExecutor()
-    for action in build_actions(sessions, desk):
+    for action in build_actions(sessions, desk, knowledge):
         executor.register_action(action)
 
     app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)

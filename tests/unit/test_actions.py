@@ -44,6 +44,7 @@ from crm_backend.models import (
 from crm_backend.services.cases import change_status
 from crm_backend.services.conversations import current_conversation, resolve_identity
 from crm_backend.services.intake import CHINA_TZ, Report, file_case
+from crm_backend.services.knowledge import KnowledgeBase
 from crm_backend.services.lookup import MAX_FAILURES_PER_SENDER
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -240,7 +241,8 @@ async def all_decisions(sessions: Sessions) -> list[RoutingDecision]:
 
 
 def test_every_action_is_declared_in_the_domain(sessions: Sessions, desk: Dispatcher) -> None:
-    assert {action.name() for action in build_actions(sessions, desk)} == set(DOMAIN["actions"])
+    actions = build_actions(sessions, desk, KnowledgeBase(sessions))
+    assert {action.name() for action in actions} == set(DOMAIN["actions"])
 
 
 @pytest.mark.parametrize(
