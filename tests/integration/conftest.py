@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +27,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             if path.exists():
                 print(f"--- tail of {log} ---")
                 print("\n".join(path.read_text(errors="replace").splitlines()[-15:]))
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Debian's Chromium driven by Playwright, one per test (the console's browser tests)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.integration.test_browser import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
 
 
 @pytest.fixture

@@ -11,14 +11,13 @@ Screenshots of each step are kept in artifacts/.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-from tests.integration.test_browser import CHROMIUM, CHROMIUM_ARGS, REPLY_TIMEOUT_MS, Widget
+from tests.integration.test_browser import CHROMIUM, REPLY_TIMEOUT_MS, Widget
 from tests.integration.test_console import file_case_now
 from tests.support.console import PASSWORD, create_staff
 from tests.support.domain_text import utter
@@ -31,16 +30,6 @@ pytestmark = [
 STAFF_NAME = "值班王"
 GREETING = "您好，我是值班王，请问有什么可以帮您？"
 PROBLEM = "A6区幸福路和建设路路口的下水道井盖丢了，晚上很危险"
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 def new_page(browser: Any, problems: list[str]) -> Any:

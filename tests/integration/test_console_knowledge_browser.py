@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_backend.knowledge.entries import EntryData
 from crm_backend.models import StaffUser
 from crm_backend.services import knowledge
-from tests.integration.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.integration.test_browser import CHROMIUM
 from tests.integration.test_console_browser import new_page, sign_in
 from tests.integration.test_console_knowledge import with_database
 from tests.support.console import create_staff
@@ -37,16 +36,6 @@ EDITOR = "知识编辑张"
 OLD_ANSWER = "申领材料：身份证原件。\n办理地点：各区政务服务中心【本地办事地址】。"
 NEW_ANSWER = "申领材料：身份证原件、近期照片一张。\n办理地点：各区政务服务中心【本地办事地址】，也可网上申请。"
 NEW_QUESTION = "星光卡丢了去哪里补办"
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 def create_entry_as(stack: Stack, username: str, slug: str) -> int:
