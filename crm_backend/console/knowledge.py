@@ -12,7 +12,7 @@ from datetime import date, datetime
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import case, func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,7 +21,7 @@ from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.errors import NotFound
 from crm_backend.knowledge.entries import ASPECTS, EntryData, InvalidEntry, clean_lines
 from crm_backend.lifecycle import Role
-from crm_backend.models import KnowledgeEntry, KnowledgeEntryVersion, KnowledgeFeedback
+from crm_backend.models import KnowledgeEntry, KnowledgeEntryVersion
 from crm_backend.services import knowledge
 from crm_backend.validation import mask_numbers
 
@@ -153,22 +153,15 @@ class KnowledgeViews(ConsoleBase):
             entry = await self._entry(session, request)
             versions = await knowledge.history(session, entry)
             feedback = await knowledge.recent_feedback(session, entry, limit=FEEDBACK_SHOWN)
-            helpful, total = (
-                await session.execute(
-                    select(
-                        func.coalesce(func.sum(case((KnowledgeFeedback.helpful.is_(True), 1), else_=0)), 0),
-                        func.count(KnowledgeFeedback.id),
-                    ).where(KnowledgeFeedback.entry_id == entry.id)
-                )
-            ).one()
+            helpful, not_helpful = await knowledge.feedback_counts(session, entry)
         return self.render(
             request,
             "knowledge_entry.html",
             entry=entry,
             data=knowledge.entry_data(entry),
             latest=versions[0] if versions else None,
-            helpful=int(helpful),
-            not_helpful=int(total) - int(helpful),
+            helpful=helpful,
+            not_helpful=not_helpful,
             feedback=[(item.created_at, mask_numbers(item.question)) for item in feedback],
             aspects=ASPECTS,
             can_edit=request["staff"].at_least(Role.ADMIN),

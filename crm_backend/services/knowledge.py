@@ -260,6 +260,19 @@ async def record_feedback(
     return True
 
 
+async def feedback_counts(session: AsyncSession, entry: KnowledgeEntry) -> tuple[int, int]:
+    """How often citizens said the entry's answer helped, and how often not."""
+    helpful, total = (
+        await session.execute(
+            select(
+                func.coalesce(func.sum(case((KnowledgeFeedback.helpful.is_(True), 1), else_=0)), 0),
+                func.count(KnowledgeFeedback.id),
+            ).where(KnowledgeFeedback.entry_id == entry.id)
+        )
+    ).one()
+    return int(helpful), int(total) - int(helpful)
+
+
 async def recent_feedback(session: AsyncSession, entry: KnowledgeEntry, limit: int = 20) -> list[KnowledgeFeedback]:
     """The latest "not helpful" answers about an entry, with the question that was asked."""
     stmt = (
