@@ -27,7 +27,7 @@ from actions.turns import last_bot_response
 from crm_backend.knowledge.entries import EntryData
 from crm_backend.knowledge.followups import aspect_answer, aspect_of, names_no_subject, without_aspect_words
 from crm_backend.knowledge.retrieval import Ranking, Verdict
-from crm_backend.services.knowledge import KnowledgeBase, record_feedback
+from crm_backend.services.knowledge import KnowledgeBase, record_feedback, record_miss
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,14 @@ class KnowledgeAnswers:
         dispatcher.utter_message(response="utter_kb_helpful")
         return [SlotSet(ENTRY_SLOT, entry.slug)]
 
+    async def record_miss(self, tracker: Tracker, ranking: Ranking) -> None:
+        """Keep the question no entry answered, for staff to see what the knowledge base lacks."""
+        async with self.knowledge.sessions.begin() as session:
+            _, conversation = await identity_and_conversation(session, tracker)
+            await record_miss(
+                session, latest_text(tracker), ranking, conversation_id=conversation.id if conversation else None
+            )
+
     async def read(self, tracker: Tracker) -> Reading:
         """What the latest message asks, against the entries and the entry last answered."""
         text = latest_text(tracker)
@@ -179,6 +187,7 @@ class ActionAnswerQuestion(Action):
                 dispatcher.utter_message(response="utter_kb_which_service", kb_aspect=reading.aspect)
             else:
                 dispatcher.utter_message(response="utter_kb_no_match")
+                await self.answers.record_miss(tracker, ranking)
             return []
         return self.answers.say_entry(dispatcher, best, ranking if ranking.verdict is Verdict.UNCLEAR else None)
 

@@ -461,3 +461,17 @@ class KnowledgeFeedback(Base):
     question: Mapped[str] = mapped_column(Text, default="")
     conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversation.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class KnowledgeMiss(Base):
+    """A question the knowledge base had no entry for, kept so staff can see what to add."""
+
+    __tablename__ = "knowledge_miss"
+    __table_args__ = (Index("ix_knowledge_miss_created_at", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    question: Mapped[str] = mapped_column(Text)
+    nearest_entry_id: Mapped[int | None] = mapped_column(ForeignKey("knowledge_entry.id"))
+    evidence: Mapped[float] = mapped_column(Float, default=0.0)
+    conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversation.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

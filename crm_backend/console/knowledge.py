@@ -38,6 +38,7 @@ FIELD_LABELS: dict[str, str] = {
 }
 MAX_SEARCH = 80
 FEEDBACK_SHOWN = 20
+MISSES_SHOWN = 200
 
 
 def labels(fields: list[str]) -> list[str]:
@@ -121,6 +122,7 @@ class KnowledgeViews(ConsoleBase):
     def add_routes(self, app: web.Application) -> None:
         entry = r"/console/knowledge/{entry_id:\d{1,9}}"
         app.router.add_get("/console/knowledge", self.entry_list)
+        app.router.add_get("/console/knowledge/misses", self.misses)
         app.router.add_get("/console/knowledge/new", self.new_entry)
         app.router.add_post("/console/knowledge/new", self.new_entry_post)
         app.router.add_get(entry, self.entry_page)
@@ -144,6 +146,18 @@ class KnowledgeViews(ConsoleBase):
             rows=rows,
             search=search,
             worst_first=worst_first,
+            can_edit=request["staff"].at_least(Role.ADMIN),
+        )
+
+    @signed_in()
+    async def misses(self, request: web.Request) -> web.StreamResponse:
+        """Questions no entry answered, newest first: what the knowledge base lacks."""
+        async with self.sessions() as session:
+            rows = await knowledge.recent_misses(session, limit=MISSES_SHOWN)
+        return self.render(
+            request,
+            "knowledge_misses.html",
+            rows=[(row.miss.created_at, mask_numbers(row.miss.question), row.nearest) for row in rows],
             can_edit=request["staff"].at_least(Role.ADMIN),
         )
 

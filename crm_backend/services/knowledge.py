@@ -25,7 +25,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from crm_backend.errors import CrmError
 from crm_backend.knowledge.entries import DATA_FILE, EntryData, load_file
 from crm_backend.knowledge.retrieval import IndexedEntry, KnowledgeIndex, Ranking
-from crm_backend.models import KnowledgeEntry, KnowledgeEntryVersion, KnowledgeFeedback, StaffUser, utcnow
+from crm_backend.models import (
+    KnowledgeEntry,
+    KnowledgeEntryVersion,
+    KnowledgeFeedback,
+    KnowledgeMiss,
+    StaffUser,
+    utcnow,
+)
 from crm_backend.services import audit
 
 SEED_AUTHOR = "数据文件"
@@ -284,23 +291,57 @@ async def recent_feedback(session: AsyncSession, entry: KnowledgeEntry, limit: i
     return list((await session.scalars(stmt)).all())
 
 
+async def record_miss(
+    session: AsyncSession, question: str, ranking: Ranking, *, conversation_id: int | None = None
+) -> KnowledgeMiss:
+    """Keep a question no entry answered, with the nearest entry, for staff to fill the gap."""
+    nearest = None
+    if ranking.best is not None:
+        nearest = await session.scalar(select(KnowledgeEntry.id).where(KnowledgeEntry.slug == ranking.best.slug))
+    miss = KnowledgeMiss(
+        question=question[:MAX_FEEDBACK_QUESTION],
+        nearest_entry_id=nearest,
+        evidence=ranking.evidence,
+        conversation_id=conversation_id,
+    )
+    session.add(miss)
+    return miss
+
+
+@dataclass(frozen=True)
+class MissRow:
+    miss: KnowledgeMiss
+    nearest: KnowledgeEntry | None
+
+
+async def recent_misses(session: AsyncSession, limit: int = 100) -> list[MissRow]:
+    """The latest questions no entry answered, newest first, with the entry nearest to each."""
+    stmt = (
+        select(KnowledgeMiss, KnowledgeEntry)
+        .outerjoin(KnowledgeEntry, KnowledgeEntry.id == KnowledgeMiss.nearest_entry_id)
+        .order_by(KnowledgeMiss.id.desc())
+        .limit(max(1, min(limit, 500)))
+    )
+    return [MissRow(miss, entry) for miss, entry in (await session.execute(stmt)).all()]
+
+
 class KnowledgeBase:
     """The app's view of the knowledge base: entries by id and a retrieval index, kept current."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
-        self._sessions = sessions
+        self.sessions = sessions
         self._index: KnowledgeIndex | None = None
         self._entries: dict[str, EntryData] = {}
         self._lock = asyncio.Lock()
 
     async def _current(self) -> KnowledgeIndex:
-        async with self._sessions() as session:
+        async with self.sessions() as session:
             revision = await session.scalar(select(func.max(KnowledgeEntryVersion.id)))
         if self._index is not None and self._index.revision == revision:
             return self._index
         async with self._lock:
             if self._index is None or self._index.revision != revision:
-                async with self._sessions() as session:
+                async with self.sessions() as session:
                     stored = await session.scalars(select(KnowledgeEntry).where(KnowledgeEntry.active.is_(True)))
                     entries = {entry.slug: entry_data(entry) for entry in stored}
                 index = await asyncio.to_thread(_build_index, list(entries.values()), revision)

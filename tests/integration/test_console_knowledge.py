@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_backend.db import create_engine, create_sessionmaker
+from crm_backend.knowledge.retrieval import IndexedEntry, KnowledgeIndex
 from crm_backend.models import KnowledgeEntry, KnowledgeEntryVersion
 from crm_backend.services import knowledge
 from crm_backend.settings import normalise_database_url
@@ -355,3 +356,23 @@ def test_not_helpful_answers_are_counted_per_entry_and_listed_masked(stack: Stac
     assert "110****1234" in page and "110101199003071234" not in page
     assert "不对" in page and "没用" in page
     assert "好的" not in agent.get(f"/knowledge/{mild}").text  # helpful answers are counted, not listed
+
+
+def test_questions_no_entry_answered_are_listed_masked_with_the_nearest_entry(
+    stack: Stack, accounts: dict[str, str]
+) -> None:
+    question = f"请问{unique_slug('无人机')}报备要找谁，我电话13912345678"
+
+    async def miss(sessions: async_sessionmaker[AsyncSession]) -> None:
+        ranking = KnowledgeIndex([IndexedEntry("residence-permit-apply", SEEDED_TITLE, ())])
+        async with sessions.begin() as session:
+            await knowledge.record_miss(session, question, ranking.rank("居住证"))
+
+    with_database(stack, miss)
+    agent = signed_in(stack, accounts["agent"])
+    assert 'href="/console/knowledge/misses"' in agent.get("/knowledge").text
+    page = agent.get("/knowledge/misses").text
+    row = re.search(r"<tr>\s*<td>[^<]*</td>\s*<td class=\"question\">([^<]*)</td>\s*<td>(.*?)</td>", page, re.S)
+    assert row, page
+    assert row.group(1) == question.replace("13912345678", "139****5678")
+    assert SEEDED_TITLE in row.group(2)

@@ -69,12 +69,18 @@ def test_an_alternative_offered_as_a_button_is_answered(stack: Stack, sender: st
     assert f"依据：《{offered[1]['title']}》" in chosen[0]["text"]
 
 
-def test_no_match_says_so_and_offers_a_case_or_a_person(stack: Stack, sender: str) -> None:
+def misses_in(stack: Stack) -> list[str]:
+    with sqlite3.connect(Path(stack.workdir) / "crm.db") as db:
+        return [row[0] for row in db.execute("SELECT question FROM knowledge_miss ORDER BY id")]
+
+
+def test_no_match_says_so_offers_a_case_or_a_person_and_keeps_the_question_for_staff(stack: Stack, sender: str) -> None:
     question = next((q for q in NOT_IN_THE_BASE if intent(stack, q) == "ask_faq"), None)
     assert question, "the engine reads none of the questions as ask_faq"
     replies = stack.rest(sender, question)
     assert texts(replies) == [utter("utter_kb_no_match")]
     assert replies[0]["buttons"] == utter_buttons("utter_kb_no_match")
+    assert misses_in(stack)[-1] == question
     # The offered button starts a report.
     assert texts(stack.rest(sender, "/report_issue")) == [utter("utter_ask_description")]
 

@@ -15,7 +15,8 @@ from actions.knowledge import ENTRY_SLOT, ActionAcceptAnswer, ActionAnswerQuesti
 from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.duty import DutyHours
 from crm_backend.models import ChannelIdentity, KnowledgeFeedback
-from crm_backend.services.knowledge import KnowledgeBase, seed_knowledge_once
+from crm_backend.services.conversations import current_conversation
+from crm_backend.services.knowledge import KnowledgeBase, recent_misses, seed_knowledge_once
 from tests.unit.test_actions import entity, make_tracker, payload_intent, register, rendered, responses
 from tests.unit.test_handoff_actions import SESSION_START, bot, tracker_for, turn, user
 
@@ -105,11 +106,31 @@ async def test_a_follow_up_with_nothing_answered_before_asks_which_service(answe
     assert events == []
 
 
-async def test_no_match_says_so_and_offers_a_case_or_a_person(answers: KnowledgeAnswers) -> None:
-    dispatcher, events = await ask(answers, "无人机在公园飞需要报备吗")
+async def test_no_match_says_so_and_keeps_the_question_for_staff(
+    sessions: Sessions, answers: KnowledgeAnswers, citizen: ChannelIdentity
+) -> None:
+    dispatcher = CollectingDispatcher()
+    tracker = make_tracker(citizen.sender_id, text="无人机在公园飞需要报备吗", intent="ask_faq")
+    events = await ActionAnswerQuestion(answers).run(dispatcher, tracker, {})
     assert responses(dispatcher) == ["utter_kb_no_match"]
-    assert [payload_intent(b["payload"]) for b in dispatcher.messages[0].get("buttons") or []] == []
     assert events == []
+    async with sessions() as session:
+        [row] = await recent_misses(session)
+        conversation = await current_conversation(session, citizen)
+    assert row.miss.question == "无人机在公园飞需要报备吗"
+    assert row.miss.conversation_id == conversation.id
+    assert row.miss.evidence < 0.25 and row.nearest is not None
+
+
+async def test_off_topic_and_which_service_replies_are_no_gap_in_the_knowledge_base(
+    sessions: Sessions, answers: KnowledgeAnswers
+) -> None:
+    await ask(answers, "那需要带什么材料？")
+    tracker = make_tracker(text="红烧肉怎么做才好吃", intent="ask_faq")
+    tracker.latest_message["intent_ranking"] = [{"name": "out_of_scope", "confidence": 0.3}]
+    await ActionAnswerQuestion(answers).run(CollectingDispatcher(), tracker, {})
+    async with sessions() as session:
+        assert await recent_misses(session) == []
 
 
 async def test_no_match_the_nlu_thought_off_topic_gets_the_out_of_scope_reply(answers: KnowledgeAnswers) -> None:
