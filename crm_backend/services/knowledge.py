@@ -1,4 +1,4 @@
-"""The knowledge base in the database: first load, edits with their history, feedback, search.
+"""The knowledge base in the database: first load, edits with their history, feedback, gaps, search.
 
 Entries are filled from the data file once, into an empty table; after that the database is
 the source and admins edit it in the console. Every save that changes something bumps the
@@ -6,7 +6,7 @@ entry's version, keeps the full entry in `KnowledgeEntryVersion` with who saved 
 fields changed, and writes an audit row, all in the caller's transaction.
 
 `KnowledgeBase` keeps the retrieval index of the active entries in memory and rebuilds it
-(in a worker thread, about 0.1 s for a hundred entries) when the newest version id differs
+(in a worker thread, about a second for a hundred entries) when the newest version id differs
 from the one it was built from, so an edit made by any process is searched on the next
 question.
 """
