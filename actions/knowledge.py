@@ -115,22 +115,23 @@ class KnowledgeAnswers:
 
     async def read(self, tracker: Tracker) -> Reading:
         """What the latest message asks, against the entries and the entry last answered."""
+        snapshot = await self.knowledge.current()
         text = latest_text(tracker)
         slug = tracker.get_slot(ENTRY_SLOT)
-        current = await self.knowledge.entry(str(slug)) if slug else None
         aspect = aspect_of(text)
         # With an aspect word, only the rest of the question can name a service.
-        ranking = await self.knowledge.rank(without_aspect_words(text) if aspect else text)
-        return Reading(ranking, current, aspect, bool(aspect) and names_no_subject(text))
+        ranking = await snapshot.rank(without_aspect_words(text) if aspect else text)
+        current = snapshot.entry(str(slug)) if slug else None
+        best = snapshot.entry(ranking.best.slug) if ranking.best else None
+        return Reading(ranking, best, current, aspect, bool(aspect) and names_no_subject(text))
 
     async def answer_if_clear(self, dispatcher: CollectingDispatcher, tracker: Tracker) -> list[Event] | None:
         """Answer a message only if it is a follow-up or a clear question; None otherwise."""
         reading = await self.read(tracker)
         if reading.follow_up and reading.current and reading.aspect:
             return self.say_aspect(dispatcher, reading.current, reading.aspect)
-        best = reading.ranking.best
-        if reading.ranking.verdict is Verdict.CLEAR and best and (entry := await self.knowledge.entry(best.slug)):
-            return self.say_entry(dispatcher, entry)
+        if reading.ranking.verdict is Verdict.CLEAR and reading.best is not None:
+            return self.say_entry(dispatcher, reading.best)
         return None
 
 
@@ -139,7 +140,8 @@ class Reading:
     """A question read against the knowledge base and the entry answered last."""
 
     ranking: Ranking
-    current: EntryData | None
+    best: EntryData | None  # the best-ranked entry
+    current: EntryData | None  # the entry answered last
     aspect: str | None
     no_subject: bool  # asks about an aspect and names no service ("那要带什么材料？")
 
@@ -165,9 +167,8 @@ class ActionAnswerQuestion(Action):
         return "action_answer_question"
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[Event]:
-        knowledge = self.answers.knowledge
         if chosen := entity_value(tracker, ENTRY_SLOT):
-            entry = await knowledge.entry(chosen)
+            entry = await self.answers.knowledge.entry(chosen)
             if entry is not None:
                 return self.answers.say_entry(dispatcher, entry)
         text = latest_text(tracker)
@@ -177,8 +178,7 @@ class ActionAnswerQuestion(Action):
         reading = await self.answers.read(tracker)
         if reading.follow_up and reading.current and reading.aspect:
             return self.answers.say_aspect(dispatcher, reading.current, reading.aspect)
-        ranking = reading.ranking
-        best = await knowledge.entry(ranking.best.slug) if ranking.best else None
+        ranking, best = reading.ranking, reading.best
         if ranking.verdict is Verdict.NO_MATCH or best is None:
             logger.info("no knowledge entry for a question (best %.2f)", ranking.best.score if ranking.best else 0.0)
             if off_topic := off_topic_reply(tracker, runner_up=True):

@@ -14,7 +14,7 @@ question.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -325,38 +325,49 @@ async def recent_misses(session: AsyncSession, limit: int = 100) -> list[MissRow
     return [MissRow(miss, entry) for miss, entry in (await session.execute(stmt)).all()]
 
 
+@dataclass(frozen=True)
+class KnowledgeSnapshot:
+    """The active entries and their index as of one revision: what one answer works from."""
+
+    index: KnowledgeIndex
+    entries: Mapping[str, EntryData]
+
+    async def rank(self, question: str, limit: int = 3) -> Ranking:
+        """The best entries for a question (scored in a worker thread)."""
+        return await asyncio.to_thread(self.index.rank, question, limit)
+
+    def entry(self, slug: str) -> EntryData | None:
+        return self.entries.get(slug)
+
+
 class KnowledgeBase:
     """The app's view of the knowledge base: entries by id and a retrieval index, kept current."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
-        self._index: KnowledgeIndex | None = None
-        self._entries: dict[str, EntryData] = {}
+        self._snapshot: KnowledgeSnapshot | None = None
         self._lock = asyncio.Lock()
 
-    async def _current(self) -> KnowledgeIndex:
+    async def current(self) -> KnowledgeSnapshot:
+        """The current snapshot: one query for the newest version id, a rebuild only when it moved."""
         async with self.sessions() as session:
             revision = await session.scalar(select(func.max(KnowledgeEntryVersion.id)))
-        if self._index is not None and self._index.revision == revision:
-            return self._index
         async with self._lock:
-            if self._index is None or self._index.revision != revision:
+            if self._snapshot is None or self._snapshot.index.revision != revision:
                 async with self.sessions() as session:
                     stored = await session.scalars(select(KnowledgeEntry).where(KnowledgeEntry.active.is_(True)))
                     entries = {entry.slug: entry_data(entry) for entry in stored}
                 index = await asyncio.to_thread(_build_index, list(entries.values()), revision)
-                self._entries, self._index = entries, index
-            return self._index
+                self._snapshot = KnowledgeSnapshot(index, entries)
+            return self._snapshot
 
     async def rank(self, question: str, limit: int = 3) -> Ranking:
-        """The best active entries for a question (scored in a worker thread)."""
-        index = await self._current()
-        return await asyncio.to_thread(index.rank, question, limit)
+        """The best active entries for a question, as of now."""
+        return await (await self.current()).rank(question, limit)
 
     async def entry(self, slug: str) -> EntryData | None:
-        """An active entry's fields, as of the current index."""
-        await self._current()
-        return self._entries.get(slug)
+        """An active entry's fields, as of now."""
+        return (await self.current()).entry(slug)
 
     async def warm_up(self) -> None:
         """Build the index now rather than on the first question."""
