@@ -56,17 +56,10 @@ def _today() -> date:
 
 
 def form_values(data: EntryData) -> dict[str, Any]:
-    """What the edit form shows for an entry's fields."""
-    return {
-        "slug": data.slug,
-        "title": data.title,
-        "category": data.category,
-        "department": data.department,
+    """What the edit form shows for an entry's fields: its snapshot, questions one per line."""
+    return data.snapshot() | {
         "questions": "\n".join(data.questions),
-        "answer": data.answer,
         "follow_ups": {aspect: data.follow_ups.get(aspect, "") for aspect in ASPECTS},
-        "last_reviewed": data.last_reviewed.isoformat(),
-        "active": data.active,
     }
 
 
@@ -97,16 +90,13 @@ def entry_from_values(values: dict[str, Any]) -> EntryData:
     except ValueError:
         problems.append("审核日期无效，请按 2025-01-31 的格式填写")
         reviewed = _today()
-    data = EntryData(
-        slug=values["slug"],
-        title=values["title"],
-        category=values["category"],
-        department=values["department"],
-        questions=clean_lines(values["questions"]),
-        answer=values["answer"],
-        follow_ups={aspect: text for aspect, text in values["follow_ups"].items() if text},
-        last_reviewed=reviewed,
-        active=values["active"],
+    data = EntryData.from_snapshot(
+        values
+        | {
+            "questions": clean_lines(values["questions"]),
+            "follow_ups": {aspect: text for aspect, text in values["follow_ups"].items() if text},
+            "last_reviewed": reviewed.isoformat(),
+        }
     )
     if problems := problems + data.problems():
         raise InvalidEntry(problems)
