@@ -27,7 +27,6 @@ import functools
 import hashlib
 import io
 import json
-import logging
 import os
 import re
 import tempfile
@@ -38,6 +37,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from crm_backend.segmentation import private_segmenter
 
 if TYPE_CHECKING:
     import jieba
@@ -189,17 +190,8 @@ def split_title(text: str) -> str:
 
 @functools.cache
 def _segmenter() -> jieba.Tokenizer:
-    """A jieba segmenter of our own, built on first use, with jieba's log quiet.
-
-    Our own instance (not ``jieba.dt``) so words other modules add to the shared dictionary
-    never change this model's features.
-    """
-    import jieba
-
-    jieba.setLogLevel(logging.WARNING)
-    segmenter = jieba.Tokenizer()
-    segmenter.initialize()
-    return segmenter
+    """The classifier's own jieba (jieba's default dictionary only), built on first use."""
+    return private_segmenter()
 
 
 def search_words(text: str) -> list[str]:

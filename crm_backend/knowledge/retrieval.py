@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import logging
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from crm_backend.knowledge.text import normalise
+from crm_backend.segmentation import private_segmenter
 
 if TYPE_CHECKING:
     import jieba
@@ -93,14 +93,7 @@ def verdict_of(probability: float, evidence: float) -> Verdict:
 @functools.cache
 def _segmenter() -> jieba.Tokenizer:
     """A jieba of our own with the service vocabulary the engine also uses."""
-    import jieba
-
-    jieba.setLogLevel(logging.WARNING)
-    segmenter = jieba.Tokenizer()
-    segmenter.initialize()
-    if USER_DICTIONARY.exists():
-        segmenter.load_userdict(str(USER_DICTIONARY))
-    return segmenter
+    return private_segmenter(USER_DICTIONARY)
 
 
 def words(text: str) -> list[str]:
