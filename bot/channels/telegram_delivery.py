@@ -16,7 +16,7 @@ import warnings
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -102,6 +102,19 @@ class KeyedSequencer:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+
+def outbox_row(chat_id: str, chunk: Chunk, *, status: str, attempts: int, at: datetime, reason: str) -> TelegramOutbox:
+    """An outbox row for one chunk of a message, next tried (or finished) at `at`."""
+    return TelegramOutbox(
+        chat_id=chat_id,
+        text=chunk.text,
+        keyboard=chunk.keyboard,
+        status=status,
+        attempts=attempts,
+        next_attempt_at=at,
+        last_error=reason[:1000],
+    )
 
 
 class TelegramDelivery:
@@ -230,34 +243,16 @@ class TelegramDelivery:
         due = utcnow() + timedelta(seconds=wait)
         async with self._sessions.begin() as session:
             session.add_all(
-                TelegramOutbox(
-                    chat_id=chat_id,
-                    text=chunk.text,
-                    keyboard=chunk.keyboard,
-                    status=PENDING,
-                    attempts=attempts,
-                    next_attempt_at=due,
-                    last_error=reason[:1000],
-                )
-                for chunk in chunks
+                outbox_row(chat_id, chunk, status=PENDING, attempts=attempts, at=due, reason=reason) for chunk in chunks
             )
         self._wake.set()
 
     async def _record_refused(self, chat_id: str, chunk: Chunk, reason: str) -> None:
         now = utcnow()
         async with self._sessions.begin() as session:
-            session.add(
-                TelegramOutbox(
-                    chat_id=chat_id,
-                    text=chunk.text,
-                    keyboard=chunk.keyboard,
-                    status=FAILED,
-                    attempts=1,
-                    next_attempt_at=now,
-                    last_error=reason[:1000],
-                    finished_at=now,
-                )
-            )
+            row = outbox_row(chat_id, chunk, status=FAILED, attempts=1, at=now, reason=reason)
+            row.finished_at = now
+            session.add(row)
 
     async def run_outbox(self) -> None:
         """The background task: retry what is due, until cancelled."""
