@@ -49,11 +49,9 @@ import os
 import random
 import re
 import secrets
-import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -63,12 +61,20 @@ from typing import Any
 import aiohttp
 import sqlalchemy as sa
 
-from benchmarks.run_benchmarks import log, log_tail, machine_info, summarize, table
+from benchmarks.run_benchmarks import (
+    log,
+    machine_info,
+    model_missing,
+    summarize,
+    table,
+    temporary_stack,
+    write_report,
+)
 from bot.channels.webchat import external_id_for
 from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.lifecycle import OPEN_STATUSES, CaseStatus
 from crm_backend.models import ChannelIdentity, Citizen, ServiceCase, utcnow
-from tests.support.stack import APP_PYTHON, MODEL, ROOT, Stack
+from tests.support.stack import APP_PYTHON, ROOT, Stack
 
 ENGINE_TIMEOUT_SECONDS = 30.0  # a slow engine shows as a slow handoff, not as "system busy"
 WAIT_SECONDS = 30.0  # longest wait for any one message, event or reply
@@ -778,9 +784,8 @@ async def case_list_benchmarks(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine_info()}
     started = time.perf_counter()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-console-"))
-    stack = Stack(workdir=workdir, engine_timeout_seconds=ENGINE_TIMEOUT_SECONDS)
-    try:
+    with temporary_stack("bench-console-", engine_timeout_seconds=ENGINE_TIMEOUT_SECONDS) as stack:
+        workdir = Path(stack.workdir)
         log("starting engine and app")
         t0 = time.perf_counter()
         stack.start()
@@ -794,13 +799,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log(f"inserting {args.cases} cases into the running stack's database")
         results["case_load"] = insert_cases(workdir / "crm.db", args.cases, random.Random(12345))
         results["case_list"] = asyncio.run(case_list_benchmarks(stack, args, passwords, results["case_load"]))
-    except BaseException:
-        for name in ("engine.log", "app.log"):
-            print(f"--- tail of {name} ---\n{log_tail(workdir / name, 40)}", file=sys.stderr)
-        raise
-    finally:
-        stack.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
     results["machine"]["loadavg_at_end"] = os.getloadavg()
     results["total_seconds"] = round(time.perf_counter() - started, 1)
     return results
@@ -913,15 +911,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not MODEL.exists():
-        print(f"no trained model at {MODEL}: run bin/setup first", file=sys.stderr)
+    if model_missing():
         return 2
-    out_dir = args.out_dir if args.out_dir.is_absolute() else ROOT / args.out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
     results = run(args)
-    out = out_dir / "console_benchmark.json"
-    out.write_text(json.dumps(results, ensure_ascii=False, indent=2), encoding="utf-8")
-    print(render(results))
+    out = write_report(results, args.out_dir / "console_benchmark.json", render)
     log(f"done in {results['total_seconds']} s; JSON in {out}")
     return 0
 

@@ -50,7 +50,6 @@ import re
 import shutil
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -62,7 +61,16 @@ from typing import Any
 import numpy as np
 import yaml
 
-from benchmarks.run_benchmarks import log, log_tail, machine_info, summarize, table
+from benchmarks.run_benchmarks import (
+    log,
+    log_tail,
+    machine_info,
+    model_missing,
+    summarize,
+    table,
+    temporary_stack,
+    write_report,
+)
 from crm_backend.knowledge.entries import EntryData, load_file
 from crm_backend.knowledge.retrieval import (
     CLEAR,
@@ -334,10 +342,9 @@ def texts_of(replies: list[dict[str, Any]]) -> list[str]:
     return [str(reply.get("text") or "") for reply in replies]
 
 
-def end_to_end(entries: Sequence[EntryData], held_out: Sequence[tuple[str, str]], workdir: Path) -> dict[str, Any]:
+def end_to_end(entries: Sequence[EntryData], held_out: Sequence[tuple[str, str]]) -> dict[str, Any]:
     titles = {entry.slug: entry.title for entry in entries}
-    stack = Stack(workdir=workdir, engine_timeout_seconds=30.0)
-    try:
+    with temporary_stack("bench-kb-", engine_timeout_seconds=30.0) as stack:
         log("starting engine and app")
         stack.start()
         stack.rest("bench-warm-up", "你好")
@@ -364,7 +371,7 @@ def end_to_end(entries: Sequence[EntryData], held_out: Sequence[tuple[str, str]]
                 answered["out_of_scope"] += 1
             else:
                 answered["elsewhere"] += 1
-        database = workdir / "crm.db"
+        database = Path(stack.workdir) / "crm.db"
         before = case_count(database)
         lines = [
             line.rstrip("\n").split("\t", 1) for line in OFF_TOPIC.read_text(encoding="utf-8").splitlines() if line
@@ -384,12 +391,6 @@ def end_to_end(entries: Sequence[EntryData], held_out: Sequence[tuple[str, str]]
             )
             off[kind]["form_started"] += bool(set(said) & FORM_QUESTIONS)
         after = case_count(database)
-    except BaseException:
-        for name in ("engine.log", "app.log"):
-            print(f"--- tail of {name} ---\n{log_tail(workdir / name, 40)}", file=sys.stderr)
-        raise
-    finally:
-        stack.stop()
     n = len(held_out)
     return {
         "held_out": {
@@ -438,11 +439,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log("thresholds")
     results["thresholds"] = thresholds(entries, held_out)
     if not args.skip_stack:
-        workdir = Path(tempfile.mkdtemp(prefix="bench-kb-"))
-        try:
-            results["end_to_end"] = end_to_end(entries, held_out, workdir)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+        results["end_to_end"] = end_to_end(entries, held_out)
     return results
 
 
@@ -576,10 +573,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if not args.skip_stack and model_missing():
+        return 2
     results = run(args)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "kb_benchmark.json").write_text(json.dumps(results, ensure_ascii=False, indent=2), encoding="utf-8")
-    print(render(results))
+    out = write_report(results, args.out_dir / "kb_benchmark.json", render)
+    log(f"JSON in {out}")
     return 0
 
 

@@ -46,10 +46,8 @@ import datetime as dt
 import json
 import os
 import secrets
-import shutil
 import sqlite3
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -61,7 +59,15 @@ from aiohttp import web
 from sqlalchemy import select
 
 from benchmarks.console_benchmark import console_client, create_staff, sign_in, summary_row
-from benchmarks.run_benchmarks import log, log_tail, machine_info, summarize, table
+from benchmarks.run_benchmarks import (
+    log,
+    machine_info,
+    model_missing,
+    summarize,
+    table,
+    temporary_stack,
+    write_report,
+)
 from bot.channels.webchat import external_id_for
 from crm_backend.db import create_engine, create_sessionmaker
 from crm_backend.models import Department
@@ -70,7 +76,7 @@ from crm_backend.services.conversations import current_conversation, resolve_ide
 from crm_backend.services.intake import Report, file_case
 from tests.support.domain_text import utter
 from tests.support.fake_telegram import FakeTelegram
-from tests.support.stack import MODEL, ROOT, Stack
+from tests.support.stack import Stack
 
 BOT_TOKEN = "123456789:BENCH-token-of-the-fake-bot-api"
 REGISTERED_WEBHOOK = "https://bot.example.org/webhooks/telegram"
@@ -495,36 +501,30 @@ async def measure(stack: Stack, fake: ThrottlingTelegram, args: argparse.Namespa
 def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine_info()}
     started = time.perf_counter()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-notice-"))
-    stack = Stack(workdir=workdir, engine_timeout_seconds=ENGINE_TIMEOUT_SECONDS)
     fake = ThrottlingTelegram(BOT_TOKEN)
+    fake.start()
     try:
-        fake.start()
-        log("starting engine and app (Telegram on, against the fake Bot API)")
-        t0 = time.perf_counter()
-        stack.start_engine()
-        stack.start_app(
-            extra_env={
-                "TELEGRAM_BOT_TOKEN": BOT_TOKEN,
-                "TELEGRAM_WEBHOOK_SECRET": secrets.token_urlsafe(24),
-                "TELEGRAM_API_BASE_URL": fake.base_url,
-                "TELEGRAM_WEBHOOK_URL": REGISTERED_WEBHOOK,
-            }
-        )
-        fake.wait_for_call("setWebhook", timeout=30)
-        results["stack_start_seconds"] = round(time.perf_counter() - t0, 1)
-        password = create_staff(stack, SUPERVISOR, "supervisor", "通知测速值班长")
-        results.update(asyncio.run(measure(stack, fake, args, password)))
-        results["outbox"] = outbox_counts(workdir / "crm.db")
-        results["app_log"] = app_log_problems(workdir / "app.log")
-    except BaseException:
-        for name in ("engine.log", "app.log"):
-            print(f"--- tail of {name} ---\n{log_tail(workdir / name, 40)}", file=sys.stderr)
-        raise
+        with temporary_stack("bench-notice-", engine_timeout_seconds=ENGINE_TIMEOUT_SECONDS) as stack:
+            workdir = Path(stack.workdir)
+            log("starting engine and app (Telegram on, against the fake Bot API)")
+            t0 = time.perf_counter()
+            stack.start_engine()
+            stack.start_app(
+                extra_env={
+                    "TELEGRAM_BOT_TOKEN": BOT_TOKEN,
+                    "TELEGRAM_WEBHOOK_SECRET": secrets.token_urlsafe(24),
+                    "TELEGRAM_API_BASE_URL": fake.base_url,
+                    "TELEGRAM_WEBHOOK_URL": REGISTERED_WEBHOOK,
+                }
+            )
+            fake.wait_for_call("setWebhook", timeout=30)
+            results["stack_start_seconds"] = round(time.perf_counter() - t0, 1)
+            password = create_staff(stack, SUPERVISOR, "supervisor", "通知测速值班长")
+            results.update(asyncio.run(measure(stack, fake, args, password)))
+            results["outbox"] = outbox_counts(workdir / "crm.db")
+            results["app_log"] = app_log_problems(workdir / "app.log")
     finally:
-        stack.stop()
         fake.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
     results["machine"]["loadavg_at_end"] = os.getloadavg()
     results["total_seconds"] = round(time.perf_counter() - started, 1)
     return results
@@ -634,15 +634,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not MODEL.exists():
-        print(f"no trained model at {MODEL}: run bin/setup first", file=sys.stderr)
+    if model_missing():
         return 2
-    out_dir = args.out_dir if args.out_dir.is_absolute() else ROOT / args.out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
     results = run(args)
-    out = out_dir / "notice_benchmark.json"
-    out.write_text(json.dumps(results, ensure_ascii=False, indent=2), encoding="utf-8")
-    print(render(results))
+    out = write_report(results, args.out_dir / "notice_benchmark.json", render)
     log(f"done in {results['total_seconds']} s; JSON in {out}")
     return 0
 

@@ -221,6 +221,40 @@ def log_tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
 
+@contextmanager
+def temporary_stack(prefix: str, **options: Any) -> Iterator[Stack]:
+    """A `Stack` in a fresh temporary directory (not started). On an error inside, the tails of
+    its engine and app logs go to stderr; on the way out it is stopped and the directory removed."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    stack = Stack(workdir=workdir, **options)
+    try:
+        yield stack
+    except BaseException:
+        for name in ("engine.log", "app.log"):
+            print(f"--- tail of {name} ---\n{log_tail(workdir / name, 40)}", file=sys.stderr)
+        raise
+    finally:
+        stack.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def model_missing() -> bool:
+    """True (and says so) when bin/setup has not trained the engine's model yet."""
+    if MODEL.exists():
+        return False
+    print(f"no trained model at {MODEL}: run bin/setup first", file=sys.stderr)
+    return True
+
+
+def write_report(results: dict[str, Any], out: Path, render: Callable[[dict[str, Any]], str]) -> Path:
+    """Every figure as JSON in `out` (relative paths from the project root), the Markdown on stdout."""
+    out = out if out.is_absolute() else ROOT / out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, ensure_ascii=False, indent=2), encoding="utf-8")
+    print(render(results))
+    return out
+
+
 def find_report(out_dir: Path, name: str) -> Path | None:
     """The report file rasa wrote (name varies between versions): exact name first, then any match."""
     exact = sorted(out_dir.rglob(name))
@@ -926,14 +960,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not MODEL.exists():
-        print(f"no trained model at {MODEL}: run bin/setup first", file=sys.stderr)
+    if model_missing():
         return 2
     out = args.out if args.out.is_absolute() else ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     results = run(args, out)
-    out.write_text(json.dumps(results, ensure_ascii=False, indent=2), encoding="utf-8")
-    print(render(results))
+    write_report(results, out, render)
     log(f"done in {results['durations_seconds']['total']} s; JSON in {out}")
     return 0
 
