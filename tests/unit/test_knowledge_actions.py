@@ -216,7 +216,6 @@ async def test_no_after_an_answer_counts_it_and_the_second_no_hands_off(
     assert await feedback_rows(sessions) == [(False, "身份证丢了怎么补办")]
 
     dispatcher = CollectingDispatcher()
-    events = [*events, *turn("deny", "action_reject_answer", bot("utter_kb_not_helpful"))[1:]]
     events = [*answered_turn("身份证丢了要带什么"), user("deny", "还是没用")]
     tracker = tracker_for(citizen.sender_id, events, {ENTRY_SLOT: "id-card-reissue", REJECTIONS_SLOT: 1.0})
     await ActionRejectAnswer(sessions, HOURS, lambda: TUESDAY_MORNING).run(dispatcher, tracker, {})
