@@ -19,7 +19,7 @@ from crm_backend.dispatch.classifier import CATEGORIES
 from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.dispatch.service import Dispatcher, Preview
 from crm_backend.errors import CrmError
-from crm_backend.services.intake import Report, file_case
+from crm_backend.services.intake import Report, file_report
 
 logger = logging.getLogger(__name__)
 
@@ -165,10 +165,14 @@ class ActionSubmitReport(Action):
                 identity, conversation = await identity_and_conversation(session, tracker)
                 if identity is None:
                     raise CrmError(f"unknown sender {tracker.sender_id!r}")
-                case = await file_case(
-                    session, identity, report_from(tracker), conversation_id=conversation.id if conversation else None
+                case = await file_report(
+                    session,
+                    self.desk,
+                    identity,
+                    report_from(tracker),
+                    preview,
+                    conversation_id=conversation.id if conversation else None,
                 )
-                await self.desk.route(session, case, preview)
         except CrmError:
             logger.exception("filing a case failed for sender %s", tracker.sender_id)
             dispatcher.utter_message(response="utter_case_failed")

@@ -70,10 +70,11 @@ from benchmarks.run_benchmarks import (
 )
 from bot.channels.webchat import external_id_for
 from crm_backend.db import create_engine, create_sessionmaker
+from crm_backend.lifecycle import CaseAction
 from crm_backend.models import Department
-from crm_backend.services.cases import change_status
 from crm_backend.services.conversations import current_conversation, resolve_identity
 from crm_backend.services.intake import Report, file_case
+from crm_backend.services.moves import Actor, move_case
 from tests.support.domain_text import utter
 from tests.support.fake_telegram import FakeTelegram
 from tests.support.stack import Stack
@@ -124,6 +125,7 @@ async def file_dispatched_cases(database_url: str, owners: list[tuple[str, str]]
     engine = create_engine(async_url(database_url))
     sessions = create_sessionmaker(engine)
     numbers: list[str] = []
+    actor = Actor.system("benchmark")
     try:
         async with sessions() as session:
             department = await session.scalar(select(Department).where(Department.code == DEPARTMENT_CODE))
@@ -140,13 +142,8 @@ async def file_dispatched_cases(database_url: str, owners: list[tuple[str, str]]
                         contact_phone=f"138{index:08d}",
                         district="A3区",
                     )
-                    case = await file_case(
-                        session, identity, report, conversation_id=conversation.id, actor="benchmark"
-                    )
-                    await change_status(
-                        session, case.case_number, "dispatched", actor="benchmark", department=department.name
-                    )
-                    case.department_id = department.id
+                    case = await file_case(session, identity, report, conversation_id=conversation.id, actor=actor)
+                    await move_case(session, actor, case, CaseAction.DISPATCH, department_id=department.id)
                     numbers.append(case.case_number)
         return numbers, department.name
     finally:

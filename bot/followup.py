@@ -164,7 +164,7 @@ class CaseFollowup:
                 for stale in due.to_archive:
                     current = await session.get(ServiceCase, stale.id)
                     if current is not None and current.status == CaseStatus.RESOLVED.value:
-                        followup.archive_unanswered(session, current)
+                        await followup.archive_unanswered(session, current)
                         logger.info("case %s archived as 未回访", current.case_number)
 
     def start(self) -> None:

@@ -11,14 +11,14 @@ from typing import Any, Protocol
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from crm_backend.console.cases import CaseWatcher
 from crm_backend.console.feed import LiveEvent, LiveFeed
 from crm_backend.errors import InvalidInput, NotFound
-from crm_backend.http import json_response, read_json_object, require_bearer
+from crm_backend.http import client_address, json_response, read_json_object, require_bearer
 from crm_backend.lifecycle import CaseStatus
 from crm_backend.models import CaseEvent, Conversation, Message, RoutingDecision, ServiceCase
 from crm_backend.services import cases, handoff
 from crm_backend.services.conversations import conversation_history
+from crm_backend.services.moves import Actor, CaseNotices, move_case
 from crm_backend.services.stats import collect_stats
 from crm_backend.validation import mask_phone
 
@@ -119,7 +119,7 @@ class CrmApi:
         token: str,
         notifier: ConversationNotifier,
         feed: LiveFeed | None = None,
-        watcher: CaseWatcher | None = None,
+        watcher: CaseNotices | None = None,
     ) -> None:
         self._sessions = sessions
         self._token = token
@@ -166,20 +166,22 @@ class CrmApi:
     async def transition(self, request: web.Request) -> web.Response:
         require_bearer(request, self._token)
         data = await read_json_object(request)
-        target, note, actor = data.get("to"), data.get("note", ""), data.get("actor", "api")
-        department = data.get("department")
-        if not isinstance(target, str) or not isinstance(note, str) or not isinstance(actor, str):
-            raise InvalidInput("bad_body", "to, note and actor must be strings")
+        action, note, department = data.get("action"), data.get("note", ""), data.get("department")
+        if "to" in data or "actor" in data:
+            raise InvalidInput("bad_body", "name an operation in action (e.g. accept); the actor is the API client")
+        if not isinstance(action, str) or not isinstance(note, str):
+            raise InvalidInput("bad_body", "action and note must be strings")
         if department is not None and not isinstance(department, str):
-            raise InvalidInput("bad_body", "department must be a string")
+            raise InvalidInput("bad_body", "department must be a department code")
+        actor = Actor.api_client("api", client_address(request))
         async with self._sessions.begin() as session:
-            await cases.change_status(
-                session, request.match_info["case_number"], target, actor=actor, note=note, department=department
-            )
             case = await cases.get_case(session, request.match_info["case_number"])
-            notice = await self._watcher.record(session, case) if self._watcher is not None else None
+            department_id = await cases.department_id_by_code(session, department) if department else None
+            move = await move_case(
+                session, actor, case, action, note=note, department_id=department_id, notices=self._watcher
+            )
         if self._watcher is not None:
-            self._watcher.deliver(notice)
+            self._watcher.deliver(move.notice)
         return json_response(case_json(case))
 
     async def waiting_conversations(self, request: web.Request) -> web.Response:

@@ -91,3 +91,8 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise MalformedRequest("body must be a JSON object")
     return data
+
+
+def client_address(request: web.Request) -> str:
+    """The caller's address, as far as this server can tell."""
+    return (request.remote or "")[:64]

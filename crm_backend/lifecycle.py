@@ -1,6 +1,8 @@
-"""The case life cycle: status codes, their Chinese labels, and the allowed moves.
+"""The case life cycle: status codes, their Chinese labels, and the operations that move a case.
 
-Codes are English and stored; labels are what citizens and staff read.
+Codes are English and stored; labels are what citizens and staff read. `CASE_ACTIONS` is the
+one table of the life cycle: every allowed status move is some operation's source → target,
+and `crm_backend.services.moves.move_case` is the one function that performs them.
 """
 
 from __future__ import annotations
@@ -39,28 +41,6 @@ STATUS_LABELS: dict[CaseStatus, str] = {
     CaseStatus.RETURNED: "退回",
 }
 
-ALLOWED_TRANSITIONS: dict[CaseStatus, frozenset[CaseStatus]] = {
-    CaseStatus.RECEIVED: frozenset({CaseStatus.DISPATCHED}),
-    CaseStatus.DISPATCHED: frozenset({CaseStatus.ACCEPTED, CaseStatus.RETURNED, CaseStatus.DISPATCHED}),
-    CaseStatus.ACCEPTED: frozenset({CaseStatus.IN_PROGRESS, CaseStatus.RETURNED}),
-    CaseStatus.IN_PROGRESS: frozenset({CaseStatus.RESOLVED, CaseStatus.IN_PROGRESS}),
-    # 已办结 → 已归档 directly only when the citizen never answered the 回访 (未回访).
-    CaseStatus.RESOLVED: frozenset({CaseStatus.REVIEWED, CaseStatus.IN_PROGRESS, CaseStatus.ARCHIVED}),
-    CaseStatus.REVIEWED: frozenset({CaseStatus.ARCHIVED}),
-    CaseStatus.ARCHIVED: frozenset(),
-    CaseStatus.RETURNED: frozenset({CaseStatus.DISPATCHED}),
-}
-
-
-def check_transition(current: CaseStatus, target: CaseStatus) -> None:
-    """Refuse a move the life cycle does not allow.
-
-    Raises:
-        InvalidTransition: with a message naming both statuses.
-    """
-    if target not in ALLOWED_TRANSITIONS[current]:
-        raise InvalidTransition(f"cannot move a case from {current.value} to {target.value}")
-
 
 class Role(StrEnum):
     """What a member of staff may do; each role can do everything the one before it can."""
@@ -93,12 +73,13 @@ class CaseAction(StrEnum):
     REOPEN = "reopen"  # 重办
     REVIEW = "review"  # 回访
     ARCHIVE = "archive"  # 归档
+    CLOSE_UNRATED = "close_unrated"  # 未回访归档: the citizen answered neither the 回访 nor its reminder
 
 
 class ActionSpec:
     """One operation: where it may start, where it leads, what it needs and who may do it."""
 
-    __slots__ = ("label", "needs_department", "needs_note", "role", "sources", "target")
+    __slots__ = ("label", "needs_department", "needs_note", "role", "sources", "system_only", "target")
 
     def __init__(
         self,
@@ -109,6 +90,7 @@ class ActionSpec:
         role: Role = Role.AGENT,
         needs_note: bool = False,
         needs_department: bool = False,
+        system_only: bool = False,
     ) -> None:
         self.label = label
         self.sources = sources
@@ -116,6 +98,7 @@ class ActionSpec:
         self.role = role
         self.needs_note = needs_note
         self.needs_department = needs_department
+        self.system_only = system_only  # done by the system's own loops, never by a person or a client
 
 
 _OPEN_AT_DEPARTMENT = frozenset({CaseStatus.DISPATCHED, CaseStatus.ACCEPTED})
@@ -139,13 +122,28 @@ CASE_ACTIONS: dict[CaseAction, ActionSpec] = {
     ),
     CaseAction.REVIEW: ActionSpec("回访完成", frozenset({CaseStatus.RESOLVED}), CaseStatus.REVIEWED),
     CaseAction.ARCHIVE: ActionSpec("归档", frozenset({CaseStatus.REVIEWED}), CaseStatus.ARCHIVED),
+    CaseAction.CLOSE_UNRATED: ActionSpec(
+        "未回访归档", frozenset({CaseStatus.RESOLVED}), CaseStatus.ARCHIVED, role=Role.ADMIN, system_only=True
+    ),
 }
 # Cases a department still owes an answer on: these can be overdue, 督办 or extended.
 OPEN_STATUSES = frozenset({CaseStatus.DISPATCHED, CaseStatus.ACCEPTED, CaseStatus.IN_PROGRESS})
 
 
-def check_action(action: CaseAction, current: CaseStatus, role: Role) -> ActionSpec:
+def allowed_moves() -> frozenset[tuple[CaseStatus, CaseStatus]]:
+    """Every (from, to) status pair some operation performs: the life cycle as a graph."""
+    return frozenset((source, spec.target) for spec in CASE_ACTIONS.values() for source in spec.sources)
+
+
+def check_action(action: CaseAction, current: CaseStatus, role: Role, *, system: bool = False) -> ActionSpec:
     """The operation's spec, if this role may perform it on a case in this status.
+
+    Args:
+        action: the operation.
+        current: the case's status now.
+        role: whose rules apply (a member of staff's role; API clients and the system's own
+            loops act with the role they were given).
+        system: True for the system's own loops, the only ones allowed system-only operations.
 
     Raises:
         InvalidTransition: with a message staff can read (Chinese labels).
@@ -154,16 +152,17 @@ def check_action(action: CaseAction, current: CaseStatus, role: Role) -> ActionS
     if current not in spec.sources:
         allowed = "、".join(CaseStatus(s).label for s in sorted(spec.sources))
         raise InvalidTransition(f"「{current.label}」的工单不能{spec.label}（只有{allowed}的工单可以）")
+    if spec.system_only and not system:
+        raise InvalidTransition(f"{spec.label}只能由系统自动进行，不能手动操作")
     if not role.at_least(spec.role):
         raise InvalidTransition(f"{role.label}不能{spec.label}，需要{spec.role.label}权限")
-    check_transition(current, spec.target)
     return spec
 
 
 def available_actions(current: CaseStatus, role: Role) -> list[CaseAction]:
-    """The operations this role may perform now, in life-cycle order."""
+    """The operations this member of staff may perform now, in life-cycle order."""
     return [
         action
         for action, spec in CASE_ACTIONS.items()
-        if current in spec.sources and role.at_least(spec.role) and spec.target in ALLOWED_TRANSITIONS[current]
+        if current in spec.sources and role.at_least(spec.role) and not spec.system_only
     ]

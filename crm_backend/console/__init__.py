@@ -8,12 +8,13 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_backend.console.admin import AdminViews
-from crm_backend.console.cases import CaseViews, CaseWatcher
+from crm_backend.console.cases import CaseViews
 from crm_backend.console.conversations import ChannelNotifier, ConversationViews, SlotReader
 from crm_backend.console.feed import LiveFeed
 from crm_backend.console.knowledge import KnowledgeViews
 from crm_backend.console.web import ConsoleBase, build_templates
 from crm_backend.dispatch.service import Dispatcher
+from crm_backend.services.moves import CaseNotices
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -26,7 +27,7 @@ def add_console(
     notifier: ChannelNotifier,
     engine: SlotReader,
     desk: Dispatcher,
-    watcher: CaseWatcher,
+    watcher: CaseNotices,
     secure_cookies: bool,
 ) -> None:
     """Register every console route on the app."""

@@ -2,40 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_backend.console.conversations import ChannelNotifier
 from crm_backend.console.web import ConsoleBase, Staff, client_address, form, int_or_none, secure, signed_in
 from crm_backend.dispatch.classifier import CATEGORIES
 from crm_backend.errors import InvalidInput, InvalidTransition, NotFound
 from crm_backend.lifecycle import CASE_ACTIONS, CaseAction, CaseStatus, Role, available_actions
-from crm_backend.models import Department, ExtensionRequest, RoutingDecision, ServiceCase, StaffUser
+from crm_backend.models import Department, ExtensionRequest, RoutingDecision, StaffUser
 from crm_backend.services import audit, casework
 from crm_backend.services.conversations import OutgoingMessage
+from crm_backend.services.moves import CaseNotices
 from crm_backend.validation import mask_phone
 
 MAX_REPLY_CHARS = 4000
-
-
-class CaseWatcher(Protocol):
-    """Who tells the citizen when staff change their case (notices, then the 回访 question):
-    `record` writes the notice in the change's own transaction, `deliver` pushes it after the commit."""
-
-    async def record(self, session: AsyncSession, case: ServiceCase) -> Any: ...
-
-    def deliver(self, notice: Any) -> None: ...
 
 
 class CaseViews(ConsoleBase):
     """Cases through their life cycle."""
 
     def __init__(
-        self, base: ConsoleBase, notifier: ChannelNotifier, districts: list[str], watcher: CaseWatcher
+        self, base: ConsoleBase, notifier: ChannelNotifier, districts: list[str], watcher: CaseNotices
     ) -> None:
         super().__init__(**base.share())
         self.notifier = notifier
@@ -156,7 +147,13 @@ class CaseViews(ConsoleBase):
             )
         if request.headers.get("X-Requested-With") == "fetch":
             return secure(web.json_response({"ok": True, "notice": notice}))
-        self.done(request, f"/console/cases/{quote(number)}", notice)
+        async with self.sessions() as session:
+            try:
+                await casework.visible_case(session, member.user, number)
+                location = f"/console/cases/{quote(number)}"
+            except NotFound:  # e.g. an agent's 退回 sends the case back to the dispatchers
+                location = "/console/cases"
+        self.done(request, location, notice)
 
     async def _operate(self, member: Staff, number: str, operation: str, data: dict[str, str], address: str) -> str:
         note = data.get("note", "")
@@ -177,7 +174,7 @@ class CaseViews(ConsoleBase):
             return "已回复市民" if live else "已回复；市民当前不在线，下次打开对话时会看到"
         if operation == "action":
             async with self.sessions.begin() as session:
-                event = await casework.perform(
+                move = await casework.perform(
                     session,
                     member.user,
                     number,
@@ -185,10 +182,10 @@ class CaseViews(ConsoleBase):
                     note=note,
                     department_id=int_or_none(data.get("department_id")),
                     address=address,
+                    notices=self.watcher,
                 )
-                notice = await self.watcher.record(session, await casework.visible_case(session, member.user, number))
-            self.watcher.deliver(notice)
-            return f"工单已变为「{CaseStatus(event.to_status).label}」"
+            self.watcher.deliver(move.notice)
+            return f"工单已变为「{CaseStatus(move.event.to_status).label}」（{number}）"
         async with self.sessions.begin() as session:
             if operation == "note":
                 await casework.add_note(session, member.user, number, note, address=address)

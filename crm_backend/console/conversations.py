@@ -31,7 +31,8 @@ from crm_backend.lifecycle import Role
 from crm_backend.models import ChannelIdentity, Citizen, Conversation, Message, ServiceCase, StaffUser
 from crm_backend.services import audit, handoff, staff
 from crm_backend.services.conversations import OutgoingMessage
-from crm_backend.services.intake import Report, file_case
+from crm_backend.services.intake import Report, file_report
+from crm_backend.services.moves import Actor
 
 logger = logging.getLogger(__name__)
 
@@ -380,11 +381,15 @@ class ConversationViews(ConsoleBase):
             contact_phone=data.get("contact_phone", ""),
             district=district or preview.location.district,
         )
-        case = await file_case(
-            session, identity, report, conversation_id=conversation.id, actor=member.user.display_name
+        return await file_report(
+            session,
+            self.desk,
+            identity,
+            report,
+            preview,
+            conversation_id=conversation.id,
+            actor=Actor.staff(member.user),
         )
-        await self.desk.route(session, case, preview)
-        return case
 
 
 def _may_see(member: Staff, event: LiveEvent) -> bool:

@@ -18,9 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_backend.dispatch.deadlines import due_at
 from crm_backend.errors import CrmError
-from crm_backend.lifecycle import CaseStatus
+from crm_backend.lifecycle import CaseAction
 from crm_backend.models import (
-    CaseEvent,
     CategoryPolicy,
     Department,
     RoutingDecision,
@@ -28,6 +27,7 @@ from crm_backend.models import (
     ServiceCase,
     utcnow,
 )
+from crm_backend.services.moves import Actor, move_case
 
 DATA_DIR = Path(__file__).resolve().parent / "data" / "routing"
 DISPATCH_ACTOR = "dispatch"
@@ -188,20 +188,10 @@ async def apply_dispatch(session: AsyncSession, case: ServiceCase, plan: Dispatc
     case.district = case.district or plan.district
     case.urgent = plan.urgent
     if not plan.queued:
-        case.department_id = plan.department_id
-        case.department = plan.department_name
         case.due_at = plan.due_at
-        session.add(
-            CaseEvent(
-                case_id=case.id,
-                from_status=case.status,
-                to_status=CaseStatus.DISPATCHED.value,
-                note="",
-                actor=DISPATCH_ACTOR,
-            )
+        await move_case(
+            session, Actor.system(DISPATCH_ACTOR), case, CaseAction.DISPATCH, department_id=plan.department_id
         )
-        case.status = CaseStatus.DISPATCHED.value
-        case.updated_at = utcnow()
     decision = RoutingDecision(
         case_id=case.id,
         category=plan.category,

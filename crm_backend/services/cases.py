@@ -1,4 +1,4 @@
-"""Reading cases and moving them through their life cycle."""
+"""Reading cases (they move through their life cycle in `crm_backend.services.moves`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from crm_backend.errors import InvalidInput, NotFound
-from crm_backend.lifecycle import CaseStatus, check_transition
-from crm_backend.models import CaseEvent, RoutingDecision, ServiceCase, utcnow
+from crm_backend.lifecycle import CaseStatus
+from crm_backend.models import Department, RoutingDecision, ServiceCase
 
 MAX_PAGE = 200
 
@@ -55,35 +55,18 @@ async def list_cases(
     return list((await session.scalars(stmt)).all())
 
 
-async def change_status(
-    session: AsyncSession,
-    case_number: str,
-    target: str,
-    *,
-    actor: str,
-    note: str = "",
-    department: str | None = None,
-) -> CaseEvent:
-    """Move a case to another status and append the event, in the caller's transaction.
+async def department_id_by_code(session: AsyncSession, code: str) -> int:
+    """The id of an active department by its code.
 
     Raises:
-        NotFound: no such case.
-        InvalidInput: unknown status.
-        InvalidTransition: the life cycle does not allow the move.
+        InvalidInput: no active department has this code.
     """
-    case = await get_case(session, case_number)
-    current, wanted = CaseStatus(case.status), _status(target)
-    check_transition(current, wanted)
-    case.status = wanted.value
-    case.updated_at = utcnow()
-    if department:
-        case.department = department[:64]
-    event = CaseEvent(
-        case_id=case.id, from_status=current.value, to_status=wanted.value, note=note[:2000], actor=actor[:64]
+    department_id = await session.scalar(
+        select(Department.id).where(Department.code == code[:64], Department.active.is_(True))
     )
-    session.add(event)
-    await session.flush()
-    return event
+    if department_id is None:
+        raise InvalidInput("bad_department", f"no active department with code {code!r}")
+    return department_id
 
 
 def _status(value: str) -> CaseStatus:

@@ -14,13 +14,11 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, and_, false, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_backend.dispatch.deadlines import CHINA_TZ, END_OF_OFFICE_DAY, add_working_days, due_at
+from crm_backend.dispatch.deadlines import CHINA_TZ, END_OF_OFFICE_DAY, add_working_days
 from crm_backend.errors import InvalidInput, InvalidTransition, NotFound
-from crm_backend.lifecycle import OPEN_STATUSES, CaseAction, CaseStatus, Role, check_action
+from crm_backend.lifecycle import OPEN_STATUSES, CaseStatus, Role
 from crm_backend.models import (
     CaseEvent,
-    CategoryPolicy,
-    Department,
     ExtensionRequest,
     RoutingDecision,
     ServiceCase,
@@ -28,6 +26,7 @@ from crm_backend.models import (
     utcnow,
 )
 from crm_backend.services import audit
+from crm_backend.services.moves import Actor, CaseNotices, Move, move_case, parse_action
 
 MAX_NOTE_CHARS = 2000
 MAX_EXTENSION_DAYS = 30
@@ -158,53 +157,20 @@ async def perform(
     note: str = "",
     department_id: int | None = None,
     address: str = "",
-) -> CaseEvent:
-    """Perform one life-cycle operation on a case.
+    notices: CaseNotices | None = None,
+) -> Move:
+    """A member of staff performs one life-cycle operation on a case they can see.
 
     Raises:
         NotFound: the case is not visible to this member of staff.
         InvalidInput: unknown operation, missing reason or department.
         InvalidTransition: the case's status or the user's role does not allow it.
     """
-    try:
-        operation = CaseAction(action)
-    except ValueError as error:
-        raise InvalidInput("bad_action", "未知的操作") from error
+    operation = parse_action(action)
     case = await visible_case(session, user, case_number)
-    spec = check_action(operation, CaseStatus(case.status), role_of(user))
-    note = note.strip()
-    if spec.needs_note and not note:
-        raise InvalidInput("note_required", f"{spec.label}需要填写原因或说明")
-    previous_department = case.department
-    if spec.needs_department:
-        department = await session.get(Department, department_id) if department_id else None
-        if department is None or not department.active:
-            raise InvalidInput("department_required", f"{spec.label}需要选择一个在用的承办部门")
-        if operation is CaseAction.REASSIGN and department.id == case.department_id:
-            raise InvalidTransition("改派需要选择另一个部门")
-        case.department_id, case.department = department.id, department.name
-        if case.due_at is None:
-            case.due_at = await _due_for(session, case)
-        note = f"{department.name}。{note}" if note else department.name
-    if operation is CaseAction.RETURN:
-        case.department_id, case.department = None, None  # back to the dispatcher's queue
-    event = _event(case, user, "status", note, spec.target.value)
-    session.add(event)
-    case.status = spec.target.value
-    case.updated_at = utcnow()
-    detail = f"{event.from_status} → {event.to_status}"
-    if spec.needs_department:
-        detail += f"；部门 {previous_department or '无'} → {case.department}"
-    audit.record(session, user, f"case.{operation.value}", case.case_number, detail, address=address)
-    await session.flush()
-    return event
-
-
-async def _due_for(session: AsyncSession, case: ServiceCase) -> datetime | None:
-    policy = await session.get(CategoryPolicy, case.category) if case.category else None
-    if policy is None:
-        return None
-    return due_at(utcnow(), policy.deadline_working_days, urgent=case.urgent)
+    return await move_case(
+        session, Actor.staff(user, address), case, operation, note=note, department_id=department_id, notices=notices
+    )
 
 
 async def add_note(session: AsyncSession, user: StaffUser, case_number: str, text: str, *, address: str = "") -> None:

@@ -15,8 +15,9 @@ from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_backend.errors import CrmError
-from crm_backend.lifecycle import CaseStatus, check_transition
-from crm_backend.models import CaseEvent, Citizen, Satisfaction, ServiceCase, utcnow
+from crm_backend.lifecycle import CaseAction, CaseStatus
+from crm_backend.models import Citizen, Satisfaction, ServiceCase
+from crm_backend.services.moves import Actor, move_case
 
 FOLLOWUP_ACTOR = "回访"
 SATISFIED_FROM = 3
@@ -97,18 +98,14 @@ async def record_rating(
         raise CrmError(f"rating {rating} outside 1-5")
     session.add(Satisfaction(case_id=case.id, rating=rating, comment=comment[:1000], channel=channel))
     reopened = rating < SATISFIED_FROM
-    target = CaseStatus.IN_PROGRESS if reopened else CaseStatus.REVIEWED
-    check_transition(CaseStatus(case.status), target)
     note = f"市民评价 {rating} 分" + (f"：{comment[:200]}" if comment else "")
     if reopened:
         note = f"不满意重办（{note}），请值班长复核"
         case.supervised = True
-    session.add(
-        CaseEvent(case_id=case.id, from_status=case.status, to_status=target.value, note=note, actor=FOLLOWUP_ACTOR)
+    await move_case(
+        session, Actor.system(FOLLOWUP_ACTOR), case, CaseAction.REOPEN if reopened else CaseAction.REVIEW, note=note
     )
-    case.status = target.value
     case.followup_asked_at = case.followup_reminded_at = None  # a reopened case is asked again when resolved
-    case.updated_at = utcnow()
     return FollowupResult(case.case_number, rating, reopened)
 
 
@@ -146,18 +143,9 @@ async def due_followups(
     return FollowupDue(list(to_ask.all()), list(to_remind.all()), list(to_archive.all()))
 
 
-def archive_unanswered(session: AsyncSession, case: ServiceCase) -> None:
+async def archive_unanswered(session: AsyncSession, case: ServiceCase) -> None:
     """No answer to the question nor to the reminder: archive the case as 未回访."""
-    check_transition(CaseStatus(case.status), CaseStatus.ARCHIVED)
-    session.add(
-        CaseEvent(
-            case_id=case.id,
-            from_status=case.status,
-            to_status=CaseStatus.ARCHIVED.value,
-            note="未回访：市民未答复满意度回访",
-            actor=FOLLOWUP_ACTOR,
-        )
+    await move_case(
+        session, Actor.system(FOLLOWUP_ACTOR), case, CaseAction.CLOSE_UNRATED, note="未回访：市民未答复满意度回访"
     )
-    case.status = CaseStatus.ARCHIVED.value
     case.followup_asked_at = None
-    case.updated_at = utcnow()

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Integer, cast, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_backend.errors import CrmError
-from crm_backend.lifecycle import CaseStatus
-from crm_backend.models import CaseEvent, ChannelIdentity, Citizen, ServiceCase, utcnow
+from crm_backend.models import ChannelIdentity, Citizen, ServiceCase, utcnow
+from crm_backend.services.moves import Actor, open_case
 from crm_backend.validation import normalise_mobile
+
+if TYPE_CHECKING:
+    from crm_backend.dispatch.service import Dispatcher, Preview
 
 # Case numbers carry the date as citizens live it (Beijing time), not UTC.
 CHINA_TZ = timezone(timedelta(hours=8))
 MAX_DESCRIPTION_CHARS = 5000
 MAX_DAILY_SEQUENCE = 9999
+BOT = Actor.system("bot")
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,7 @@ async def file_case(
     report: Report,
     *,
     conversation_id: int | None = None,
-    actor: str = "bot",
+    actor: Actor = BOT,
 ) -> ServiceCase:
     """Create a case from a report, with its first history event, in the caller's transaction.
 
@@ -75,18 +80,31 @@ async def file_case(
             location=report.location.strip()[:200],
             district=report.district,
             contact_phone=phone,
-            status=CaseStatus.RECEIVED.value,
             created_at=now,
-            updated_at=now,
         )
         try:
             async with session.begin_nested():
-                session.add(case)
+                open_case(session, actor, case)
                 await session.flush()
         except IntegrityError:  # another intake took this number a moment ago
             if attempt == 4:
                 raise
             continue
-        session.add(CaseEvent(case_id=case.id, from_status=None, to_status=case.status, note="", actor=actor))
         return case
     raise AssertionError("unreachable")
+
+
+async def file_report(
+    session: AsyncSession,
+    desk: Dispatcher,
+    identity: ChannelIdentity,
+    report: Report,
+    preview: Preview,
+    *,
+    conversation_id: int | None = None,
+    actor: Actor = BOT,
+) -> ServiceCase:
+    """File a report and route it as previewed: the bot's intake and the console's draft alike."""
+    case = await file_case(session, identity, report, conversation_id=conversation_id, actor=actor)
+    await desk.route(session, case, preview)
+    return case

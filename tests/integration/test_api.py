@@ -37,10 +37,31 @@ def test_case_list_masks_phone_numbers(stack: Stack, sender: str) -> None:
 
 def test_invalid_transition_is_refused_with_409_and_changes_nothing(stack: Stack, sender: str) -> None:
     case_number = file_report(stack, sender)
-    resp = stack.api("POST", f"/cases/{case_number}/transitions", json={"to": "archived"})
+    resp = stack.api("POST", f"/cases/{case_number}/transitions", json={"action": "archive"})
     assert resp.status_code == 409
     assert resp.json()["error"] == "invalid_transition"
     assert stack.api("GET", f"/cases/{case_number}").json()["status"] in ("received", "dispatched")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"to": "archived"},  # a raw status: moves are named operations now
+        {"action": "accept", "actor": "someone else"},  # the actor is the API client, not free text
+        {"action": "close_unrated"},  # only the 回访 loop archives an unrated case
+        {"action": "dispatch", "department": "no-such-department"},
+    ],
+    ids=["raw-status", "free-text-actor", "system-only", "unknown-department"],
+)
+def test_a_transition_outside_the_rules_is_refused_and_changes_nothing(
+    stack: Stack, sender: str, body: dict[str, str]
+) -> None:
+    case_number = file_report(stack, sender)
+    before = stack.api("GET", f"/cases/{case_number}").json()
+    resp = stack.api("POST", f"/cases/{case_number}/transitions", json=body)
+    assert resp.status_code in (409, 422), resp.text
+    after = stack.api("GET", f"/cases/{case_number}").json()
+    assert (after["status"], after["events"]) == (before["status"], before["events"])
 
 
 def test_unknown_case_and_bad_status_are_json_errors(stack: Stack) -> None:

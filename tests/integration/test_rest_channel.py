@@ -105,14 +105,19 @@ def test_repeated_failures_are_throttled(stack: Stack, sender: str) -> None:
 
 def test_progress_shows_the_latest_update_from_staff(stack: Stack, sender: str) -> None:
     case_number = file_report(stack, sender)
+    routed = stack.api("GET", f"/cases/{case_number}").json()
     moved = stack.api(
         "POST",
         f"/cases/{case_number}/transitions",
-        json={"to": "dispatched", "department": "A3区城管局", "note": "已转城管局"},
+        json={
+            "action": "reassign" if routed["status"] == "dispatched" else "dispatch",
+            "department": "A3-commerce",
+            "note": "已转区商务局",
+        },
     )
     assert moved.status_code == 200, moved.text
     reply = stack.rest(sender, f"{case_number}处理得怎么样了")[0]["text"]
-    assert "已派单" in reply and "A3区城管局" in reply and "已转城管局" in reply
+    assert "已派单" in reply and "A3区商务局" in reply and "已转区商务局" in reply
 
 
 @pytest.mark.parametrize(

@@ -41,11 +41,11 @@ from crm_backend.models import (
     ServiceCase,
     utcnow,
 )
-from crm_backend.services.cases import change_status
 from crm_backend.services.conversations import current_conversation, resolve_identity
 from crm_backend.services.intake import CHINA_TZ, Report, file_case
 from crm_backend.services.knowledge import KnowledgeBase
 from crm_backend.services.lookup import MAX_FAILURES_PER_SENDER
+from tests.support.moves import advance
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -990,8 +990,16 @@ async def test_a_similar_case_elsewhere_or_closed_is_not_a_duplicate(
     district = "A5区"
     if where == "closed case":
         async with seeded.begin() as session:
-            for status in ("dispatched", "accepted", "in_progress", "resolved"):
-                await change_status(session, original.case_number, status, actor="staff:li")
+            await advance(
+                session,
+                original.case_number,
+                "dispatch",
+                "accept",
+                "start",
+                "resolve",
+                note="已疏通",
+                department="区市政",
+            )
     else:
         district = "A1区"
     slots = report_slots(description=DRAIN_AGAIN, location=f"{district}桂花路菜市场门口", district=district)
@@ -1288,9 +1296,7 @@ async def test_the_owner_is_told_the_progress(sessions: Sessions) -> None:
     owner = await register(sessions, "owner")
     case = await file(sessions, owner)
     async with sessions.begin() as session:
-        event = await change_status(
-            session, case.case_number, "dispatched", actor="staff:li", note="已派至区市政", department="区市政管委"
-        )
+        event = await advance(session, case.case_number, "dispatch", note="已派至区市政", department="区市政管委")
     dispatcher, events = await check_progress(sessions, owner.sender_id, case.case_number)
     assert responses(dispatcher) == ["utter_case_progress"]
     message = dispatcher.messages[0]
@@ -1298,7 +1304,7 @@ async def test_the_owner_is_told_the_progress(sessions: Sessions) -> None:
         "case_number": case.case_number,
         "status": "已派单",
         "department": "区市政管委",
-        "latest": "已派至区市政",
+        "latest": "区市政管委。已派至区市政",
         "updated_at": event.created_at.astimezone(CHINA_TZ).strftime("%Y-%m-%d %H:%M"),
     }
     assert slot_state(events) == cleared(*PROGRESS_SLOTS)

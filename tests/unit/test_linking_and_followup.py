@@ -196,7 +196,7 @@ async def test_no_answer_gets_one_reminder_then_the_case_is_archived_unreviewed(
         assert due.to_remind == [] and due.to_archive == []
         due = await followup.due_followups(session, start + 50 * hour, **rules)
         assert [c.case_number for c in due.to_archive] == [number]
-        followup.archive_unanswered(session, due.to_archive[0])
+        await followup.archive_unanswered(session, due.to_archive[0])
     async with sessions() as session:
         case = await session.scalar(select(ServiceCase).where(ServiceCase.case_number == number))
         assert case is not None and case.status == "archived"

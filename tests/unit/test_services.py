@@ -9,8 +9,9 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_backend.errors import CrmError, InvalidInput, InvalidTransition, LookupThrottled, NotFound
-from crm_backend.lifecycle import CaseStatus
+from crm_backend.lifecycle import CaseStatus, Role
 from crm_backend.models import (
+    AuditEntry,
     Base,
     CaseEvent,
     ChannelIdentity,
@@ -21,7 +22,7 @@ from crm_backend.models import (
     ServiceCase,
     utcnow,
 )
-from crm_backend.services.cases import change_status, get_case
+from crm_backend.services.cases import get_case
 from crm_backend.services.conversations import (
     OutgoingMessage,
     conversation_history,
@@ -41,7 +42,9 @@ from crm_backend.services.lookup import (
     CaseProgress,
     lookup_progress,
 )
+from crm_backend.services.moves import Actor, ActorKind, move_case
 from crm_backend.services.stats import collect_stats
+from tests.support.moves import advance
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -269,14 +272,16 @@ async def test_a_stranger_with_the_right_digits_gets_progress(sessions: Sessions
     stranger = await new_identity(sessions, "stranger")
     case = await file(sessions, owner)
     async with sessions.begin() as session:
-        await change_status(
-            session, case.case_number, "dispatched", actor="staff:li", note="已派至市政", department="市政"
-        )
+        await advance(session, case.case_number, "dispatch", note="已派至市政", department="市政")
     progress = await lookup(
         sessions, case.case_number, sender_key="web:stranger", phone_last4="5678", identity=stranger
     )
     assert progress is not None
-    assert (progress.status, progress.department, progress.latest_note) == (CaseStatus.DISPATCHED, "市政", "已派至市政")
+    assert (progress.status, progress.department, progress.latest_note) == (
+        CaseStatus.DISPATCHED,
+        "市政",
+        "市政。已派至市政",
+    )
 
 
 async def test_a_stranger_without_digits_gets_nothing(sessions: Sessions) -> None:
@@ -474,19 +479,24 @@ async def test_conversation_history_is_oldest_first_and_limited(sessions: Sessio
 # --- cases -------------------------------------------------------------------
 
 
-async def test_an_allowed_move_writes_an_event_with_from_to_actor_and_note(sessions: Sessions) -> None:
+async def test_an_allowed_move_writes_an_event_and_an_audit_row_with_from_to_actor_and_note(
+    sessions: Sessions,
+) -> None:
     owner = await new_identity(sessions, "owner")
     case = await file(sessions, owner)
     async with sessions.begin() as session:
-        await change_status(
-            session, case.case_number, "dispatched", actor="staff:wang", note="转城管", department="城管执法局"
-        )
+        await advance(session, case.case_number, "dispatch", actor="staff:wang", note="转城管", department="城管执法局")
     async with sessions() as session:
         stored = await get_case(session, case.case_number, with_events=True)
+        audit_rows = (await session.scalars(select(AuditEntry).order_by(AuditEntry.id))).all()
     assert (stored.status, stored.department) == ("dispatched", "城管执法局")
     assert [(e.from_status, e.to_status, e.actor, e.note) for e in stored.events] == [
         (None, "received", "bot", ""),
-        ("received", "dispatched", "staff:wang", "转城管"),
+        ("received", "dispatched", "staff:wang", "城管执法局。转城管"),
+    ]
+    assert [(row.action, row.actor, row.target) for row in audit_rows] == [
+        ("case.file", "bot", case.case_number),
+        ("case.dispatch", "staff:wang", case.case_number),
     ]
     assert stored.updated_at >= case.updated_at
 
@@ -496,26 +506,45 @@ async def test_a_refused_move_raises_and_leaves_the_case_unchanged(sessions: Ses
     case = await file(sessions, owner)
     with pytest.raises(InvalidTransition):
         async with sessions.begin() as session:
-            await change_status(session, case.case_number, "resolved", actor="staff:wang")
+            await advance(session, case.case_number, "resolve", note="已处理")
     async with sessions() as session:
         stored = await get_case(session, case.case_number, with_events=True)
     assert stored.status == "received"
     assert len(stored.events) == 1
 
 
-async def test_an_unknown_status_is_invalid_input(sessions: Sessions) -> None:
+async def test_an_unknown_operation_is_invalid_input(sessions: Sessions) -> None:
     owner = await new_identity(sessions, "owner")
     case = await file(sessions, owner)
     async with sessions() as session:
         with pytest.raises(InvalidInput) as caught:
-            await change_status(session, case.case_number, "done", actor="staff:wang")
-    assert caught.value.reason == "bad_status"
+            await advance(session, case.case_number, "done")
+    assert caught.value.reason == "bad_action"
 
 
-async def test_changing_an_unknown_case_is_not_found(sessions: Sessions) -> None:
+async def test_a_system_only_operation_is_refused_to_staff_and_api_clients(sessions: Sessions) -> None:
+    owner = await new_identity(sessions, "owner")
+    case = await file(sessions, owner)
+    async with sessions.begin() as session:
+        await advance(
+            session, case.case_number, "dispatch", "accept", "start", "resolve", note="已处理", department="市政"
+        )
     async with sessions() as session:
+        stored = await get_case(session, case.case_number)
+        with pytest.raises(InvalidTransition, match="只能由系统自动进行"):
+            await move_case(session, Actor.api_client("integration"), stored, "close_unrated")
+
+
+async def test_an_agent_cannot_move_another_departments_case(sessions: Sessions) -> None:
+    owner = await new_identity(sessions, "owner")
+    case = await file(sessions, owner)
+    async with sessions.begin() as session:
+        await advance(session, case.case_number, "dispatch", department="市政")
+    agent = Actor(ActorKind.STAFF, "坐席小王", Role.AGENT, department_id=None)
+    async with sessions() as session:
+        stored = await get_case(session, case.case_number)
         with pytest.raises(NotFound):
-            await change_status(session, "20990101-0001", "dispatched", actor="staff:wang")
+            await move_case(session, agent, stored, "accept")
 
 
 # --- handoff -----------------------------------------------------------------
@@ -602,7 +631,7 @@ async def test_stats_count_citizens_conversations_messages_and_cases_by_status(s
     await file(sessions, alice)
     await file(sessions, bob)
     async with sessions.begin() as session:
-        await change_status(session, first.case_number, "dispatched", actor="staff")
+        await advance(session, first.case_number, "dispatch", department="市政")
     async with sessions() as session:
         stats = await collect_stats(session)
     assert (stats["citizens"], stats["conversations"], stats["messages"], stats["cases"]) == (2, 2, 3, 3)
