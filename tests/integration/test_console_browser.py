@@ -162,3 +162,31 @@ def test_the_browser_is_refused_a_csrf_less_post_and_another_departments_case(
     console.screenshot(path=str(artifacts_dir / "console-agent-inbox.png"), full_page=True)
     unexpected = [p for p in problems if "status of 404" not in p and "status of 403" not in p]
     assert unexpected == [], problems
+
+
+def test_an_agent_returns_a_case_to_the_dispatchers_and_lands_on_the_case_list(
+    stack: Stack, browser: Any, artifacts_dir: Path
+) -> None:
+    number = file_case_now(stack, "A-housing")[0]
+    username = create_staff(stack, "agent", "A-housing", display_name="住建孙")
+    problems: list[str] = []
+    console = new_page(browser, problems)
+    sign_in(console, stack, username)
+
+    console.goto(f"{stack.app_url}/console/cases/{number}")
+    form = console.locator("form.action-form[data-action=return]")
+    form.locator("textarea[name=note]").fill("不属于本部门职责，请重新派单")
+    form.locator("button[type=submit]").click()
+
+    # 退回 takes the case out of the agent's department: the agent lands on their list, told it worked.
+    console.wait_for_url(re.compile(r"/console/cases$"))
+    expect(console.locator(".flash.notice")).to_contain_text("工单已变为「退回」")
+    expect(console.locator("#case-list")).not_to_contain_text(number)
+    console.screenshot(path=str(artifacts_dir / "console-agent-returned-case.png"), full_page=True)
+
+    # The dispatchers see it waiting in their queue.
+    dispatcher = new_page(browser, problems)
+    sign_in(dispatcher, stack, create_staff(stack, "supervisor", display_name="值班周"))
+    dispatcher.goto(f"{stack.app_url}/console/queue")
+    expect(dispatcher.locator("main")).to_contain_text(number)
+    assert [p for p in problems if "status of 404" not in p] == [], problems
