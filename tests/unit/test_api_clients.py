@@ -38,7 +38,14 @@ def test_a_new_key_is_random_marked_and_carries_its_prefix() -> None:
 
 @pytest.mark.parametrize(
     "key",
-    ["", "Bearer", "c12345_1a2b3c4d", "c12345_1a2b3c4d_short", "x12345_1a2b3c4d_" + "a" * 43, "c12345_ZZZZ_" + "a" * 43],
+    [
+        "",
+        "Bearer",
+        "c12345_1a2b3c4d",
+        "c12345_1a2b3c4d_short",
+        "x12345_1a2b3c4d_" + "a" * 43,
+        "c12345_ZZZZ_" + "a" * 43,
+    ],
 )
 def test_malformed_keys_have_no_prefix(key: str) -> None:
     assert api_clients.key_prefix(key) is None
