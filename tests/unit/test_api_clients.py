@@ -146,3 +146,22 @@ async def test_last_used_is_written_at_most_once_a_minute(sessions: Sessions) ->
     assert await last_used() == first
     await authenticate(sessions, issued.key, now=first + timedelta(seconds=61))
     assert await last_used() == first + timedelta(seconds=61)
+
+
+def test_a_transition_body_may_not_name_its_actor() -> None:
+    from crm_backend.api import TransitionRequest
+
+    assert TransitionRequest.parse({"to": "dispatched"}) == TransitionRequest("dispatched", "", None)
+    with pytest.raises(InvalidInput) as refused:
+        TransitionRequest.parse({"to": "dispatched", "actor": "王局长"})
+    assert refused.value.reason == "actor_not_accepted"
+
+
+def test_a_long_case_list_is_audited_in_rows_that_each_fit() -> None:
+    from crm_backend.api import _chunks
+
+    numbers = [f"20261204-{n:04d}" for n in range(1, 201)]
+    runs = _chunks(numbers, 1900)
+    assert len(runs) == 2 and all(len(run) <= 1900 for run in runs)
+    assert " ".join(runs).split() == numbers
+    assert _chunks([], 1900) == []
