@@ -160,3 +160,18 @@ def test_stats_count_cases_by_status(stack: Stack, sender: str) -> None:
     gained = {k: after["cases_by_status"][k] - v for k, v in before["cases_by_status"].items()}
     assert sorted(gained.values()) == [0] * (len(gained) - 1) + [1]
     assert after["messages"] > before["messages"]
+
+
+def test_reading_a_conversations_messages_is_audited_under_the_clients_name(
+    stack: Stack, sender: str, reader_key: str
+) -> None:
+    stack.rest(sender, "你好")
+    with database(stack) as connection:
+        (conversation_id,) = connection.execute(
+            "SELECT conversation.id FROM conversation JOIN channel_identity ON channel_identity.id = "
+            "conversation.identity_id WHERE channel_identity.external_id = ?",
+            (sender,),
+        ).fetchone()
+    resp = stack.api("GET", f"/conversations/{conversation_id}/messages", key=reader_key)
+    assert resp.status_code == 200 and resp.json()["messages"][0]["text"] == "你好"
+    assert ("conversation.view", f"conversation:{conversation_id}") in audit_rows(stack, "api:dashboard")
