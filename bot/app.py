@@ -122,7 +122,7 @@ async def init_app(settings: Settings) -> web.Application:
         archive_after=timedelta(hours=settings.followup_archive_hours),
         interval_seconds=settings.followup_check_seconds,
     )
-    CrmApi(sessions, settings.api_token, notifier, feed, followups).add_routes(app)
+    CrmApi(sessions, notifier, feed, followups).add_routes(app)
     add_console(
         app,
         sessions,

@@ -1,7 +1,9 @@
-"""Operator commands: ``python -m crm_backend {migrate,stats,create-user}``.
+"""Operator commands: ``python -m crm_backend {migrate,stats,create-user,create-api-client,revoke-api-client}``.
 
 ``create-user`` reads the password from a prompt (twice) or, when standard input is not a
 terminal, from its first line, never from an argument that would land in shell history.
+``create-api-client`` prints the new client's key, alone, on standard output (so a script can
+capture it) and a note on standard error; the key is not stored and cannot be shown again.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from crm_backend.db import create_engine, create_sessionmaker, upgrade_database
 from crm_backend.dispatch.routing import seed_routing
 from crm_backend.errors import CrmError
 from crm_backend.lifecycle import STATUS_LABELS, CaseStatus, Role
-from crm_backend.services import audit, staff
+from crm_backend.services import api_clients, audit, staff
+from crm_backend.services.api_clients import ApiScope
 from crm_backend.services.stats import collect_stats
 from crm_backend.settings import database_url_from_env
 
@@ -45,6 +48,27 @@ async def _create_user(database_url: str, args: argparse.Namespace, password: st
             )
             audit.record(session, None, "user.create", user.username, user.role, actor_name="cli")
             return user.username
+    finally:
+        await engine.dispose()
+
+
+async def _create_api_client(database_url: str, name: str, scope: str) -> api_clients.IssuedKey:
+    engine = create_engine(database_url)
+    try:
+        async with create_sessionmaker(engine).begin() as session:
+            issued = await api_clients.create_client(session, name=name, scope=scope, created_by="cli")
+            audit.record(session, None, "api_client.create", issued.client.name, issued.client.scope, actor_name="cli")
+            return issued
+    finally:
+        await engine.dispose()
+
+
+async def _revoke_api_client(database_url: str, name: str) -> None:
+    engine = create_engine(database_url)
+    try:
+        async with create_sessionmaker(engine).begin() as session:
+            client = await api_clients.revoke_client(session, (await api_clients.client_named(session, name)).id)
+            audit.record(session, None, "api_client.revoke", client.name, client.key_prefix, actor_name="cli")
     finally:
         await engine.dispose()
 
@@ -81,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--display-name", help="the name citizens see on replies (default: the username)")
     create.add_argument("--role", required=True, choices=[role.value for role in Role])
     create.add_argument("--department", help="department code, required for agents (e.g. A-hotline)")
+    client = commands.add_parser("create-api-client", help="add an /api/v1 client; prints its key once")
+    client.add_argument("--name", required=True, help="3-32 lower-case letters, digits, . _ - (audited as api:NAME)")
+    client.add_argument("--scope", required=True, choices=[scope.value for scope in ApiScope])
+    revoke = commands.add_parser("revoke-api-client", help="refuse an /api/v1 client's key from now on")
+    revoke.add_argument("--name", required=True)
     args = parser.parse_args(argv)
 
     database_url = database_url_from_env()
@@ -95,6 +124,29 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 1
         print(f"created {args.role} {username}")
+        return 0
+    if args.command == "create-api-client":
+        upgrade_database(database_url)
+        try:
+            issued = asyncio.run(_create_api_client(database_url, args.name, args.scope))
+        except CrmError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(
+            f"created {issued.client.scope} API client {issued.client.name} ({issued.client.key_prefix}); "
+            "its key follows and is shown only this once",
+            file=sys.stderr,
+        )
+        print(issued.key)
+        return 0
+    if args.command == "revoke-api-client":
+        upgrade_database(database_url)
+        try:
+            asyncio.run(_revoke_api_client(database_url, args.name))
+        except CrmError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(f"revoked API client {args.name}")
         return 0
     upgrade_database(database_url)
     result = asyncio.run(_stats(database_url))

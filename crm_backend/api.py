@@ -1,11 +1,17 @@
 """The CRM's HTTP API under /api/v1, for staff tools and integrations.
 
-Every route needs ``Authorization: Bearer $API_TOKEN`` (staff accounts arrive with the
-console). Phone numbers are masked: nothing here needs them whole.
+Every route needs ``Authorization: Bearer <key>`` with the key of an API client (made by an
+admin in the console or with ``python -m crm_backend create-api-client``). A read client may
+only read; changes need a write client. Every read of personal data and every change is
+audited under the client's name (``api:<name>``), which is also the actor of the case
+history. Phone numbers are masked: nothing here needs them whole.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -13,16 +19,18 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_backend.console.feed import LiveEvent, LiveFeed
 from crm_backend.errors import InvalidInput, NotFound
-from crm_backend.http import client_address, json_response, read_json_object, require_bearer
+from crm_backend.http import client_address, json_response, read_json_object
 from crm_backend.lifecycle import CaseStatus
 from crm_backend.models import CaseEvent, Conversation, Message, RoutingDecision, ServiceCase
-from crm_backend.services import cases, handoff
+from crm_backend.services import api_clients, audit, cases, handoff
+from crm_backend.services.api_clients import ApiCaller, ApiScope
 from crm_backend.services.conversations import conversation_history
 from crm_backend.services.moves import Actor, CaseNotices, move_case
 from crm_backend.services.stats import collect_stats
 from crm_backend.validation import mask_phone
 
 MAX_REPLY_CHARS = 4000
+AUDIT_DETAIL_CHARS = 1900  # an audit row's detail holds 2000; case lists are split below that
 
 
 class ConversationNotifier(Protocol):
@@ -110,19 +118,85 @@ def _path_id(request: web.Request) -> int:
         raise NotFound("conversation") from error
 
 
+def bearer_key(request: web.Request) -> str:
+    """The key in ``Authorization: Bearer <key>``; empty if there is none."""
+    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    return key.strip() if scheme.lower() == "bearer" else ""
+
+
+@dataclass(frozen=True)
+class TransitionRequest:
+    """A parsed request to move a case: the operation, a note, and a department code for 派单/改派."""
+
+    action: str
+    note: str
+    department: str | None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> TransitionRequest:
+        """Raises InvalidInput for wrong types, a raw status (``to``) or an ``actor``: the client is the actor."""
+        if "actor" in data:
+            raise InvalidInput("actor_not_accepted", "actor is the API client's name and cannot be set")
+        if "to" in data:
+            raise InvalidInput("bad_body", "name an operation in action (e.g. accept), not a status")
+        action, note, department = data.get("action"), data.get("note", ""), data.get("department")
+        if not isinstance(action, str) or not isinstance(note, str):
+            raise InvalidInput("bad_body", "action and note must be strings")
+        if department is not None and not isinstance(department, str):
+            raise InvalidInput("bad_body", "department must be a department code")
+        return cls(action, note, department)
+
+
+def _chunks(words: list[str], limit: int) -> list[str]:
+    """Space-joined runs of `words`, each at most `limit` characters (an empty list gives none)."""
+    runs: list[str] = []
+    for word in words:
+        if runs and len(runs[-1]) + 1 + len(word) <= limit:
+            runs[-1] += " " + word
+        else:
+            runs.append(word)
+    return runs
+
+
+ApiHandler = Callable[["CrmApi", web.Request, ApiCaller], Awaitable[web.StreamResponse]]
+
+
+def authenticated(
+    scope: ApiScope,
+) -> Callable[[ApiHandler], Callable[[CrmApi, web.Request], Awaitable[web.StreamResponse]]]:
+    """Guard an API handler: a live client's key, with a scope that covers `scope`.
+
+    The handler gets the caller as its third argument.
+
+    Raises:
+        Unauthenticated: no key, an unknown key or a revoked one (401).
+        Forbidden: a read client on a write route (403).
+    """
+
+    def decorate(handler: ApiHandler) -> Callable[[CrmApi, web.Request], Awaitable[web.StreamResponse]]:
+        @functools.wraps(handler)
+        async def guarded(api: CrmApi, request: web.Request) -> web.StreamResponse:
+            async with api.sessions.begin() as session:
+                caller = await api_clients.authenticate(session, bearer_key(request))
+            caller.require(scope)
+            return await handler(api, request, caller)
+
+        return guarded
+
+    return decorate
+
+
 class CrmApi:
     """Routes of /api/v1."""
 
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        token: str,
         notifier: ConversationNotifier,
         feed: LiveFeed | None = None,
         watcher: CaseNotices | None = None,
     ) -> None:
-        self._sessions = sessions
-        self._token = token
+        self.sessions = sessions
         self._notifier = notifier
         self._feed = feed  # open consoles hear about replies and hand-backs made through the API
         self._watcher = watcher  # citizens hear about status changes made through the API
@@ -137,56 +211,68 @@ class CrmApi:
         app.router.add_post("/api/v1/conversations/{conversation_id}/replies", self.reply)
         app.router.add_post("/api/v1/conversations/{conversation_id}/release", self.release)
 
-    async def stats(self, request: web.Request) -> web.Response:
-        require_bearer(request, self._token)
-        async with self._sessions() as session:
+    @authenticated(ApiScope.READ)
+    async def stats(self, request: web.Request, caller: ApiCaller) -> web.Response:
+        async with self.sessions() as session:
             return json_response(await collect_stats(session))
 
-    async def list_cases(self, request: web.Request) -> web.Response:
-        require_bearer(request, self._token)
-        async with self._sessions() as session:
+    @authenticated(ApiScope.READ)
+    async def list_cases(self, request: web.Request, caller: ApiCaller) -> web.Response:
+        async with self.sessions.begin() as session:
             rows = await cases.list_cases(
                 session,
                 status=request.query.get("status"),
                 limit=_int_param(request, "limit", 50) or 50,
                 before_id=_int_param(request, "before_id", None),
             )
+            numbers = [case.case_number for case in rows]
+            for run in _chunks(numbers, AUDIT_DETAIL_CHARS):  # descriptions are personal data
+                audit.record(
+                    session,
+                    None,
+                    "case.list",
+                    request.query.get("status", ""),
+                    run,
+                    address=client_address(request),
+                    actor_name=caller.actor,
+                )
         return json_response({"cases": [case_json(case) for case in rows]})
 
-    async def get_case(self, request: web.Request) -> web.Response:
-        require_bearer(request, self._token)
-        async with self._sessions() as session:
+    @authenticated(ApiScope.READ)
+    async def get_case(self, request: web.Request, caller: ApiCaller) -> web.Response:
+        async with self.sessions.begin() as session:
             case = await cases.get_case(session, request.match_info["case_number"], with_events=True)
             body = case_json(case, events=list(case.events))
             body["routing"] = [routing_json(decision) for decision in await cases.routing_decisions(session, case)]
-            duplicate_of = await cases.case_number_of(session, case.duplicate_of_id)
-            body["duplicate_of"] = duplicate_of
-            return json_response(body)
+            body["duplicate_of"] = await cases.case_number_of(session, case.duplicate_of_id)
+            audit.record(
+                session, None, "case.view", case.case_number, address=client_address(request), actor_name=caller.actor
+            )
+        return json_response(body)
 
-    async def transition(self, request: web.Request) -> web.Response:
-        require_bearer(request, self._token)
-        data = await read_json_object(request)
-        action, note, department = data.get("action"), data.get("note", ""), data.get("department")
-        if "to" in data or "actor" in data:
-            raise InvalidInput("bad_body", "name an operation in action (e.g. accept); the actor is the API client")
-        if not isinstance(action, str) or not isinstance(note, str):
-            raise InvalidInput("bad_body", "action and note must be strings")
-        if department is not None and not isinstance(department, str):
-            raise InvalidInput("bad_body", "department must be a department code")
-        actor = Actor.api_client("api", client_address(request))
-        async with self._sessions.begin() as session:
+    @authenticated(ApiScope.WRITE)
+    async def transition(self, request: web.Request, caller: ApiCaller) -> web.Response:
+        change = TransitionRequest.parse(await read_json_object(request))
+        actor = Actor.api_client(caller.name, client_address(request))
+        async with self.sessions.begin() as session:
             case = await cases.get_case(session, request.match_info["case_number"])
-            department_id = await cases.department_id_by_code(session, department) if department else None
+            department_id = await cases.department_id_by_code(session, change.department) if change.department else None
             move = await move_case(
-                session, actor, case, action, note=note, department_id=department_id, notices=self._watcher
+                session,
+                actor,
+                case,
+                change.action,
+                note=change.note,
+                department_id=department_id,
+                notices=self._watcher,
             )
         if self._watcher is not None:
             self._watcher.deliver(move.notice)
-        return json_response(case_json(case))
+        return json_response(case_json(move.case))
 
-    async def waiting_conversations(self, request: web.Request) -> web.Response:
-        require_bearer(request, self._token)
-        async with self._sessions() as session:
+    @authenticated(ApiScope.READ)
+    async def waiting_conversations(self, request: web.Request, caller: ApiCaller) -> web.Response:
+        async with self.sessions() as session:
             rows = await handoff.waiting_conversations(session)
         return json_response(
             {
@@ -204,17 +290,25 @@ class CrmApi:
             }
         )
 
-    async def messages(self, request: web.Request) -> web.Response:
-        require_bearer(request, self._token)
-        async with self._sessions() as session:
+    @authenticated(ApiScope.READ)
+    async def messages(self, request: web.Request, caller: ApiCaller) -> web.Response:
+        async with self.sessions.begin() as session:
             conversation = await session.get(Conversation, _path_id(request))
             if conversation is None:
                 raise NotFound("conversation")
             history = await conversation_history(session, conversation)
+            audit.record(
+                session,
+                None,
+                "conversation.view",
+                f"conversation:{conversation.id}",
+                address=client_address(request),
+                actor_name=caller.actor,
+            )
         return json_response({"messages": [message_json(message) for message in history]})
 
-    async def reply(self, request: web.Request) -> web.Response:
-        require_bearer(request, self._token)
+    @authenticated(ApiScope.WRITE)
+    async def reply(self, request: web.Request, caller: ApiCaller) -> web.Response:
         data = await read_json_object(request)
         text, staff_name = data.get("text"), data.get("staff_name")
         if not isinstance(text, str) or not text.strip() or len(text) > MAX_REPLY_CHARS:
@@ -223,21 +317,45 @@ class CrmApi:
             raise InvalidInput("bad_staff_name", "staff_name must be a display name of 1-32 characters")
         conversation_id = _path_id(request)
         delivered = await self._notifier.staff_reply(conversation_id, text, staff_name)
+        # The notifier logs the reply in its own transaction; the audit row follows it.
+        await self._audit(request, caller, "conversation.reply", conversation_id, f"as {staff_name}")
         await self._tell_consoles("reply", conversation_id)
         return json_response({"delivered_live": delivered}, status=201)
 
-    async def release(self, request: web.Request) -> web.Response:
-        require_bearer(request, self._token)
-        async with self._sessions.begin() as session:
+    @authenticated(ApiScope.WRITE)
+    async def release(self, request: web.Request, caller: ApiCaller) -> web.Response:
+        async with self.sessions.begin() as session:
             conversation = await handoff.release_to_bot(session, _path_id(request))
+            audit.record(
+                session,
+                None,
+                "conversation.release",
+                f"conversation:{conversation.id}",
+                address=client_address(request),
+                actor_name=caller.actor,
+            )
         await self._notifier.handoff_ended(conversation.id)
         await self._tell_consoles("released", conversation.id)
         return json_response({"id": conversation.id, "handoff_status": conversation.handoff_status})
 
+    async def _audit(
+        self, request: web.Request, caller: ApiCaller, action: str, conversation_id: int, detail: str = ""
+    ) -> None:
+        async with self.sessions.begin() as session:
+            audit.record(
+                session,
+                None,
+                action,
+                f"conversation:{conversation_id}",
+                detail,
+                address=client_address(request),
+                actor_name=caller.actor,
+            )
+
     async def _tell_consoles(self, kind: str, conversation_id: int) -> None:
         if self._feed is None:
             return
-        async with self._sessions() as session:
+        async with self.sessions() as session:
             conversation = await session.get(Conversation, conversation_id)
         if conversation is not None:
             self._feed.publish(LiveEvent(kind, conversation_id, conversation.department_id))

@@ -41,3 +41,15 @@ class LookupThrottled(CrmError):
     """Too many failed progress queries from one sender; try again later."""
 
     code = "throttled"
+
+
+class Unauthenticated(CrmError):
+    """A caller with no credential, or one that is unknown or revoked."""
+
+    code = "unauthorized"
+
+
+class Forbidden(CrmError):
+    """A known caller asking for something its grant does not cover."""
+
+    code = "forbidden"

@@ -13,11 +13,13 @@ from aiohttp import web
 
 from crm_backend.errors import (
     CrmError,
+    Forbidden,
     InvalidInput,
     InvalidTransition,
     LookupThrottled,
     MalformedRequest,
     NotFound,
+    Unauthenticated,
 )
 
 logger = logging.getLogger(__name__)
@@ -25,6 +27,8 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _STATUS_FOR_CRM_ERROR: dict[type[CrmError], int] = {
     MalformedRequest: 400,
+    Unauthenticated: 401,
+    Forbidden: 403,
     NotFound: 404,
     InvalidInput: 422,
     InvalidTransition: 409,
@@ -52,7 +56,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except CrmError as error:
         status = next((s for cls, s in _STATUS_FOR_CRM_ERROR.items() if isinstance(error, cls)), 400)
-        return json_error(status, error.code, str(error))
+        response = json_error(status, error.code, str(error))
+        if status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
     except web.HTTPException as error:
         if error.content_type == "application/json" or error.status < 400:
             raise

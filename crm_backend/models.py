@@ -331,6 +331,27 @@ class AuditEntry(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class ApiClient(Base):
+    """An integration that calls /api/v1 with its own key; the table keeps only the key's SHA-256.
+
+    The key is shown once, when the client is made. ``key_prefix`` (the key's first, non-secret
+    part) finds the row and tells staff which key is which; revoking a client refuses its key at
+    once, and the row stays so the audit log's ``api:<name>`` keeps meaning someone.
+    """
+
+    __tablename__ = "api_client"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(32), unique=True)
+    scope: Mapped[str] = mapped_column(String(8))  # read | write
+    key_prefix: Mapped[str] = mapped_column(String(32), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(64))  # a staff username, or "cli"
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
 class ExtensionRequest(Base):
     """延期: a department asks for more working days; a supervisor approves or refuses."""
 

@@ -47,7 +47,6 @@ class Settings:
     database_url: str
     engine_token: str
     action_token: str
-    api_token: str
     rest_channel_token: str
     engine_timeout_seconds: float
     allowed_origins: tuple[str, ...]
@@ -92,7 +91,6 @@ class Settings:
             database_url=database_url_from_env(env),
             engine_token=secret("ENGINE_TOKEN"),
             action_token=secret("ACTION_TOKEN"),
-            api_token=secret("API_TOKEN"),
             rest_channel_token=secret("REST_CHANNEL_TOKEN"),
             engine_timeout_seconds=number("ENGINE_TIMEOUT_SECONDS", "5"),
             allowed_origins=origins,

@@ -8,6 +8,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_backend.console.admin import AdminViews
+from crm_backend.console.api_clients import ApiClientViews
 from crm_backend.console.cases import CaseViews
 from crm_backend.console.conversations import ChannelNotifier, ConversationViews, SlotReader
 from crm_backend.console.feed import LiveFeed
@@ -36,5 +37,6 @@ def add_console(
     ConversationViews(base, feed, notifier, engine, desk).add_routes(app)
     CaseViews(base, notifier, districts, watcher).add_routes(app)
     AdminViews(base, districts).add_routes(app)
+    ApiClientViews(base).add_routes(app)
     KnowledgeViews(base).add_routes(app)
     app.router.add_static("/console/static/", STATIC_DIR, append_version=False)

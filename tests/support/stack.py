@@ -67,10 +67,10 @@ class Stack:
     engine_timeout_seconds: float = 5.0
     secrets: dict[str, str] = field(
         default_factory=lambda: {
-            name: secrets.token_urlsafe(24)
-            for name in ("ENGINE_TOKEN", "ACTION_TOKEN", "API_TOKEN", "REST_CHANNEL_TOKEN")
+            name: secrets.token_urlsafe(24) for name in ("ENGINE_TOKEN", "ACTION_TOKEN", "REST_CHANNEL_TOKEN")
         }
     )
+    api_key: str | None = None  # a write client's key for `api()`, made on first use
     engine_proc: subprocess.Popen[bytes] | None = None
     app_proc: subprocess.Popen[bytes] | None = None
 
@@ -172,6 +172,7 @@ class Stack:
             rasa_port=self.rasa_port,
             database_url=self.database_url,
             secrets=self.secrets,
+            api_key=self.api_key,
         )
 
     def start(self) -> None:
@@ -211,6 +212,26 @@ class Stack:
         resp.raise_for_status()
         return resp.json()
 
-    def api(self, method: str, path: str, **kwargs) -> requests.Response:  # type: ignore[no-untyped-def]
-        headers = {"Authorization": f"Bearer {self.secrets['API_TOKEN']}", **kwargs.pop("headers", {})}
+    def create_api_client(self, name: str, scope: str = "write") -> str:
+        """A new /api/v1 client made with the operator's command; returns its key."""
+        done = subprocess.run(
+            [str(APP_PYTHON), "-m", "crm_backend", "create-api-client", "--name", name, "--scope", scope],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"create-api-client failed: {done.stderr}")
+        return done.stdout.strip().splitlines()[-1]
+
+    def api(self, method: str, path: str, *, key: str | None = None, **kwargs) -> requests.Response:  # type: ignore[no-untyped-def]
+        """A call to /api/v1 with `key`, or else with this stack's own write client."""
+        if key is None:
+            if self.api_key is None:
+                self.api_key = self.create_api_client(f"stack-{self.app_port}")
+            key = self.api_key
+        headers = {"Authorization": f"Bearer {key}", **kwargs.pop("headers", {})}
         return requests.request(method, f"{self.app_url}/api/v1{path}", headers=headers, timeout=30, **kwargs)

@@ -18,7 +18,7 @@ from crm_backend.settings import PROJECT_ROOT, Settings, SettingsError, database
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = ROOT / ".venv" / "bin" / "python"
-SECRET_NAMES = ("ENGINE_TOKEN", "ACTION_TOKEN", "API_TOKEN", "REST_CHANNEL_TOKEN")
+SECRET_NAMES = ("ENGINE_TOKEN", "ACTION_TOKEN", "REST_CHANNEL_TOKEN")
 STATUSES = ("received", "dispatched", "accepted", "in_progress", "resolved", "reviewed", "archived", "returned")
 
 
@@ -61,7 +61,6 @@ def test_settings_read_secrets_and_defaults() -> None:
     settings = Settings.from_env(make_env())
     assert settings.engine_token == "engine_token-0123456789abcdef"
     assert settings.action_token == "action_token-0123456789abcdef"
-    assert settings.api_token == "api_token-0123456789abcdef"
     assert settings.rest_channel_token == "rest_channel_token-0123456789abcdef"
     assert (settings.app_host, settings.app_port) == ("127.0.0.1", 8000)
     assert settings.rasa_url == "http://127.0.0.1:5005"
@@ -85,8 +84,15 @@ def test_a_short_secret_is_refused(name: str, value: str) -> None:
 
 
 def test_a_secret_of_exactly_sixteen_characters_is_accepted_and_stripped() -> None:
-    settings = Settings.from_env(make_env(API_TOKEN="  " + "k" * 16 + "\n"))
-    assert settings.api_token == "k" * 16
+    settings = Settings.from_env(make_env(REST_CHANNEL_TOKEN="  " + "k" * 16 + "\n"))
+    assert settings.rest_channel_token == "k" * 16
+
+
+def test_no_shared_api_token_is_needed_or_kept() -> None:
+    """/api/v1 takes per-client keys; a left-over API_TOKEN opens nothing."""
+    settings = Settings.from_env(make_env(API_TOKEN="left-over-0123456789abcdef"))
+    assert "left-over-0123456789abcdef" not in repr(settings)
+    assert not hasattr(settings, "api_token")
 
 
 def test_ports_hosts_and_origins_are_read() -> None:
@@ -237,3 +243,42 @@ def test_create_user_has_no_password_argument(tmp_path: Path) -> None:
         database=tmp_path / "crm.db", stdin="",
     )  # fmt: skip
     assert done.returncode == 2 and "unrecognized arguments" in done.stderr
+
+
+async def test_create_api_client_prints_a_key_once_that_authenticates_and_revoke_refuses_it(
+    tmp_path: Path, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    from crm_backend.errors import Unauthenticated
+    from crm_backend.services import api_clients
+
+    database = tmp_path / "crm.db"  # the `sessions` fixture's database
+    done = await asyncio.to_thread(
+        run_cli, "create-api-client", "--name", "ticket-sync", "--scope", "write", database=database
+    )
+    assert done.returncode == 0, done.stderr
+    key = done.stdout.strip()
+    assert key.startswith("c12345_") and "\n" not in key and "shown only this once" in done.stderr
+    async with sessions.begin() as session:
+        caller = await api_clients.authenticate(session, key)
+    assert (caller.name, caller.scope) == ("ticket-sync", "write")
+    with sqlite3.connect(database) as connection:
+        stored = connection.execute("SELECT key_hash, created_by FROM api_client").fetchall()
+    assert stored == [(api_clients.key_hash(key), "cli")] and key not in str(stored)
+
+    taken = await asyncio.to_thread(
+        run_cli, "create-api-client", "--name", "ticket-sync", "--scope", "read", database=database
+    )
+    assert taken.returncode == 1 and "已被使用" in taken.stderr and not taken.stdout
+    revoked = await asyncio.to_thread(run_cli, "revoke-api-client", "--name", "ticket-sync", database=database)
+    assert revoked.returncode == 0, revoked.stderr
+    with pytest.raises(Unauthenticated):
+        async with sessions.begin() as session:
+            await api_clients.authenticate(session, key)
+    with sqlite3.connect(database) as connection:
+        audited = connection.execute("SELECT actor, action, target FROM audit_entry ORDER BY id").fetchall()
+    assert audited == [("cli", "api_client.create", "ticket-sync"), ("cli", "api_client.revoke", "ticket-sync")]
+
+
+def test_create_api_client_refuses_an_unknown_scope(tmp_path: Path) -> None:
+    done = run_cli("create-api-client", "--name", "x-sync", "--scope", "admin", database=tmp_path / "crm.db")
+    assert done.returncode == 2 and "invalid choice" in done.stderr
