@@ -362,6 +362,42 @@ async def test_the_owner_is_not_throttled_by_their_own_failures_elsewhere(sessio
     assert await lookup(sessions, case.case_number, sender_key="web:owner", identity=owner) is not None
 
 
+async def add_event(sessions: Sessions, case: ServiceCase, kind: str, note: str, at: datetime) -> None:
+    async with sessions.begin() as session:
+        session.add(
+            CaseEvent(
+                case_id=case.id,
+                from_status=CaseStatus.DISPATCHED.value,
+                to_status=CaseStatus.DISPATCHED.value,
+                kind=kind,
+                note=note,
+                actor="staff:li",
+                created_at=at,
+            )
+        )
+
+
+@pytest.mark.parametrize("kind", ["note", "extension", "supervise"])
+async def test_progress_never_reads_out_an_internal_event(sessions: Sessions, kind: str) -> None:
+    """Internal notes, 延期 reasons and 督办 remarks stay inside; the last status change is shown."""
+    owner = await new_identity(sessions, "owner")
+    case = await file(sessions, owner)
+    await add_event(sessions, case, "status", "已派至区市政", NOW)
+    await add_event(sessions, case, kind, "内部：投诉人情绪激动，注意沟通", NOW + timedelta(hours=1))
+    progress = await lookup(sessions, case.case_number, sender_key="web:owner", identity=owner)
+    assert progress is not None
+    assert (progress.latest_note, progress.updated_at) == ("已派至区市政", NOW)
+
+
+async def test_progress_reads_out_a_staff_reply_to_the_citizen(sessions: Sessions) -> None:
+    owner = await new_identity(sessions, "owner")
+    case = await file(sessions, owner)
+    await add_event(sessions, case, "reply", "已联系施工队，明天修复", NOW)
+    await add_event(sessions, case, "note", "施工队电话 010-1234", NOW + timedelta(minutes=5))
+    progress = await lookup(sessions, case.case_number, sender_key="web:owner", identity=owner)
+    assert progress is not None and progress.latest_note == "已联系施工队，明天修复"
+
+
 # --- conversations -----------------------------------------------------------
 
 
