@@ -41,3 +41,12 @@ class LookupThrottled(CrmError):
     """Too many failed progress queries from one sender; try again later."""
 
     code = "throttled"
+
+
+class CaseProofLocked(LookupThrottled):
+    """Too many failed digit proofs against this case number: closed to them for a while.
+
+    Raised for a number whether or not a case has it, so the refusal tells nothing.
+    """
+
+    code = "case_locked"

@@ -8,11 +8,9 @@ citizen once. A global hourly ceiling of failures leaves one audit row an hour f
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aiohttp
 import pytest
 from rasa_sdk.executor import CollectingDispatcher
 from sqlalchemy import select
@@ -20,13 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from actions.account import ActionLinkAccount
 from actions.progress import ActionCheckProgress
-from bot.engine import EngineClient
-from bot.followup import CaseFollowup
-from bot.hub import ConversationHub
-from bot.notifier import ChannelNotifier
 from bot.proof_alarm import ProofAlarm
-from bot.responses import Responses
-from crm_backend.console.feed import LiveFeed
 from crm_backend.errors import CaseProofLocked, LookupThrottled
 from crm_backend.models import AuditEntry, ChannelIdentity, Conversation, Message
 from crm_backend.services import linking
@@ -40,7 +32,7 @@ from crm_backend.services.lookup import (
     lookup_progress,
     note_proof_ceiling,
 )
-from tests.unit.test_actions import DOMAIN, ROOT, make_tracker, rendered, responses
+from tests.unit.test_actions import DOMAIN, make_tracker, rendered, responses
 from tests.unit.test_handoff_actions import SESSION_START, tracker_for, user
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -104,25 +96,6 @@ async def fail_from_fresh_senders(
 ) -> None:
     for i in range(count):
         assert await lookup(sessions, case_number, f"web:guesser-{i}", WRONG, now=now) is None
-
-
-@pytest.fixture
-async def alarm(sessions: Sessions) -> AsyncIterator[ProofAlarm]:
-    """The app's alarm, built as the app builds it (nothing is started, nothing is sent)."""
-    responses_ = Responses.load(ROOT / "domain.yml")
-    async with aiohttp.ClientSession() as http:
-        engine = EngineClient(http, "http://127.0.0.1:9", "engine-token-for-tests", 1.0)
-        notifier = ChannelNotifier(sessions, ConversationHub(), responses_)
-        followups = CaseFollowup(
-            sessions,
-            engine,
-            notifier,
-            responses_,
-            remind_after=timedelta(hours=24),
-            archive_after=timedelta(hours=48),
-            interval_seconds=0,
-        )
-        yield ProofAlarm(followups, LiveFeed(), failures_per_hour=100)
 
 
 async def check_progress(alarm: ProofAlarm, sessions: Sessions, sender: str, number: str, digits: str | None) -> Any:
@@ -222,44 +195,50 @@ async def test_a_throttled_sender_is_still_told_so_first(sessions: Sessions) -> 
 # --- the replies and the alert --------------------------------------------------------------
 
 
-async def test_a_locked_reply_is_the_same_whether_the_case_exists_or_not(sessions: Sessions, alarm: ProofAlarm) -> None:
+async def test_a_locked_reply_is_the_same_whether_the_case_exists_or_not(
+    sessions: Sessions, proof_alarm: ProofAlarm
+) -> None:
     _, number = await owner_with_case(sessions)
     for i in range(MAX_PROOF_FAILURES_PER_CASE):
-        wrong = await check_progress(alarm, sessions, f"web:g-{i}", number, WRONG)
-        unknown = await check_progress(alarm, sessions, f"web:h-{i}", UNKNOWN, RIGHT)
+        wrong = await check_progress(proof_alarm, sessions, f"web:g-{i}", number, WRONG)
+        unknown = await check_progress(proof_alarm, sessions, f"web:h-{i}", UNKNOWN, RIGHT)
         assert responses(wrong) == responses(unknown) == ["utter_case_lookup_failed"]
-    real = await check_progress(alarm, sessions, "web:next", number, RIGHT)
-    made_up = await check_progress(alarm, sessions, "web:next-2", UNKNOWN, RIGHT)
+    real = await check_progress(proof_alarm, sessions, "web:next", number, RIGHT)
+    made_up = await check_progress(proof_alarm, sessions, "web:next-2", UNKNOWN, RIGHT)
     assert responses(real) == ["utter_case_proof_locked"]
     assert real.messages == made_up.messages
-    linked = await link_action(alarm, sessions, "web:linker", f"用工单号{number}和尾号{RIGHT}绑定")
+    linked = await link_action(proof_alarm, sessions, "web:linker", f"用工单号{number}和尾号{RIGHT}绑定")
     assert responses(linked) == ["utter_case_proof_locked"]
 
 
-async def test_the_alert_is_written_once_to_the_owners_conversation(sessions: Sessions, alarm: ProofAlarm) -> None:
+async def test_the_alert_is_written_once_to_the_owners_conversation(
+    sessions: Sessions, proof_alarm: ProofAlarm
+) -> None:
     owner, number = await owner_with_case(sessions)
     before = await outgoing_texts(sessions, owner)
     for i in range(3):
-        assert responses(await check_progress(alarm, sessions, f"web:g-{i}", number, WRONG)) == [
+        assert responses(await check_progress(proof_alarm, sessions, f"web:g-{i}", number, WRONG)) == [
             "utter_case_lookup_failed"
         ]
     for i in range(2):
-        refused = await link_action(alarm, sessions, f"web:l-{i}", f"用工单号{number}和尾号{WRONG}绑定")
+        refused = await link_action(proof_alarm, sessions, f"web:l-{i}", f"用工单号{number}和尾号{WRONG}绑定")
         assert responses(refused) == ["utter_link_invalid"]
     for i in range(3):  # refused while locked: no further failure, no second alert
-        assert responses(await check_progress(alarm, sessions, f"web:k-{i}", number, WRONG)) == [
+        assert responses(await check_progress(proof_alarm, sessions, f"web:k-{i}", number, WRONG)) == [
             "utter_case_proof_locked"
         ]
     alert = rendered({"response": "utter_case_proof_alert", "case_number": number})
     assert await outgoing_texts(sessions, owner) == [*before, alert]
-    assert responses(await check_progress(alarm, sessions, owner.sender_id, number, None)) == ["utter_case_progress"]
+    assert responses(await check_progress(proof_alarm, sessions, owner.sender_id, number, None)) == [
+        "utter_case_progress"
+    ]
 
 
-async def test_a_locked_unknown_number_alerts_nobody(sessions: Sessions, alarm: ProofAlarm) -> None:
+async def test_a_locked_unknown_number_alerts_nobody(sessions: Sessions, proof_alarm: ProofAlarm) -> None:
     owner, _ = await owner_with_case(sessions)
     before = await outgoing_texts(sessions, owner)
     for i in range(MAX_PROOF_FAILURES_PER_CASE):
-        await check_progress(alarm, sessions, f"web:g-{i}", UNKNOWN, RIGHT)
+        await check_progress(proof_alarm, sessions, f"web:g-{i}", UNKNOWN, RIGHT)
     assert await outgoing_texts(sessions, owner) == before
 
 
@@ -290,9 +269,9 @@ async def test_the_hourly_ceiling_leaves_one_audit_row_an_hour(sessions: Session
     assert len(await ceiling_rows(sessions)) == 2
 
 
-async def test_the_actions_raise_the_ceiling_through_the_alarm(sessions: Sessions, alarm: ProofAlarm) -> None:
-    low = ProofAlarm(alarm.followups, alarm.feed, failures_per_hour=2)
-    queue = alarm.feed.subscribe()
+async def test_the_actions_raise_the_ceiling_through_the_alarm(sessions: Sessions, proof_alarm: ProofAlarm) -> None:
+    low = ProofAlarm(proof_alarm.followups, proof_alarm.feed, failures_per_hour=2)
+    queue = proof_alarm.feed.subscribe()
     for i in range(4):
         await check_progress(low, sessions, f"web:spray-{i}", f"20990101-{i:04d}", WRONG)
     assert len(await ceiling_rows(sessions)) == 1

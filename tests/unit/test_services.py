@@ -35,8 +35,8 @@ from crm_backend.services.conversations import (
 from crm_backend.services.handoff import release_to_bot, request_handoff, waiting_conversations
 from crm_backend.services.intake import CHINA_TZ, MAX_DESCRIPTION_CHARS, Report, file_case, next_case_number
 from crm_backend.services.lookup import (
-    MAX_FAILURES_PER_CASE,
     MAX_FAILURES_PER_SENDER,
+    MAX_PROOF_FAILURES_PER_CASE,
     THROTTLE_WINDOW,
     CaseProgress,
     lookup_progress,
@@ -105,7 +105,7 @@ async def lookup(
 ) -> CaseProgress | None:
     """One progress query in its own committed transaction, as the action makes it."""
     async with sessions.begin() as session:
-        return await lookup_progress(
+        outcome = await lookup_progress(
             session,
             sender_key=sender_key,
             case_number=case_number,
@@ -113,6 +113,7 @@ async def lookup(
             identity=identity,
             now=now,
         )
+    return outcome.progress
 
 
 async def fail_lookups(
@@ -331,7 +332,8 @@ async def test_failures_older_than_the_window_no_longer_throttle(sessions: Sessi
     owner = await new_identity(sessions, "owner")
     case = await file(sessions, owner)
     earlier = NOW - THROTTLE_WINDOW - timedelta(minutes=1)
-    await fail_lookups(sessions, MAX_FAILURES_PER_SENDER, case.case_number, sender_keys=["web:g"], now=earlier)
+    for i in range(MAX_FAILURES_PER_SENDER):  # other numbers: the case's own counter would lock it
+        await fail_lookups(sessions, 1, f"20990101-{i:04d}", sender_keys=["web:g"], now=earlier)
     progress = await lookup(sessions, case.case_number, sender_key="web:g", phone_last4="5678", now=NOW)
     assert progress is not None
     with pytest.raises(LookupThrottled):
@@ -344,8 +346,8 @@ async def test_failures_spread_over_senders_throttle_the_case_for_strangers_but_
     owner = await new_identity(sessions, "owner")
     telegram = await other_identity_of(sessions, owner, "tg-7")
     case = await file(sessions, owner)
-    senders = [f"web:fresh-{i}" for i in range(MAX_FAILURES_PER_CASE)]
-    await fail_lookups(sessions, MAX_FAILURES_PER_CASE - 1, case.case_number, sender_keys=senders)
+    senders = [f"web:fresh-{i}" for i in range(MAX_PROOF_FAILURES_PER_CASE)]
+    await fail_lookups(sessions, MAX_PROOF_FAILURES_PER_CASE - 1, case.case_number, sender_keys=senders)
     assert await lookup(sessions, case.case_number, sender_key="web:new", phone_last4="5678") is not None
     await fail_lookups(sessions, 1, case.case_number, sender_keys=senders[-1:])
 
