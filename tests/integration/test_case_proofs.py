@@ -118,7 +118,7 @@ def call_action(app: Stack, name: str, sender: str, slots: dict[str, Any]) -> re
 
 def test_too_many_failed_proofs_in_an_hour_alert_supervisors_once(ceiling_app: Stack) -> None:
     supervisor = signed_in(ceiling_app, create_staff(ceiling_app, "supervisor"))
-    agent = signed_in(ceiling_app, create_staff(ceiling_app, "agent"))
+    agent = signed_in(ceiling_app, create_staff(ceiling_app, "agent", "A-housing"))
     assert SECURITY_BANNER not in supervisor.get("/cases").text
     for i in range(4):
         slots = {"case_number": f"20200101-{i:04d}", "phone_last4": "0000"}
