@@ -209,6 +209,7 @@ class LookupAttempt(Base):
     __table_args__ = (
         Index("ix_lookup_attempt_sender_created", "sender_key", "created_at"),
         Index("ix_lookup_attempt_case_created", "case_number", "created_at"),
+        Index("ix_lookup_attempt_created_at", "created_at"),  # the hourly ceiling counts every failure
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -1,7 +1,7 @@
 """case proof locks
 
-Failed digit proofs are counted per case number (an index for that count), and a number
-with too many is closed to them for a while (one row per number ever locked).
+Failed digit proofs are counted per case number and per hour city-wide (an index for each
+count), and a number with too many is closed to them for a while (one row per number ever locked).
 
 Revision ID: 0009
 Revises: 0007
@@ -29,10 +29,12 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("lookup_attempt", schema=None) as batch_op:
         batch_op.create_index("ix_lookup_attempt_case_created", ["case_number", "created_at"], unique=False)
+        batch_op.create_index("ix_lookup_attempt_created_at", ["created_at"], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("lookup_attempt", schema=None) as batch_op:
+        batch_op.drop_index("ix_lookup_attempt_created_at")
         batch_op.drop_index("ix_lookup_attempt_case_created")
 
     op.drop_table("case_proof_lock")
