@@ -51,20 +51,26 @@ async def system_notice(chat: ChatClient) -> str:
     return str(message["text"])
 
 
+async def link_by_case(stack: Stack, number: str, digits: str) -> list[str]:
+    """A fresh web chat session tries to join the case's citizen with these digits."""
+    async with open_chat(stack) as chat:
+        await chat.hello()
+        return texts(await chat.say(f"绑定工单 {number} 手机尾号 {digits}"))
+
+
 async def test_guessing_from_fresh_sessions_locks_the_case_and_tells_its_citizen(
     stack: Stack, owner: ChatClient
 ) -> None:
     number = await file_report(owner)
-    for _ in range(FAILURES_TO_LOCK):
+    # Linking by case (the takeover) and progress lookups count together.
+    assert await link_by_case(stack, number, "0000") == [utter("utter_link_invalid")]
+    for _ in range(FAILURES_TO_LOCK - 1):
         assert await ask_progress(stack, number, "0000") == [utter("utter_case_lookup_failed")]
 
     assert await system_notice(owner) == utter("utter_case_proof_alert", case_number=number)
-    # Another session with the right digits is refused now, as is linking with them.
+    # Another session with the right digits is refused now, for progress and for linking.
     assert await ask_progress(stack, number, PHONE[-4:]) == [utter("utter_case_proof_locked")]
-    async with open_chat(stack) as linker:
-        await linker.hello()
-        linked = await linker.say(f"用工单号{number}和尾号{PHONE[-4:]}绑定账号")
-        assert utter("utter_link_done") not in texts(linked)
+    assert await link_by_case(stack, number, PHONE[-4:]) == [utter("utter_case_proof_locked")]
     # The citizen who filed it still sees it, without digits.
     answer = texts(await owner.say(f"查询工单进度 {number}"))
     assert len(answer) == 1 and answer[0].startswith(f"工单 {number} 当前状态："), answer
