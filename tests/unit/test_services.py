@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from crm_backend.errors import CrmError, InvalidInput, InvalidTransition, LookupThrottled, NotFound
+from crm_backend.errors import CaseProofLocked, CrmError, InvalidInput, InvalidTransition, LookupThrottled, NotFound
 from crm_backend.lifecycle import CaseStatus
 from crm_backend.models import (
     Base,
@@ -340,7 +340,7 @@ async def test_failures_older_than_the_window_no_longer_throttle(sessions: Sessi
         await lookup(sessions, case.case_number, sender_key="web:g", phone_last4="5678", now=earlier)
 
 
-async def test_failures_spread_over_senders_throttle_the_case_for_strangers_but_not_the_owner(
+async def test_failures_spread_over_senders_lock_the_case_for_strangers_but_not_the_owner(
     sessions: Sessions,
 ) -> None:
     owner = await new_identity(sessions, "owner")
@@ -351,7 +351,7 @@ async def test_failures_spread_over_senders_throttle_the_case_for_strangers_but_
     assert await lookup(sessions, case.case_number, sender_key="web:new", phone_last4="5678") is not None
     await fail_lookups(sessions, 1, case.case_number, sender_keys=senders[-1:])
 
-    with pytest.raises(LookupThrottled):
+    with pytest.raises(CaseProofLocked):
         await lookup(sessions, case.case_number, sender_key="web:newer", phone_last4="5678")
     assert await lookup(sessions, case.case_number, sender_key="web:owner", identity=owner) is not None
     assert await lookup(sessions, case.case_number, sender_key="telegram:tg-7", identity=telegram) is not None
