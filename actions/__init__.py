@@ -10,6 +10,7 @@ from rasa_sdk import Action
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from actions.account import ActionLinkAccount, ActionListMyCases, ActionSetNotices
+from actions.common import ProofWatcher
 from actions.dispatch import ActionAskCategoryChoice, ActionAskDistrict, ActionAskReportConfirmed, ActionSubmitReport
 from actions.followup import ActionAskFollowup, ActionRecordRating, ValidateFollowupForm
 from actions.handoff import ActionFallback, ActionHandoff, ActionRejectAnswer
@@ -22,9 +23,10 @@ from crm_backend.services.knowledge import KnowledgeBase
 
 
 def build_actions(
-    sessions: async_sessionmaker[AsyncSession], desk: Dispatcher, knowledge: KnowledgeBase
+    sessions: async_sessionmaker[AsyncSession], desk: Dispatcher, knowledge: KnowledgeBase, proofs: ProofWatcher
 ) -> list[Action]:
-    """Every custom action, wired to the CRM database, the dispatch desk and the knowledge base.
+    """Every custom action, wired to the CRM database, the dispatch desk, the knowledge base and
+    the watcher of failed proofs (case digits, link codes).
 
     Raises:
         InvalidDutyHours: `STAFF_DUTY_HOURS` is set to something unreadable.
@@ -42,12 +44,12 @@ def build_actions(
         ActionStartProgress(),
         ValidateProgressForm(sessions),
         ActionAskCaseNumber(sessions),
-        ActionCheckProgress(sessions),
+        ActionCheckProgress(sessions, proofs),
         ActionHandoff(sessions, hours),
         ActionFallback(sessions, hours, answers=answers),
         ActionRejectAnswer(sessions, hours),
         ActionListMyCases(sessions),
-        ActionLinkAccount(sessions),
+        ActionLinkAccount(sessions, proofs),
         ActionSetNotices(sessions),
         ActionAskFollowup(),
         ValidateFollowupForm(),

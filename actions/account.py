@@ -11,8 +11,8 @@ from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from actions.common import entity_value, identity_and_conversation, latest_text
-from crm_backend.errors import LookupThrottled
+from actions.common import ProofWatcher, entity_value, identity_and_conversation, latest_text
+from crm_backend.errors import CaseProofLocked, LookupThrottled
 from crm_backend.lifecycle import CaseStatus
 from crm_backend.models import Citizen
 from crm_backend.services import linking
@@ -52,10 +52,13 @@ class ActionListMyCases(Action):
 
 class ActionLinkAccount(Action):
     """绑定账号: with a six-digit code (or a case number and the phone's last four digits)
-    this channel joins the citizen who was shown it; without, this channel gets a code."""
+    this channel joins the citizen who was shown it; without, this channel gets a code.
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    A failed attempt is told to the `watcher` in its own transaction, delivered after the commit."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], watcher: ProofWatcher) -> None:
         self.sessions = sessions
+        self.watcher = watcher
 
     def name(self) -> str:
         return "action_link_account"
@@ -65,6 +68,7 @@ class ActionLinkAccount(Action):
         case_number = parse_case_number(text)
         last_four = LAST_FOUR.search(text)
         code = None if case_number else parse_link_code(entity_value(tracker, "link_code") or text)
+        notice = None
         async with self.sessions.begin() as session:
             identity, _ = await identity_and_conversation(session, tracker)
             if identity is None:
@@ -83,9 +87,16 @@ class ActionLinkAccount(Action):
                 outcome = "utter_link_done"
             except linking.LinkRefused as refused:
                 outcome = "utter_link_same" if refused.reason == "same_citizen" else "utter_link_invalid"
+                if refused.failure is not None:
+                    notice = await self.watcher.record(session, refused.failure)
+            except CaseProofLocked:
+                logger.warning("link to a locked case number from sender %s", tracker.sender_id)
+                outcome = "utter_case_proof_locked"
             except LookupThrottled:
                 logger.warning("link attempts throttled for sender %s", tracker.sender_id)
                 outcome = "utter_lookup_throttled"
+        if notice is not None:
+            self.watcher.deliver(notice)
         dispatcher.utter_message(response=outcome)
         return []
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from rasa_sdk import Tracker
 from rasa_sdk.events import SlotSet
@@ -10,8 +10,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_backend.models import ChannelIdentity, Conversation
 from crm_backend.services.conversations import current_conversation, find_identity
+from crm_backend.services.lookup import ProofFailure
 
 HANDOFF_MARKER = {"handoff": True}
+
+
+class ProofWatcher(Protocol):
+    """Who hears of a failed proof (the app's `bot.proof_alarm.ProofAlarm`): the citizen of a case
+    it locked, supervisors when failures pass the hourly ceiling. `record` writes what is to be
+    said in the failure's own transaction; `deliver` sends it after the commit."""
+
+    async def record(self, session: AsyncSession, failure: ProofFailure) -> Any: ...
+
+    def deliver(self, notice: Any) -> None: ...
 
 
 def latest_text(tracker: Tracker) -> str:

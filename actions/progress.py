@@ -13,8 +13,8 @@ from rasa_sdk.types import DomainDict
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from actions.common import entity_value, latest_text, reset_slots
-from crm_backend.errors import LookupThrottled
+from actions.common import ProofWatcher, entity_value, latest_text, reset_slots
+from crm_backend.errors import CaseProofLocked, LookupThrottled
 from crm_backend.models import ServiceCase
 from crm_backend.services.conversations import find_identity
 from crm_backend.services.intake import CHINA_TZ
@@ -116,10 +116,15 @@ class ActionAskCaseNumber(Action):
 
 
 class ActionCheckProgress(Action):
-    """Looks the case up and tells the citizen where it stands, or the same neutral refusal."""
+    """Looks the case up and tells the citizen where it stands, or the same neutral refusal.
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    A failed proof is told to the `watcher` in its own transaction (it may have locked the case,
+    whose citizen is then alerted) and delivered after the commit.
+    """
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], watcher: ProofWatcher) -> None:
         self.sessions = sessions
+        self.watcher = watcher
 
     def name(self) -> str:
         return "action_check_progress"
@@ -130,20 +135,30 @@ class ActionCheckProgress(Action):
         if not case_number:
             dispatcher.utter_message(response="utter_case_lookup_failed")
             return events
+        notice = None
         try:
             async with self.sessions.begin() as session:
                 identity = await find_identity(session, tracker.sender_id)
-                progress = await lookup_progress(
+                outcome = await lookup_progress(
                     session,
                     sender_key=tracker.sender_id,
                     case_number=str(case_number),
                     phone_last4=tracker.get_slot("phone_last4"),
                     identity=identity,
                 )
+                if outcome.failure is not None:
+                    notice = await self.watcher.record(session, outcome.failure)
+        except CaseProofLocked:
+            logger.warning("progress lookup of a locked case number from sender %s", tracker.sender_id)
+            dispatcher.utter_message(response="utter_case_proof_locked")
+            return events
         except LookupThrottled:
             logger.warning("progress lookups throttled for sender %s", tracker.sender_id)
             dispatcher.utter_message(response="utter_lookup_throttled")
             return events
+        if notice is not None:
+            self.watcher.deliver(notice)
+        progress = outcome.progress
         if progress is None:
             dispatcher.utter_message(response="utter_case_lookup_failed")
             return events

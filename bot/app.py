@@ -28,6 +28,7 @@ from bot.followup import CaseFollowup
 from bot.hub import ConversationHub
 from bot.notifier import ChannelNotifier
 from bot.pipeline import MessagePipeline
+from bot.proof_alarm import ProofAlarm
 from bot.responses import Responses
 from crm_backend.api import CrmApi
 from crm_backend.console import add_console
@@ -98,15 +99,10 @@ async def init_app(settings: Settings) -> web.Application:
         max_logged_chars=settings.max_logged_chars,
         feed=feed,
     )
-    executor = ActionExecutor()
-    for action in build_actions(sessions, desk, knowledge):
-        executor.register_action(action)
-
     app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
     app.router.add_get("/healthz", HealthCheck(sessions, engine))
     WebChat(pipeline, sessions, hub, responses, settings.allowed_origins, settings.max_logged_chars).add_routes(app)
     RestChannel(pipeline, settings.rest_channel_token).add_routes(app)
-    ActionEndpoint(executor, settings.action_token).add_routes(app)
     telegram: TelegramChannel | None = None
     if settings.telegram is not None:
         telegram = TelegramChannel(settings.telegram, pipeline, sessions, responses, settings.max_logged_chars)
@@ -122,6 +118,11 @@ async def init_app(settings: Settings) -> web.Application:
         archive_after=timedelta(hours=settings.followup_archive_hours),
         interval_seconds=settings.followup_check_seconds,
     )
+    proofs = ProofAlarm(followups, feed, failures_per_hour=settings.proof_failures_alert_per_hour)
+    executor = ActionExecutor()
+    for action in build_actions(sessions, desk, knowledge, proofs):
+        executor.register_action(action)
+    ActionEndpoint(executor, settings.action_token).add_routes(app)
     CrmApi(sessions, notifier, feed, followups).add_routes(app)
     add_console(
         app,

@@ -101,6 +101,26 @@ class CaseFollowup:
             resolved=status is CaseStatus.RESOLVED,
         )
 
+    async def record_proof_alert(self, session: AsyncSession, case: ServiceCase) -> CaseNotice:
+        """In the transaction of the failed proof that locked the case: warn its citizen.
+
+        Written to the current conversation of the channel the case came from, like a status
+        notice, and sent by `deliver`; a security warning, so sent even to a citizen who turned
+        progress notices off.
+        """
+        identity = await session.get(ChannelIdentity, case.identity_id)
+        assert identity is not None
+        text = self._responses.text("utter_case_proof_alert").format(case_number=case.case_number)
+        messages = [OutgoingMessage(text, sender_kind="system")]
+        conversation = await current_conversation(session, identity)
+        log_outgoing(session, conversation, messages)
+        return CaseNotice(
+            case_id=case.id,
+            delivery=Delivery(conversation.id, conversation.channel, identity.external_id),
+            messages=messages,
+            resolved=False,
+        )
+
     def deliver(self, notice: CaseNotice) -> None:
         """After the commit: push the notice and, for 已办结, put the 回访 question; in order, off the request."""
         self._changes.put_nowait(notice)

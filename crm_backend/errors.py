@@ -53,3 +53,12 @@ class Forbidden(CrmError):
     """A known caller asking for something its grant does not cover."""
 
     code = "forbidden"
+
+
+class CaseProofLocked(LookupThrottled):
+    """Too many failed digit proofs against this case number: closed to them for a while.
+
+    Raised for a number whether or not a case has it, so the refusal tells nothing.
+    """
+
+    code = "case_locked"

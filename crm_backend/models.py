@@ -203,16 +203,35 @@ class CaseEvent(Base):
 
 
 class LookupAttempt(Base):
-    """A progress query, kept to throttle guessing of case numbers and phone digits."""
+    """A proof attempt (progress query or link), kept to throttle guessing of case numbers and phone digits."""
 
     __tablename__ = "lookup_attempt"
-    __table_args__ = (Index("ix_lookup_attempt_sender_created", "sender_key", "created_at"),)
+    __table_args__ = (
+        Index("ix_lookup_attempt_sender_created", "sender_key", "created_at"),
+        Index("ix_lookup_attempt_case_created", "case_number", "created_at"),
+        Index("ix_lookup_attempt_created_at", "created_at"),  # the hourly ceiling counts every failure
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     sender_key: Mapped[str] = mapped_column(String(160))
     case_number: Mapped[str] = mapped_column(String(20))
     succeeded: Mapped[bool] = mapped_column(Boolean)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class CaseProofLock(Base):
+    """A case number closed to digit proofs (its phone's last four) after too many failures.
+
+    One row per number ever locked, keyed by the number as typed (a number no case has can be
+    locked too); a lock ends at `locked_until` and the next one reuses the row.
+    """
+
+    __tablename__ = "case_proof_lock"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_number: Mapped[str] = mapped_column(String(20), unique=True)
+    locked_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    locked_until: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class Department(Base):

@@ -58,6 +58,7 @@ class Settings:
     followup_check_seconds: float = 60.0  # how often the 回访 loop looks
     max_message_chars: int = 2000
     max_logged_chars: int = 10000
+    proof_failures_alert_per_hour: int = 100  # failed proofs city-wide in an hour that alert supervisors
     telegram: TelegramSettings | None = None  # None: no TELEGRAM_BOT_TOKEN, the app runs without Telegram
 
     @classmethod
@@ -82,6 +83,12 @@ class Settings:
             except ValueError as exc:
                 raise SettingsError(f"{name} must be a number, got {raw!r}") from exc
 
+        def positive_int(name: str, default: str) -> int:
+            value = number(name, default)
+            if value < 1 or value != int(value):
+                raise SettingsError(f"{name} must be a whole number of at least 1, got {env.get(name)!r}")
+            return int(value)
+
         rasa_port = int(number("RASA_PORT", "5005"))
         origins = tuple(o.strip() for o in env.get("ALLOWED_ORIGINS", "").split(",") if o.strip())
         return cls(
@@ -99,6 +106,7 @@ class Settings:
             followup_remind_hours=number("FOLLOWUP_REMIND_HOURS", "24"),
             followup_archive_hours=number("FOLLOWUP_ARCHIVE_HOURS", "48"),
             followup_check_seconds=number("FOLLOWUP_CHECK_SECONDS", "60"),
+            proof_failures_alert_per_hour=positive_int("PROOF_FAILURES_ALERT_PER_HOUR", "100"),
             category_model_path=Path(
                 env.get("CATEGORY_MODEL_PATH", str(PROJECT_ROOT / "models" / "category_classifier.joblib"))
             ),

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.proof_alarm import ProofAlarm
 from crm_backend.db import create_engine, create_sessionmaker, upgrade_database_async
 from crm_backend.settings import normalise_database_url
+from tests.support.proofs import proof_alarm_for
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
@@ -22,6 +24,13 @@ async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSess
     engine = create_engine(url)
     yield create_sessionmaker(engine)
     await engine.dispose()
+
+
+@pytest.fixture
+async def proof_alarm(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[ProofAlarm]:
+    """The app's watcher of failed proofs on the test database (nothing is sent)."""
+    async with proof_alarm_for(sessions) as alarm:
+        yield alarm
 
 
 @pytest.fixture(scope="session")

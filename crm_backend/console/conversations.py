@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from sqlalchemy import select
 
-from crm_backend.console.feed import LiveEvent, LiveFeed
+from crm_backend.console.feed import SECURITY_EVENT, LiveEvent, LiveFeed
 from crm_backend.console.web import (
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
@@ -393,4 +393,6 @@ class ConversationViews(ConsoleBase):
 
 
 def _may_see(member: Staff, event: LiveEvent) -> bool:
-    return member.at_least(Role.SUPERVISOR) or event.department_id == member.user.department_id
+    if member.at_least(Role.SUPERVISOR):
+        return True
+    return event.kind != SECURITY_EVENT and event.department_id == member.user.department_id

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 logger = logging.getLogger(__name__)
 
 QUEUE_SIZE = 256
+SECURITY_EVENT = "security"  # failed proofs passed the hourly ceiling: for supervisors and admins only
 
 
 @dataclass(frozen=True)
 class LiveEvent:
     """Something staff should see without reloading."""
 
-    kind: str  # escalation | message | claimed | released | closed | reply
+    kind: str  # escalation | message | claimed | released | closed | reply | filed | security
     conversation_id: int
     department_id: int | None
 

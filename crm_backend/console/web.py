@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.lifecycle import ROLE_LABELS, CaseStatus, Role
 from crm_backend.models import StaffSession, StaffUser, utcnow
-from crm_backend.services import staff
+from crm_backend.services import lookup, staff
 from crm_backend.validation import mask_phone
 
 HERE = Path(__file__).resolve().parent
@@ -148,6 +148,7 @@ class ConsoleBase:
         context.setdefault("notice", None)
         html = self.templates.get_template(name).render(
             staff=staff_member,
+            security_alert=None if fragment else request.get("security_alert"),
             csrf=staff_member.session.csrf_token if staff_member else "",
             path=request.path,
             Role=Role,
@@ -202,6 +203,8 @@ def signed_in(role: Role = Role.AGENT) -> Callable[[Handler[ViewT]], Handler[Vie
             token = request.cookies.get(SESSION_COOKIE, "")
             async with view.sessions.begin() as session:
                 found = await staff.find_session(session, token)
+                if found is not None and Role(found[1].role).at_least(Role.SUPERVISOR):
+                    request["security_alert"] = await lookup.ceiling_alert(session)
             if found is None:
                 if request.method == "GET" and "text/html" in request.headers.get("Accept", ""):
                     raise web.HTTPSeeOther("/console/login")

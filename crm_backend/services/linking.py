@@ -4,7 +4,9 @@ A citizen proves they own the first channel either with a one-time code shown th
 (six digits, valid ten minutes, single use) or with a case number they filed and the
 last four digits of its phone. Linking moves the new channel (and anything its citizen
 record already had) onto the first channel's citizen, and is written to the audit log.
-Failed attempts count against the same throttle as progress lookups.
+Failed attempts count against the same per-sender throttle as progress lookups; a failed
+case-number proof also counts against that case number, with progress lookups, and may lock
+it (see `crm_backend.services.lookup`).
 """
 
 from __future__ import annotations
@@ -12,26 +14,36 @@ from __future__ import annotations
 import secrets
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_backend.errors import CrmError, LookupThrottled
-from crm_backend.models import ChannelIdentity, Citizen, LinkCode, LookupAttempt, ServiceCase, utcnow
+from crm_backend.errors import CrmError
+from crm_backend.models import ChannelIdentity, Citizen, LinkCode, ServiceCase, utcnow
 from crm_backend.services import audit
-from crm_backend.services.lookup import MAX_FAILURES_PER_SENDER, THROTTLE_WINDOW
+from crm_backend.services.lookup import (
+    ProofFailure,
+    case_filed_by,
+    check_digit_proof,
+    check_sender,
+    record_proof_failure,
+)
 
 LINK_CODE_TTL = timedelta(minutes=10)
-LINK_ATTEMPT_MARK = "link"  # LookupAttempt.case_number of a failed code or case-number link
+LINK_ATTEMPT_MARK = "link"  # LookupAttempt.case_number of a failed code
 
 
 class LinkRefused(CrmError):
-    """A code that is wrong, expired, used, or from this very channel; `reason` says which."""
+    """A code or proof that is wrong, expired, used, or from this very channel; `reason` says which.
+
+    `failure` is the failed attempt recorded in the caller's transaction, if one was.
+    """
 
     code = "link_refused"
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, failure: ProofFailure | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.failure = failure
 
 
 async def issue_code(session: AsyncSession, identity: ChannelIdentity, now: datetime | None = None) -> LinkCode:
@@ -54,23 +66,6 @@ async def issue_code(session: AsyncSession, identity: ChannelIdentity, now: date
     return row
 
 
-async def _check_throttle(session: AsyncSession, sender_key: str, now: datetime) -> None:
-    failures = await session.scalar(
-        select(func.count(LookupAttempt.id)).where(
-            LookupAttempt.sender_key == sender_key,
-            LookupAttempt.succeeded.is_(False),
-            LookupAttempt.created_at >= now - THROTTLE_WINDOW,
-        )
-    )
-    if (failures or 0) >= MAX_FAILURES_PER_SENDER:
-        raise LookupThrottled("too many failed attempts from this sender")
-
-
-def _fail(session: AsyncSession, sender_key: str, now: datetime, reason: str) -> LinkRefused:
-    session.add(LookupAttempt(sender_key=sender_key, case_number=LINK_ATTEMPT_MARK, succeeded=False, created_at=now))
-    return LinkRefused(reason)
-
-
 async def redeem_code(
     session: AsyncSession, identity: ChannelIdentity, code: str, now: datetime | None = None
 ) -> Citizen:
@@ -84,12 +79,15 @@ async def redeem_code(
             shown on this channel or one already linked (``same_citizen``).
     """
     now = now or utcnow()
-    await _check_throttle(session, identity.sender_id, now)
+    await check_sender(session, identity.sender_id, now)
     row = await session.scalar(
         select(LinkCode).where(LinkCode.code == code.strip(), LinkCode.used_at.is_(None), LinkCode.expires_at > now)
     )
     if row is None:
-        raise _fail(session, identity.sender_id, now, "invalid")
+        failure = await record_proof_failure(
+            session, sender_key=identity.sender_id, case_number=LINK_ATTEMPT_MARK, now=now
+        )
+        raise LinkRefused("invalid", failure)
     if row.citizen_id == identity.citizen_id:
         raise LinkRefused("same_citizen")
     row.used_at, row.used_by_identity_id = now, identity.id
@@ -101,16 +99,23 @@ async def link_by_case(
 ) -> Citizen:
     """Link this channel to the citizen who filed the case, proven by the phone's last four digits.
 
+    A failure is recorded in the caller's transaction, which must commit it: it counts against
+    this channel and against the case number, like a failed progress lookup.
+
     Raises:
         LookupThrottled: too many recent failures from this channel.
+        CaseProofLocked: the case number is locked against digit proofs.
         LinkRefused: no such case or wrong digits (``invalid``, never told apart), or the
             case is already this citizen's (``same_citizen``).
     """
     now = now or utcnow()
-    await _check_throttle(session, identity.sender_id, now)
+    await check_sender(session, identity.sender_id, now)
+    if not await case_filed_by(session, case_number, identity):
+        await check_digit_proof(session, case_number, now)
     case = await session.scalar(select(ServiceCase).where(ServiceCase.case_number == case_number))
     if case is None or case.contact_phone[-4:] != phone_last4:
-        raise _fail(session, identity.sender_id, now, "invalid")
+        failure = await record_proof_failure(session, sender_key=identity.sender_id, case_number=case_number, now=now)
+        raise LinkRefused("invalid", failure)
     if case.citizen_id == identity.citizen_id:
         raise LinkRefused("same_citizen")
     return await _merge(session, identity, case.citizen_id, how=f"case {case.case_number}")

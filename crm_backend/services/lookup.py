@@ -1,26 +1,49 @@
-"""Answering "where is my case?" without telling strangers which cases exist."""
+"""Answering "where is my case?" without telling strangers which cases exist, and the guard
+on digit proofs (a case number and its phone's last four digits).
+
+A stranger proves they may see a case, or link their channel to its citizen, with the phone's
+last four digits: 10^4 guesses, and a web chat session is one hello frame away. So besides the
+throttle per sender, failures are counted per case number, from every sender and both paths
+(progress lookup and linking by case). The failure that makes `MAX_PROOF_FAILURES_PER_CASE`
+within `CASE_PROOF_WINDOW` closes the number to digit proofs for `CASE_LOCK_DURATION`, and the
+case's citizen is told (by the caller, with the case this module hands back). Channels of the
+citizen who filed the case never need digits and are never locked out. Counting is by the
+number as typed, so a locked number answers the same whether a case has it or not.
+
+Every failed proof also counts towards a city-wide hourly ceiling: the first failure of an hour
+beyond it leaves one audit row (`PROOF_CEILING_ACTION`) that the console shows supervisors.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_backend.errors import LookupThrottled
+from crm_backend.errors import CaseProofLocked, LookupThrottled
 from crm_backend.lifecycle import CaseStatus
 from crm_backend.models import (
+    AuditEntry,
     CaseEvent,
+    CaseProofLock,
     ChannelIdentity,
     LookupAttempt,
     ServiceCase,
     utcnow,
 )
+from crm_backend.services import audit
 
 THROTTLE_WINDOW = timedelta(minutes=15)
-MAX_FAILURES_PER_SENDER = 5
-MAX_FAILURES_PER_CASE = 10
+MAX_FAILURES_PER_SENDER = 5  # within THROTTLE_WINDOW, whatever the number or the path
+CASE_PROOF_WINDOW = timedelta(hours=24)
+MAX_PROOF_FAILURES_PER_CASE = 5  # within CASE_PROOF_WINDOW, from anyone: the number is locked
+CASE_LOCK_DURATION = timedelta(hours=24)
+PROOF_CEILING_WINDOW = timedelta(hours=1)
+PROOF_CEILING_ACTION = "security.proof_ceiling"
+CITIZEN_VISIBLE_EVENTS = ("status", "reply")  # never notes, 延期 reasons or 督办 remarks
 
 
 @dataclass(frozen=True)
@@ -32,6 +55,22 @@ class CaseProgress:
     department: str | None
     latest_note: str
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ProofFailure:
+    """A failed proof just recorded in the caller's transaction, and what it set off."""
+
+    case_number: str
+    locked_case: ServiceCase | None = None  # the case this failure locked: its citizen is to be told
+
+
+@dataclass(frozen=True)
+class LookupOutcome:
+    """A progress query's answer: the progress, or the failure that was recorded."""
+
+    progress: CaseProgress | None
+    failure: ProofFailure | None = None
 
 
 async def case_filed_by(session: AsyncSession, case_number: str, identity: ChannelIdentity | None) -> bool:
@@ -52,6 +91,99 @@ async def _recent_failures(session: AsyncSession, since: datetime, **match: str)
     return count or 0
 
 
+async def check_sender(session: AsyncSession, sender_key: str, now: datetime) -> None:
+    """Refuse a sender with too many recent failed proofs of any kind.
+
+    Raises:
+        LookupThrottled: `MAX_FAILURES_PER_SENDER` failures within `THROTTLE_WINDOW`.
+    """
+    if await _recent_failures(session, now - THROTTLE_WINDOW, sender_key=sender_key) >= MAX_FAILURES_PER_SENDER:
+        raise LookupThrottled("too many failed attempts from this sender")
+
+
+async def check_digit_proof(session: AsyncSession, case_number: str, now: datetime) -> None:
+    """Refuse a digit proof against a locked case number (existing or not).
+
+    Raises:
+        CaseProofLocked: the number is locked until a time still ahead.
+    """
+    until = await session.scalar(select(CaseProofLock.locked_until).where(CaseProofLock.case_number == case_number))
+    if until is not None and until > now:
+        raise CaseProofLocked("too many failed proofs against this case number")
+
+
+async def record_proof_failure(
+    session: AsyncSession, *, sender_key: str, case_number: str, now: datetime
+) -> ProofFailure:
+    """Record a failed proof in the caller's transaction; lock the number if this one makes too many.
+
+    Returns the failure with the case it locked, if it locked one that exists: the caller tells
+    that case's citizen in the same transaction (only the locking failure does).
+    """
+    session.add(LookupAttempt(sender_key=sender_key, case_number=case_number, succeeded=False, created_at=now))
+    await session.flush()
+    failures = await _recent_failures(session, now - CASE_PROOF_WINDOW, case_number=case_number)
+    if failures < MAX_PROOF_FAILURES_PER_CASE or not await _lock(session, case_number, now):
+        return ProofFailure(case_number)
+    case = await session.scalar(select(ServiceCase).where(ServiceCase.case_number == case_number))
+    return ProofFailure(case_number, locked_case=case)
+
+
+async def _lock(session: AsyncSession, case_number: str, now: datetime) -> bool:
+    """Lock the number from now; False if it is locked already (by a failure a moment ago)."""
+    until = now + CASE_LOCK_DURATION
+    renewed = await session.execute(
+        update(CaseProofLock)
+        .where(CaseProofLock.case_number == case_number, CaseProofLock.locked_until <= now)
+        .values(locked_at=now, locked_until=until)
+        .execution_options(synchronize_session=False)
+    )
+    if renewed.rowcount:  # type: ignore[attr-defined]
+        return True
+    if await session.scalar(select(CaseProofLock.id).where(CaseProofLock.case_number == case_number)) is not None:
+        return False
+    try:
+        async with session.begin_nested():
+            session.add(CaseProofLock(case_number=case_number, locked_at=now, locked_until=until))
+    except IntegrityError:  # a concurrent failure locked it first, and tells the citizen
+        return False
+    return True
+
+
+async def note_proof_ceiling(session: AsyncSession, *, failures_per_hour: int, now: datetime | None = None) -> bool:
+    """After a failed proof: if failures city-wide in the last hour reached the ceiling, say so once an hour.
+
+    Writes the `PROOF_CEILING_ACTION` audit row in the caller's transaction when the hour has none
+    yet; True if it did (the caller may alert open consoles).
+    """
+    now = now or utcnow()
+    since = now - PROOF_CEILING_WINDOW
+    failures = await _recent_failures(session, since)
+    if failures < failures_per_hour or await ceiling_alert(session, now) is not None:
+        return False
+    entry = audit.record(
+        session,
+        None,
+        PROOF_CEILING_ACTION,
+        "lookup",
+        f"{failures} failed proofs (case digits or link codes) in the last hour; ceiling {failures_per_hour}",
+        actor_name="system",
+    )
+    entry.created_at = now
+    return True
+
+
+async def ceiling_alert(session: AsyncSession, now: datetime | None = None) -> AuditEntry | None:
+    """The ceiling's audit row of the last hour, if any: what the console shows supervisors."""
+    now = now or utcnow()
+    return await session.scalar(
+        select(AuditEntry)
+        .where(AuditEntry.action == PROOF_CEILING_ACTION, AuditEntry.created_at >= now - PROOF_CEILING_WINDOW)
+        .order_by(AuditEntry.id.desc())
+        .limit(1)
+    )
+
+
 async def lookup_progress(
     session: AsyncSession,
     *,
@@ -60,38 +192,42 @@ async def lookup_progress(
     phone_last4: str | None,
     identity: ChannelIdentity | None,
     now: datetime | None = None,
-) -> CaseProgress | None:
+) -> LookupOutcome:
     """Progress of a case for a caller who filed it or knows its phone's last four digits.
 
-    An unknown number and wrong digits both give ``None``, so the answer never tells
-    whether a case exists. Every attempt is recorded in the caller's transaction.
+    An unknown number and wrong digits both give no progress, so the answer never tells
+    whether a case exists. Every attempt is recorded in the caller's transaction; a failure
+    comes back with what it set off (see `record_proof_failure`).
 
     Raises:
-        LookupThrottled: after too many recent failures from this sender, or against
-            this case number from anyone (new web sessions are free to make).
+        LookupThrottled: after too many recent failures from this sender.
+        CaseProofLocked: the number is locked against digit proofs (never for its owner).
     """
     now = now or utcnow()
-    since = now - THROTTLE_WINDOW
     owner = await case_filed_by(session, case_number, identity)
     if not owner:
-        if await _recent_failures(session, since, sender_key=sender_key) >= MAX_FAILURES_PER_SENDER:
-            raise LookupThrottled("too many failed lookups from this sender")
-        if await _recent_failures(session, since, case_number=case_number) >= MAX_FAILURES_PER_CASE:
-            raise LookupThrottled("too many failed lookups of this case number")
+        await check_sender(session, sender_key, now)
+        await check_digit_proof(session, case_number, now)
 
     case = await session.scalar(select(ServiceCase).where(ServiceCase.case_number == case_number))
     allowed = case is not None and (owner or (phone_last4 is not None and case.contact_phone[-4:] == phone_last4))
-    session.add(LookupAttempt(sender_key=sender_key, case_number=case_number, succeeded=allowed, created_at=now))
     if not allowed or case is None:
-        return None
+        failure = await record_proof_failure(session, sender_key=sender_key, case_number=case_number, now=now)
+        return LookupOutcome(None, failure)
+    session.add(LookupAttempt(sender_key=sender_key, case_number=case_number, succeeded=True, created_at=now))
 
     latest = await session.scalar(
-        select(CaseEvent).where(CaseEvent.case_id == case.id).order_by(CaseEvent.id.desc()).limit(1)
+        select(CaseEvent)
+        .where(CaseEvent.case_id == case.id, CaseEvent.kind.in_(CITIZEN_VISIBLE_EVENTS))
+        .order_by(CaseEvent.id.desc())
+        .limit(1)
     )
-    return CaseProgress(
-        case_number=case.case_number,
-        status=CaseStatus(case.status),
-        department=case.department,
-        latest_note=latest.note if latest is not None else "",
-        updated_at=latest.created_at if latest is not None else case.updated_at,
+    return LookupOutcome(
+        CaseProgress(
+            case_number=case.case_number,
+            status=CaseStatus(case.status),
+            department=case.department,
+            latest_note=latest.note if latest is not None else "",
+            updated_at=latest.created_at if latest is not None else case.updated_at,
+        )
     )

@@ -24,6 +24,7 @@ from crm_backend.settings import normalise_database_url
 from tests.support.postgres import PostgresServer
 from tests.support.stack import APP_PYTHON, ROOT, Stack
 from tests.unit.test_actions import *  # noqa: F403  (run again on PostgreSQL)
+from tests.unit.test_case_proofs import *  # noqa: F403  (run again on PostgreSQL)
 from tests.unit.test_services import *  # noqa: F403  (run again on PostgreSQL)
 
 

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from actions.account import ActionLinkAccount, ActionListMyCases, ActionSetNotices
 from actions.followup import SKIP, ActionAskFollowup, ActionRecordRating, ValidateFollowupForm
+from bot.proof_alarm import ProofAlarm
 from crm_backend.lifecycle import CaseStatus
 from crm_backend.models import Citizen, ServiceCase, utcnow
 from crm_backend.services.intake import Report, file_case
@@ -43,10 +44,12 @@ async def run(action: Any, sender: str, *events: dict[str, Any], slots: dict[str
     return dispatcher, result
 
 
-async def test_a_code_shown_on_the_web_links_telegram_and_lists_the_web_case(sessions: Sessions) -> None:
+async def test_a_code_shown_on_the_web_links_telegram_and_lists_the_web_case(
+    sessions: Sessions, proof_alarm: ProofAlarm
+) -> None:
     number = await filed(sessions, "web-a")
     await register(sessions, "9001", channel="telegram")
-    issued, _ = await run(ActionLinkAccount(sessions), "web:web-a", message("link_account", "绑定账号"))
+    issued, _ = await run(ActionLinkAccount(sessions, proof_alarm), "web:web-a", message("link_account", "绑定账号"))
     [code_message] = issued.messages
     assert code_message["response"] == "utter_link_code" and len(code_message["code"]) == 6
     assert rendered(code_message).startswith(f"您的绑定码是 {code_message['code']}")
@@ -54,7 +57,9 @@ async def test_a_code_shown_on_the_web_links_telegram_and_lists_the_web_case(ses
     empty, _ = await run(ActionListMyCases(sessions), "telegram:9001", message("list_my_cases", "我的工单"))
     assert responses(empty) == ["utter_my_cases_none"]
     linked, _ = await run(
-        ActionLinkAccount(sessions), "telegram:9001", message("link_account", f"/link {code_message['code']}")
+        ActionLinkAccount(sessions, proof_alarm),
+        "telegram:9001",
+        message("link_account", f"/link {code_message['code']}"),
     )
     assert responses(linked) == ["utter_link_done"]
     listed, _ = await run(ActionListMyCases(sessions), "telegram:9001", message("list_my_cases", "我的工单"))
@@ -62,17 +67,25 @@ async def test_a_code_shown_on_the_web_links_telegram_and_lists_the_web_case(ses
     assert listing["response"] == "utter_my_cases" and number in listing["cases"] and "已派单" in listing["cases"]
 
 
-async def test_a_wrong_code_and_a_case_number_with_its_last_four_digits(sessions: Sessions) -> None:
+async def test_a_wrong_code_and_a_case_number_with_its_last_four_digits(
+    sessions: Sessions, proof_alarm: ProofAlarm
+) -> None:
     number = await filed(sessions, "web-b")
     await register(sessions, "9002", channel="telegram")
-    wrong, _ = await run(ActionLinkAccount(sessions), "telegram:9002", message("link_account", "绑定 000001"))
+    wrong, _ = await run(
+        ActionLinkAccount(sessions, proof_alarm), "telegram:9002", message("link_account", "绑定 000001")
+    )
     assert responses(wrong) == ["utter_link_invalid"]
     by_case, _ = await run(
-        ActionLinkAccount(sessions), "telegram:9002", message("link_account", f"用工单号{number}和尾号5678绑定")
+        ActionLinkAccount(sessions, proof_alarm),
+        "telegram:9002",
+        message("link_account", f"用工单号{number}和尾号5678绑定"),
     )
     assert responses(by_case) == ["utter_link_done"]
     again, _ = await run(
-        ActionLinkAccount(sessions), "telegram:9002", message("link_account", f"用工单号{number}和尾号5678绑定")
+        ActionLinkAccount(sessions, proof_alarm),
+        "telegram:9002",
+        message("link_account", f"用工单号{number}和尾号5678绑定"),
     )
     assert responses(again) == ["utter_link_same"]
 

@@ -46,6 +46,7 @@ from crm_backend.services.intake import CHINA_TZ, Report, file_case
 from crm_backend.services.knowledge import KnowledgeBase
 from crm_backend.services.lookup import MAX_FAILURES_PER_SENDER
 from tests.support.moves import advance
+from tests.support.proofs import proof_alarm_for
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -240,8 +241,9 @@ async def all_decisions(sessions: Sessions) -> list[RoutingDecision]:
 # --- the domain and the actions agree -----------------------------------------
 
 
-def test_every_action_is_declared_in_the_domain(sessions: Sessions, desk: Dispatcher) -> None:
-    actions = build_actions(sessions, desk, KnowledgeBase(sessions))
+async def test_every_action_is_declared_in_the_domain(sessions: Sessions, desk: Dispatcher) -> None:
+    async with proof_alarm_for(sessions) as alarm:
+        actions = build_actions(sessions, desk, KnowledgeBase(sessions), alarm)
     assert {action.name() for action in actions} == set(DOMAIN["actions"])
 
 
@@ -1288,7 +1290,8 @@ async def check_progress(
 ) -> tuple[CollectingDispatcher, list[dict[str, Any]]]:
     dispatcher = CollectingDispatcher()
     tracker = make_tracker(sender_id, slots={"case_number": case_number, "phone_last4": phone_last4})
-    events = await ActionCheckProgress(sessions).run(dispatcher, tracker, {})
+    async with proof_alarm_for(sessions) as alarm:
+        events = await ActionCheckProgress(sessions, alarm).run(dispatcher, tracker, {})
     return dispatcher, events
 
 

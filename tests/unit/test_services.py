@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from crm_backend.errors import CrmError, InvalidInput, InvalidTransition, LookupThrottled, NotFound
+from crm_backend.errors import CaseProofLocked, CrmError, InvalidInput, InvalidTransition, LookupThrottled, NotFound
 from crm_backend.lifecycle import CaseStatus, Role
 from crm_backend.models import (
     AuditEntry,
@@ -36,8 +36,8 @@ from crm_backend.services.conversations import (
 from crm_backend.services.handoff import release_to_bot, request_handoff, waiting_conversations
 from crm_backend.services.intake import CHINA_TZ, MAX_DESCRIPTION_CHARS, Report, file_case, next_case_number
 from crm_backend.services.lookup import (
-    MAX_FAILURES_PER_CASE,
     MAX_FAILURES_PER_SENDER,
+    MAX_PROOF_FAILURES_PER_CASE,
     THROTTLE_WINDOW,
     CaseProgress,
     lookup_progress,
@@ -108,7 +108,7 @@ async def lookup(
 ) -> CaseProgress | None:
     """One progress query in its own committed transaction, as the action makes it."""
     async with sessions.begin() as session:
-        return await lookup_progress(
+        outcome = await lookup_progress(
             session,
             sender_key=sender_key,
             case_number=case_number,
@@ -116,6 +116,7 @@ async def lookup(
             identity=identity,
             now=now,
         )
+    return outcome.progress
 
 
 async def fail_lookups(
@@ -336,25 +337,26 @@ async def test_failures_older_than_the_window_no_longer_throttle(sessions: Sessi
     owner = await new_identity(sessions, "owner")
     case = await file(sessions, owner)
     earlier = NOW - THROTTLE_WINDOW - timedelta(minutes=1)
-    await fail_lookups(sessions, MAX_FAILURES_PER_SENDER, case.case_number, sender_keys=["web:g"], now=earlier)
+    for i in range(MAX_FAILURES_PER_SENDER):  # other numbers: the case's own counter would lock it
+        await fail_lookups(sessions, 1, f"20990101-{i:04d}", sender_keys=["web:g"], now=earlier)
     progress = await lookup(sessions, case.case_number, sender_key="web:g", phone_last4="5678", now=NOW)
     assert progress is not None
     with pytest.raises(LookupThrottled):
         await lookup(sessions, case.case_number, sender_key="web:g", phone_last4="5678", now=earlier)
 
 
-async def test_failures_spread_over_senders_throttle_the_case_for_strangers_but_not_the_owner(
+async def test_failures_spread_over_senders_lock_the_case_for_strangers_but_not_the_owner(
     sessions: Sessions,
 ) -> None:
     owner = await new_identity(sessions, "owner")
     telegram = await other_identity_of(sessions, owner, "tg-7")
     case = await file(sessions, owner)
-    senders = [f"web:fresh-{i}" for i in range(MAX_FAILURES_PER_CASE)]
-    await fail_lookups(sessions, MAX_FAILURES_PER_CASE - 1, case.case_number, sender_keys=senders)
+    senders = [f"web:fresh-{i}" for i in range(MAX_PROOF_FAILURES_PER_CASE)]
+    await fail_lookups(sessions, MAX_PROOF_FAILURES_PER_CASE - 1, case.case_number, sender_keys=senders)
     assert await lookup(sessions, case.case_number, sender_key="web:new", phone_last4="5678") is not None
     await fail_lookups(sessions, 1, case.case_number, sender_keys=senders[-1:])
 
-    with pytest.raises(LookupThrottled):
+    with pytest.raises(CaseProofLocked):
         await lookup(sessions, case.case_number, sender_key="web:newer", phone_last4="5678")
     assert await lookup(sessions, case.case_number, sender_key="web:owner", identity=owner) is not None
     assert await lookup(sessions, case.case_number, sender_key="telegram:tg-7", identity=telegram) is not None
@@ -365,6 +367,42 @@ async def test_the_owner_is_not_throttled_by_their_own_failures_elsewhere(sessio
     case = await file(sessions, owner)
     await fail_lookups(sessions, MAX_FAILURES_PER_SENDER, "20990101-0001", sender_keys=["web:owner"])
     assert await lookup(sessions, case.case_number, sender_key="web:owner", identity=owner) is not None
+
+
+async def add_event(sessions: Sessions, case: ServiceCase, kind: str, note: str, at: datetime) -> None:
+    async with sessions.begin() as session:
+        session.add(
+            CaseEvent(
+                case_id=case.id,
+                from_status=CaseStatus.DISPATCHED.value,
+                to_status=CaseStatus.DISPATCHED.value,
+                kind=kind,
+                note=note,
+                actor="staff:li",
+                created_at=at,
+            )
+        )
+
+
+@pytest.mark.parametrize("kind", ["note", "extension", "supervise"])
+async def test_progress_never_reads_out_an_internal_event(sessions: Sessions, kind: str) -> None:
+    """Internal notes, 延期 reasons and 督办 remarks stay inside; the last status change is shown."""
+    owner = await new_identity(sessions, "owner")
+    case = await file(sessions, owner)
+    await add_event(sessions, case, "status", "已派至区市政", NOW)
+    await add_event(sessions, case, kind, "内部：投诉人情绪激动，注意沟通", NOW + timedelta(hours=1))
+    progress = await lookup(sessions, case.case_number, sender_key="web:owner", identity=owner)
+    assert progress is not None
+    assert (progress.latest_note, progress.updated_at) == ("已派至区市政", NOW)
+
+
+async def test_progress_reads_out_a_staff_reply_to_the_citizen(sessions: Sessions) -> None:
+    owner = await new_identity(sessions, "owner")
+    case = await file(sessions, owner)
+    await add_event(sessions, case, "reply", "已联系施工队，明天修复", NOW)
+    await add_event(sessions, case, "note", "施工队电话 010-1234", NOW + timedelta(minutes=5))
+    progress = await lookup(sessions, case.case_number, sender_key="web:owner", identity=owner)
+    assert progress is not None and progress.latest_note == "已联系施工队，明天修复"
 
 
 # --- conversations -----------------------------------------------------------

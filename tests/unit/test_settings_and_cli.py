@@ -122,6 +122,17 @@ def test_a_malformed_number_is_refused(name: str) -> None:
         Settings.from_env(make_env(**{name: "eighty"}))
 
 
+def test_the_ceiling_of_failed_proofs_defaults_to_a_hundred_an_hour_and_is_read() -> None:
+    assert Settings.from_env(make_env()).proof_failures_alert_per_hour == 100
+    assert Settings.from_env(make_env(PROOF_FAILURES_ALERT_PER_HOUR="25")).proof_failures_alert_per_hour == 25
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "2.5", "many"])
+def test_a_ceiling_of_failed_proofs_that_is_not_a_positive_whole_number_is_refused(value: str) -> None:
+    with pytest.raises(SettingsError, match="PROOF_FAILURES_ALERT_PER_HOUR"):
+        Settings.from_env(make_env(PROOF_FAILURES_ALERT_PER_HOUR=value))
+
+
 @pytest.mark.parametrize(
     ("url", "normalised"),
     [

@@ -69,6 +69,9 @@
   for (const kind of ["escalation", "message", "claimed", "released", "closed", "reply", "filed"]) {
     source.addEventListener(kind, onEvent);
   }
+  source.addEventListener("security", () => {
+    toast("安全警报：身份验证失败次数超过每小时上限，请查看审计日志");
+  });
 
   const replyForm = document.getElementById("reply-form");
   if (replyForm) {

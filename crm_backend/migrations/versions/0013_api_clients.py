@@ -1,7 +1,7 @@
 """api clients: one key per integration calling /api/v1
 
 Revision ID: 0013
-Revises: 0007
+Revises: 0009
 Create Date: 2026-12-04
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0013"
-down_revision = "0007"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
