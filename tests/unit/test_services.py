@@ -194,7 +194,11 @@ async def test_filing_writes_the_case_and_its_first_event(sessions: Sessions) ->
     async with sessions.begin() as session:
         conversation = await current_conversation(session, identity)
         case = await file_case(
-            session, identity, make_report(phone="138 1234 5678"), conversation_id=conversation.id, actor="web-bot"
+            session,
+            identity,
+            make_report(phone="138 1234 5678"),
+            conversation_id=conversation.id,
+            actor=Actor.system("web-bot"),
         )
     async with sessions() as session:
         stored = await get_case(session, case.case_number, with_events=True)
