@@ -5,9 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 from sqlalchemy import delete, select
 
-from crm_backend.console.web import ConsoleBase, Staff, client_address, form, int_or_none, signed_in
+from crm_backend.console.web import ConsoleBase, Staff, form, int_or_none, signed_in
 from crm_backend.dispatch.classifier import CATEGORIES
 from crm_backend.errors import InvalidInput, NotFound
+from crm_backend.http import client_address
 from crm_backend.lifecycle import Role
 from crm_backend.models import CategoryPolicy, Department, RoutingRule, StaffUser
 from crm_backend.services import audit, staff

@@ -18,7 +18,6 @@ from crm_backend.console.web import (
     SESSION_COOKIE,
     ConsoleBase,
     Staff,
-    client_address,
     form,
     int_or_none,
     secure,
@@ -27,6 +26,7 @@ from crm_backend.console.web import (
 from crm_backend.dispatch.classifier import CATEGORIES
 from crm_backend.dispatch.service import Dispatcher
 from crm_backend.errors import CrmError, InvalidInput, NotFound
+from crm_backend.http import client_address
 from crm_backend.lifecycle import Role
 from crm_backend.models import ChannelIdentity, Citizen, Conversation, Message, ServiceCase, StaffUser
 from crm_backend.services import audit, handoff, staff
