@@ -114,18 +114,11 @@ class ConversationViews(ConsoleBase):
                 text='{"error": "csrf", "message": "页面已过期，请刷新后重试"}', content_type="application/json"
             )
         username, password = data.get("username", "")[:64], data.get("password", "")[:256]
-        address = client_address(request)
         try:
-            async with self.sessions.begin() as session:
-                user = await staff.authenticate(session, username, password, address)
-                if user is None:
-                    audit.record(session, None, "login.failed", username, address=address, actor_name=username)
-                else:
-                    signed = await staff.open_session(session, user)
-                    audit.record(session, user, "login", address=address)
+            signed = await staff.sign_in(self.sessions, username, password, client_address(request))
         except staff.LoginThrottled as error:
             return self.render_login(request, cookie_token, error=str(error), username=username, status=429)
-        if user is None:
+        if signed is None:
             return self.render_login(request, cookie_token, error=staff.LOGIN_REFUSED, username=username, status=401)
         response = secure(web.HTTPSeeOther("/console/inbox"))
         self.set_session_cookie(response, signed.token)
@@ -136,8 +129,9 @@ class ConversationViews(ConsoleBase):
     async def logout(self, request: web.Request) -> web.StreamResponse:
         member: Staff = request["staff"]
         async with self.sessions.begin() as session:
-            await staff.close_session(session, request.cookies.get(SESSION_COOKIE, ""))
-            audit.record(session, member.user, "logout", address=client_address(request))
+            await staff.sign_out(
+                session, member.user, request.cookies.get(SESSION_COOKIE, ""), address=client_address(request)
+            )
         response = web.HTTPSeeOther("/console/login")
         response.del_cookie(SESSION_COOKIE, path="/console")
         raise response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pytest
@@ -17,6 +18,7 @@ from crm_backend.models import (
     CaseEvent,
     Conversation,
     Department,
+    LoginFailure,
     ServiceCase,
     StaffSession,
     StaffUser,
@@ -128,31 +130,60 @@ async def test_create_user_refuses_bad_accounts(
 async def test_sign_in_and_wrong_passwords_are_throttled_per_username(
     sessions: Sessions, people: dict[str, StaffUser]
 ) -> None:
-    async with sessions.begin() as session:
-        user = await staff.authenticate(session, "WANG ", PASSWORD, "127.0.0.1")
-        assert user is not None and user.id == people["supervisor"].id and user.last_login_at is not None
+    signed = await staff.sign_in(sessions, "WANG ", PASSWORD, "127.0.0.1")
+    assert signed is not None and signed.user.id == people["supervisor"].id and signed.user.last_login_at is not None
     for _ in range(staff.MAX_FAILURES_PER_USERNAME):
-        async with sessions.begin() as session:
-            assert await staff.authenticate(session, "wang", "wrong password!", "127.0.0.1") is None
-    async with sessions.begin() as session:
-        with pytest.raises(staff.LoginThrottled):
-            await staff.authenticate(session, "wang", PASSWORD, "127.0.0.1")  # even the right one, for now
-    async with sessions.begin() as session:  # an unknown user is refused the same way
-        assert await staff.authenticate(session, "nobody", PASSWORD, "127.0.0.2") is None
+        assert await staff.sign_in(sessions, "wang", "wrong password!", "127.0.0.1") is None
+    with pytest.raises(staff.LoginThrottled):
+        await staff.sign_in(sessions, "wang", PASSWORD, "127.0.0.1")  # even the right one, for now
+    assert await staff.sign_in(sessions, "nobody", PASSWORD, "127.0.0.2") is None  # an unknown user: the same
+    async with sessions() as session:
+        actions = list((await session.scalars(select(AuditEntry.action).order_by(AuditEntry.id))).all())
+    assert actions == ["login"] + ["login.failed"] * staff.MAX_FAILURES_PER_USERNAME + ["login.failed"]
+
+
+async def test_failures_from_one_address_are_throttled_whatever_the_username(
+    sessions: Sessions, people: dict[str, StaffUser]
+) -> None:
+    for number in range(staff.MAX_FAILURES_PER_ADDRESS):
+        assert await staff.sign_in(sessions, f"guess{number:02d}", "wrong password!", "192.0.2.1") is None
+    with pytest.raises(staff.LoginThrottled):
+        await staff.sign_in(sessions, "wang", PASSWORD, "192.0.2.1")
+    assert await staff.sign_in(sessions, "wang", PASSWORD, "192.0.2.2") is not None
+
+
+async def test_concurrent_wrong_passwords_never_get_more_tries_than_the_limit(
+    sessions: Sessions, people: dict[str, StaffUser]
+) -> None:
+    async def attempt() -> bool:
+        try:
+            await staff.sign_in(sessions, "wang", "wrong password!", "192.0.2.1")
+        except staff.LoginThrottled:
+            return False
+        return True
+
+    allowed = sum(await asyncio.gather(*(attempt() for _ in range(30))))
+    assert allowed <= staff.MAX_FAILURES_PER_USERNAME  # how many fewer depends on how the commits interleave
+    async with sessions() as session:
+        assert await session.scalar(select(func.count(LoginFailure.id))) == allowed
+        failed = await session.scalar(select(func.count(AuditEntry.id)).where(AuditEntry.action == "login.failed"))
+    assert failed == allowed
+    # Refused attempts are not counted: one at a time, the rest of the limit is still there.
+    while await attempt():
+        allowed += 1
+    assert allowed == staff.MAX_FAILURES_PER_USERNAME
 
 
 async def test_a_deactivated_account_cannot_sign_in_or_keep_its_session(
     sessions: Sessions, people: dict[str, StaffUser]
 ) -> None:
+    signed = await staff.sign_in(sessions, "li.housing", PASSWORD, "127.0.0.1")
+    assert signed is not None
     async with sessions.begin() as session:
-        user = await staff.authenticate(session, "li.housing", PASSWORD, "127.0.0.1")
-        assert user is not None
-        signed = await staff.open_session(session, user)
-    async with sessions.begin() as session:
-        (await session.get(StaffUser, user.id)).active = False  # type: ignore[union-attr]
+        (await session.get(StaffUser, signed.user.id)).active = False  # type: ignore[union-attr]
     async with sessions.begin() as session:
         assert await staff.find_session(session, signed.token) is None
-        assert await staff.authenticate(session, "li.housing", PASSWORD, "127.0.0.1") is None
+    assert await staff.sign_in(sessions, "li.housing", PASSWORD, "127.0.0.1") is None
 
 
 async def test_sessions_expire_when_idle_or_too_old_and_only_a_hash_is_stored(
@@ -179,8 +210,8 @@ async def test_resetting_a_password_signs_the_user_out(sessions: Sessions, peopl
         await staff.set_password(session, people["housing"].id, "a brand new password")
     async with sessions.begin() as session:
         assert await staff.find_session(session, signed.token) is None
-        user = await staff.authenticate(session, "li.housing", "a brand new password", "x")
-        assert user is not None and user.id == people["housing"].id
+    again = await staff.sign_in(sessions, "li.housing", "a brand new password", "x")
+    assert again is not None and again.user.id == people["housing"].id
 
 
 # --- what each role may see ---------------------------------------------------------
