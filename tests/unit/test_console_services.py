@@ -282,6 +282,48 @@ async def test_escalations_wait_in_the_hotline_inbox_and_agents_see_only_their_o
         assert fresh.id != conversation.id and fresh.handoff_status == handoff.BOT  # closed: next one is new
 
 
+async def test_beside_a_conversation_an_agent_sees_only_their_departments_cases(
+    sessions: Sessions, people: dict[str, StaffUser]
+) -> None:
+    housing_case = await new_case(sessions, "A-housing", CaseStatus.DISPATCHED, sender="two-departments")
+    transport_case = await new_case(sessions, "A-transport", CaseStatus.DISPATCHED, sender="two-departments")
+    async with sessions() as session:
+        conversation_id = await session.scalar(
+            select(ServiceCase.conversation_id).where(ServiceCase.case_number == housing_case)
+        )
+    assert conversation_id is not None
+    seen = {}
+    for who in ("housing", "transport", "supervisor"):
+        async with sessions.begin() as session:
+            detail = await handoff.conversation_detail(session, people[who], conversation_id, address="192.0.2.9")
+        seen[who] = {case.case_number for case in detail.cases}
+    assert seen == {
+        "housing": {housing_case},
+        "transport": {transport_case},
+        "supervisor": {housing_case, transport_case},
+    }
+    async with sessions.begin() as session:
+        await handoff.conversation_detail(session, people["housing"], conversation_id, reveal_phone=True)
+    async with sessions() as session:
+        views = (await session.execute(select(AuditEntry.actor, AuditEntry.action, AuditEntry.address))).tuples().all()
+    assert views == [
+        ("li.housing", "conversation.view", "192.0.2.9"),
+        ("zhao.transport", "conversation.view", "192.0.2.9"),
+        ("wang", "conversation.view", "192.0.2.9"),
+        ("li.housing", "conversation.view_phone", ""),
+    ]
+
+
+def test_the_draft_case_shows_the_collected_phone_masked_unless_revealed() -> None:
+    slots = {"description": "路灯坏了", "location": "A1区解放路", "contact_phone": "13912345678", "district": None}
+    draft = handoff.draft_case(slots)
+    assert (draft.description, draft.location, draft.district) == ("路灯坏了", "A1区解放路", "")
+    assert (draft.contact_phone, draft.masked_phone) == ("", "139****5678")
+    assert draft.collected == {"问题描述": "路灯坏了", "地点": "A1区解放路", "联系电话": "139****5678"}
+    assert handoff.draft_case(slots, reveal_phone=True).contact_phone == "13912345678"
+    assert handoff.draft_case({}).masked_phone == ""
+
+
 async def test_an_escalation_goes_to_the_department_that_has_the_conversations_case(
     sessions: Sessions, people: dict[str, StaffUser]
 ) -> None:
