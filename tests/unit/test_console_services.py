@@ -24,7 +24,7 @@ from crm_backend.models import (
     StaffUser,
     utcnow,
 )
-from crm_backend.services import casework, handoff, staff
+from crm_backend.services import admin, casework, handoff, staff
 from crm_backend.services.conversations import current_conversation, resolve_identity
 from crm_backend.services.intake import Report, file_case
 
@@ -501,3 +501,45 @@ def test_a_malformed_cursor_is_refused() -> None:
         with pytest.raises(InvalidInput):
             casework.Cursor.decode(raw)
     assert casework.Cursor.decode("1-42") == casework.Cursor(True, 42)
+
+
+# --- administration --------------------------------------------------------------------
+
+
+async def test_admin_changes_are_checked_and_audited(sessions: Sessions, people: dict[str, StaffUser]) -> None:
+    root = people["admin"]
+    async with sessions.begin() as session:
+        with pytest.raises(InvalidInput) as refused:
+            await admin.change_user(session, root, root.id, "deactivate")
+        assert refused.value.reason == "self"
+        with pytest.raises(NotFound):
+            await admin.change_user(session, root, None, "activate")
+        await admin.change_user(session, root, people["housing"].id, "deactivate", address="192.0.2.5")
+        department = await admin.save_department(
+            session,
+            root,
+            department_id=None,
+            code="A-parks",
+            name="公园管理处",
+            district="A1区",
+            active=True,
+            districts=["A1区"],
+        )
+        with pytest.raises(InvalidInput) as taken:
+            await admin.save_department(
+                session, root, department_id=None, code="A-parks", name="重复", district=None, active=True, districts=[]
+            )
+        assert taken.value.reason == "code_taken"
+        with pytest.raises(InvalidInput) as days:
+            await admin.change_routing(
+                session, root, "policy", "城乡建设", districts=[], department_id=department.id, deadline_working_days=99
+            )
+        assert days.value.reason == "bad_days"
+        detail = await admin.change_routing(
+            session, root, "rule", "城乡建设", districts=["A1区"], district="A1区", department_id=department.id
+        )
+        assert detail == "A1区 → 公园管理处"
+    async with sessions() as session:
+        assert (await session.get(StaffUser, people["housing"].id)).active is False  # type: ignore[union-attr]
+        rows = (await session.execute(select(AuditEntry.action, AuditEntry.target))).tuples().all()
+    assert rows == [("user.deactivate", "li.housing"), ("department.create", "A-parks"), ("routing.rule", "城乡建设")]
