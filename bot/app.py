@@ -37,7 +37,7 @@ from crm_backend.db import create_engine, create_sessionmaker, upgrade_database_
 from crm_backend.dispatch.routing import DATA_DIR as ROUTING_DATA_DIR
 from crm_backend.dispatch.routing import seed_routing
 from crm_backend.dispatch.service import Dispatcher
-from crm_backend.http import error_middleware, json_response
+from crm_backend.http import error_middleware, json_response, trusted_proxies_key
 from crm_backend.knowledge.entries import DATA_FILE as KNOWLEDGE_DATA_FILE
 from crm_backend.services.knowledge import KnowledgeBase, seed_knowledge_once
 from crm_backend.settings import Settings
@@ -100,6 +100,7 @@ async def init_app(settings: Settings) -> web.Application:
         feed=feed,
     )
     app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
+    app[trusted_proxies_key] = settings.trusted_proxies
     app.router.add_get("/healthz", HealthCheck(sessions, engine))
     WebChat(pipeline, sessions, hub, responses, settings.allowed_origins, settings.max_logged_chars).add_routes(app)
     RestChannel(pipeline, settings.rest_channel_token).add_routes(app)

@@ -1,4 +1,4 @@
-"""The one place that turns failures into JSON HTTP errors."""
+"""The HTTP boundary: the one place that turns failures into JSON errors, and who is asking."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
 from aiohttp import web
@@ -21,10 +22,15 @@ from crm_backend.errors import (
     NotFound,
     Unauthenticated,
 )
+from crm_backend.settings import Network
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# The reverse proxies whose X-Forwarded-For is believed (`Settings.trusted_proxies`); unset: none.
+trusted_proxies_key = web.AppKey("trusted_proxies", tuple[Network, ...])
+MAX_ADDRESS_CHARS = 64  # the audit log's and the sign-in throttle's column width
+MAX_FORWARDED_HOPS = 32  # a longer chain is not from any proxy set-up we trust
 _STATUS_FOR_CRM_ERROR: dict[type[CrmError], int] = {
     MalformedRequest: 400,
     Unauthenticated: 401,
@@ -101,5 +107,45 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
 
 
 def client_address(request: web.Request) -> str:
-    """The caller's address, as far as this server can tell."""
-    return (request.remote or "")[:64]
+    """The address of whoever sent the request, for throttling and the audit log.
+
+    The TCP peer, unless the peer is one of the trusted reverse proxies: then the
+    right-most ``X-Forwarded-For`` entry that is not itself a trusted proxy, i.e. the
+    address the outermost trusted proxy saw. Entries left of it were written by the
+    client and are ignored, so a client cannot choose its address. A malformed entry
+    stops the walk at the nearest hop that is trusted.
+    """
+    peer = request.remote or ""
+    trusted = request.config_dict.get(trusted_proxies_key, ())
+    current = _parse_ip(peer)
+    if current is None or not _is_trusted(current, trusted):
+        return peer[:MAX_ADDRESS_CHARS]
+    entries = [part.strip() for header in request.headers.getall("X-Forwarded-For", ()) for part in header.split(",")]
+    for entry in reversed(entries[-MAX_FORWARDED_HOPS:]):
+        hop = _parse_ip(entry)
+        if hop is None:
+            break
+        current = hop
+        if not _is_trusted(hop, trusted):
+            break
+    return str(current)[:MAX_ADDRESS_CHARS]
+
+
+def _parse_ip(text: str) -> IPv4Address | IPv6Address | None:
+    """An address as a proxy writes it: bare, ``[v6]:port`` or ``v4:port``; IPv4-mapped IPv6 as IPv4."""
+    text = text.strip()
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    try:
+        address = ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _is_trusted(address: IPv4Address | IPv6Address, trusted: tuple[Network, ...]) -> bool:
+    return any(address.version == network.version and address in network for network in trusted)

@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -18,6 +19,30 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 class SettingsError(RuntimeError):
     """A required setting is missing or malformed."""
+
+
+Network = IPv4Network | IPv6Network
+
+
+def parse_trusted_proxies(raw: str) -> tuple[Network, ...]:
+    """The reverse proxies whose ``X-Forwarded-For`` the app believes.
+
+    Args:
+        raw: comma-separated addresses or CIDR networks, e.g. ``127.0.0.1, 10.0.0.0/8``;
+            empty trusts nobody.
+
+    Raises:
+        SettingsError: an entry is not an IP address or network.
+    """
+    networks: list[Network] = []
+    for entry in (part.strip() for part in raw.split(",")):
+        if not entry:
+            continue
+        try:
+            networks.append(ip_network(entry, strict=False))
+        except ValueError as error:
+            raise SettingsError(f"TRUSTED_PROXIES: {entry!r} is not an IP address or network") from error
+    return tuple(networks)
 
 
 def normalise_database_url(url: str) -> str:
@@ -59,6 +84,9 @@ class Settings:
     max_message_chars: int = 2000
     max_logged_chars: int = 10000
     proof_failures_alert_per_hour: int = 100  # failed proofs city-wide in an hour that alert supervisors
+    # Reverse proxies whose X-Forwarded-For names the client (sign-in throttling, audit log);
+    # empty: the TCP peer is the client.
+    trusted_proxies: tuple[Network, ...] = ()
     telegram: TelegramSettings | None = None  # None: no TELEGRAM_BOT_TOKEN, the app runs without Telegram
 
     @classmethod
@@ -110,6 +138,7 @@ class Settings:
             category_model_path=Path(
                 env.get("CATEGORY_MODEL_PATH", str(PROJECT_ROOT / "models" / "category_classifier.joblib"))
             ),
+            trusted_proxies=parse_trusted_proxies(env.get("TRUSTED_PROXIES", "")),
             telegram=TelegramSettings.from_env(env),
         )
 

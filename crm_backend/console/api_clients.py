@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from crm_backend.console.web import ConsoleBase, Staff, client_address, form, int_or_none, signed_in
+from crm_backend.console.web import ConsoleBase, Staff, form, int_or_none, signed_in
 from crm_backend.errors import InvalidInput
+from crm_backend.http import client_address
 from crm_backend.lifecycle import Role
 from crm_backend.services import api_clients, audit
 from crm_backend.services.api_clients import ApiScope, IssuedKey

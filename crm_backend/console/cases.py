@@ -9,9 +9,10 @@ from aiohttp import web
 from sqlalchemy import select
 
 from crm_backend.console.conversations import ChannelNotifier
-from crm_backend.console.web import ConsoleBase, Staff, client_address, form, int_or_none, secure, signed_in
+from crm_backend.console.web import ConsoleBase, Staff, form, int_or_none, secure, signed_in
 from crm_backend.dispatch.classifier import CATEGORIES
 from crm_backend.errors import InvalidInput, InvalidTransition, NotFound
+from crm_backend.http import client_address
 from crm_backend.lifecycle import CASE_ACTIONS, CaseAction, CaseStatus, Role, available_actions
 from crm_backend.models import Department, ExtensionRequest, RoutingDecision, StaffUser
 from crm_backend.services import audit, casework

@@ -10,7 +10,6 @@ import secrets
 from typing import Any, Protocol
 
 from aiohttp import web
-from sqlalchemy import select
 
 from crm_backend.console.feed import SECURITY_EVENT, LiveEvent, LiveFeed
 from crm_backend.console.web import (
@@ -18,7 +17,6 @@ from crm_backend.console.web import (
     SESSION_COOKIE,
     ConsoleBase,
     Staff,
-    client_address,
     form,
     int_or_none,
     secure,
@@ -27,8 +25,9 @@ from crm_backend.console.web import (
 from crm_backend.dispatch.classifier import CATEGORIES
 from crm_backend.dispatch.service import Dispatcher
 from crm_backend.errors import CrmError, InvalidInput, NotFound
+from crm_backend.http import client_address
 from crm_backend.lifecycle import Role
-from crm_backend.models import ChannelIdentity, Citizen, Conversation, Message, ServiceCase, StaffUser
+from crm_backend.models import ChannelIdentity, Conversation, ServiceCase
 from crm_backend.services import audit, handoff, staff
 from crm_backend.services.conversations import OutgoingMessage
 from crm_backend.services.intake import Report, file_report
@@ -36,17 +35,7 @@ from crm_backend.services.moves import Actor
 
 logger = logging.getLogger(__name__)
 
-MAX_REPLY_CHARS = 4000
 HEARTBEAT_SECONDS = 15
-# The report form's slots, as staff read them in the draft case.
-FORM_SLOTS = {
-    "description": "问题描述",
-    "location": "地点",
-    "district": "区县",
-    "contact_phone": "联系电话",
-    "category_choice": "市民选择的分类",
-    "case_number": "查询的工单号",
-}
 
 
 class ChannelNotifier(Protocol):
@@ -89,7 +78,7 @@ class ConversationViews(ConsoleBase):
         app.router.add_get("/console/events", self.events)
         app.router.add_get("/console/conversations/{conversation_id:\\d+}", self.conversation)
         app.router.add_get("/console/conversations/{conversation_id:\\d+}/messages", self.messages)
-        for name in ("claim", "assign", "reply", "release", "close", "file-case"):
+        for name in ("claim", "assign", "reply", "release", "close", "file-case", "reveal-phone"):
             app.router.add_post(f"/console/conversations/{{conversation_id:\\d+}}/{name}", self.conversation_action)
 
     async def home(self, request: web.Request) -> web.StreamResponse:
@@ -115,18 +104,11 @@ class ConversationViews(ConsoleBase):
                 text='{"error": "csrf", "message": "页面已过期，请刷新后重试"}', content_type="application/json"
             )
         username, password = data.get("username", "")[:64], data.get("password", "")[:256]
-        address = client_address(request)
         try:
-            async with self.sessions.begin() as session:
-                user = await staff.authenticate(session, username, password, address)
-                if user is None:
-                    audit.record(session, None, "login.failed", username, address=address, actor_name=username)
-                else:
-                    signed = await staff.open_session(session, user)
-                    audit.record(session, user, "login", address=address)
+            signed = await staff.sign_in(self.sessions, username, password, client_address(request))
         except staff.LoginThrottled as error:
             return self.render_login(request, cookie_token, error=str(error), username=username, status=429)
-        if user is None:
+        if signed is None:
             return self.render_login(request, cookie_token, error=staff.LOGIN_REFUSED, username=username, status=401)
         response = secure(web.HTTPSeeOther("/console/inbox"))
         self.set_session_cookie(response, signed.token)
@@ -137,8 +119,9 @@ class ConversationViews(ConsoleBase):
     async def logout(self, request: web.Request) -> web.StreamResponse:
         member: Staff = request["staff"]
         async with self.sessions.begin() as session:
-            await staff.close_session(session, request.cookies.get(SESSION_COOKIE, ""))
-            audit.record(session, member.user, "logout", address=client_address(request))
+            await staff.sign_out(
+                session, member.user, request.cookies.get(SESSION_COOKIE, ""), address=client_address(request)
+            )
         response = web.HTTPSeeOther("/console/login")
         response.del_cookie(SESSION_COOKIE, path="/console")
         raise response
@@ -192,87 +175,49 @@ class ConversationViews(ConsoleBase):
         return await self._conversation_page(request)
 
     async def _conversation_page(
-        self, request: web.Request, *, error: str | None = None, notice: str | None = None, status: int = 200
+        self,
+        request: web.Request,
+        *,
+        error: str | None = None,
+        notice: str | None = None,
+        status: int = 200,
+        reveal_phone: bool = False,
     ) -> web.StreamResponse:
         member: Staff = request["staff"]
         conversation_id = int(request.match_info["conversation_id"])
         async with self.sessions.begin() as session:
-            conversation = await handoff.visible_conversation(session, member.user, conversation_id)
-            identity = await session.get(ChannelIdentity, conversation.identity_id)
-            assert identity is not None
-            citizen = await session.get(Citizen, identity.citizen_id)
-            messages = list(
-                (
-                    await session.scalars(
-                        select(Message).where(Message.conversation_id == conversation.id).order_by(Message.id)
-                    )
-                ).all()
+            detail = await handoff.conversation_detail(
+                session, member.user, conversation_id, reveal_phone=reveal_phone, address=client_address(request)
             )
-            channels = list(
-                await session.scalars(select(ChannelIdentity).where(ChannelIdentity.citizen_id == identity.citizen_id))
-            )
-            cases = list(
-                (
-                    await session.scalars(
-                        select(ServiceCase)
-                        .where(ServiceCase.citizen_id == identity.citizen_id)
-                        .order_by(ServiceCase.id.desc())
-                        .limit(20)
-                    )
-                ).all()
-            )
-            history = list(
-                (
-                    await session.scalars(
-                        select(Conversation)
-                        .join(ChannelIdentity, ChannelIdentity.id == Conversation.identity_id)
-                        .where(ChannelIdentity.citizen_id == identity.citizen_id, Conversation.id != conversation.id)
-                        .order_by(Conversation.id.desc())
-                        .limit(20)
-                    )
-                ).all()
-            )
-            colleagues = await handoff.colleagues_for(session, conversation)
-            assignee = (
-                await session.get(StaffUser, conversation.assigned_staff_id) if conversation.assigned_staff_id else None
-            )
-            audit.record(
-                session,
-                member.user,
-                "conversation.view",
-                f"conversation:{conversation.id}",
-                address=client_address(request),
-            )
-        slots: dict[str, Any] = {}
-        engine_down = False
-        try:
-            slots = await self.engine.slots(identity.sender_id)
-        except Exception as problem:  # the draft is a convenience: staff can type it in
-            logger.info("no slots for conversation %s: %s", conversation.id, problem)
-            engine_down = True
-        collected = {label: str(slots[name]) for name, label in FORM_SLOTS.items() if slots.get(name)}
-        draft = {name: str(slots.get(name) or "") for name in ("description", "location", "district", "contact_phone")}
+        slots, engine_down = await self._slots(detail.identity)
         return self.render(
             request,
             "conversation.html",
             status=status,
             error=error,
             notice=notice,
-            conversation=conversation,
-            citizen=citizen,
-            channels=channels,
-            messages=messages,
-            cases=cases,
-            history=history,
-            colleagues=colleagues,
-            assignee=assignee,
-            collected=collected,
-            draft=draft,
+            conversation=detail.conversation,
+            citizen=detail.citizen,
+            channels=detail.channels,
+            messages=detail.messages,
+            cases=detail.cases,
+            history=detail.history,
+            colleagues=detail.colleagues,
+            assignee=detail.assignee,
+            draft=handoff.draft_case(slots, reveal_phone=reveal_phone),
             engine_down=engine_down,
             reasons=handoff.REASONS,
             districts=self.desk.districts,
             categories=CATEGORIES,
         )
+
+    async def _slots(self, identity: ChannelIdentity) -> tuple[dict[str, Any], bool]:
+        """What the bot collected from this citizen; ({}, True) if the engine does not answer."""
+        try:
+            return await self.engine.slots(identity.sender_id), False
+        except Exception as problem:  # the draft is a convenience: staff can type it in
+            logger.info("no slots for %s: %s", identity.sender_id, problem)
+            return {}, True
 
     @signed_in()
     async def messages(self, request: web.Request) -> web.StreamResponse:
@@ -280,19 +225,7 @@ class ConversationViews(ConsoleBase):
         member: Staff = request["staff"]
         after = int_or_none(request.query.get("after")) or 0
         async with self.sessions() as session:
-            conversation = await handoff.visible_conversation(
-                session, member.user, int(request.match_info["conversation_id"])
-            )
-            rows = list(
-                (
-                    await session.scalars(
-                        select(Message)
-                        .where(Message.conversation_id == conversation.id, Message.id > after)
-                        .order_by(Message.id)
-                        .limit(200)
-                    )
-                ).all()
-            )
+            rows = await handoff.messages_after(session, member.user, int(request.match_info["conversation_id"]), after)
         return self.render(request, "message_rows.html", fragment=True, messages=rows)
 
     @signed_in()
@@ -300,6 +233,8 @@ class ConversationViews(ConsoleBase):
         member: Staff = request["staff"]
         conversation_id = int(request.match_info["conversation_id"])
         name = request.path.rsplit("/", 1)[1]
+        if name == "reveal-phone":
+            return await self._conversation_page(request, reveal_phone=True)
         data = await form(request)
         address = client_address(request)
         try:
@@ -315,48 +250,46 @@ class ConversationViews(ConsoleBase):
         self.done(request, f"/console/conversations/{conversation_id}", notice)
 
     async def _act(self, name: str, member: Staff, conversation_id: int, data: dict[str, str], address: str) -> str:
-        target = f"conversation:{conversation_id}"
         if name == "reply":
             text = data.get("text", "").strip()
-            if not text or len(text) > MAX_REPLY_CHARS:
-                raise InvalidInput("bad_text", f"回复内容为 1-{MAX_REPLY_CHARS} 个字符")
             async with self.sessions.begin() as session:
-                conversation = await handoff.claim(session, member.user, conversation_id)
-                audit.record(session, member.user, "conversation.reply", target, address=address)
+                conversation = await handoff.reply(session, member.user, conversation_id, text, address=address)
                 department_id = conversation.department_id
             live = await self.notifier.staff_reply(conversation_id, text, member.user.display_name)
             self.feed.publish(LiveEvent("reply", conversation_id, department_id))
             return "已发送" if live else "已发送；市民当前不在线，下次打开对话时会看到"
-        async with self.sessions.begin() as session:
-            if name == "claim":
-                conversation = await handoff.claim(session, member.user, conversation_id)
-                notice, kind = "已认领这个会话", "claimed"
-            elif name == "assign":
-                colleague_id = int_or_none(data.get("colleague_id"))
-                if colleague_id is None:
-                    raise InvalidInput("bad_colleague", "请选择同事")
-                colleague = await handoff.assign(session, member.user, conversation_id, colleague_id)
-                conversation = await handoff.visible_conversation(session, member.user, conversation_id)
-                notice, kind = f"已转给 {colleague.display_name}", "claimed"
-            elif name in ("release", "close"):
-                conversation = await handoff.visible_conversation(session, member.user, conversation_id)
-                if name == "release":
-                    await handoff.release_to_bot(session, conversation_id)
-                    notice, kind = "已交还机器人", "released"
-                else:
-                    handoff.close(conversation)
-                    notice, kind = "会话已结束", "closed"
-            elif name == "file-case":
+        if name == "file-case":
+            if not data.get("contact_phone", "").strip():  # the page shows it masked: file the one the bot has
+                async with self.sessions() as session:
+                    identity = await handoff.visible_identity(session, member.user, conversation_id)
+                slots, _ = await self._slots(identity)
+                data = {**data, "contact_phone": handoff.collected_phone(slots)}
+            async with self.sessions.begin() as session:
                 conversation = await handoff.visible_conversation(session, member.user, conversation_id)
                 case = await self._file_draft(session, member, conversation, data)
-                notice, kind = f"已登记工单 {case.case_number}", "filed"
                 target = f"case:{case.case_number}"
-            else:
-                raise NotFound("action")
-            audit.record(session, member.user, f"conversation.{name}", target, address=address)
+                audit.record(session, member.user, "conversation.file-case", target, address=address)
+                department_id = conversation.department_id
+            self.feed.publish(LiveEvent("filed", conversation_id, department_id))
+            return f"已登记工单 {case.case_number}"
+        async with self.sessions.begin() as session:
+            conversation, colleague = await handoff.operate(
+                session,
+                member.user,
+                conversation_id,
+                name,
+                colleague_id=int_or_none(data.get("colleague_id")),
+                address=address,
+            )
             department_id = conversation.department_id
         if name in ("release", "close"):
             await self.notifier.handoff_ended(conversation_id, closed=name == "close")
+        notice, kind = {
+            "claim": ("已认领这个会话", "claimed"),
+            "assign": (f"已转给 {colleague.display_name if colleague else ''}", "claimed"),
+            "release": ("已交还机器人", "released"),
+            "close": ("会话已结束", "closed"),
+        }[name]
         self.feed.publish(LiveEvent(kind, conversation_id, department_id))
         return notice
 

@@ -16,9 +16,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_backend.console.web import ConsoleBase, Staff, client_address, form, int_or_none, signed_in
+from crm_backend.console.web import ConsoleBase, Staff, form, int_or_none, signed_in
 from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.errors import NotFound
+from crm_backend.http import client_address
 from crm_backend.knowledge.entries import ASPECTS, EntryData, InvalidEntry, clean_lines
 from crm_backend.lifecycle import Role
 from crm_backend.models import KnowledgeEntry, KnowledgeEntryVersion

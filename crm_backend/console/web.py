@@ -49,10 +49,6 @@ class Staff:
         return self.role.at_least(role)
 
 
-def client_address(request: web.Request) -> str:
-    return (request.remote or "")[:64]
-
-
 def _beijing(value: datetime | None, pattern: str = "%Y-%m-%d %H:%M") -> str:
     return value.astimezone(CHINA_TZ).strftime(pattern) if value else ""
 

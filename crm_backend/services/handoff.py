@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,6 +27,9 @@ from crm_backend.models import (
     StaffUser,
     utcnow,
 )
+from crm_backend.services import audit
+from crm_backend.services.casework import case_scope
+from crm_backend.validation import mask_phone
 
 BOT = "bot"
 WAITING = "waiting"
@@ -36,6 +40,17 @@ REASONS = {
     "fallback": "机器人连续未能理解",
     "complaint": "投诉服务",
     "rejected": "市民两次否定回答",
+}
+MAX_REPLY_CHARS = 4000
+RELATED_LIMIT = 20  # the citizen's other cases and conversations shown beside one
+# The report form's slots, as staff read them in the draft case.
+FORM_SLOTS = {
+    "description": "问题描述",
+    "location": "地点",
+    "district": "区县",
+    "contact_phone": "联系电话",
+    "category_choice": "市民选择的分类",
+    "case_number": "查询的工单号",
 }
 
 
@@ -201,3 +216,196 @@ async def colleagues_for(session: AsyncSession, conversation: Conversation) -> l
     """Active staff who may work this conversation (for the assign menu)."""
     users = (await session.scalars(select(StaffUser).where(StaffUser.active).order_by(StaffUser.display_name))).all()
     return [user for user in users if may_see_conversation(user, conversation)]
+
+
+@dataclass(frozen=True)
+class ConversationDetail:
+    """One conversation as staff work it, with what they may see of the citizen behind it."""
+
+    conversation: Conversation
+    identity: ChannelIdentity
+    citizen: Citizen | None
+    messages: list[Message]
+    channels: list[ChannelIdentity]
+    cases: list[ServiceCase]  # the citizen's latest, of those this member of staff may see
+    history: list[Conversation]  # the citizen's other conversations, latest first
+    colleagues: list[StaffUser]
+    assignee: StaffUser | None
+
+
+async def conversation_detail(
+    session: AsyncSession, user: StaffUser, conversation_id: int, *, reveal_phone: bool = False, address: str = ""
+) -> ConversationDetail:
+    """A conversation for its page, the view written to the audit log.
+
+    Agents see only their department's cases of the citizen (`casework.case_scope`).
+    With ``reveal_phone`` the page will show the phone the bot collected whole, and the
+    audit row says so (``conversation.view_phone``), as the case page's reveal does.
+
+    Raises:
+        NotFound: no such conversation, or one this member of staff may not see.
+    """
+    conversation = await visible_conversation(session, user, conversation_id)
+    identity = await session.get(ChannelIdentity, conversation.identity_id)
+    assert identity is not None
+    citizen_id = identity.citizen_id
+    messages = await session.scalars(
+        select(Message).where(Message.conversation_id == conversation.id).order_by(Message.id)
+    )
+    channels = await session.scalars(select(ChannelIdentity).where(ChannelIdentity.citizen_id == citizen_id))
+    cases = await session.scalars(
+        select(ServiceCase)
+        .where(ServiceCase.citizen_id == citizen_id, case_scope(user))
+        .order_by(ServiceCase.id.desc())
+        .limit(RELATED_LIMIT)
+    )
+    history = await session.scalars(
+        select(Conversation)
+        .join(ChannelIdentity, ChannelIdentity.id == Conversation.identity_id)
+        .where(ChannelIdentity.citizen_id == citizen_id, Conversation.id != conversation.id)
+        .order_by(Conversation.id.desc())
+        .limit(RELATED_LIMIT)
+    )
+    detail = ConversationDetail(
+        conversation=conversation,
+        identity=identity,
+        citizen=await session.get(Citizen, citizen_id),
+        messages=list(messages.all()),
+        channels=list(channels.all()),
+        cases=list(cases.all()),
+        history=list(history.all()),
+        colleagues=await colleagues_for(session, conversation),
+        assignee=(
+            await session.get(StaffUser, conversation.assigned_staff_id) if conversation.assigned_staff_id else None
+        ),
+    )
+    action = "conversation.view_phone" if reveal_phone else "conversation.view"
+    audit.record(session, user, action, conversation_target(conversation.id), address=address)
+    return detail
+
+
+async def visible_identity(session: AsyncSession, user: StaffUser, conversation_id: int) -> ChannelIdentity:
+    """The channel identity behind a conversation this member of staff may see.
+
+    Raises:
+        NotFound: no such conversation, or one this member of staff may not see.
+    """
+    conversation = await visible_conversation(session, user, conversation_id)
+    identity = await session.get(ChannelIdentity, conversation.identity_id)
+    assert identity is not None
+    return identity
+
+
+async def messages_after(
+    session: AsyncSession, user: StaffUser, conversation_id: int, after_id: int, limit: int = 200
+) -> list[Message]:
+    """A visible conversation's messages after a given id, oldest first (the live transcript).
+
+    Raises:
+        NotFound: no such conversation, or one this member of staff may not see.
+    """
+    conversation = await visible_conversation(session, user, conversation_id)
+    rows = await session.scalars(
+        select(Message)
+        .where(Message.conversation_id == conversation.id, Message.id > after_id)
+        .order_by(Message.id)
+        .limit(limit)
+    )
+    return list(rows.all())
+
+
+@dataclass(frozen=True)
+class DraftCase:
+    """What the bot collected, as the console's draft case shows it.
+
+    ``contact_phone`` is whole only when staff asked to see it (an audited view);
+    ``masked_phone`` is what the page shows otherwise. Left blank in the form, the
+    phone the bot collected is the one filed (`collected_phone`).
+    """
+
+    description: str
+    location: str
+    district: str
+    contact_phone: str
+    masked_phone: str
+    collected: dict[str, str]  # label → value, the phone masked
+
+
+def draft_case(slots: dict[str, Any], *, reveal_phone: bool = False) -> DraftCase:
+    """The draft case from the dialogue engine's slots."""
+    phone = collected_phone(slots)
+    collected = {
+        label: mask_phone(str(slots[name])) if name == "contact_phone" else str(slots[name])
+        for name, label in FORM_SLOTS.items()
+        if slots.get(name)
+    }
+    return DraftCase(
+        description=str(slots.get("description") or ""),
+        location=str(slots.get("location") or ""),
+        district=str(slots.get("district") or ""),
+        contact_phone=phone if reveal_phone else "",
+        masked_phone=mask_phone(phone),
+        collected=collected,
+    )
+
+
+def collected_phone(slots: dict[str, Any]) -> str:
+    """The contact phone the bot collected, if any."""
+    return str(slots.get("contact_phone") or "").strip()
+
+
+def conversation_target(conversation_id: int) -> str:
+    """How the audit log names a conversation."""
+    return f"conversation:{conversation_id}"
+
+
+async def reply(
+    session: AsyncSession, user: StaffUser, conversation_id: int, text: str, *, address: str = ""
+) -> Conversation:
+    """Check a staff reply and take the conversation for its author, audited.
+
+    Raises:
+        InvalidInput: an empty or too long reply, or a conversation back with the bot.
+        NotFound: no such conversation, or one this member of staff may not see.
+    """
+    if not text.strip() or len(text) > MAX_REPLY_CHARS:
+        raise InvalidInput("bad_text", f"回复内容为 1-{MAX_REPLY_CHARS} 个字符")
+    conversation = await claim(session, user, conversation_id)
+    audit.record(session, user, "conversation.reply", conversation_target(conversation_id), address=address)
+    return conversation
+
+
+async def operate(
+    session: AsyncSession,
+    user: StaffUser,
+    conversation_id: int,
+    operation: str,
+    *,
+    colleague_id: int | None = None,
+    address: str = "",
+) -> tuple[Conversation, StaffUser | None]:
+    """Claim, assign (to ``colleague_id``), release to the bot or close a conversation, audited;
+    the conversation and, for an assignment, the colleague.
+
+    Raises:
+        InvalidInput: the operation is not possible now (see `claim`, `assign`).
+        NotFound: no such conversation or operation, or a conversation this member of staff may not see.
+    """
+    colleague: StaffUser | None = None
+    if operation == "claim":
+        conversation = await claim(session, user, conversation_id)
+    elif operation == "assign":
+        if colleague_id is None:
+            raise InvalidInput("bad_colleague", "请选择同事")
+        colleague = await assign(session, user, conversation_id, colleague_id)
+        conversation = await visible_conversation(session, user, conversation_id)
+    elif operation == "release":
+        await visible_conversation(session, user, conversation_id)
+        conversation = await release_to_bot(session, conversation_id)
+    elif operation == "close":
+        conversation = await visible_conversation(session, user, conversation_id)
+        close(conversation)
+    else:
+        raise NotFound("operation")
+    audit.record(session, user, f"conversation.{operation}", conversation_target(conversation_id), address=address)
+    return conversation, colleague

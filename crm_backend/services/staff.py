@@ -3,7 +3,8 @@
 Passwords are hashed with Argon2id (argon2-cffi's defaults); hashing runs in a worker
 thread so a sign-in never stalls the event loop. A browser holds a random session
 token in a cookie; the database keeps only its SHA-256, so a leaked table opens no
-session. Failed sign-ins are counted per username and per address and throttled.
+session. Failed sign-ins are counted per username and per address (the client's, as
+`crm_backend.http.client_address` finds it behind a trusted proxy) and throttled.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from datetime import datetime, timedelta
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_backend.errors import CrmError, InvalidInput, NotFound
 from crm_backend.lifecycle import Role
 from crm_backend.models import Department, LoginFailure, StaffSession, StaffUser, utcnow
+from crm_backend.services import audit
 
 SESSION_IDLE_LIMIT = timedelta(hours=2)
 SESSION_MAX_AGE = timedelta(hours=12)
@@ -49,6 +51,7 @@ class SignedIn:
 
     token: str
     session: StaffSession
+    user: StaffUser
 
 
 def token_hash(token: str) -> str:
@@ -126,16 +129,52 @@ async def set_password(session: AsyncSession, user_id: int, password: str) -> St
     return user
 
 
-async def authenticate(session: AsyncSession, username: str, password: str, address: str) -> StaffUser | None:
-    """The active user with this username and password; None (and the failure recorded) if not.
+async def sign_in(
+    sessions: async_sessionmaker[AsyncSession], username: str, password: str, address: str
+) -> SignedIn | None:
+    """Check a username and password and open a console session; None if refused.
 
-    The failure is added to the caller's transaction, which must commit it: a refusal is
-    a normal outcome here, not an exception that would roll the record back.
+    Every attempt is first recorded as a failure and committed, then counted: an
+    attempt sees every attempt committed before it, so of any number of concurrent
+    guesses at most the limit's worth get their password checked (counting first and
+    recording after, they would all count the same number and all pass). A sign-in that
+    succeeds removes its own record; a throttled one too, so only checked guesses count.
+    The refusal and the sign-in are written to the audit log.
+
+    Args:
+        sessions: opens the two transactions (the record must commit before it is counted).
+        username: as typed; compared trimmed and lower-cased.
+        password: as typed.
+        address: the client's address (`crm_backend.http.client_address`).
 
     Raises:
         LoginThrottled: too many recent failures for this username or from this address.
     """
     username = username.strip().lower()[:64]
+    address = address[:64]
+    async with sessions.begin() as session:
+        attempt = LoginFailure(username=username, address=address)
+        session.add(attempt)
+    async with sessions.begin() as session:
+        if not await _over_limit(session, username, address):
+            user = await session.scalar(select(StaffUser).where(StaffUser.username == username))
+            valid = await asyncio.to_thread(_verify, user.password_hash if user else _DUMMY_HASH, password)
+            if user is None or not valid or not user.active:
+                audit.record(session, None, "login.failed", username, address=address, actor_name=username)
+                return None
+            await session.execute(delete(LoginFailure).where(LoginFailure.id == attempt.id))
+            if _hasher.check_needs_rehash(user.password_hash):
+                user.password_hash = await hash_password(password)
+            user.last_login_at = utcnow()
+            signed = await open_session(session, user)
+            audit.record(session, user, "login", address=address)
+            return signed
+        await session.execute(delete(LoginFailure).where(LoginFailure.id == attempt.id))
+    raise LoginThrottled("登录失败次数过多，请 15 分钟后再试")
+
+
+async def _over_limit(session: AsyncSession, username: str, address: str) -> bool:
+    """Whether the recent attempts, this one's included, are more than a limit allows."""
     since = utcnow() - THROTTLE_WINDOW
     by_name = await session.scalar(
         select(func.count(LoginFailure.id)).where(LoginFailure.username == username, LoginFailure.created_at >= since)
@@ -143,17 +182,13 @@ async def authenticate(session: AsyncSession, username: str, password: str, addr
     by_address = await session.scalar(
         select(func.count(LoginFailure.id)).where(LoginFailure.address == address, LoginFailure.created_at >= since)
     )
-    if (by_name or 0) >= MAX_FAILURES_PER_USERNAME or (by_address or 0) >= MAX_FAILURES_PER_ADDRESS:
-        raise LoginThrottled("登录失败次数过多，请 15 分钟后再试")
-    user = await session.scalar(select(StaffUser).where(StaffUser.username == username))
-    valid = await asyncio.to_thread(_verify, user.password_hash if user else _DUMMY_HASH, password)
-    if user is None or not valid or not user.active:
-        session.add(LoginFailure(username=username, address=address[:64]))
-        return None
-    if _hasher.check_needs_rehash(user.password_hash):
-        user.password_hash = await hash_password(password)
-    user.last_login_at = utcnow()
-    return user
+    return (by_name or 0) > MAX_FAILURES_PER_USERNAME or (by_address or 0) > MAX_FAILURES_PER_ADDRESS
+
+
+async def sign_out(session: AsyncSession, user: StaffUser, token: str, *, address: str = "") -> None:
+    """End the console session behind a cookie token, and say so in the audit log."""
+    await close_session(session, token)
+    audit.record(session, user, "logout", address=address)
 
 
 def _verify(stored: str, password: str) -> bool:
@@ -177,7 +212,7 @@ async def open_session(session: AsyncSession, user: StaffUser, now: datetime | N
     )
     session.add(row)
     await session.flush()
-    return SignedIn(token, row)
+    return SignedIn(token, row, user)
 
 
 async def find_session(

@@ -6,14 +6,18 @@ import asyncio
 import json
 import re
 import uuid
+from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
+import requests
 from sqlalchemy import select
 
 from crm_backend.db import create_engine, create_sessionmaker
-from crm_backend.models import Department
+from crm_backend.models import AuditEntry, Department, ServiceCase
+from crm_backend.services import staff
 from crm_backend.services.conversations import current_conversation, log_incoming, resolve_identity
 from crm_backend.services.intake import Report, file_case
 from crm_backend.settings import normalise_database_url
@@ -21,6 +25,8 @@ from tests.support.console import PASSWORD, ConsoleClient, create_staff
 from tests.support.stack import Stack
 
 MARKUP = '<img src=x onerror="window.__xss=1"><script>alert(1)</script>'
+DRAFT_PHONE = "13912345678"
+T = TypeVar("T")
 
 
 async def file_case_for(stack: Stack, department_code: str | None, text: str = "路灯坏了") -> tuple[str, int]:
@@ -50,8 +56,74 @@ async def file_case_for(stack: Stack, department_code: str | None, text: str = "
 
 def file_case_now(stack: Stack, department_code: str | None, text: str = "路灯坏了") -> tuple[str, int]:
     """`file_case_for` from synchronous code, even where an event loop is running (Playwright)."""
+    return run_now(file_case_for(stack, department_code, text))
+
+
+def run_now(work: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine from synchronous code, even where an event loop is running (Playwright)."""
     with ThreadPoolExecutor(1) as worker:
-        return worker.submit(asyncio.run, file_case_for(stack, department_code, text)).result()
+        return worker.submit(asyncio.run, work).result()
+
+
+async def citizen_with_cases(stack: Stack, external_id: str, department_codes: list[str]) -> tuple[list[str], int]:
+    """One web-chat citizen, one conversation, and a case from it dispatched to each department;
+    (case numbers, conversation id)."""
+    engine = create_engine(normalise_database_url(str(stack.database_url)))
+    try:
+        async with create_sessionmaker(engine).begin() as session:
+            identity = await resolve_identity(session, "web", external_id)
+            conversation = await current_conversation(session, identity)
+            log_incoming(session, conversation, "路灯坏了，井盖也丢了", max_chars=10_000)
+            numbers = []
+            for code in department_codes:
+                case = await file_case(
+                    session,
+                    identity,
+                    Report(description=f"{code} 的问题", location="A1区解放路", contact_phone="13812345678"),
+                    conversation_id=conversation.id,
+                )
+                department = await session.scalar(select(Department).where(Department.code == code))
+                assert department is not None
+                case.department_id, case.department, case.status = department.id, department.name, "dispatched"
+                numbers.append(case.case_number)
+            return numbers, conversation.id
+    finally:
+        await engine.dispose()
+
+
+async def read_database(stack: Stack, statement: Any) -> list[Any]:
+    engine = create_engine(normalise_database_url(str(stack.database_url)))
+    try:
+        async with create_sessionmaker(engine)() as session:
+            return list((await session.scalars(statement)).all())
+    finally:
+        await engine.dispose()
+
+
+def set_slots(stack: Stack, sender_id: str, slots: dict[str, str]) -> None:
+    """What the bot collected, set in the real engine's tracker (as the report form would)."""
+    # The app's client sends the id with ":" as it is (yarl undoes %3A), so the tracker is keyed so.
+    response = requests.post(
+        f"{stack.engine_url}/conversations/{sender_id}/tracker/events",
+        params={"token": stack.secrets["ENGINE_TOKEN"]},
+        json=[{"event": "slot", "name": name, "value": value} for name, value in slots.items()],
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+
+
+def citizen_with_a_draft(stack: Stack, external_id: str) -> tuple[str, str, int]:
+    """A citizen with a case in A-housing and one in A-transport from the same conversation, and a
+    report the bot collected (with the phone `DRAFT_PHONE`); (housing case, transport case, conversation id)."""
+    (housing_case, transport_case), conversation_id = run_now(
+        citizen_with_cases(stack, external_id, ["A-housing", "A-transport"])
+    )
+    set_slots(
+        stack,
+        f"web:{external_id}",
+        {"description": "路灯坏了好几天", "location": "A1区解放路18号", "contact_phone": DRAFT_PHONE},
+    )
+    return housing_case, transport_case, conversation_id
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +173,58 @@ def test_wrong_passwords_are_refused_then_throttled(stack: Stack) -> None:
         assert refused.status_code == 401 and "用户名或密码不正确" in refused.text
     throttled = client.login(username, PASSWORD)
     assert throttled.status_code == 429 and "15 分钟" in throttled.text
+
+
+@pytest.fixture(scope="module")
+def behind_proxy(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Stack]]:
+    """Two more apps, each on a database of its own (sign-in failures there lock out nobody
+    else): one trusting a reverse proxy on 127.0.0.1, one trusting nobody."""
+    proxied = Stack(workdir=tmp_path_factory.mktemp("proxied"), rasa_port=stack.rasa_port, secrets=stack.secrets)
+    direct = Stack(workdir=tmp_path_factory.mktemp("direct"), rasa_port=stack.rasa_port, secrets=stack.secrets)
+    try:
+        proxied.start_app({"TRUSTED_PROXIES": "127.0.0.1"})
+        direct.start_app()
+        yield proxied, direct
+    finally:
+        direct.stop_app()
+        proxied.stop_app()
+
+
+def client_behind(stack: Stack, forwarded_for: str) -> ConsoleClient:
+    client = ConsoleClient(stack)
+    client.http.headers["X-Forwarded-For"] = forwarded_for
+    return client
+
+
+def test_behind_a_trusted_proxy_one_guessing_address_does_not_lock_out_the_others(
+    behind_proxy: tuple[Stack, Stack],
+) -> None:
+    proxied, _ = behind_proxy
+    username = create_staff(proxied, "supervisor", display_name="代理后的值班")
+    guesser = client_behind(proxied, "203.0.113.7")
+    guesses = [f"guess{number:02d}" for number in range(staff.MAX_FAILURES_PER_ADDRESS)]
+    for guess in guesses:
+        assert guesser.login(guess, "not the password").status_code == 401
+    assert guesser.login(username).status_code == 429  # that address is throttled...
+    colleague = client_behind(proxied, "10.1.1.1, 198.51.100.9")  # (a left-most entry the client wrote)
+    assert colleague.login(username).url.endswith("/console/inbox")  # ...the colleague's is not
+    addresses = run_now(
+        read_database(proxied, select(AuditEntry.address).where(AuditEntry.actor.in_([username, *guesses])))
+    )
+    assert sorted(set(addresses)) == ["198.51.100.9", "203.0.113.7"]
+
+
+def test_without_trusted_proxies_a_forged_forwarded_for_does_not_escape_the_throttle(
+    behind_proxy: tuple[Stack, Stack],
+) -> None:
+    _, direct = behind_proxy
+    username = create_staff(direct, "supervisor", display_name="直连的值班")
+    for number in range(staff.MAX_FAILURES_PER_ADDRESS):
+        forger = client_behind(direct, f"192.0.2.{number + 1}")
+        assert forger.login(f"forged{number:02d}", "not the password").status_code == 401
+    assert client_behind(direct, "192.0.2.200").login(username).status_code == 429
+    forged = run_now(read_database(direct, select(AuditEntry.address).where(AuditEntry.actor.like("forged%"))))
+    assert set(forged) == {"127.0.0.1"}
 
 
 def test_a_post_without_the_csrf_token_is_refused(stack: Stack, accounts: dict[str, str]) -> None:
@@ -156,6 +280,54 @@ def test_citizen_text_is_escaped_and_phone_views_are_audited(stack: Stack, accou
     audit = signed_in(stack, accounts["supervisor"]).get("/audit").text
     assert "case.view_phone" in audit and number in audit and "conversation.view" in audit
     assert accounts["housing"] in audit
+
+
+def test_an_agent_sees_only_their_departments_cases_beside_a_conversation(
+    stack: Stack, accounts: dict[str, str]
+) -> None:
+    housing_case, transport_case, conversation_id = citizen_with_a_draft(stack, "scope-two-departments")
+    housing = signed_in(stack, accounts["housing"]).get(f"/conversations/{conversation_id}")
+    assert housing.status_code == 200
+    assert housing_case in housing.text and transport_case not in housing.text
+    transport = signed_in(stack, accounts["transport"]).get(f"/conversations/{conversation_id}")
+    assert transport_case in transport.text and housing_case not in transport.text
+    supervisor = signed_in(stack, accounts["supervisor"]).get(f"/conversations/{conversation_id}")
+    assert housing_case in supervisor.text and transport_case in supervisor.text
+
+
+def test_the_draft_phone_is_masked_and_shown_whole_only_by_the_audited_action(
+    stack: Stack, accounts: dict[str, str]
+) -> None:
+    _, _, conversation_id = citizen_with_a_draft(stack, "draft-phone-masked")
+    housing = signed_in(stack, accounts["housing"])
+    page = housing.get(f"/conversations/{conversation_id}").text
+    draft = page[page.index('id="draft-case"') :]
+    assert "139****5678" in draft and DRAFT_PHONE not in page
+
+    revealed = housing.post(f"/conversations/{conversation_id}/reveal-phone", {})
+    assert revealed.status_code == 200 and f'value="{DRAFT_PHONE}"' in revealed.text
+    views = run_now(
+        read_database(
+            stack,
+            select(AuditEntry).where(
+                AuditEntry.action == "conversation.view_phone", AuditEntry.target == f"conversation:{conversation_id}"
+            ),
+        )
+    )
+    assert [entry.actor for entry in views] == [accounts["housing"]]
+    assert housing.get(f"/conversations/{conversation_id}").text.count(DRAFT_PHONE) == 0  # one view, not a mode
+
+    # Left blank, the phone the citizen gave the bot is the one filed.
+    filed = housing.post(
+        f"/conversations/{conversation_id}/file-case",
+        {"description": "路灯坏了好几天", "location": "A1区解放路18号", "contact_phone": ""},
+    )
+    number = re.search(r"已登记工单 (\d{8}-\d{4,})", filed.text)
+    assert filed.status_code == 200 and number, filed.text[:500]
+    phones = run_now(
+        read_database(stack, select(ServiceCase.contact_phone).where(ServiceCase.case_number == number.group(1)))
+    )
+    assert phones == [DRAFT_PHONE]
 
 
 def test_logout_ends_the_session(stack: Stack, accounts: dict[str, str]) -> None:

@@ -18,7 +18,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.integration.test_browser import CHROMIUM, REPLY_TIMEOUT_MS, Widget
-from tests.integration.test_console import file_case_now
+from tests.integration.test_console import DRAFT_PHONE, citizen_with_a_draft, file_case_now
 from tests.support.console import PASSWORD, create_staff
 from tests.support.domain_text import utter
 from tests.support.stack import Stack
@@ -162,6 +162,24 @@ def test_the_browser_is_refused_a_csrf_less_post_and_another_departments_case(
     console.screenshot(path=str(artifacts_dir / "console-agent-inbox.png"), full_page=True)
     unexpected = [p for p in problems if "status of 404" not in p and "status of 403" not in p]
     assert unexpected == [], problems
+
+
+def test_an_agent_sees_a_masked_draft_phone_and_no_other_departments_case(
+    stack: Stack, browser: Any, artifacts_dir: Path
+) -> None:
+    housing_case, transport_case, conversation_id = citizen_with_a_draft(stack, "browser-draft-two-departments")
+    username = create_staff(stack, "agent", "A-housing", display_name="住建李")
+    problems: list[str] = []
+    console = new_page(browser, problems)
+    sign_in(console, stack, username)
+
+    console.goto(f"{stack.app_url}/console/conversations/{conversation_id}")
+    expect(console.locator("#draft-case")).to_contain_text("139****5678")
+    expect(console.locator("main")).to_contain_text(housing_case)
+    expect(console.locator("body")).not_to_contain_text(transport_case)
+    assert DRAFT_PHONE not in console.content() and transport_case not in console.content()
+    console.screenshot(path=str(artifacts_dir / "console-conversation-scoped.png"), full_page=True)
+    assert problems == [], problems
 
 
 def test_an_agent_returns_a_case_to_the_dispatchers_and_lands_on_the_case_list(

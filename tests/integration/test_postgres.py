@@ -25,6 +25,10 @@ from tests.support.postgres import PostgresServer
 from tests.support.stack import APP_PYTHON, ROOT, Stack
 from tests.unit.test_actions import *  # noqa: F403  (run again on PostgreSQL)
 from tests.unit.test_case_proofs import *  # noqa: F403  (run again on PostgreSQL)
+from tests.unit.test_console_services import (  # noqa: F401  (run again on PostgreSQL: its isolation differs)
+    people,
+    test_concurrent_wrong_passwords_never_get_more_tries_than_the_limit,
+)
 from tests.unit.test_services import *  # noqa: F403  (run again on PostgreSQL)
 
 

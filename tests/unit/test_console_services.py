@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pytest
@@ -17,12 +18,13 @@ from crm_backend.models import (
     CaseEvent,
     Conversation,
     Department,
+    LoginFailure,
     ServiceCase,
     StaffSession,
     StaffUser,
     utcnow,
 )
-from crm_backend.services import casework, handoff, staff
+from crm_backend.services import admin, casework, handoff, staff
 from crm_backend.services.conversations import current_conversation, resolve_identity
 from crm_backend.services.intake import Report, file_case
 
@@ -128,31 +130,60 @@ async def test_create_user_refuses_bad_accounts(
 async def test_sign_in_and_wrong_passwords_are_throttled_per_username(
     sessions: Sessions, people: dict[str, StaffUser]
 ) -> None:
-    async with sessions.begin() as session:
-        user = await staff.authenticate(session, "WANG ", PASSWORD, "127.0.0.1")
-        assert user is not None and user.id == people["supervisor"].id and user.last_login_at is not None
+    signed = await staff.sign_in(sessions, "WANG ", PASSWORD, "127.0.0.1")
+    assert signed is not None and signed.user.id == people["supervisor"].id and signed.user.last_login_at is not None
     for _ in range(staff.MAX_FAILURES_PER_USERNAME):
-        async with sessions.begin() as session:
-            assert await staff.authenticate(session, "wang", "wrong password!", "127.0.0.1") is None
-    async with sessions.begin() as session:
-        with pytest.raises(staff.LoginThrottled):
-            await staff.authenticate(session, "wang", PASSWORD, "127.0.0.1")  # even the right one, for now
-    async with sessions.begin() as session:  # an unknown user is refused the same way
-        assert await staff.authenticate(session, "nobody", PASSWORD, "127.0.0.2") is None
+        assert await staff.sign_in(sessions, "wang", "wrong password!", "127.0.0.1") is None
+    with pytest.raises(staff.LoginThrottled):
+        await staff.sign_in(sessions, "wang", PASSWORD, "127.0.0.1")  # even the right one, for now
+    assert await staff.sign_in(sessions, "nobody", PASSWORD, "127.0.0.2") is None  # an unknown user: the same
+    async with sessions() as session:
+        actions = list((await session.scalars(select(AuditEntry.action).order_by(AuditEntry.id))).all())
+    assert actions == ["login"] + ["login.failed"] * staff.MAX_FAILURES_PER_USERNAME + ["login.failed"]
+
+
+async def test_failures_from_one_address_are_throttled_whatever_the_username(
+    sessions: Sessions, people: dict[str, StaffUser]
+) -> None:
+    for number in range(staff.MAX_FAILURES_PER_ADDRESS):
+        assert await staff.sign_in(sessions, f"guess{number:02d}", "wrong password!", "192.0.2.1") is None
+    with pytest.raises(staff.LoginThrottled):
+        await staff.sign_in(sessions, "wang", PASSWORD, "192.0.2.1")
+    assert await staff.sign_in(sessions, "wang", PASSWORD, "192.0.2.2") is not None
+
+
+async def test_concurrent_wrong_passwords_never_get_more_tries_than_the_limit(
+    sessions: Sessions, people: dict[str, StaffUser]
+) -> None:
+    async def attempt() -> bool:
+        try:
+            await staff.sign_in(sessions, "wang", "wrong password!", "192.0.2.1")
+        except staff.LoginThrottled:
+            return False
+        return True
+
+    allowed = sum(await asyncio.gather(*(attempt() for _ in range(30))))
+    assert allowed <= staff.MAX_FAILURES_PER_USERNAME  # how many fewer depends on how the commits interleave
+    async with sessions() as session:
+        assert await session.scalar(select(func.count(LoginFailure.id))) == allowed
+        failed = await session.scalar(select(func.count(AuditEntry.id)).where(AuditEntry.action == "login.failed"))
+    assert failed == allowed
+    # Refused attempts are not counted: one at a time, the rest of the limit is still there.
+    while await attempt():
+        allowed += 1
+    assert allowed == staff.MAX_FAILURES_PER_USERNAME
 
 
 async def test_a_deactivated_account_cannot_sign_in_or_keep_its_session(
     sessions: Sessions, people: dict[str, StaffUser]
 ) -> None:
+    signed = await staff.sign_in(sessions, "li.housing", PASSWORD, "127.0.0.1")
+    assert signed is not None
     async with sessions.begin() as session:
-        user = await staff.authenticate(session, "li.housing", PASSWORD, "127.0.0.1")
-        assert user is not None
-        signed = await staff.open_session(session, user)
-    async with sessions.begin() as session:
-        (await session.get(StaffUser, user.id)).active = False  # type: ignore[union-attr]
+        (await session.get(StaffUser, signed.user.id)).active = False  # type: ignore[union-attr]
     async with sessions.begin() as session:
         assert await staff.find_session(session, signed.token) is None
-        assert await staff.authenticate(session, "li.housing", PASSWORD, "127.0.0.1") is None
+    assert await staff.sign_in(sessions, "li.housing", PASSWORD, "127.0.0.1") is None
 
 
 async def test_sessions_expire_when_idle_or_too_old_and_only_a_hash_is_stored(
@@ -179,8 +210,8 @@ async def test_resetting_a_password_signs_the_user_out(sessions: Sessions, peopl
         await staff.set_password(session, people["housing"].id, "a brand new password")
     async with sessions.begin() as session:
         assert await staff.find_session(session, signed.token) is None
-        user = await staff.authenticate(session, "li.housing", "a brand new password", "x")
-        assert user is not None and user.id == people["housing"].id
+    again = await staff.sign_in(sessions, "li.housing", "a brand new password", "x")
+    assert again is not None and again.user.id == people["housing"].id
 
 
 # --- what each role may see ---------------------------------------------------------
@@ -249,6 +280,48 @@ async def test_escalations_wait_in_the_hotline_inbox_and_agents_see_only_their_o
     async with sessions.begin() as session:
         fresh = await current_conversation(session, identity)
         assert fresh.id != conversation.id and fresh.handoff_status == handoff.BOT  # closed: next one is new
+
+
+async def test_beside_a_conversation_an_agent_sees_only_their_departments_cases(
+    sessions: Sessions, people: dict[str, StaffUser]
+) -> None:
+    housing_case = await new_case(sessions, "A-housing", CaseStatus.DISPATCHED, sender="two-departments")
+    transport_case = await new_case(sessions, "A-transport", CaseStatus.DISPATCHED, sender="two-departments")
+    async with sessions() as session:
+        conversation_id = await session.scalar(
+            select(ServiceCase.conversation_id).where(ServiceCase.case_number == housing_case)
+        )
+    assert conversation_id is not None
+    seen = {}
+    for who in ("housing", "transport", "supervisor"):
+        async with sessions.begin() as session:
+            detail = await handoff.conversation_detail(session, people[who], conversation_id, address="192.0.2.9")
+        seen[who] = {case.case_number for case in detail.cases}
+    assert seen == {
+        "housing": {housing_case},
+        "transport": {transport_case},
+        "supervisor": {housing_case, transport_case},
+    }
+    async with sessions.begin() as session:
+        await handoff.conversation_detail(session, people["housing"], conversation_id, reveal_phone=True)
+    async with sessions() as session:
+        views = (await session.execute(select(AuditEntry.actor, AuditEntry.action, AuditEntry.address))).tuples().all()
+    assert views == [
+        ("li.housing", "conversation.view", "192.0.2.9"),
+        ("zhao.transport", "conversation.view", "192.0.2.9"),
+        ("wang", "conversation.view", "192.0.2.9"),
+        ("li.housing", "conversation.view_phone", ""),
+    ]
+
+
+def test_the_draft_case_shows_the_collected_phone_masked_unless_revealed() -> None:
+    slots = {"description": "路灯坏了", "location": "A1区解放路", "contact_phone": "13912345678", "district": None}
+    draft = handoff.draft_case(slots)
+    assert (draft.description, draft.location, draft.district) == ("路灯坏了", "A1区解放路", "")
+    assert (draft.contact_phone, draft.masked_phone) == ("", "139****5678")
+    assert draft.collected == {"问题描述": "路灯坏了", "地点": "A1区解放路", "联系电话": "139****5678"}
+    assert handoff.draft_case(slots, reveal_phone=True).contact_phone == "13912345678"
+    assert handoff.draft_case({}).masked_phone == ""
 
 
 async def test_an_escalation_goes_to_the_department_that_has_the_conversations_case(
@@ -431,3 +504,45 @@ def test_a_malformed_cursor_is_refused() -> None:
         with pytest.raises(InvalidInput):
             casework.Cursor.decode(raw)
     assert casework.Cursor.decode("1-42") == casework.Cursor(True, 42)
+
+
+# --- administration --------------------------------------------------------------------
+
+
+async def test_admin_changes_are_checked_and_audited(sessions: Sessions, people: dict[str, StaffUser]) -> None:
+    root = people["admin"]
+    async with sessions.begin() as session:
+        with pytest.raises(InvalidInput) as refused:
+            await admin.change_user(session, root, root.id, "deactivate")
+        assert refused.value.reason == "self"
+        with pytest.raises(NotFound):
+            await admin.change_user(session, root, None, "activate")
+        await admin.change_user(session, root, people["housing"].id, "deactivate", address="192.0.2.5")
+        department = await admin.save_department(
+            session,
+            root,
+            department_id=None,
+            code="A-parks",
+            name="公园管理处",
+            district="A1区",
+            active=True,
+            districts=["A1区"],
+        )
+        with pytest.raises(InvalidInput) as taken:
+            await admin.save_department(
+                session, root, department_id=None, code="A-parks", name="重复", district=None, active=True, districts=[]
+            )
+        assert taken.value.reason == "code_taken"
+        with pytest.raises(InvalidInput) as days:
+            await admin.change_routing(
+                session, root, "policy", "城乡建设", districts=[], department_id=department.id, deadline_working_days=99
+            )
+        assert days.value.reason == "bad_days"
+        detail = await admin.change_routing(
+            session, root, "rule", "城乡建设", districts=["A1区"], district="A1区", department_id=department.id
+        )
+        assert detail == "A1区 → 公园管理处"
+    async with sessions() as session:
+        assert (await session.get(StaffUser, people["housing"].id)).active is False  # type: ignore[union-attr]
+        rows = (await session.execute(select(AuditEntry.action, AuditEntry.target))).tuples().all()
+    assert rows == [("user.deactivate", "li.housing"), ("department.create", "A-parks"), ("routing.rule", "城乡建设")]

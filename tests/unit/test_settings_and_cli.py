@@ -68,6 +68,14 @@ def test_settings_read_secrets_and_defaults() -> None:
     assert settings.engine_timeout_seconds == 5.0
     assert settings.allowed_origins == ()
     assert settings.domain_path == PROJECT_ROOT / "domain.yml"
+    assert settings.trusted_proxies == ()  # the TCP peer is the client unless proxies are named
+
+
+def test_trusted_proxies_are_read_and_a_bad_entry_refused() -> None:
+    settings = Settings.from_env(make_env(TRUSTED_PROXIES="127.0.0.1, 10.0.0.0/8"))
+    assert [str(network) for network in settings.trusted_proxies] == ["127.0.0.1/32", "10.0.0.0/8"]
+    with pytest.raises(SettingsError, match="TRUSTED_PROXIES"):
+        Settings.from_env(make_env(TRUSTED_PROXIES="localhost"))
 
 
 @pytest.mark.parametrize("name", SECRET_NAMES)
