@@ -18,6 +18,7 @@ from crm_backend.errors import (
     LookupThrottled,
     MalformedRequest,
     NotFound,
+    RateLimited,
 )
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ _STATUS_FOR_CRM_ERROR: dict[type[CrmError], int] = {
     InvalidInput: 422,
     InvalidTransition: 409,
     LookupThrottled: 429,
+    RateLimited: 429,
 }
 
 
@@ -60,6 +62,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         logger.exception("unhandled error on %s %s", request.method, request.path)
         return json_error(500, "internal_error", "internal error")
+
+
+def client_address(request: web.Request) -> str:
+    """The address a request came from, as the limits count it (the peer's address for now)."""
+    return request.remote or ""
 
 
 def require_bearer(request: web.Request, token: str) -> None:
