@@ -20,6 +20,8 @@ APP_RESPONSES = (
     "utter_attachment_received",
     "utter_telegram_help",
     "utter_case_notice",
+    "utter_too_many_messages",
+    "utter_too_many_sessions",
 )
 
 

@@ -65,7 +65,10 @@ def mask_numbers(text: str) -> str:
 
 
 def parse_case_number(text: str) -> str | None:
-    """Find a case number (YYYYMMDD-NNNN, past 9,999 a day YYYYMMDD-NNNNN[N]; hyphen optional) in free text, normalised."""
+    """Find a case number in free text, normalised.
+
+    ``YYYYMMDD-NNNN``, or five or six digits past a day's 9,999th case; the hyphen is optional.
+    """
     match = _CASE_NUMBER.search(text.translate(_FULLWIDTH_DIGITS))
     if not match:
         return None

@@ -40,6 +40,7 @@ from bot.channels.telegram_delivery import KeyedSequencer, TelegramDelivery
 from bot.channels.telegram_format import is_stored_token, location_text
 from bot.pipeline import Inbound, MessagePipeline
 from bot.responses import Responses
+from crm_backend.errors import TooManyMessages
 from crm_backend.http import json_error, json_response
 from crm_backend.models import TelegramCallbackPayload
 from crm_backend.services.conversations import (
@@ -290,7 +291,11 @@ class TelegramChannel:
     # --- the conversation -----------------------------------------------------------------------
 
     async def _converse(self, chat_id: int, inbound: Inbound) -> None:
-        outcome = await self._pipeline.handle(inbound)
+        try:
+            outcome = await self._pipeline.handle(inbound)
+        except TooManyMessages as refused:  # not processed: the chat is told so, nothing is stored
+            await self.deliver(str(chat_id), [OutgoingMessage(str(refused), sender_kind="system")])
+            return
         if outcome.replies:
             await self.deliver(str(chat_id), outcome.replies)
 

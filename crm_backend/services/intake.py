@@ -45,7 +45,9 @@ async def next_case_number(session: AsyncSession, now: datetime) -> str:
     return f"{day}-{(latest or 0) + 1:04d}"
 
 
-async def check_daily_case_limit(session: AsyncSession, citizen_id: int, limit: int, now: datetime | None = None) -> None:
+async def check_daily_case_limit(
+    session: AsyncSession, citizen_id: int, limit: int, now: datetime | None = None
+) -> None:
     """Refuse a new case if the citizen already filed `limit` cases this Beijing calendar day.
 
     Counts the citizen's cases on every channel. A `limit` of 0 means no limit.
@@ -58,7 +60,9 @@ async def check_daily_case_limit(session: AsyncSession, citizen_id: int, limit: 
     local = (now or utcnow()).astimezone(CHINA_TZ)
     day_start = local.replace(hour=0, minute=0, second=0, microsecond=0)
     filed = await session.scalar(
-        select(func.count(ServiceCase.id)).where(ServiceCase.citizen_id == citizen_id, ServiceCase.created_at >= day_start)
+        select(func.count(ServiceCase.id)).where(
+            ServiceCase.citizen_id == citizen_id, ServiceCase.created_at >= day_start
+        )
     )
     if (filed or 0) >= limit:
         raise CaseLimitReached(f"citizen {citizen_id} filed {filed} cases today (limit {limit})")

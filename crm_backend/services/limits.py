@@ -97,9 +97,10 @@ class DatabaseRateLimiter:
 
     async def prune(self, limit: Limit) -> None:
         """Delete every subject's events that have left `limit`'s window."""
+        expired = self._clock() - limit.window
         async with self._sessions.begin() as session:
             await session.execute(
-                delete(RateEvent).where(RateEvent.rule == limit.name, RateEvent.created_at <= self._clock() - limit.window)
+                delete(RateEvent).where(RateEvent.rule == limit.name, RateEvent.created_at <= expired)
             )
 
 

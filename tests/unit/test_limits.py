@@ -10,9 +10,15 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from rasa_sdk.events import FollowupAction
+from rasa_sdk.executor import CollectingDispatcher
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from actions.common import reset_slots
+from actions.dispatch import ActionSubmitReport
+from actions.report import REPORT_SLOTS, ActionStartReport
+from crm_backend.dispatch.service import Dispatcher
 from crm_backend.errors import CaseLimitReached
 from crm_backend.lifecycle import CaseStatus
 from crm_backend.models import ChannelIdentity, RateEvent, ServiceCase
@@ -21,6 +27,19 @@ from crm_backend.services.intake import Report, check_daily_case_limit, file_cas
 from crm_backend.services.limits import DatabaseRateLimiter, Limit
 from crm_backend.settings import LimitSettings, Settings, SettingsError
 from crm_backend.validation import parse_case_number
+from tests.unit.test_actions import (
+    DOMAIN,
+    all_cases,
+    cleared,
+    desk,  # noqa: F401  (fixture)
+    make_tracker,
+    register,
+    report_slots,
+    responses,
+    seeded,  # noqa: F401  (fixture)
+    slot_state,
+)
+from tests.unit.test_actions import file as file_for
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -70,9 +89,7 @@ async def test_events_up_to_the_limit_pass_and_the_next_one_is_refused(limiter: 
     assert await acquire_many(limiter, MESSAGES, "rest:alice", 4) == [True, True, True, False]
 
 
-async def test_a_refused_event_is_not_counted_and_the_window_slides(
-    limiter: DatabaseRateLimiter, clock: Clock
-) -> None:
+async def test_a_refused_event_is_not_counted_and_the_window_slides(limiter: DatabaseRateLimiter, clock: Clock) -> None:
     assert await acquire_many(limiter, MESSAGES, "rest:alice", 3) == [True, True, True]
     clock.advance(seconds=30)
     assert await limiter.acquire(MESSAGES, "rest:alice") is False
@@ -191,6 +208,43 @@ async def test_concurrent_filings_of_one_citizen_never_pass_the_limit(sessions: 
 
     results = await asyncio.gather(*(attempt() for _ in range(8)))
     assert sorted(results) == [False] * 5 + [True] * 3
+
+
+# --- the report actions and the daily case limit ---------------------------
+
+
+async def test_starting_a_report_past_the_daily_limit_says_so_and_opens_no_form(sessions: Sessions) -> None:
+    identity = await register(sessions, "abc")
+    tracker = make_tracker(identity.sender_id, text="我要反映小区门口路灯坏了", intent="report_issue")
+    dispatcher = CollectingDispatcher()
+    events = await ActionStartReport(sessions, daily_case_limit=1).run(dispatcher, tracker, DOMAIN)
+    assert "description" in slot_state(events) and responses(dispatcher) == []  # under the limit: the form goes on
+    await file_for(sessions, identity)
+    dispatcher = CollectingDispatcher()
+    events = await ActionStartReport(sessions, daily_case_limit=1).run(dispatcher, tracker, DOMAIN)
+    assert responses(dispatcher) == ["utter_case_limit_reached"]
+    assert events == [*reset_slots(*REPORT_SLOTS), FollowupAction("action_listen")]
+
+
+async def test_a_new_citizen_may_start_a_report(sessions: Sessions) -> None:
+    tracker = make_tracker("web:first-visit", text="我要反映问题", intent="report_issue")
+    dispatcher = CollectingDispatcher()
+    await ActionStartReport(sessions, daily_case_limit=1).run(dispatcher, tracker, DOMAIN)
+    assert responses(dispatcher) == []
+
+
+async def test_submitting_past_the_daily_limit_files_nothing_and_says_so(
+    seeded: Sessions,  # noqa: F811
+    desk: Dispatcher,  # noqa: F811
+) -> None:
+    identity = await register(seeded, "abc")
+    await file_for(seeded, identity)
+    dispatcher = CollectingDispatcher()
+    tracker = make_tracker(identity.sender_id, slots=report_slots("yes"))
+    events = await ActionSubmitReport(seeded, desk, daily_case_limit=1).run(dispatcher, tracker, DOMAIN)
+    assert responses(dispatcher) == ["utter_case_limit_reached"]
+    assert slot_state(events) == cleared(*REPORT_SLOTS)
+    assert len(await all_cases(seeded)) == 1
 
 
 # --- case numbers past 9,999 -------------------------------------------------
