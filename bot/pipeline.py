@@ -126,9 +126,7 @@ class MessagePipeline:
         """
         sender_key = f"{inbound.channel}:{inbound.external_id}"
         # Counted before waiting for the sender's lock: a flood is refused at once, not queued.
-        if not await self._within_message_limit(sender_key):
-            logger.warning("message limit reached for %s: message not processed", sender_key)
-            raise TooManyMessages(self._responses.text("utter_too_many_messages"))
+        await self.admit(inbound.channel, inbound.external_id)
         # Lone surrogates (half an emoji) are valid JSON but not storable UTF-8.
         inbound = replace(inbound, text=_storable(inbound.text), payload=inbound.payload and _storable(inbound.payload))
         async with self._lock(sender_key):
@@ -153,10 +151,20 @@ class MessagePipeline:
                     self._tell_staff("escalation", accepted.conversation_id, department_id)
             return outcome
 
-    async def _within_message_limit(self, sender_key: str) -> bool:
+    async def admit(self, channel: str, external_id: str) -> None:
+        """Count one message of this sender against the message limit.
+
+        `handle` does it; a channel answering a message itself (a sticker, /help) calls it first.
+
+        Raises:
+            TooManyMessages: the sender is over the limit; its text is the citizen's answer.
+        """
         if self._limiter is None or self._message_limit is None:
-            return True
-        return await self._limiter.acquire(self._message_limit, sender_key)
+            return
+        sender_key = f"{channel}:{external_id}"
+        if not await self._limiter.acquire(self._message_limit, sender_key):
+            logger.warning("message limit reached for %s: message not processed", sender_key)
+            raise TooManyMessages(self._responses.text("utter_too_many_messages"))
 
     def _tell_staff(self, kind: str, conversation_id: int, department_id: int | None) -> None:
         if self._feed is not None:

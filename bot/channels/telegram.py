@@ -307,6 +307,11 @@ class TelegramChannel:
         self, chat_id: int, logged_text: str, response: str, attachment: dict[str, Any] | None = None
     ) -> None:
         """Log the citizen's message and answer it with one of the app's own sentences, without the engine."""
+        try:
+            await self._pipeline.admit(CHANNEL, str(chat_id))
+        except TooManyMessages as refused:
+            await self.deliver(str(chat_id), [OutgoingMessage(str(refused), sender_kind="system")])
+            return
         reply = OutgoingMessage(self._responses.text(response), sender_kind="system")
         async with self._sessions.begin() as session:
             identity = await resolve_identity(session, CHANNEL, str(chat_id))

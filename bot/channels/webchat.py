@@ -270,6 +270,10 @@ class WebChat:
             await self._hub.publish(outcome.conversation_id, {"type": "handoff", "active": True})
 
     async def _unsupported(self, ws: web.WebSocketResponse, token: str, description: str) -> None:
+        try:
+            await self._pipeline.admit(CHANNEL, external_id_for(token))
+        except TooManyMessages as refused:
+            raise FrameError(refused.code, str(refused)) from refused
         reply = OutgoingMessage(self._responses.text("utter_unsupported_content"), sender_kind="system")
         async with self._sessions.begin() as session:
             identity = await resolve_identity(session, CHANNEL, external_id_for(token))

@@ -24,8 +24,17 @@ from crm_backend.models import ServiceCase
 from crm_backend.services.conversations import find_identity
 from crm_backend.services.intake import Report, file_case
 from crm_backend.settings import normalise_database_url
+from tests.integration.test_telegram import (
+    REGISTERED_WEBHOOK,
+    SECRET,
+    TOKEN,
+    TelegramCitizen,
+    fake_telegram,  # noqa: F401  (fixture)
+    logged_in,
+)
 from tests.integration.test_webchat import ChatClient, ws_url
 from tests.support.domain_text import utter
+from tests.support.fake_telegram import FakeTelegram
 from tests.support.stack import MODEL, Stack
 
 SESSIONS_PER_ADDRESS = 3
@@ -160,6 +169,39 @@ async def test_a_web_chat_message_over_the_limit_is_refused_by_id_and_not_proces
         await chat.assert_silent(1.5)  # no ack, no reply: it was not taken
     heard = engine_heard(limited, f"web:{external_id_for(session)}")
     assert heard == [f"你好 {index}" for index in range(MESSAGES_PER_SENDER)]
+
+
+@pytest.fixture(scope="module")
+def limited_telegram(limited: Stack, fake_telegram: FakeTelegram) -> Iterator[Stack]:  # noqa: F811
+    """A Telegram-enabled app beside `limited`, with the same small limits."""
+    app = limited.sibling("telegram-app")
+    app.start_app(
+        extra_env={
+            "TELEGRAM_BOT_TOKEN": TOKEN,
+            "TELEGRAM_WEBHOOK_SECRET": SECRET,
+            "TELEGRAM_API_BASE_URL": fake_telegram.base_url,
+            "TELEGRAM_WEBHOOK_URL": REGISTERED_WEBHOOK,
+        }
+    )
+    try:
+        fake_telegram.wait_for_call("setWebhook", timeout=20)
+        yield app
+    finally:
+        app.stop_app()
+
+
+def test_a_telegram_chat_faster_than_the_limit_is_told_and_the_engine_never_sees_it(
+    limited: Stack,
+    limited_telegram: Stack,
+    fake_telegram: FakeTelegram,  # noqa: F811
+) -> None:
+    citizen = TelegramCitizen(fake_telegram, limited_telegram)
+    for index in range(MESSAGES_PER_SENDER):
+        assert citizen.say(f"你好 {index}")
+    assert texts(citizen.say("你好 over the limit")) == [utter("utter_too_many_messages")]
+    heard = engine_heard(limited, f"telegram:{citizen.chat_id}")
+    assert heard == [f"你好 {index}" for index in range(MESSAGES_PER_SENDER)]
+    assert [text for text, _ in logged_in(limited_telegram, citizen.chat_id)] == heard
 
 
 # --- cases per citizen per day ----------------------------------------------------------------
