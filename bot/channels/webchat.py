@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.hub import ConversationHub
@@ -29,11 +28,12 @@ from bot.pipeline import Inbound, MessagePipeline, Outcome
 from bot.responses import Responses
 from crm_backend.errors import TooManyMessages, TooManySessions
 from crm_backend.http import client_address
-from crm_backend.models import ChannelIdentity, Message
+from crm_backend.models import Message
 from crm_backend.services.conversations import (
     OutgoingMessage,
     conversation_history,
     current_conversation,
+    find_identity,
     log_incoming,
     log_outgoing,
     resolve_identity,
@@ -214,12 +214,7 @@ class WebChat:
 
     async def _known(self, token: str) -> bool:
         async with self._sessions() as session:
-            found = await session.scalar(
-                select(ChannelIdentity.id).where(
-                    ChannelIdentity.channel == CHANNEL, ChannelIdentity.external_id == external_id_for(token)
-                )
-            )
-        return found is not None
+            return await find_identity(session, f"{CHANNEL}:{external_id_for(token)}") is not None
 
     async def _new_session_allowed(self, address: str) -> bool:
         if self._limiter is None or self._session_limit is None:
