@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from crm_backend.models import RateEvent, utcnow
 
 MAX_SUBJECT_CHARS = 200
-PRUNE_EVERY = 256  # acquires between sweeps of every subject's expired events
+PRUNE_EVERY = 256  # acquires of a limit between sweeps of all its subjects' expired events
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class DatabaseRateLimiter:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], clock: Callable[[], datetime] = utcnow) -> None:
         self._sessions = sessions
         self._clock = clock
-        self._acquired = 0
+        self._acquired: dict[str, int] = {}  # per limit, since this process started
 
     async def acquire(self, limit: Limit, subject: str) -> bool:
         """Count one event of `subject` under `limit` if fewer than ``limit.max_events`` are in the window.
@@ -90,8 +90,8 @@ class DatabaseRateLimiter:
             if (counted or 0) >= limit.max_events:
                 return False
             session.add(RateEvent(rule=limit.name, subject=subject, created_at=now))
-        self._acquired += 1
-        if self._acquired % PRUNE_EVERY == 0:
+        self._acquired[limit.name] = self._acquired.get(limit.name, 0) + 1
+        if self._acquired[limit.name] % PRUNE_EVERY == 0:
             await self.prune(limit)
         return True
 

@@ -24,6 +24,7 @@ from crm_backend.lifecycle import CaseStatus
 from crm_backend.models import ChannelIdentity, RateEvent, ServiceCase
 from crm_backend.services.conversations import resolve_identity
 from crm_backend.services.intake import Report, check_daily_case_limit, file_case, next_case_number
+from crm_backend.services import limits
 from crm_backend.services.limits import DatabaseRateLimiter, Limit
 from crm_backend.settings import LimitSettings, Settings, SettingsError
 from crm_backend.validation import parse_case_number
@@ -120,6 +121,19 @@ async def test_expired_events_are_pruned(limiter: DatabaseRateLimiter, sessions:
     assert await stored_events(sessions) == 4  # a subject's own old event goes as it is counted again
     await limiter.prune(MESSAGES)
     assert await stored_events(sessions) == 2  # the others' too; the session event is still in its window
+
+
+async def test_every_so_many_acquires_a_limit_sweeps_its_expired_events(
+    limiter: DatabaseRateLimiter, sessions: Sessions, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "PRUNE_EVERY", 4)
+    await limiter.acquire(MESSAGES, "gone-quiet")
+    await limiter.acquire(SESSIONS, "203.0.113.7")  # another limit's count is its own
+    clock.advance(minutes=2)
+    await acquire_many(limiter, MESSAGES, "busy", 2)
+    assert await stored_events(sessions) == 4
+    await limiter.acquire(MESSAGES, "busy")  # the fourth message acquire sweeps
+    assert await stored_events(sessions) == 4  # three of "busy" and the session event; "gone-quiet" went
 
 
 async def test_concurrent_events_never_pass_the_limit(sessions: Sessions, clock: Clock) -> None:
