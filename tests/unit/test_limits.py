@@ -22,9 +22,9 @@ from crm_backend.dispatch.service import Dispatcher
 from crm_backend.errors import CaseLimitReached
 from crm_backend.lifecycle import CaseStatus
 from crm_backend.models import ChannelIdentity, RateEvent, ServiceCase
+from crm_backend.services import limits
 from crm_backend.services.conversations import resolve_identity
 from crm_backend.services.intake import Report, check_daily_case_limit, file_case, next_case_number
-from crm_backend.services import limits
 from crm_backend.services.limits import DatabaseRateLimiter, Limit
 from crm_backend.settings import LimitSettings, Settings, SettingsError
 from crm_backend.validation import parse_case_number
