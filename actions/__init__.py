@@ -20,13 +20,22 @@ from actions.report import ActionCancelRequest, ActionStartReport, ValidateRepor
 from crm_backend.dispatch.service import Dispatcher
 from crm_backend.duty import DutyHours
 from crm_backend.services.knowledge import KnowledgeBase
+from crm_backend.settings import LimitSettings
 
 
 def build_actions(
-    sessions: async_sessionmaker[AsyncSession], desk: Dispatcher, knowledge: KnowledgeBase, proofs: ProofWatcher
+    sessions: async_sessionmaker[AsyncSession],
+    desk: Dispatcher,
+    knowledge: KnowledgeBase,
+    proofs: ProofWatcher,
+    *,
+    daily_case_limit: int = LimitSettings().cases_per_citizen_per_day,
 ) -> list[Action]:
     """Every custom action, wired to the CRM database, the dispatch desk, the knowledge base and
     the watcher of failed proofs (case digits, link codes).
+
+    Args:
+        daily_case_limit: cases a citizen may file per day through the assistant (0: no limit).
 
     Raises:
         InvalidDutyHours: `STAFF_DUTY_HOURS` is set to something unreadable.
@@ -34,12 +43,12 @@ def build_actions(
     hours = DutyHours.from_env()
     answers = KnowledgeAnswers(knowledge)
     return [
-        ActionStartReport(),
+        ActionStartReport(sessions, daily_case_limit=daily_case_limit),
         ValidateReportForm(desk),
         ActionAskDistrict(desk),
         ActionAskCategoryChoice(),
         ActionAskReportConfirmed(sessions, desk),
-        ActionSubmitReport(sessions, desk),
+        ActionSubmitReport(sessions, desk, daily_case_limit=daily_case_limit),
         ActionCancelRequest(),
         ActionStartProgress(),
         ValidateProgressForm(sessions),

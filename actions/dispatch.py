@@ -18,7 +18,7 @@ from actions.report import REPORT_SLOTS
 from crm_backend.dispatch.classifier import CATEGORIES
 from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.dispatch.service import Dispatcher, Preview
-from crm_backend.errors import CrmError
+from crm_backend.errors import CaseLimitReached, CrmError
 from crm_backend.services.intake import Report, file_report
 
 logger = logging.getLogger(__name__)
@@ -140,11 +140,17 @@ class ActionAskReportConfirmed(Action):
 
 
 class ActionSubmitReport(Action):
-    """Files the confirmed report as a case, routes it, and tells the citizen where it went."""
+    """Files the confirmed report as a case, routes it, and tells the citizen where it went.
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], desk: Dispatcher) -> None:
+    Files nothing past the citizen's daily case limit (0: no limit) and says so.
+    """
+
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], desk: Dispatcher, *, daily_case_limit: int = 0
+    ) -> None:
         self.sessions = sessions
         self.desk = desk
+        self.daily_case_limit = daily_case_limit
 
     def name(self) -> str:
         return "action_submit_report"
@@ -172,7 +178,12 @@ class ActionSubmitReport(Action):
                     report_from(tracker),
                     preview,
                     conversation_id=conversation.id if conversation else None,
+                    daily_limit=self.daily_case_limit,
                 )
+        except CaseLimitReached as error:
+            logger.info("not filed for sender %s: %s", tracker.sender_id, error)
+            dispatcher.utter_message(response="utter_case_limit_reached")
+            return events
         except CrmError:
             logger.exception("filing a case failed for sender %s", tracker.sender_id)
             dispatcher.utter_message(response="utter_case_failed")

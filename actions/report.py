@@ -7,15 +7,18 @@ import re
 from typing import Any
 
 from rasa_sdk import Action, FormValidationAction, Tracker
-from rasa_sdk.events import SlotSet
+from rasa_sdk.events import FollowupAction, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from actions.common import entity_value, latest_text, reset_slots
 from crm_backend.dispatch.classifier import CATEGORIES
 from crm_backend.dispatch.location import surface_key
 from crm_backend.dispatch.service import Dispatcher
-from crm_backend.errors import InvalidInput
+from crm_backend.errors import CaseLimitReached, InvalidInput
+from crm_backend.services.conversations import find_identity
+from crm_backend.services.intake import check_daily_case_limit
 from crm_backend.validation import normalise_mobile
 
 logger = logging.getLogger(__name__)
@@ -55,13 +58,24 @@ def substantive_description(text: str) -> str | None:
 
 
 class ActionStartReport(Action):
-    """Starts a fresh report, keeping whatever the opening message already told us."""
+    """Starts a fresh report, keeping whatever the opening message already told us.
+
+    A citizen who already filed today's limit of cases is told so here, before the form
+    asks a single question, and the form is not opened (the filing checks again).
+    """
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession] | None = None, *, daily_case_limit: int = 0) -> None:
+        self.sessions = sessions
+        self.daily_case_limit = daily_case_limit
 
     def name(self) -> str:
         return "action_start_report"
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[dict[str, Any]]:
         events = reset_slots(*REPORT_SLOTS)
+        if await self._limit_reached(tracker):
+            dispatcher.utter_message(response="utter_case_limit_reached")
+            return [*events, FollowupAction("action_listen")]  # instead of the report form the rules start next
         intent = (tracker.latest_message or {}).get("intent", {}).get("name")
         if intent == "report_issue" and (description := substantive_description(latest_text(tracker))):
             events.append(SlotSet("description", description))
@@ -72,6 +86,20 @@ class ActionStartReport(Action):
         if address:
             events.append(SlotSet("location", with_district(address, district) if district else address))
         return events
+
+    async def _limit_reached(self, tracker: Tracker) -> bool:
+        if self.sessions is None or self.daily_case_limit <= 0:
+            return False
+        async with self.sessions() as session:
+            identity = await find_identity(session, tracker.sender_id)
+            if identity is None:
+                return False
+            try:
+                await check_daily_case_limit(session, identity.citizen_id, self.daily_case_limit)
+            except CaseLimitReached:
+                logger.info("daily case limit reached for sender %s: no report started", tracker.sender_id)
+                return True
+        return False
 
 
 class ValidateReportForm(FormValidationAction):

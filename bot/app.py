@@ -40,6 +40,7 @@ from crm_backend.dispatch.service import Dispatcher
 from crm_backend.http import error_middleware, json_response, trusted_proxies_key
 from crm_backend.knowledge.entries import DATA_FILE as KNOWLEDGE_DATA_FILE
 from crm_backend.services.knowledge import KnowledgeBase, seed_knowledge_once
+from crm_backend.services.limits import DatabaseRateLimiter, Limit
 from crm_backend.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,12 @@ async def init_app(settings: Settings) -> web.Application:
     desk = await asyncio.to_thread(Dispatcher.load, settings.category_model_path)
     knowledge = KnowledgeBase(sessions)
     await knowledge.warm_up()
+    limits = settings.limits
+    limiter = DatabaseRateLimiter(sessions)
+    message_limit = Limit("message", limits.messages_per_sender, timedelta(seconds=limits.messages_window_seconds))
+    session_limit = Limit(
+        "web_session", limits.web_sessions_per_address, timedelta(seconds=limits.web_sessions_window_seconds)
+    )
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
     hub = ConversationHub()
     feed = LiveFeed()
@@ -98,11 +105,22 @@ async def init_app(settings: Settings) -> web.Application:
         max_message_chars=settings.max_message_chars,
         max_logged_chars=settings.max_logged_chars,
         feed=feed,
+        limiter=limiter,
+        message_limit=message_limit,
     )
     app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
     app[trusted_proxies_key] = settings.trusted_proxies
     app.router.add_get("/healthz", HealthCheck(sessions, engine))
-    WebChat(pipeline, sessions, hub, responses, settings.allowed_origins, settings.max_logged_chars).add_routes(app)
+    WebChat(
+        pipeline,
+        sessions,
+        hub,
+        responses,
+        settings.allowed_origins,
+        settings.max_logged_chars,
+        limiter=limiter,
+        session_limit=session_limit,
+    ).add_routes(app)
     RestChannel(pipeline, settings.rest_channel_token).add_routes(app)
     telegram: TelegramChannel | None = None
     if settings.telegram is not None:
@@ -121,7 +139,7 @@ async def init_app(settings: Settings) -> web.Application:
     )
     proofs = ProofAlarm(followups, feed, failures_per_hour=settings.proof_failures_alert_per_hour)
     executor = ActionExecutor()
-    for action in build_actions(sessions, desk, knowledge, proofs):
+    for action in build_actions(sessions, desk, knowledge, proofs, daily_case_limit=limits.cases_per_citizen_per_day):
         executor.register_action(action)
     ActionEndpoint(executor, settings.action_token).add_routes(app)
     CrmApi(sessions, notifier, feed, followups).add_routes(app)

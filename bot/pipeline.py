@@ -1,9 +1,13 @@
 """The one path every citizen message takes, whatever the channel.
 
-log the message → if staff has the conversation, stop there → else ask the engine →
-log and return the replies. The incoming message is committed before the engine is
-asked, so nothing is lost if the engine is down, and so the actions the engine calls
-find the citizen's identity and conversation.
+count the message against the sender's limit → log the message → if staff has the
+conversation, stop there → else ask the engine → log and return the replies. The incoming
+message is committed before the engine is asked, so nothing is lost if the engine is down,
+and so the actions the engine calls find the citizen's identity and conversation.
+
+A message over the sender's limit is neither logged nor given to the engine: `handle`
+raises `TooManyMessages` carrying the citizen-facing text, and each channel tells the
+citizen (the web chat an error frame for that message, REST a 429, Telegram a reply).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.engine import EngineClient, EngineUnavailable
 from bot.responses import Responses
 from crm_backend.console.feed import LiveEvent, LiveFeed
+from crm_backend.errors import TooManyMessages
 from crm_backend.models import Conversation
 from crm_backend.services.conversations import (
     OutgoingMessage,
@@ -30,6 +35,7 @@ from crm_backend.services.conversations import (
     resolve_identity,
 )
 from crm_backend.services.handoff import BOT
+from crm_backend.services.limits import Limit, RateLimiter
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +78,10 @@ class _Accepted:
 
 
 class MessagePipeline:
-    """Logging, handoff state and the engine, shared by every channel."""
+    """Logging, handoff state and the engine, shared by every channel.
+
+    `limiter` counts each sender's messages under `message_limit`; without both, no limit.
+    """
 
     def __init__(
         self,
@@ -83,8 +92,12 @@ class MessagePipeline:
         max_message_chars: int,
         max_logged_chars: int,
         feed: LiveFeed | None = None,
+        limiter: RateLimiter | None = None,
+        message_limit: Limit | None = None,
     ) -> None:
         self._sessions = sessions
+        self._limiter = limiter
+        self._message_limit = message_limit
         self._feed = feed
         self._engine = engine
         self._responses = responses
@@ -107,10 +120,16 @@ class MessagePipeline:
             inbound: the message.
             on_logged: called with the conversation id once the message is safely stored
                 (the web chat acknowledges it then).
+
+        Raises:
+            TooManyMessages: the sender is over the message limit; nothing was stored or asked.
         """
+        sender_key = f"{inbound.channel}:{inbound.external_id}"
+        # Counted before waiting for the sender's lock: a flood is refused at once, not queued.
+        await self.admit(inbound.channel, inbound.external_id)
         # Lone surrogates (half an emoji) are valid JSON but not storable UTF-8.
         inbound = replace(inbound, text=_storable(inbound.text), payload=inbound.payload and _storable(inbound.payload))
-        async with self._lock(f"{inbound.channel}:{inbound.external_id}"):
+        async with self._lock(sender_key):
             accepted = await self._accept(inbound)
             if on_logged is not None:
                 await on_logged(accepted.conversation_id)
@@ -131,6 +150,21 @@ class MessagePipeline:
                 if outcome.handoff_started:
                     self._tell_staff("escalation", accepted.conversation_id, department_id)
             return outcome
+
+    async def admit(self, channel: str, external_id: str) -> None:
+        """Count one message of this sender against the message limit.
+
+        `handle` does it; a channel answering a message itself (a sticker, /help) calls it first.
+
+        Raises:
+            TooManyMessages: the sender is over the limit; its text is the citizen's answer.
+        """
+        if self._limiter is None or self._message_limit is None:
+            return
+        sender_key = f"{channel}:{external_id}"
+        if not await self._limiter.acquire(self._message_limit, sender_key):
+            logger.warning("message limit reached for %s: message not processed", sender_key)
+            raise TooManyMessages(self._responses.text("utter_too_many_messages"))
 
     def _tell_staff(self, kind: str, conversation_id: int, department_id: int | None) -> None:
         if self._feed is not None:

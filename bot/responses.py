@@ -21,6 +21,8 @@ APP_RESPONSES = (
     "utter_telegram_help",
     "utter_case_notice",
     "utter_case_proof_alert",
+    "utter_too_many_messages",
+    "utter_too_many_sessions",
 )
 
 

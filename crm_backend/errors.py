@@ -62,3 +62,27 @@ class CaseProofLocked(LookupThrottled):
     """
 
     code = "case_locked"
+
+
+class RateLimited(CrmError):
+    """A limit on a public entry point was reached; the message says so to the citizen."""
+
+    code = "rate_limited"
+
+
+class TooManySessions(RateLimited):
+    """Too many new web chat sessions from one address recently."""
+
+    code = "too_many_sessions"
+
+
+class TooManyMessages(RateLimited):
+    """Too many messages from one sender recently; this one was not processed."""
+
+    code = "too_many_messages"
+
+
+class CaseLimitReached(RateLimited):
+    """The citizen filed as many cases today as one citizen may."""
+
+    code = "case_limit_reached"

@@ -20,6 +20,7 @@ from crm_backend.errors import (
     LookupThrottled,
     MalformedRequest,
     NotFound,
+    RateLimited,
     Unauthenticated,
 )
 from crm_backend.settings import Network
@@ -39,6 +40,7 @@ _STATUS_FOR_CRM_ERROR: dict[type[CrmError], int] = {
     InvalidInput: 422,
     InvalidTransition: 409,
     LookupThrottled: 429,
+    RateLimited: 429,
 }
 
 

@@ -234,6 +234,21 @@ class CaseProofLock(Base):
     locked_until: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class RateEvent(Base):
+    """One counted event (a new web chat session, a message) under a limit, kept while its window lasts."""
+
+    __tablename__ = "rate_event"
+    __table_args__ = (
+        Index("ix_rate_event_rule_subject_created_at", "rule", "subject", "created_at"),
+        Index("ix_rate_event_rule_created_at", "rule", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rule: Mapped[str] = mapped_column(String(32))  # the limit's name: web_session | message
+    subject: Mapped[str] = mapped_column(String(200))  # what is counted: an address, a sender id
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class Department(Base):
     """A body that handles cases: a district bureau or a city-level department."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 
@@ -88,6 +88,7 @@ class Settings:
     # empty: the TCP peer is the client.
     trusted_proxies: tuple[Network, ...] = ()
     telegram: TelegramSettings | None = None  # None: no TELEGRAM_BOT_TOKEN, the app runs without Telegram
+    limits: LimitSettings = field(default_factory=lambda: LimitSettings())
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -140,6 +141,65 @@ class Settings:
             ),
             trusted_proxies=parse_trusted_proxies(env.get("TRUSTED_PROXIES", "")),
             telegram=TelegramSettings.from_env(env),
+            limits=LimitSettings.from_env(env),
+        )
+
+
+# --- limits on the public entry points -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """How much one address, sender or citizen may ask of the public entry points.
+
+    Set high enough that a real citizen never meets them: they stop floods, not people.
+    A count of 0 turns that limit off.
+    """
+
+    # New web chat sessions (a hello without a known session) per client address: a citizen
+    # opens one per browser; 30 leaves room for an office or a carrier NAT behind one address.
+    web_sessions_per_address: int = 30
+    web_sessions_window_seconds: float = 600.0
+    # Messages per sender (a web session, a REST sender id, a Telegram chat) through the
+    # pipeline: a person types or taps a few a minute.
+    messages_per_sender: int = 20
+    messages_window_seconds: float = 60.0
+    # Cases a citizen (all their linked channels) may file through the assistant per Beijing
+    # calendar day; staff filing for a citizen in the console are not limited.
+    cases_per_citizen_per_day: int = 10
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "LimitSettings":
+        """Limits from ``WEB_SESSIONS_PER_ADDRESS``, ``MESSAGES_PER_SENDER``, ``CASES_PER_CITIZEN_PER_DAY``
+        and the two ``*_WINDOW_SECONDS``.
+
+        Raises:
+            SettingsError: a count that is not a whole number >= 0, or a window that is not > 0.
+        """
+        defaults = cls()
+
+        def count(name: str, default: int) -> int:
+            raw = env.get(name, "").strip() or str(default)
+            if not (raw.isascii() and raw.isdigit()):
+                raise SettingsError(f"{name} must be a whole number >= 0 (0 turns the limit off), got {raw!r}")
+            return int(raw)
+
+        def window(name: str, default: float) -> float:
+            raw = env.get(name, "").strip() or str(default)
+            try:
+                seconds = float(raw)
+            except ValueError as exc:
+                raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from exc
+            if not seconds > 0:
+                raise SettingsError(f"{name} must be more than 0 seconds, got {raw!r}")
+            return seconds
+
+        return cls(
+            web_sessions_per_address=count("WEB_SESSIONS_PER_ADDRESS", defaults.web_sessions_per_address),
+            web_sessions_window_seconds=window("WEB_SESSIONS_WINDOW_SECONDS", defaults.web_sessions_window_seconds),
+            messages_per_sender=count("MESSAGES_PER_SENDER", defaults.messages_per_sender),
+            messages_window_seconds=window("MESSAGES_WINDOW_SECONDS", defaults.messages_window_seconds),
+            cases_per_citizen_per_day=count("CASES_PER_CITIZEN_PER_DAY", defaults.cases_per_citizen_per_day),
         )
 
 

@@ -10,7 +10,8 @@ _FULLWIDTH_DIGITS = str.maketrans("０１２３４５６７８９", "0123456789"
 _SEPARATORS = re.compile(r"[\s\-－—()（）]")
 _PHONE_CANDIDATE = re.compile(r"(?:\+?86)?1\d{10}(?!\d)|\d+")
 _LINK_CODE = re.compile(r"(?<!\d)(\d{6})(?!\d)")
-_CASE_NUMBER = re.compile(r"(?<!\d)(20\d{6})\s*[-－—]?\s*(\d{4})(?!\d)")
+# Four digits for the first 9,999 cases of a day, then five or six (never with a leading zero).
+_CASE_NUMBER = re.compile(r"(?<!\d)(20\d{6})\s*[-－—]?\s*(\d{4}|[1-9]\d{4,5})(?!\d)")
 
 
 def _digits_only(text: str) -> str:
@@ -64,7 +65,10 @@ def mask_numbers(text: str) -> str:
 
 
 def parse_case_number(text: str) -> str | None:
-    """Find a case number (YYYYMMDD-NNNN, hyphen optional) in free text, normalised."""
+    """Find a case number in free text, normalised.
+
+    ``YYYYMMDD-NNNN``, or five or six digits past a day's 9,999th case; the hyphen is optional.
+    """
     match = _CASE_NUMBER.search(text.translate(_FULLWIDTH_DIGITS))
     if not match:
         return None

@@ -4,6 +4,9 @@
 ``[{"recipient_id": "...", "text": "...", "buttons": [...]}]``, through the same pipeline
 as the web chat. Integrators authenticate with a bearer token: the sender id they send
 is an identity, and identities can read their own cases.
+
+A sender over the message limit gets ``429 {"error": "too_many_messages", "message": "<the
+Chinese sentence for the citizen>"}`` (the app's one error shape); the message was not processed.
 """
 
 from __future__ import annotations

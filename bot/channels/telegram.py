@@ -40,6 +40,7 @@ from bot.channels.telegram_delivery import KeyedSequencer, TelegramDelivery
 from bot.channels.telegram_format import is_stored_token, location_text
 from bot.pipeline import Inbound, MessagePipeline
 from bot.responses import Responses
+from crm_backend.errors import TooManyMessages
 from crm_backend.http import json_error, json_response
 from crm_backend.models import TelegramCallbackPayload
 from crm_backend.services.conversations import (
@@ -290,7 +291,11 @@ class TelegramChannel:
     # --- the conversation -----------------------------------------------------------------------
 
     async def _converse(self, chat_id: int, inbound: Inbound) -> None:
-        outcome = await self._pipeline.handle(inbound)
+        try:
+            outcome = await self._pipeline.handle(inbound)
+        except TooManyMessages as refused:  # not processed: the chat is told so, nothing is stored
+            await self.deliver(str(chat_id), [OutgoingMessage(str(refused), sender_kind="system")])
+            return
         if outcome.replies:
             await self.deliver(str(chat_id), outcome.replies)
 
@@ -302,6 +307,11 @@ class TelegramChannel:
         self, chat_id: int, logged_text: str, response: str, attachment: dict[str, Any] | None = None
     ) -> None:
         """Log the citizen's message and answer it with one of the app's own sentences, without the engine."""
+        try:
+            await self._pipeline.admit(CHANNEL, str(chat_id))
+        except TooManyMessages as refused:
+            await self.deliver(str(chat_id), [OutgoingMessage(str(refused), sender_kind="system")])
+            return
         reply = OutgoingMessage(self._responses.text(response), sender_kind="system")
         async with self._sessions.begin() as session:
             identity = await resolve_identity(session, CHANNEL, str(chat_id))

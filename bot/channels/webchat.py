@@ -3,6 +3,11 @@
 Deliberately public. A browser proves who it is with a random session token the server
 issued (kept in the browser's localStorage); the CRM stores only a hash of it. See
 `bot/static/chat.js` for the protocol from the browser's side.
+
+Limits: a hello that starts a new session (no token, or one the CRM does not know) counts
+against the client address's allowance of new sessions; past it the socket gets an error
+frame with `utter_too_many_sessions` and is closed. A message over the sender's limit gets
+an error frame with `utter_too_many_messages` and its id (the page marks it 未发送).
 """
 
 from __future__ import annotations
@@ -21,16 +26,20 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.hub import ConversationHub
 from bot.pipeline import Inbound, MessagePipeline, Outcome
 from bot.responses import Responses
+from crm_backend.errors import TooManyMessages, TooManySessions
+from crm_backend.http import client_address
 from crm_backend.models import Message
 from crm_backend.services.conversations import (
     OutgoingMessage,
     conversation_history,
     current_conversation,
+    find_identity,
     log_incoming,
     log_outgoing,
     resolve_identity,
 )
 from crm_backend.services.handoff import BOT
+from crm_backend.services.limits import Limit, RateLimiter
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +100,12 @@ class WebChat:
         responses: Responses,
         allowed_origins: tuple[str, ...],
         max_logged_chars: int,
+        limiter: RateLimiter | None = None,
+        session_limit: Limit | None = None,
     ) -> None:
         self._pipeline = pipeline
+        self._limiter = limiter
+        self._session_limit = session_limit
         self._sessions = sessions
         self._hub = hub
         self._responses = responses
@@ -124,6 +137,7 @@ class WebChat:
             raise web.HTTPForbidden(text=json.dumps({"error": "origin not allowed"}), content_type="application/json")
         ws = web.WebSocketResponse(heartbeat=30, max_msg_size=MAX_FRAME_BYTES)
         await ws.prepare(request)
+        address = client_address(request)
         session_token: str | None = None
         conversation_id: int | None = None
         try:
@@ -142,7 +156,13 @@ class WebChat:
                     if data["type"] == "hello":
                         if conversation_id is not None:
                             self._hub.unregister(conversation_id, ws)
-                        session_token, conversation_id = await self._hello(ws, data.get("session"))
+                            conversation_id = None
+                        try:
+                            session_token, conversation_id = await self._hello(ws, data.get("session"), address)
+                        except TooManySessions as refused:
+                            await ws.send_json({"type": "error", "code": refused.code, "message": str(refused)})
+                            await ws.close()
+                            break
                         self._hub.register(conversation_id, ws)
                     elif data["type"] == "message":
                         if session_token is None:
@@ -164,9 +184,18 @@ class WebChat:
                 self._hub.unregister(conversation_id, ws)
         return ws
 
-    async def _hello(self, ws: web.WebSocketResponse, token: Any) -> tuple[str, int]:
+    async def _hello(self, ws: web.WebSocketResponse, token: Any, address: str) -> tuple[str, int]:
+        """Welcome a browser back to its session, or to a new one if the address may open one.
+
+        Raises:
+            TooManySessions: a new session, and the address opened its allowance of them recently.
+        """
         if not isinstance(token, str) or not SESSION_TOKEN.fullmatch(token):
-            token = secrets.token_urlsafe(24)
+            token = None
+        if token is None or not await self._known(token):
+            if not await self._new_session_allowed(address):
+                raise TooManySessions(self._responses.text("utter_too_many_sessions"))
+            token = token or secrets.token_urlsafe(24)
         async with self._sessions.begin() as session:
             identity = await resolve_identity(session, CHANNEL, external_id_for(token))
             conversation = await current_conversation(session, identity)
@@ -182,6 +211,18 @@ class WebChat:
             }
         )
         return token, conversation_id
+
+    async def _known(self, token: str) -> bool:
+        async with self._sessions() as session:
+            return await find_identity(session, f"{CHANNEL}:{external_id_for(token)}") is not None
+
+    async def _new_session_allowed(self, address: str) -> bool:
+        if self._limiter is None or self._session_limit is None:
+            return True
+        if await self._limiter.acquire(self._session_limit, address):
+            return True
+        logger.warning("web chat: new session from %s refused (session limit reached)", address)
+        return False
 
     async def _message(self, ws: web.WebSocketResponse, token: str, data: dict[str, Any]) -> None:
         client_msg_id = data.get("id")
@@ -202,10 +243,13 @@ class WebChat:
             if client_msg_id is not None:
                 await ws.send_json({"type": "ack", "id": client_msg_id})
 
-        outcome = await self._pipeline.handle(
-            Inbound(CHANNEL, external_id_for(token), text, payload=payload, client_msg_id=client_msg_id),
-            on_logged=acknowledge,
-        )
+        try:
+            outcome = await self._pipeline.handle(
+                Inbound(CHANNEL, external_id_for(token), text, payload=payload, client_msg_id=client_msg_id),
+                on_logged=acknowledge,
+            )
+        except TooManyMessages as refused:  # an id on the error tells the page this one was not taken
+            raise FrameError(refused.code, str(refused), client_msg_id) from refused
         await self._deliver(ws, outcome, client_msg_id)
 
     async def _deliver(self, ws: web.WebSocketResponse, outcome: Outcome, client_msg_id: str | None) -> None:
@@ -221,6 +265,10 @@ class WebChat:
             await self._hub.publish(outcome.conversation_id, {"type": "handoff", "active": True})
 
     async def _unsupported(self, ws: web.WebSocketResponse, token: str, description: str) -> None:
+        try:
+            await self._pipeline.admit(CHANNEL, external_id_for(token))
+        except TooManyMessages as refused:
+            raise FrameError(refused.code, str(refused)) from refused
         reply = OutgoingMessage(self._responses.text("utter_unsupported_content"), sender_kind="system")
         async with self._sessions.begin() as session:
             identity = await resolve_identity(session, CHANNEL, external_id_for(token))

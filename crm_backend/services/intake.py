@@ -1,4 +1,8 @@
-"""Filing a citizen's report as a case."""
+"""Filing a citizen's report as a case.
+
+Case numbers are ``YYYYMMDD-NNNN`` (Beijing date, the day's sequence): four digits for the
+first 9,999 cases of a day, then as many as it takes (``20261204-10000``), so they never run out.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,9 @@ from sqlalchemy import Integer, cast, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_backend.errors import CrmError
+from crm_backend.errors import CaseLimitReached
 from crm_backend.models import ChannelIdentity, Citizen, ServiceCase, utcnow
+from crm_backend.services.limits import serialise
 from crm_backend.services.moves import Actor, open_case
 from crm_backend.validation import normalise_mobile
 
@@ -21,7 +26,6 @@ if TYPE_CHECKING:
 # Case numbers carry the date as citizens live it (Beijing time), not UTC.
 CHINA_TZ = timezone(timedelta(hours=8))
 MAX_DESCRIPTION_CHARS = 5000
-MAX_DAILY_SEQUENCE = 9999
 BOT = Actor.system("bot")
 
 
@@ -36,17 +40,37 @@ class Report:
 
 
 async def next_case_number(session: AsyncSession, now: datetime) -> str:
-    """The next free number of the day: ``YYYYMMDD-NNNN``, in Beijing time."""
+    """The next free number of the day: ``YYYYMMDD-NNNN`` in Beijing time, five digits and more past 9,999."""
     day = now.astimezone(CHINA_TZ).strftime("%Y%m%d")
     latest = await session.scalar(
         select(func.max(cast(func.substr(ServiceCase.case_number, 10), Integer))).where(
             ServiceCase.case_number.like(f"{day}-%")
         )
     )
-    sequence = (latest or 0) + 1
-    if sequence > MAX_DAILY_SEQUENCE:
-        raise CrmError(f"no case numbers left for {day}")
-    return f"{day}-{sequence:04d}"
+    return f"{day}-{(latest or 0) + 1:04d}"
+
+
+async def check_daily_case_limit(
+    session: AsyncSession, citizen_id: int, limit: int, now: datetime | None = None
+) -> None:
+    """Refuse a new case if the citizen already filed `limit` cases this Beijing calendar day.
+
+    Counts the citizen's cases on every channel. A `limit` of 0 means no limit.
+
+    Raises:
+        CaseLimitReached: the citizen has reached the limit.
+    """
+    if limit <= 0:
+        return
+    local = (now or utcnow()).astimezone(CHINA_TZ)
+    day_start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    filed = await session.scalar(
+        select(func.count(ServiceCase.id)).where(
+            ServiceCase.citizen_id == citizen_id, ServiceCase.created_at >= day_start
+        )
+    )
+    if (filed or 0) >= limit:
+        raise CaseLimitReached(f"citizen {citizen_id} filed {filed} cases today (limit {limit})")
 
 
 async def file_case(
@@ -56,16 +80,26 @@ async def file_case(
     *,
     conversation_id: int | None = None,
     actor: Actor = BOT,
+    daily_limit: int = 0,
 ) -> ServiceCase:
     """Create a case from a report, with its first history event, in the caller's transaction.
 
     The phone is validated again here: the dialogue validates it for the citizen's
     sake, the CRM for its own.
 
+    Args:
+        daily_limit: cases the citizen may file per Beijing day (the assistant passes
+            it; staff filing for a citizen do not); 0 for no limit. Counted and filed
+            under a per-citizen lock (`serialise`), so concurrent filings cannot pass it.
+
     Raises:
         InvalidInput: if the phone is not a mainland mobile number.
+        CaseLimitReached: the citizen already filed `daily_limit` cases today.
     """
     phone = normalise_mobile(report.contact_phone)
+    if daily_limit > 0:
+        await serialise(session, f"cases:{identity.citizen_id}")
+        await check_daily_case_limit(session, identity.citizen_id, daily_limit)
     citizen = await session.get(Citizen, identity.citizen_id)
     if citizen is not None and not citizen.phone:
         citizen.phone = phone
@@ -103,8 +137,16 @@ async def file_report(
     *,
     conversation_id: int | None = None,
     actor: Actor = BOT,
+    daily_limit: int = 0,
 ) -> ServiceCase:
-    """File a report and route it as previewed: the bot's intake and the console's draft alike."""
-    case = await file_case(session, identity, report, conversation_id=conversation_id, actor=actor)
+    """File a report and route it as previewed: the bot's intake and the console's draft alike.
+
+    Raises:
+        InvalidInput: if the phone is not a mainland mobile number.
+        CaseLimitReached: the citizen already filed `daily_limit` cases today (see `file_case`).
+    """
+    case = await file_case(
+        session, identity, report, conversation_id=conversation_id, actor=actor, daily_limit=daily_limit
+    )
     await desk.route(session, case, preview)
     return case

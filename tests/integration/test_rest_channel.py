@@ -33,7 +33,7 @@ def file_report(stack: Stack, sender: str, phone: str = "13912345678") -> str:
         ["/affirm", "/deny"],
     )
     created = stack.rest(sender, "/affirm")[0]["text"]
-    match = re.search(r"\d{8}-\d{4}", created)
+    match = re.search(r"\d{8}-\d{4,6}", created)
     assert match, created
     return match.group(0)
 

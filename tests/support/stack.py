@@ -71,6 +71,8 @@ class Stack:
         }
     )
     api_key: str | None = None  # a write client's key for `api()`, made on first use
+    # Settings for this stack beyond the defaults below (a test's small limits, say).
+    app_env: dict[str, str] = field(default_factory=dict)
     engine_proc: subprocess.Popen[bytes] | None = None
     app_proc: subprocess.Popen[bytes] | None = None
 
@@ -102,8 +104,12 @@ class Stack:
             # The 回访 loop off: several test apps share one database, and a loop in one would
             # answer for the others. Tests of the loop start an app with it on.
             FOLLOWUP_CHECK_SECONDS="0",
+            # Every test's browser connects from 127.0.0.1: the per-address limit on new web chat
+            # sessions would refuse the suite's hundreds. tests/integration/test_limits.py lowers it.
+            WEB_SESSIONS_PER_ADDRESS="100000",
             PYTHONPATH=str(ROOT),
         )
+        env.update(self.app_env)
         return env
 
     def start_engine(self) -> float:
@@ -173,6 +179,7 @@ class Stack:
             database_url=self.database_url,
             secrets=self.secrets,
             api_key=self.api_key,
+            app_env=dict(self.app_env),
         )
 
     def start(self) -> None:

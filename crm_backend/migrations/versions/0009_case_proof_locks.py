@@ -4,7 +4,7 @@ Failed digit proofs are counted per case number and per hour city-wide (an index
 count), and a number with too many is closed to them for a while (one row per number ever locked).
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-04
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009"
-down_revision = "0007"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
