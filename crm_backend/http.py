@@ -18,6 +18,7 @@ from crm_backend.errors import (
     LookupThrottled,
     MalformedRequest,
     NotFound,
+    describe_error,
 )
 
 logger = logging.getLogger(__name__)
@@ -57,8 +58,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if error.content_type == "application/json" or error.status < 400:
             raise
         return json_error(error.status, error.reason.lower().replace(" ", "_"), error.reason)
-    except Exception:
-        logger.exception("unhandled error on %s %s", request.method, request.path)
+    except Exception as error:
+        logger.error("unhandled error on %s %s: %s", request.method, request.path, describe_error(error))
         return json_error(500, "internal_error", "internal error")
 
 
