@@ -4,12 +4,18 @@ log the message → if staff has the conversation, stop there → else ask the e
 log and return the replies. The incoming message is committed before the engine is
 asked, so nothing is lost if the engine is down, and so the actions the engine calls
 find the citizen's identity and conversation.
+
+A citizen cannot name an intent: a button payload (``/intent{...}``) reaches the engine
+only if the bot offered that button in the conversation's latest messages, and never an
+``EXTERNAL_`` intent (those are the app's own events, such as the 回访). Anything else,
+text starting with "/" included, goes to the engine as words, its leading slashes dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -27,6 +33,7 @@ from crm_backend.services.conversations import (
     find_logged_message,
     log_incoming,
     log_outgoing,
+    offered_payloads,
     resolve_identity,
 )
 from crm_backend.services.handoff import BOT
@@ -41,12 +48,15 @@ class Inbound:
     channel: str
     external_id: str
     text: str
-    payload: str | None = None  # a button's payload, sent to the engine instead of the text
+    payload: str | None = None  # a button's payload, sent to the engine instead of the text if the bot offered it
     client_msg_id: str | None = None
     # Something sent besides text (a photo's file id, a location's coordinates), stored with
     # the message; the label says in the log what it was ("[图片]"), before any caption.
     attachment: dict[str, Any] | None = None
     attachment_label: str = ""
+    # The channel made the payload itself (Telegram's /start), not the citizen's client: it is
+    # sent without looking for it among the buttons offered.
+    payload_from_channel: bool = False
 
 
 @dataclass
@@ -69,6 +79,7 @@ class _Accepted:
     in_handoff: bool
     duplicate: bool
     department_id: int | None
+    payload: str | None  # the inbound payload if it may reach the engine, else None
 
 
 class MessagePipeline:
@@ -121,7 +132,9 @@ class MessagePipeline:
                 outcome.in_handoff = True
                 self._tell_staff("message", accepted.conversation_id, accepted.department_id)
                 return outcome
-            outcome.replies, outcome.handoff_started = await self._ask_engine(inbound, accepted.sender_id)
+            outcome.replies, outcome.handoff_started = await self._ask_engine(
+                inbound, accepted.sender_id, accepted.payload
+            )
             if outcome.replies or outcome.handoff_started:
                 async with self._sessions.begin() as session:
                     conversation = await session.get(Conversation, accepted.conversation_id)
@@ -152,6 +165,12 @@ class MessagePipeline:
                     client_msg_id=inbound.client_msg_id,
                     attachment=inbound.attachment,
                 )
+            payload = inbound.payload
+            if payload is not None and not _acceptable_payload(
+                payload, inbound.payload_from_channel or payload in await offered_payloads(session, conversation)
+            ):
+                logger.info("payload not offered to %s; read as text", identity.sender_id)
+                payload = None
             return _Accepted(
                 conversation_id=conversation.id,
                 channel=conversation.channel,
@@ -159,20 +178,23 @@ class MessagePipeline:
                 in_handoff=conversation.handoff_status != BOT,
                 duplicate=duplicate,
                 department_id=conversation.department_id,
+                payload=payload,
             )
 
-    async def _ask_engine(self, inbound: Inbound, sender_id: str) -> tuple[list[OutgoingMessage], bool]:
-        text = inbound.text.strip()
-        if not text and not inbound.payload:
+    async def _ask_engine(
+        self, inbound: Inbound, sender_id: str, payload: str | None
+    ) -> tuple[list[OutgoingMessage], bool]:
+        text = as_words(inbound.text)
+        if not text and not payload:
             # A photo without a caption is stored; there is nothing for the engine to read.
             empty = "utter_attachment_received" if inbound.attachment else "utter_empty_message"
             return [OutgoingMessage(self._responses.text(empty))], False
         replies: list[OutgoingMessage] = []
-        if len(text) > self._max_message_chars and not inbound.payload:
+        if len(text) > self._max_message_chars and not payload:
             replies.append(OutgoingMessage(self._responses.text("utter_message_truncated")))
             text = text[: self._max_message_chars]
         try:
-            raw = await self._engine.send(sender_id, inbound.payload or text, channel=inbound.channel)
+            raw = await self._engine.send(sender_id, payload or text, channel=inbound.channel)
         except EngineUnavailable as error:
             logger.warning("engine unavailable for %s: %s", sender_id, error)
             return [OutgoingMessage(self._responses.text("utter_system_busy"), sender_kind="system")], False
@@ -185,6 +207,20 @@ class MessagePipeline:
             if converted is not None:
                 replies.append(converted)
         return replies, handoff_started
+
+
+_LEADING_SLASHES = re.compile(r"^[\s/]+")
+_EXTERNAL_INTENT = re.compile(r"^/\s*EXTERNAL_", re.IGNORECASE)
+
+
+def as_words(text: str) -> str:
+    """A citizen's text as the engine should read it: words, never an ``/intent`` (leading slashes dropped)."""
+    return _LEADING_SLASHES.sub("", text).strip()
+
+
+def _acceptable_payload(payload: str, offered: bool) -> bool:
+    """A payload reaches the engine only if offered, and never as an ``EXTERNAL_`` intent."""
+    return offered and payload.startswith("/") and not _EXTERNAL_INTENT.match(payload)
 
 
 def _storable(text: str) -> str:
