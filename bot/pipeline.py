@@ -37,6 +37,7 @@ from crm_backend.services.conversations import (
     resolve_identity,
 )
 from crm_backend.services.handoff import BOT
+from crm_backend.validation import clean_text
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +120,12 @@ class MessagePipeline:
             on_logged: called with the conversation id once the message is safely stored
                 (the web chat acknowledges it then).
         """
-        # Lone surrogates (half an emoji) are valid JSON but not storable UTF-8.
-        inbound = replace(inbound, text=_storable(inbound.text), payload=inbound.payload and _storable(inbound.payload))
+        inbound = replace(
+            inbound,
+            external_id=clean_text(inbound.external_id),
+            text=clean_text(inbound.text),
+            payload=inbound.payload and clean_text(inbound.payload),
+        )
         async with self._lock(f"{inbound.channel}:{inbound.external_id}"):
             accepted = await self._accept(inbound)
             if on_logged is not None:
@@ -221,10 +226,6 @@ def as_words(text: str) -> str:
 def _acceptable_payload(payload: str, offered: bool) -> bool:
     """A payload reaches the engine only if offered, and never as an ``EXTERNAL_`` intent."""
     return offered and payload.startswith("/") and not _EXTERNAL_INTENT.match(payload)
-
-
-def _storable(text: str) -> str:
-    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _is_handoff_marker(reply: dict[str, Any]) -> bool:

@@ -20,6 +20,7 @@ from crm_backend.errors import (
     NotFound,
     describe_error,
 )
+from crm_backend.validation import clean_text
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ def require_bearer(request: web.Request, token: str) -> None:
 async def read_json_object(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object.
 
+    Control characters are dropped from every string in it (`clean_text`).
+
     Raises:
         MalformedRequest: if the body is not UTF-8 JSON or not an object.
     """
@@ -91,4 +94,15 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise MalformedRequest("body must be UTF-8 JSON") from error
     if not isinstance(data, dict):
         raise MalformedRequest("body must be a JSON object")
-    return data
+    return _cleaned(data)
+
+
+def _cleaned(value: Any) -> Any:
+    """A parsed JSON value with every string (keys too) passed through `clean_text`."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, list):
+        return [_cleaned(item) for item in value]
+    if isinstance(value, dict):
+        return {clean_text(key): _cleaned(item) for key, item in value.items()}
+    return value

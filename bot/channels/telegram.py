@@ -51,7 +51,7 @@ from crm_backend.services.conversations import (
     resolve_identity,
 )
 from crm_backend.settings import TelegramSettings
-from crm_backend.validation import parse_link_code
+from crm_backend.validation import clean_text, parse_link_code
 
 logger = logging.getLogger(__name__)
 
@@ -316,7 +316,9 @@ class TelegramChannel:
         async with self._sessions.begin() as session:
             identity = await resolve_identity(session, CHANNEL, str(chat_id))
             conversation = await current_conversation(session, identity)
-            log_incoming(session, conversation, logged_text, max_chars=self._max_logged_chars, attachment=attachment)
+            log_incoming(
+                session, conversation, clean_text(logged_text), max_chars=self._max_logged_chars, attachment=attachment
+            )
             log_outgoing(session, conversation, [reply])
         await self.delivery.deliver(str(chat_id), [reply])
 

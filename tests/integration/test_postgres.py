@@ -2,7 +2,9 @@
 conversation (CRM and engine tracker store) against a real PostgreSQL server.
 
 The unit tests of the services and actions are collected here a second time, with the
-`sessions` fixture overridden to give each test a fresh PostgreSQL database.
+`sessions` fixture overridden to give each test a fresh PostgreSQL database; so are the
+bad-input tests of the REST channel and the web chat, with `stack` overridden to a stack on
+PostgreSQL (which refuses text SQLite stores, such as NUL).
 """
 
 from __future__ import annotations
@@ -21,6 +23,18 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_backend.db import MIGRATIONS_DIR, create_engine, create_sessionmaker, upgrade_database_async
 from crm_backend.settings import normalise_database_url
+from tests.integration.test_rest_channel import (  # noqa: F401  (run again on PostgreSQL)
+    test_a_message_of_nul_and_zero_width_space_gets_the_empty_message_reply,
+    test_a_staff_reply_with_control_characters_is_stored_without_them,
+    test_control_characters_in_a_message_are_dropped_and_it_is_answered,
+    test_malformed_requests_get_a_json_4xx,
+    test_odd_text_gets_an_ordinary_reply,
+)
+from tests.integration.test_webchat import (  # noqa: F401  (run again on PostgreSQL)
+    chat,
+    test_control_characters_in_a_frame_are_dropped_and_answered,
+    test_lone_surrogate_in_text_is_stored_replaced_and_answered,
+)
 from tests.support.postgres import PostgresServer
 from tests.support.stack import APP_PYTHON, ROOT, Stack
 from tests.unit.test_actions import *  # noqa: F403  (run again on PostgreSQL)
@@ -77,6 +91,12 @@ def pg_stack(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory)
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(pg_stack: Stack) -> Stack:
+    """Overrides the SQLite stack for the bad-input tests imported above."""
+    return pg_stack
 
 
 def test_a_full_conversation_on_postgres_keeps_cases_and_trackers_there(

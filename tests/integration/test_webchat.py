@@ -469,6 +469,15 @@ async def test_handoff_to_staff_and_back(stack: Stack, chat: ChatClient) -> None
     ]
 
 
+async def test_control_characters_in_a_frame_are_dropped_and_answered(chat: ChatClient) -> None:
+    await chat.ws.send_str('{"type": "message", "id": "nul-only", "text": "\\u0000\\u200b"}')
+    assert (await chat.expect("ack"))["id"] == "nul-only"
+    assert texts((await chat.expect("reply"))["messages"]) == [utter("utter_empty_message")]
+    await chat.ws.send_str('{"type": "message", "id": "nul-inside", "text": "谢谢\\u0000\\u0007"}')
+    assert (await chat.expect("ack"))["id"] == "nul-inside"
+    assert texts((await chat.expect("reply"))["messages"]) == [utter("utter_you_are_welcome")]
+
+
 async def test_lone_surrogate_in_text_is_stored_replaced_and_answered(chat: ChatClient) -> None:
     await chat.ws.send_str('{"type": "message", "id": "lone-surrogate", "text": "谢谢\\ud83d"}')
     first = await chat.frame()
