@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from tests.integration.test_webchat import (  # noqa: F401  (run again on Postgr
     test_control_characters_in_a_frame_are_dropped_and_answered,
     test_lone_surrogate_in_text_is_stored_replaced_and_answered,
 )
+from tests.support.naming import unique
 from tests.support.postgres import PostgresServer
 from tests.support.stack import APP_PYTHON, ROOT, Stack
 from tests.unit.test_actions import *  # noqa: F403  (run again on PostgreSQL)
@@ -54,7 +54,7 @@ def postgres() -> Iterator[PostgresServer]:
 @pytest.fixture
 async def sessions(postgres: PostgresServer) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
     """Overrides tests/conftest.py: a fresh, migrated PostgreSQL database per test."""
-    url = normalise_database_url(postgres.create_database(f"t_{uuid.uuid4().hex[:12]}"))
+    url = normalise_database_url(postgres.create_database(unique("t", "_")))
     await upgrade_database_async(url)
     engine = create_engine(url)
     yield create_sessionmaker(engine)
@@ -70,7 +70,7 @@ async def test_migrations_create_every_table_on_postgres(sessions: async_session
 
 
 def test_stats_cli_reads_postgres(postgres: PostgresServer) -> None:
-    url = postgres.create_database(f"cli_{uuid.uuid4().hex[:8]}")
+    url = postgres.create_database(unique("cli", "_"))
     result = subprocess.run(
         [str(APP_PYTHON), "-m", "crm_backend", "stats", "--json"],
         cwd=ROOT,
@@ -102,7 +102,7 @@ def stack(pg_stack: Stack) -> Stack:
 def test_a_full_conversation_on_postgres_keeps_cases_and_trackers_there(
     pg_stack: Stack, postgres: PostgresServer
 ) -> None:
-    sender = f"pg-{uuid.uuid4().hex[:8]}"
+    sender = unique("pg")
     pg_stack.rest(sender, "我们单位拖欠了三个月工资一直不发，老板也联系不上")
     pg_stack.rest(sender, "A7县工业园区12栋")
     pg_stack.rest(sender, "18612345678")
