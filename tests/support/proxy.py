@@ -70,5 +70,6 @@ class EngineSwitch:
 
     def request_lines(self) -> list[str]:
         """The HTTP request lines clients sent through the relay ("GET /status?x=1 HTTP/1.1")."""
-        text = self.sent.decode("latin-1")
-        return re.findall(r"^(?:GET|POST|PUT|DELETE|PATCH|HEAD) \S+ HTTP/1\.[01]", text, flags=re.MULTILINE)
+        # Not anchored to a line start: on a kept-alive connection a request follows the
+        # previous one's body directly.
+        return re.findall(r"(?:GET|POST|PUT|DELETE|PATCH|HEAD) /\S* HTTP/1\.[01]", self.sent.decode("latin-1"))
