@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from aiohttp import web
@@ -12,6 +13,9 @@ from crm_backend.settings import Settings, SettingsError
 
 
 def main() -> int:
+    # The SQLite database (and anything else the app writes) holds citizens' data: owner only,
+    # however the app was started.
+    os.umask(0o077)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     # httpx (under python-telegram-bot) logs every request URL, and Bot API URLs carry the bot token.

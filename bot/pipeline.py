@@ -8,12 +8,18 @@ and so the actions the engine calls find the citizen's identity and conversation
 A message over the sender's limit is neither logged nor given to the engine: `handle`
 raises `TooManyMessages` carrying the citizen-facing text, and each channel tells the
 citizen (the web chat an error frame for that message, REST a 429, Telegram a reply).
+
+A citizen cannot name an intent: a button payload (``/intent{...}``) reaches the engine
+only if the bot offered that button in the conversation's latest messages, and never an
+``EXTERNAL_`` intent (those are the app's own events, such as the 回访). Anything else,
+text starting with "/" included, goes to the engine as words, its leading slashes dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -32,10 +38,12 @@ from crm_backend.services.conversations import (
     find_logged_message,
     log_incoming,
     log_outgoing,
+    offered_payloads,
     resolve_identity,
 )
 from crm_backend.services.handoff import BOT
 from crm_backend.services.limits import Limit, RateLimiter
+from crm_backend.validation import clean_text
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +55,15 @@ class Inbound:
     channel: str
     external_id: str
     text: str
-    payload: str | None = None  # a button's payload, sent to the engine instead of the text
+    payload: str | None = None  # a button's payload, sent to the engine instead of the text if the bot offered it
     client_msg_id: str | None = None
     # Something sent besides text (a photo's file id, a location's coordinates), stored with
     # the message; the label says in the log what it was ("[图片]"), before any caption.
     attachment: dict[str, Any] | None = None
     attachment_label: str = ""
+    # The channel made the payload itself (Telegram's /start), not the citizen's client: it is
+    # sent without looking for it among the buttons offered.
+    payload_from_channel: bool = False
 
 
 @dataclass
@@ -75,6 +86,7 @@ class _Accepted:
     in_handoff: bool
     duplicate: bool
     department_id: int | None
+    payload: str | None  # the inbound payload if it may reach the engine, else None
 
 
 class MessagePipeline:
@@ -124,11 +136,15 @@ class MessagePipeline:
         Raises:
             TooManyMessages: the sender is over the message limit; nothing was stored or asked.
         """
+        inbound = replace(
+            inbound,
+            external_id=clean_text(inbound.external_id),
+            text=clean_text(inbound.text),
+            payload=inbound.payload and clean_text(inbound.payload),
+        )
         sender_key = f"{inbound.channel}:{inbound.external_id}"
         # Counted before waiting for the sender's lock: a flood is refused at once, not queued.
         await self.admit(inbound.channel, inbound.external_id)
-        # Lone surrogates (half an emoji) are valid JSON but not storable UTF-8.
-        inbound = replace(inbound, text=_storable(inbound.text), payload=inbound.payload and _storable(inbound.payload))
         async with self._lock(sender_key):
             accepted = await self._accept(inbound)
             if on_logged is not None:
@@ -140,7 +156,9 @@ class MessagePipeline:
                 outcome.in_handoff = True
                 self._tell_staff("message", accepted.conversation_id, accepted.department_id)
                 return outcome
-            outcome.replies, outcome.handoff_started = await self._ask_engine(inbound, accepted.sender_id)
+            outcome.replies, outcome.handoff_started = await self._ask_engine(
+                inbound, accepted.sender_id, accepted.payload
+            )
             if outcome.replies or outcome.handoff_started:
                 async with self._sessions.begin() as session:
                     conversation = await session.get(Conversation, accepted.conversation_id)
@@ -186,6 +204,12 @@ class MessagePipeline:
                     client_msg_id=inbound.client_msg_id,
                     attachment=inbound.attachment,
                 )
+            payload = inbound.payload
+            if payload is not None and not _acceptable_payload(
+                payload, inbound.payload_from_channel or payload in await offered_payloads(session, conversation)
+            ):
+                logger.info("payload not offered to %s; read as text", identity.sender_id)
+                payload = None
             return _Accepted(
                 conversation_id=conversation.id,
                 channel=conversation.channel,
@@ -193,20 +217,23 @@ class MessagePipeline:
                 in_handoff=conversation.handoff_status != BOT,
                 duplicate=duplicate,
                 department_id=conversation.department_id,
+                payload=payload,
             )
 
-    async def _ask_engine(self, inbound: Inbound, sender_id: str) -> tuple[list[OutgoingMessage], bool]:
-        text = inbound.text.strip()
-        if not text and not inbound.payload:
+    async def _ask_engine(
+        self, inbound: Inbound, sender_id: str, payload: str | None
+    ) -> tuple[list[OutgoingMessage], bool]:
+        text = as_words(inbound.text)
+        if not text and not payload:
             # A photo without a caption is stored; there is nothing for the engine to read.
             empty = "utter_attachment_received" if inbound.attachment else "utter_empty_message"
             return [OutgoingMessage(self._responses.text(empty))], False
         replies: list[OutgoingMessage] = []
-        if len(text) > self._max_message_chars and not inbound.payload:
+        if len(text) > self._max_message_chars and not payload:
             replies.append(OutgoingMessage(self._responses.text("utter_message_truncated")))
             text = text[: self._max_message_chars]
         try:
-            raw = await self._engine.send(sender_id, inbound.payload or text, channel=inbound.channel)
+            raw = await self._engine.send(sender_id, payload or text, channel=inbound.channel)
         except EngineUnavailable as error:
             logger.warning("engine unavailable for %s: %s", sender_id, error)
             return [OutgoingMessage(self._responses.text("utter_system_busy"), sender_kind="system")], False
@@ -221,8 +248,18 @@ class MessagePipeline:
         return replies, handoff_started
 
 
-def _storable(text: str) -> str:
-    return text.encode("utf-8", "replace").decode("utf-8")
+_LEADING_SLASHES = re.compile(r"^[\s/]+")
+_EXTERNAL_INTENT = re.compile(r"^/\s*EXTERNAL_", re.IGNORECASE)
+
+
+def as_words(text: str) -> str:
+    """A citizen's text as the engine should read it: words, never an ``/intent`` (leading slashes dropped)."""
+    return _LEADING_SLASHES.sub("", text).strip()
+
+
+def _acceptable_payload(payload: str, offered: bool) -> bool:
+    """A payload reaches the engine only if offered, and never as an ``EXTERNAL_`` intent."""
+    return offered and payload.startswith("/") and not _EXTERNAL_INTENT.match(payload)
 
 
 def _is_handoff_marker(reply: dict[str, Any]) -> bool:

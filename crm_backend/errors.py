@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import traceback
+from pathlib import Path
+
 
 class CrmError(Exception):
     """Base of every error the CRM raises on purpose."""
@@ -86,3 +89,14 @@ class CaseLimitReached(RateLimited):
     """The citizen filed as many cases today as one citizen may."""
 
     code = "case_limit_reached"
+
+
+def describe_error(error: BaseException) -> str:
+    """An unexpected error for the log: its type and where it was raised, never its message.
+
+    Messages can quote what a citizen sent (a database driver's error names the values it
+    refused), and the log is read by more people than the conversation.
+    """
+    frames = traceback.extract_tb(error.__traceback__)
+    where = " < ".join(f"{Path(frame.filename).name}:{frame.lineno} {frame.name}" for frame in reversed(frames[-6:]))
+    return f"{type(error).__module__}.{type(error).__qualname__} at {where or 'unknown place'}"

@@ -22,8 +22,10 @@ from crm_backend.errors import (
     NotFound,
     RateLimited,
     Unauthenticated,
+    describe_error,
 )
 from crm_backend.settings import Network
+from crm_backend.validation import clean_text
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +74,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if error.content_type == "application/json" or error.status < 400:
             raise
         return json_error(error.status, error.reason.lower().replace(" ", "_"), error.reason)
-    except Exception:
-        logger.exception("unhandled error on %s %s", request.method, request.path)
+    except Exception as error:
+        logger.error("unhandled error on %s %s: %s", request.method, request.path, describe_error(error))
         return json_error(500, "internal_error", "internal error")
 
 
@@ -95,6 +97,8 @@ def require_bearer(request: web.Request, token: str) -> None:
 async def read_json_object(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object.
 
+    Control characters are dropped from every string in it (`clean_text`).
+
     Raises:
         MalformedRequest: if the body is not UTF-8 JSON or not an object.
     """
@@ -105,7 +109,7 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise MalformedRequest("body must be UTF-8 JSON") from error
     if not isinstance(data, dict):
         raise MalformedRequest("body must be a JSON object")
-    return data
+    return _cleaned(data)
 
 
 def client_address(request: web.Request) -> str:
@@ -151,3 +155,14 @@ def _parse_ip(text: str) -> IPv4Address | IPv6Address | None:
 
 def _is_trusted(address: IPv4Address | IPv6Address, trusted: tuple[Network, ...]) -> bool:
     return any(address.version == network.version and address in network for network in trusted)
+
+
+def _cleaned(value: Any) -> Any:
+    """A parsed JSON value with every string (keys too) passed through `clean_text`."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, list):
+        return [_cleaned(item) for item in value]
+    if isinstance(value, dict):
+        return {clean_text(key): _cleaned(item) for key, item in value.items()}
+    return value

@@ -1,4 +1,5 @@
-"""Validation and masking of the personal data citizens type into the chat."""
+"""Validation and masking of the personal data citizens type into the chat, and the one
+cleaning every text from outside goes through where it enters."""
 
 from __future__ import annotations
 
@@ -12,6 +13,22 @@ _PHONE_CANDIDATE = re.compile(r"(?:\+?86)?1\d{10}(?!\d)|\d+")
 _LINK_CODE = re.compile(r"(?<!\d)(\d{6})(?!\d)")
 # Four digits for the first 9,999 cases of a day, then five or six (never with a leading zero).
 _CASE_NUMBER = re.compile(r"(?<!\d)(20\d{6})\s*[-－—]?\s*(\d{4}|[1-9]\d{4,5})(?!\d)")
+
+
+# Control characters (C0 but tab and line breaks, DEL, C1) and the invisible marks that carry
+# nothing in a message (zero-width space, word joiner, byte-order mark). PostgreSQL refuses
+# NUL in text; none of them is anything a person means to send. Emoji joiners stay.
+_UNWANTED_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u2060\ufeff]")
+
+
+def clean_text(text: str) -> str:
+    """Text from outside as the CRM keeps it: no control characters, no lone surrogates.
+
+    Applied where input enters (the message pipeline, JSON bodies, console forms), so
+    every database stores what every other would.
+    """
+    storable = text.encode("utf-8", "replace").decode("utf-8")  # half an emoji is valid JSON, not UTF-8
+    return _UNWANTED_CHARACTERS.sub("", storable)
 
 
 def _digits_only(text: str) -> str:

@@ -40,7 +40,7 @@ from bot.channels.telegram_delivery import KeyedSequencer, TelegramDelivery
 from bot.channels.telegram_format import is_stored_token, location_text
 from bot.pipeline import Inbound, MessagePipeline
 from bot.responses import Responses
-from crm_backend.errors import TooManyMessages
+from crm_backend.errors import TooManyMessages, describe_error
 from crm_backend.http import json_error, json_response
 from crm_backend.models import TelegramCallbackPayload
 from crm_backend.services.conversations import (
@@ -51,7 +51,7 @@ from crm_backend.services.conversations import (
     resolve_identity,
 )
 from crm_backend.settings import TelegramSettings
-from crm_backend.validation import parse_link_code
+from crm_backend.validation import clean_text, parse_link_code
 
 logger = logging.getLogger(__name__)
 
@@ -206,17 +206,24 @@ class TelegramChannel:
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         update_id = update.update_id if isinstance(update, Update) else None
-        logger.error("telegram: update %s failed", update_id, exc_info=context.error)
+        error = context.error
+        logger.error("telegram: update %s failed: %s", update_id, describe_error(error) if error else "unknown error")
 
     # --- handlers -------------------------------------------------------------------------------
 
     async def _on_start(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
         message = _message(update)
-        await self._converse(message.chat_id, Inbound(CHANNEL, str(message.chat_id), "/start", payload=START_PAYLOAD))
+        await self._converse(
+            message.chat_id,
+            Inbound(CHANNEL, str(message.chat_id), "/start", payload=START_PAYLOAD, payload_from_channel=True),
+        )
 
     async def _on_cancel(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
         message = _message(update)
-        await self._converse(message.chat_id, Inbound(CHANNEL, str(message.chat_id), "/cancel", payload=CANCEL_PAYLOAD))
+        await self._converse(
+            message.chat_id,
+            Inbound(CHANNEL, str(message.chat_id), "/cancel", payload=CANCEL_PAYLOAD, payload_from_channel=True),
+        )
 
     async def _on_link(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
         """`/link 483920`: link this chat to the citizen who was shown the code on another channel."""
@@ -224,7 +231,9 @@ class TelegramChannel:
         text = message.text or "/link"
         code = parse_link_code(text)
         payload = f'/link_account{{"link_code": "{code}"}}' if code else "/link_account"
-        await self._converse(message.chat_id, Inbound(CHANNEL, str(message.chat_id), text, payload=payload))
+        await self._converse(
+            message.chat_id, Inbound(CHANNEL, str(message.chat_id), text, payload=payload, payload_from_channel=True)
+        )
 
     async def _on_help(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
         message = _message(update)
@@ -283,7 +292,7 @@ class TelegramChannel:
             return
         payload = await self._payload_for(query.data)
         if payload is None:
-            logger.info("telegram: unknown callback data %.80r from chat %s", query.data, chat.id)
+            logger.info("telegram: unknown callback data (%d characters) from chat %s", len(query.data), chat.id)
             return
         title = _button_title(query.message, query.data) or payload
         await self._converse(chat.id, Inbound(CHANNEL, str(chat.id), title, payload=payload))
@@ -316,7 +325,9 @@ class TelegramChannel:
         async with self._sessions.begin() as session:
             identity = await resolve_identity(session, CHANNEL, str(chat_id))
             conversation = await current_conversation(session, identity)
-            log_incoming(session, conversation, logged_text, max_chars=self._max_logged_chars, attachment=attachment)
+            log_incoming(
+                session, conversation, clean_text(logged_text), max_chars=self._max_logged_chars, attachment=attachment
+            )
             log_outgoing(session, conversation, [reply])
         await self.delivery.deliver(str(chat_id), [reply])
 

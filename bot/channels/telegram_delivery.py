@@ -26,6 +26,7 @@ from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError
 from telegram.warnings import PTBDeprecationWarning
 
 from bot.channels.telegram_format import Chunk, callback_data_for, chunks_for, needs_storing
+from crm_backend.errors import describe_error
 from crm_backend.models import TelegramCallbackPayload, TelegramOutbox, utcnow
 from crm_backend.services.conversations import OutgoingMessage
 
@@ -90,8 +91,8 @@ class KeyedSequencer:
                     return
                 try:
                     await job()
-                except Exception:  # one failed job must not stop the chat's later ones
-                    logger.exception("%s job for %s failed", self._name, key)
+                except Exception as error:  # one failed job must not stop the chat's later ones
+                    logger.error("%s job for %s failed: %s", self._name, key, describe_error(error))
         finally:
             self._queues.pop(key, None)
 

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.hub import ConversationHub
 from bot.pipeline import Inbound, MessagePipeline, Outcome
 from bot.responses import Responses
-from crm_backend.errors import TooManyMessages, TooManySessions
+from crm_backend.errors import TooManyMessages, TooManySessions, describe_error
 from crm_backend.http import client_address
 from crm_backend.models import Message
 from crm_backend.services.conversations import (
@@ -176,8 +176,9 @@ class WebChat:
                     await ws.send_json(
                         {"type": "error", "code": error.code, "message": str(error), "id": error.client_msg_id}
                     )
-                except Exception:  # one bad frame must never end the citizen's session
-                    logger.exception("web chat frame failed: %.200r", frame.data)
+                except Exception as error:  # one bad frame must never end the citizen's session
+                    # The frame's length and the error, never its content: it is what a citizen wrote.
+                    logger.error("web chat frame of %d characters failed: %s", len(frame.data), describe_error(error))
                     await ws.send_json({"type": "error", "code": "internal_error", "message": "internal error"})
         finally:
             if conversation_id is not None:

@@ -23,7 +23,7 @@ from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.lifecycle import ROLE_LABELS, CaseStatus, Role
 from crm_backend.models import StaffSession, StaffUser, utcnow
 from crm_backend.services import lookup, staff
-from crm_backend.validation import mask_phone
+from crm_backend.validation import clean_text, mask_phone
 
 HERE = Path(__file__).resolve().parent
 SESSION_COOKIE = "console_session"
@@ -229,9 +229,9 @@ def signed_in(role: Role = Role.AGENT) -> Callable[[Handler[ViewT]], Handler[Vie
 
 
 async def form(request: web.Request) -> dict[str, str]:
-    """The posted form as plain strings (files and repeated keys ignored)."""
+    """The posted form as plain strings (files and repeated keys ignored), control characters dropped."""
     data = await request.post()
-    return {key: value for key, value in data.items() if isinstance(value, str)}
+    return {clean_text(key): clean_text(value) for key, value in data.items() if isinstance(value, str)}
 
 
 def int_or_none(raw: str | None) -> int | None:

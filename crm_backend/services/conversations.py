@@ -13,6 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from crm_backend.models import ChannelIdentity, Citizen, Conversation, Message, utcnow
 
 CONVERSATION_IDLE_LIMIT = timedelta(hours=24)
+# How far back a pressed button may come from: its payload must be on one of these latest
+# messages to the citizen.
+RECENT_OUTGOING_FOR_BUTTONS = 20
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,25 @@ def log_outgoing(session: AsyncSession, conversation: Conversation, outgoing: li
     session.add_all(rows)
     conversation.last_message_at = utcnow()
     return rows
+
+
+async def offered_payloads(
+    session: AsyncSession, conversation: Conversation, recent: int = RECENT_OUTGOING_FOR_BUTTONS
+) -> set[str]:
+    """The button payloads on the conversation's ``recent`` latest messages to the citizen."""
+    rows = await session.scalars(
+        select(Message.buttons)
+        .where(Message.conversation_id == conversation.id, Message.direction == "out")
+        .order_by(Message.id.desc())
+        .limit(recent)
+    )
+    return {
+        button["payload"]
+        for buttons in rows
+        if isinstance(buttons, list)
+        for button in buttons
+        if isinstance(button, dict) and isinstance(button.get("payload"), str)
+    }
 
 
 async def conversation_history(session: AsyncSession, conversation: Conversation, limit: int = 200) -> list[Message]:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.naming import unique
 from tests.support.stack import MODEL, Stack
 
 
@@ -47,4 +47,4 @@ def browser() -> Iterator[Any]:
 @pytest.fixture
 def sender() -> str:
     """A fresh REST sender id, so each test is a new citizen."""
-    return f"test-{uuid.uuid4().hex[:12]}"
+    return unique("test")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import uuid
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -22,6 +21,7 @@ from crm_backend.services.conversations import current_conversation, log_incomin
 from crm_backend.services.intake import Report, file_case
 from crm_backend.settings import normalise_database_url
 from tests.support.console import PASSWORD, ConsoleClient, create_staff
+from tests.support.naming import unique
 from tests.support.stack import Stack
 
 MARKUP = '<img src=x onerror="window.__xss=1"><script>alert(1)</script>'
@@ -35,7 +35,7 @@ async def file_case_for(stack: Stack, department_code: str | None, text: str = "
     engine = create_engine(normalise_database_url(str(stack.database_url)))
     try:
         async with create_sessionmaker(engine).begin() as session:
-            identity = await resolve_identity(session, "web", f"console-{uuid.uuid4().hex}")
+            identity = await resolve_identity(session, "web", unique("console"))
             conversation = await current_conversation(session, identity)
             log_incoming(session, conversation, text, max_chars=10_000)
             case = await file_case(
@@ -339,7 +339,7 @@ def test_logout_ends_the_session(stack: Stack, accounts: dict[str, str]) -> None
 async def test_escalations_and_citizen_messages_arrive_live(stack: Stack, accounts: dict[str, str]) -> None:
     client = await asyncio.to_thread(signed_in, stack, accounts["supervisor"])
     cookies = {cookie.name: cookie.value or "" for cookie in client.http.cookies}
-    sender = f"live-{uuid.uuid4().hex[:8]}"
+    sender = unique("live")
     events: list[dict[str, object]] = []
 
     async with (
@@ -379,7 +379,7 @@ async def test_escalations_and_citizen_messages_arrive_live(stack: Stack, accoun
 
 
 def test_staff_see_what_the_bot_collected_as_a_draft_case(stack: Stack, accounts: dict[str, str]) -> None:
-    sender = f"draft-{uuid.uuid4().hex[:8]}"
+    sender = unique("draft")
     stack.rest(sender, "我家楼下的路灯坏了好几天了，晚上很黑")
     stack.rest(sender, "A1区解放路18号")
     handed = stack.rest(sender, "我要转人工")
@@ -422,7 +422,7 @@ def test_a_supervisor_dispatches_from_the_manual_queue(stack: Stack, accounts: d
 
 def test_an_admin_manages_staff_and_routing_and_it_is_audited(stack: Stack, accounts: dict[str, str]) -> None:
     admin = signed_in(stack, accounts["admin"])
-    username = f"new.{uuid.uuid4().hex[:6]}"
+    username = unique("new", ".")
     created = admin.post(
         "/admin/users",
         {

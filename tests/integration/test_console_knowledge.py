@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -21,6 +20,7 @@ from crm_backend.services import knowledge
 from crm_backend.settings import normalise_database_url
 from tests.integration.test_console import MARKUP, signed_in
 from tests.support.console import ConsoleClient, create_staff
+from tests.support.naming import unique
 from tests.support.stack import Stack
 
 T = TypeVar("T")
@@ -86,7 +86,7 @@ def accounts(stack: Stack, seeded: None) -> dict[str, str]:
 
 
 def unique_slug(prefix: str = "kb-test") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+    return unique(prefix)
 
 
 def entry_form(

@@ -9,7 +9,6 @@ and the new question finds the entry. Screenshots are kept in artifacts/.
 from __future__ import annotations
 
 import re
-import uuid
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from tests.integration.test_browser import CHROMIUM
 from tests.integration.test_console_browser import new_page, sign_in
 from tests.integration.test_console_knowledge import with_database
 from tests.support.console import create_staff
+from tests.support.naming import unique
 from tests.support.stack import Stack
 
 pytestmark = [
@@ -76,7 +76,7 @@ def test_an_admin_edits_an_entry_and_finds_the_change_in_its_history(
     stack: Stack, browser: Any, artifacts_dir: Path
 ) -> None:
     username = create_staff(stack, "admin", display_name=EDITOR)
-    slug = f"star-card-{uuid.uuid4().hex[:8]}"
+    slug = unique("star-card")
     entry_id = create_entry_as(stack, username, slug)
     problems: list[str] = []
     console = new_page(browser, problems)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -20,6 +19,7 @@ from tests.integration.test_console import department_option, signed_in
 from tests.integration.test_webchat import CASE_NUMBER, ChatClient, open_chat, texts
 from tests.support.console import ConsoleClient, create_staff
 from tests.support.domain_text import utter
+from tests.support.naming import unique
 from tests.support.stack import Stack
 
 PHONE = "13698765432"
@@ -167,14 +167,14 @@ async def test_linking_a_second_channel_lists_the_first_channels_cases(stack: St
     code = re.search(r"\d{6}", issued["text"])
     assert code and issued["text"] == utter("utter_link_code", code=code.group(0))
 
-    other = f"partner-{uuid.uuid4().hex[:8]}"  # a second channel (the REST channel of an integrator)
+    other = unique("partner")  # a second channel (the REST channel of an integrator)
     [unknown] = stack.rest(other, "我的工单")
     assert unknown["text"] == utter("utter_my_cases_none")
     [wrong] = stack.rest(other, "绑定 000000" if code.group(0) != "000000" else "绑定 111111")
     assert wrong["text"] == utter("utter_link_invalid")
     [linked] = stack.rest(other, f"绑定 {code.group(0)}")
     assert linked["text"] == utter("utter_link_done")
-    [again] = stack.rest(f"partner-{uuid.uuid4().hex[:8]}", f"绑定 {code.group(0)}")
+    [again] = stack.rest(unique("partner"), f"绑定 {code.group(0)}")
     assert again["text"] == utter("utter_link_invalid")  # single use
     [listed] = stack.rest(other, "我的工单")
     assert number in listed["text"] and "已派单" in listed["text"]

@@ -10,7 +10,6 @@ against the duty rule of `crm_backend.duty`.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -18,6 +17,7 @@ import pytest
 from crm_backend.models import utcnow
 from tests.integration.test_webchat import ChatClient, api_messages, open_chat, texts
 from tests.support.domain_text import handoff_texts, utter, utter_buttons
+from tests.support.naming import suffix
 from tests.support.stack import Stack
 
 # Candidates for words the model cannot place. The tests use the first two the engine really
@@ -96,7 +96,7 @@ def staff_reply(stack: Stack, cid: int, text: str, staff_name: str) -> bool:
 
 
 def marker(label: str) -> str:
-    return f"{label} {uuid.uuid4().hex[:8]}"
+    return f"{label} {suffix()}"
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ limit of one test never counts another's sessions.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -35,6 +34,7 @@ from tests.integration.test_telegram import (
 from tests.integration.test_webchat import ChatClient, ws_url
 from tests.support.domain_text import utter
 from tests.support.fake_telegram import FakeTelegram
+from tests.support.naming import unique
 from tests.support.stack import MODEL, Stack
 
 SESSIONS_PER_ADDRESS = 3
@@ -142,7 +142,7 @@ async def test_an_address_opening_more_web_sessions_than_allowed_is_told_to_try_
 
 
 def test_a_rest_sender_faster_than_the_limit_gets_429_and_the_engine_never_sees_it(limited: Stack) -> None:
-    sender = f"flood-{uuid.uuid4().hex[:8]}"
+    sender = unique("flood")
     for index in range(MESSAGES_PER_SENDER):
         assert rest(limited, sender, f"你好 {index}").status_code == 200
     refused = rest(limited, sender, "你好 over the limit")
@@ -208,7 +208,7 @@ def test_a_telegram_chat_faster_than_the_limit_is_told_and_the_engine_never_sees
 
 
 def test_a_citizen_at_the_daily_case_limit_is_told_so_when_starting_another_report(limited: Stack) -> None:
-    sender = f"filer-{uuid.uuid4().hex[:8]}"
+    sender = unique("filer")
     start_report(limited, sender)
     assert re.search(r"\d{8}-\d{4,6}", confirm(limited, sender))
     replies = rest(limited, sender, "小区里的路灯坏了三天了，晚上很黑").json()
@@ -218,7 +218,7 @@ def test_a_citizen_at_the_daily_case_limit_is_told_so_when_starting_another_repo
 
 
 async def test_a_report_confirmed_after_the_limit_was_reached_files_nothing(limited: Stack) -> None:
-    sender = f"late-{uuid.uuid4().hex[:8]}"
+    sender = unique("late")
     start_report(limited, sender)  # allowed: nothing filed yet today
     filed_meanwhile = await file_elsewhere(limited, f"rest:{sender}")  # e.g. on the citizen's other channel
     assert confirm(limited, sender) == utter("utter_case_limit_reached")

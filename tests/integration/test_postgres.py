@@ -2,7 +2,9 @@
 conversation (CRM and engine tracker store) against a real PostgreSQL server.
 
 The unit tests of the services and actions are collected here a second time, with the
-`sessions` fixture overridden to give each test a fresh PostgreSQL database.
+`sessions` fixture overridden to give each test a fresh PostgreSQL database; so are the
+bad-input tests of the REST channel and the web chat, with `stack` overridden to a stack on
+PostgreSQL (which refuses text SQLite stores, such as NUL).
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -21,6 +22,19 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_backend.db import MIGRATIONS_DIR, create_engine, create_sessionmaker, upgrade_database_async
 from crm_backend.settings import normalise_database_url
+from tests.integration.test_rest_channel import (  # noqa: F401  (run again on PostgreSQL)
+    test_a_message_of_nul_and_zero_width_space_gets_the_empty_message_reply,
+    test_a_staff_reply_with_control_characters_is_stored_without_them,
+    test_control_characters_in_a_message_are_dropped_and_it_is_answered,
+    test_malformed_requests_get_a_json_4xx,
+    test_odd_text_gets_an_ordinary_reply,
+)
+from tests.integration.test_webchat import (  # noqa: F401  (run again on PostgreSQL)
+    chat,
+    test_control_characters_in_a_frame_are_dropped_and_answered,
+    test_lone_surrogate_in_text_is_stored_replaced_and_answered,
+)
+from tests.support.naming import unique
 from tests.support.postgres import PostgresServer
 from tests.support.stack import APP_PYTHON, ROOT, Stack
 from tests.unit.test_actions import *  # noqa: F403  (run again on PostgreSQL)
@@ -46,7 +60,7 @@ def postgres() -> Iterator[PostgresServer]:
 @pytest.fixture
 async def sessions(postgres: PostgresServer) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
     """Overrides tests/conftest.py: a fresh, migrated PostgreSQL database per test."""
-    url = normalise_database_url(postgres.create_database(f"t_{uuid.uuid4().hex[:12]}"))
+    url = normalise_database_url(postgres.create_database(unique("t", "_")))
     await upgrade_database_async(url)
     engine = create_engine(url)
     yield create_sessionmaker(engine)
@@ -62,7 +76,7 @@ async def test_migrations_create_every_table_on_postgres(sessions: async_session
 
 
 def test_stats_cli_reads_postgres(postgres: PostgresServer) -> None:
-    url = postgres.create_database(f"cli_{uuid.uuid4().hex[:8]}")
+    url = postgres.create_database(unique("cli", "_"))
     result = subprocess.run(
         [str(APP_PYTHON), "-m", "crm_backend", "stats", "--json"],
         cwd=ROOT,
@@ -85,10 +99,16 @@ def pg_stack(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory)
         running.stop()
 
 
+@pytest.fixture(scope="module")
+def stack(pg_stack: Stack) -> Stack:
+    """Overrides the SQLite stack for the bad-input tests imported above."""
+    return pg_stack
+
+
 def test_a_full_conversation_on_postgres_keeps_cases_and_trackers_there(
     pg_stack: Stack, postgres: PostgresServer
 ) -> None:
-    sender = f"pg-{uuid.uuid4().hex[:8]}"
+    sender = unique("pg")
     pg_stack.rest(sender, "我们单位拖欠了三个月工资一直不发，老板也联系不上")
     pg_stack.rest(sender, "A7县工业园区12栋")
     pg_stack.rest(sender, "18612345678")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 
@@ -143,6 +144,46 @@ def test_empty_and_huge_messages_get_a_clear_reply_and_are_logged(
     assert row[1] == len(message)
     assert bool(row[2]) == (len(message) > 10000)
     assert len(row[0]) == min(len(message), 10000)
+
+
+# Text that only some databases refuse (PostgreSQL rejects NUL): test_postgres.py runs these
+# bad-input tests again on PostgreSQL.
+CONTROL_CHARACTER_MESSAGES = ["路灯\x00坏了好几天了", "\x07\x1b[31m你好", "谢谢\ud83d\x00", "\ufeff你好\x7f\x85"]
+
+
+def test_a_message_of_nul_and_zero_width_space_gets_the_empty_message_reply(stack: Stack) -> None:
+    resp = post_raw(stack, json.dumps({"sender": "bad6", "message": "\u0000\u200b"}).encode())
+    assert resp.status_code == 200, resp.text
+    assert texts(resp.json()) == [response_text("utter_empty_message")]
+
+
+@pytest.mark.parametrize(
+    "message", CONTROL_CHARACTER_MESSAGES, ids=["nul", "bell-escape", "surrogate-nul", "bom-del-c1"]
+)
+def test_control_characters_in_a_message_are_dropped_and_it_is_answered(
+    stack: Stack, sender: str, message: str
+) -> None:
+    replies = stack.rest(sender, message)
+    assert replies and replies[0]["text"] and replies[0]["text"] != response_text("utter_system_busy")
+
+
+def test_a_staff_reply_with_control_characters_is_stored_without_them(stack: Stack, sender: str) -> None:
+    stack.rest(sender, "转人工")
+    question = f"请问居住证怎么办 {sender}"
+    assert stack.rest(sender, question) == []  # staff hold the conversation now
+    waiting = stack.api("GET", "/conversations").json()["conversations"]
+    [cid] = [
+        c["id"]
+        for c in waiting
+        if any(m["text"] == question for m in stack.api("GET", f"/conversations/{c['id']}/messages").json()["messages"])
+    ]
+    resp = stack.api(
+        "POST", f"/conversations/{cid}/replies", json={"text": "您好\u0000，我是小王", "staff_name": "小王\x07"}
+    )
+    assert resp.status_code == 201, resp.text
+    last = stack.api("GET", f"/conversations/{cid}/messages").json()["messages"][-1]
+    assert (last["text"], last["sender_name"]) == ("您好，我是小王", "小王")
+    assert stack.api("POST", f"/conversations/{cid}/release").status_code == 200
 
 
 @pytest.mark.parametrize("message", ["😀😀😀", "<script>alert('x')</script>", "👍", "ｈｅｌｌｏ　你好"])

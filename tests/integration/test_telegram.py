@@ -8,9 +8,7 @@ webhook with the secret header and records what the app sends back.
 from __future__ import annotations
 
 import asyncio
-import random
 import re
-import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -25,10 +23,11 @@ from tests.integration.test_webchat import open_chat
 from tests.support.console import ConsoleClient, create_staff
 from tests.support.domain_text import utter, utter_buttons
 from tests.support.fake_telegram import FakeTelegram, keyboard_buttons
+from tests.support.naming import unique_number
 from tests.support.stack import Stack
 
 TOKEN = "123456789:TEST-token-of-the-fake-bot-api"
-SECRET = secrets.token_urlsafe(24)
+SECRET = "test-telegram-webhook-secret-0123456789"
 REGISTERED_WEBHOOK = "https://bot.example.org/webhooks/telegram"
 
 
@@ -72,7 +71,7 @@ class TelegramCitizen:
     def __init__(self, fake: FakeTelegram, app: Stack) -> None:
         self.fake = fake
         self.app = app
-        self.chat_id = random.randint(10**9, 2 * 10**9)
+        self.chat_id = unique_number(10**9)
         self.webhook = f"{app.app_url}/webhooks/telegram"
 
     def post(self, update: dict[str, Any]) -> None:
@@ -363,7 +362,7 @@ def test_polling_mode_asks_telegram_for_updates_and_answers_them(stack: Stack, f
     )
     try:
         fake_telegram.wait_for_call("deleteWebhook", timeout=20)
-        chat_id = random.randint(10**9, 2 * 10**9)
+        chat_id = unique_number(10**9)
         fake_telegram.queue_for_polling(fake_telegram.message_update(chat_id, text="/start"))
         [greeting] = fake_telegram.wait_for_messages(chat_id, 1)
         assert greeting["text"] == utter("utter_greet")

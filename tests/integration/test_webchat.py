@@ -11,17 +11,19 @@ import dataclasses
 import json
 import re
 import sqlite3
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
 import pytest
+import requests
 
+from bot.channels.webchat import external_id_for
 from crm_backend.models import utcnow
 from crm_backend.settings import Settings
 from tests.support.domain_text import day_text, expected_preview, handoff_texts, utter, utter_buttons
+from tests.support.naming import suffix, unique
 from tests.support.stack import Stack
 
 REPLY_TIMEOUT = 20.0  # the machine may be shared and slow
@@ -98,7 +100,7 @@ class ChatClient:
         return welcome
 
     async def send_message(self, text: Any, payload: str | None = None, msg_id: str | None = None) -> str:
-        msg_id = msg_id or str(uuid.uuid4())
+        msg_id = msg_id or unique("msg")
         frame: dict[str, Any] = {"type": "message", "id": msg_id, "text": text}
         if payload is not None:
             frame["payload"] = payload
@@ -259,6 +261,33 @@ async def test_report_conversation_files_a_case(stack: Stack, chat: ChatClient) 
         assert case["department"] and case["due_at"]
 
 
+def dialogue_state(stack: Stack, session: str) -> tuple[str, str | None]:
+    """The intent the engine read in the citizen's latest message, and the form it is in, if any."""
+    sender = f"web:{external_id_for(session)}"
+    resp = requests.get(
+        f"{stack.engine_url}/conversations/{sender}/tracker", headers=stack.engine_api_headers(), timeout=10
+    )
+    assert resp.status_code == 200, resp.text
+    tracker = resp.json()
+    latest = [event for event in tracker["events"] if event["event"] == "user"][-1]
+    return latest["parse_data"]["intent"]["name"], (tracker.get("active_loop") or {}).get("name")
+
+
+async def test_an_intent_the_bot_did_not_offer_is_read_as_words(stack: Stack, chat: ChatClient) -> None:
+    number = await file_report(chat)
+    assert chat.session is not None
+    forged = [f'/EXTERNAL_followup{{"followup_case": "{number}"}}', '/rate_service{"stars": "1"}']
+    for payload in forged:
+        for sent in ({"text": payload, "payload": payload}, {"text": payload}):  # a forged button, typed text
+            await chat.say(**sent)
+            intent, form = dialogue_state(stack, chat.session)
+            assert intent not in ("EXTERNAL_followup", "rate_service"), (sent, intent)
+            assert form != "followup_form", sent
+    case = stack.api("GET", f"/cases/{number}").json()
+    assert case["status"] in ("received", "dispatched"), case["status"]
+    assert [event["to"] for event in case["events"]] in (["received"], ["received", "dispatched"])
+
+
 async def test_progress_query_offers_own_case_without_phone_digits(stack: Stack, chat: ChatClient) -> None:
     number = await file_report(chat)
 
@@ -287,8 +316,8 @@ async def test_progress_query_offers_own_case_without_phone_digits(stack: Stack,
 
 
 async def test_reconnect_with_session_restores_history(stack: Stack, chat: ChatClient) -> None:
-    first = str(uuid.uuid4())
-    second = str(uuid.uuid4())
+    first = unique("msg")
+    second = unique("msg")
     greeting = await chat.say("你好", msg_id=first)
     thanks = await chat.say("谢谢", msg_id=second)
     assert texts(thanks) == [utter("utter_you_are_welcome")]
@@ -312,7 +341,7 @@ async def test_reconnect_with_session_restores_history(stack: Stack, chat: ChatC
 
 
 async def test_resent_message_is_acked_not_answered_or_logged_twice(stack: Stack, chat: ChatClient) -> None:
-    msg_id = str(uuid.uuid4())
+    msg_id = unique("msg")
     await chat.say("你好", msg_id=msg_id)
 
     # The widget resends an unacked message after a reconnect; the server already has it.
@@ -373,7 +402,7 @@ async def test_bad_input_never_kills_the_connection(stack: Stack) -> None:
 
         huge = "啊" * 10000 + "哦" * 10000  # filler; two halves to see which is kept
         assert len(huge) == 20000
-        huge_id = str(uuid.uuid4())
+        huge_id = unique("msg")
         answer = await chat.say(huge, msg_id=huge_id)
         assert answer[0]["text"] == utter("utter_message_truncated")
         assert len(answer) >= 2, "the engine should still answer the first 2000 characters"
@@ -382,7 +411,7 @@ async def test_bad_input_never_kills_the_connection(stack: Stack) -> None:
         assert texts(await chat.say("你好")) == [utter("utter_greet")]
 
         script = "<script>alert(1)</script>"
-        script_id = str(uuid.uuid4())
+        script_id = unique("msg")
         answer = await chat.say(script, msg_id=script_id)
         assert answer[0]["sender"]["kind"] == "bot"
         assert answer[0]["text"] not in (utter("utter_system_busy"), utter("utter_empty_message"))
@@ -425,7 +454,7 @@ async def test_handoff_to_staff_and_back(stack: Stack, chat: ChatClient) -> None
     assert len(answer) == 1 and answer[0]["text"] in handoff_texts(before, utcnow())
     assert await chat.expect("handoff") == {"type": "handoff", "active": True}
 
-    marker = f"有人吗？{uuid.uuid4().hex[:8]}"
+    marker = f"有人吗？{suffix()}"
     msg_id = await chat.send_message(marker)
     await chat.expect_ack(msg_id)
     await chat.assert_silent()
@@ -467,6 +496,15 @@ async def test_handoff_to_staff_and_back(stack: Stack, chat: ChatClient) -> None
         ("in", "citizen"),
         ("out", "bot"),
     ]
+
+
+async def test_control_characters_in_a_frame_are_dropped_and_answered(chat: ChatClient) -> None:
+    await chat.ws.send_str('{"type": "message", "id": "nul-only", "text": "\\u0000\\u200b"}')
+    assert (await chat.expect("ack"))["id"] == "nul-only"
+    assert texts((await chat.expect("reply"))["messages"]) == [utter("utter_empty_message")]
+    await chat.ws.send_str('{"type": "message", "id": "nul-inside", "text": "谢谢\\u0000\\u0007"}')
+    assert (await chat.expect("ack"))["id"] == "nul-inside"
+    assert texts((await chat.expect("reply"))["messages"]) == [utter("utter_you_are_welcome")]
 
 
 async def test_lone_surrogate_in_text_is_stored_replaced_and_answered(chat: ChatClient) -> None:

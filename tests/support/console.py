@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 import subprocess
-import uuid
 
 import requests
 
+from tests.support.naming import unique
 from tests.support.stack import APP_PYTHON, ROOT, Stack
 
 PASSWORD = "console test password"
@@ -17,7 +17,7 @@ _BODY_CSRF = re.compile(r'data-csrf="([^"]+)"')
 
 def create_staff(stack: Stack, role: str, department: str | None = None, display_name: str = "测试员") -> str:
     """A new member of staff, made with the operator's command; returns the username."""
-    username = f"{role}.{uuid.uuid4().hex[:8]}"
+    username = unique(role, ".")
     args = ["--username", username, "--role", role, "--display-name", display_name]
     if department:
         args += ["--department", department]

@@ -2,11 +2,13 @@
 
 `forward` relays to the real engine; `stall` accepts connections and never answers
 (an engine that hangs); `stopped` means nothing listens (an engine that is down).
+What clients sent through it is kept in `sent`, to inspect their request lines.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 
 
@@ -17,6 +19,7 @@ class EngineSwitch:
         self.port = port
         self.target_port = target_port
         self.mode = "forward"
+        self.sent = bytearray()
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.AbstractServer | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -51,9 +54,11 @@ class EngineSwitch:
             return
         upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, record: bool = False) -> None:
             try:
                 while data := await src.read(65536):
+                    if record:
+                        self.sent.extend(data)
                     dst.write(data)
                     await dst.drain()
             except ConnectionError:
@@ -61,4 +66,10 @@ class EngineSwitch:
             finally:
                 dst.close()
 
-        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+        await asyncio.gather(pipe(reader, upstream_writer, record=True), pipe(upstream_reader, writer))
+
+    def request_lines(self) -> list[str]:
+        """The HTTP request lines clients sent through the relay ("GET /status?x=1 HTTP/1.1")."""
+        # Not anchored to a line start: on a kept-alive connection a request follows the
+        # previous one's body directly.
+        return re.findall(r"(?:GET|POST|PUT|DELETE|PATCH|HEAD) /\S* HTTP/1\.[01]", self.sent.decode("latin-1"))

@@ -7,7 +7,6 @@ directory, so it never touches `var/` and runs beside a developer's own instance
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -17,9 +16,19 @@ from pathlib import Path
 
 import requests
 
+from bot.engine import engine_api_token
+
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "current.tar.gz"
 RASA = ROOT / ".venv-rasa" / "bin" / "rasa"
+RASA_PYTHON = ROOT / ".venv-rasa" / "bin" / "python"
+# Fixed, valid secrets: nothing a test checks may hang on a random value (one starting with "-"
+# once broke an argv). Each stack still has its own ports, database and tracker store.
+TEST_SECRETS = {
+    "ENGINE_TOKEN": "test-engine-token-0123456789abcdefghij",
+    "ACTION_TOKEN": "test-action-token-0123456789abcdefghij",
+    "REST_CHANNEL_TOKEN": "test-rest-channel-token-0123456789abcd",
+}
 APP_PYTHON = ROOT / ".venv" / "bin" / "python"
 
 
@@ -65,11 +74,7 @@ class Stack:
     database_url: str | None = None
     tracker_store_url: str | None = None
     engine_timeout_seconds: float = 5.0
-    secrets: dict[str, str] = field(
-        default_factory=lambda: {
-            name: secrets.token_urlsafe(24) for name in ("ENGINE_TOKEN", "ACTION_TOKEN", "REST_CHANNEL_TOKEN")
-        }
-    )
+    secrets: dict[str, str] = field(default_factory=lambda: dict(TEST_SECRETS))
     api_key: str | None = None  # a write client's key for `api()`, made on first use
     # Settings for this stack beyond the defaults below (a test's small limits, say).
     app_env: dict[str, str] = field(default_factory=dict)
@@ -112,27 +117,30 @@ class Stack:
         env.update(self.app_env)
         return env
 
+    def engine_command(self) -> list[str]:
+        """How `bin/run` starts the engine: `rasa run` through the launcher, the secret in the environment."""
+        return [
+            str(RASA_PYTHON),
+            "-m",
+            "bot.engine_launcher",
+            "--enable-api",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(self.rasa_port),
+            "--model",
+            str(MODEL),
+            "--endpoints",
+            "endpoints.yml",
+            "--credentials",
+            "credentials.yml",
+        ]
+
     def start_engine(self) -> float:
-        """Start `rasa run` and wait until its model is loaded; returns start-up seconds."""
+        """Start the engine and wait until its model is loaded; returns start-up seconds."""
         log = open(self.workdir / "engine.log", "ab")
         self.engine_proc = subprocess.Popen(
-            [
-                str(RASA),
-                "run",
-                "--enable-api",
-                # "=" form: a random token may start with "-", which argparse would take for an option.
-                f"--auth-token={self.secrets['ENGINE_TOKEN']}",
-                "-i",
-                "127.0.0.1",
-                "-p",
-                str(self.rasa_port),
-                "--model",
-                str(MODEL),
-                "--endpoints",
-                "endpoints.yml",
-                "--credentials",
-                "credentials.yml",
-            ],
+            self.engine_command(),
             cwd=ROOT,
             env=self.env,
             stdout=log,
@@ -145,7 +153,7 @@ class Stack:
         assert self.engine_proc is not None
         if self.engine_proc.poll() is not None:
             raise RuntimeError(f"engine exited; see {self.workdir / 'engine.log'}")
-        resp = requests.get(f"{self.engine_url}/status", params={"token": self.secrets["ENGINE_TOKEN"]}, timeout=2)
+        resp = requests.get(f"{self.engine_url}/status", headers=self.engine_api_headers(), timeout=2)
         return resp.status_code == 200 and bool(resp.json().get("model_file"))
 
     def start_app(self, extra_env: dict[str, str] | None = None) -> float:
@@ -208,11 +216,15 @@ class Stack:
         resp.raise_for_status()
         return resp.json()
 
+    def engine_api_headers(self) -> dict[str, str]:
+        """Credentials for the engine's HTTP API, as the app sends them (a short-lived JWT)."""
+        return {"Authorization": f"Bearer {engine_api_token(self.secrets['ENGINE_TOKEN'])}"}
+
     def parse(self, text: str) -> dict:  # type: ignore[type-arg]
         """What the engine's NLU makes of a text (its /model/parse answer)."""
         resp = requests.post(
             f"{self.engine_url}/model/parse",
-            params={"token": self.secrets["ENGINE_TOKEN"]},
+            headers=self.engine_api_headers(),
             json={"text": text},
             timeout=30,
         )

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from crm_backend.errors import InvalidInput
-from crm_backend.validation import mask_numbers, mask_phone, normalise_mobile, parse_case_number, parse_phone_last4
+from crm_backend.validation import (
+    clean_text,
+    mask_numbers,
+    mask_phone,
+    normalise_mobile,
+    parse_case_number,
+    parse_phone_last4,
+)
 
 
 def rejection_reason(text: str) -> str:
@@ -160,3 +167,20 @@ def test_phone_last4_refuses_anything_else(text: str) -> None:
 )
 def test_numbers_in_free_text_are_masked(text: str, masked: str) -> None:
     assert mask_numbers(text) == masked
+
+
+@pytest.mark.parametrize(
+    ("raw", "cleaned"),
+    [
+        ("\u0000\u200b", ""),
+        ("路灯\x00坏了", "路灯坏了"),
+        ("\x1b[31m红色\x1b[0m", "[31m红色[0m"),
+        ("响铃\x07\x7f\x85", "响铃"),
+        ("\ufeff你好\u2060", "你好"),
+        ("第一行\r\n第二行\t完", "第一行\r\n第二行\t完"),
+        ("👨\u200d👩\u200d👧 一家人", "👨\u200d👩\u200d👧 一家人"),
+        ("谢谢\ud83d", "谢谢?"),
+    ],
+)
+def test_clean_text_drops_control_characters_and_keeps_what_people_write(raw: str, cleaned: str) -> None:
+    assert clean_text(raw) == cleaned
