@@ -28,6 +28,7 @@ from bot.followup import CaseFollowup
 from bot.hub import ConversationHub
 from bot.notifier import ChannelNotifier
 from bot.pipeline import MessagePipeline
+from bot.replay import EngineReplay
 from bot.responses import Responses
 from crm_backend.api import CrmApi
 from crm_backend.console import add_console
@@ -122,6 +123,14 @@ async def init_app(settings: Settings) -> web.Application:
         archive_after=timedelta(hours=settings.followup_archive_hours),
         interval_seconds=settings.followup_check_seconds,
     )
+    replay = EngineReplay(
+        sessions,
+        engine,
+        pipeline,
+        notifier,
+        interval_seconds=settings.engine_replay_seconds,
+        settle_seconds=settings.engine_timeout_seconds + 1,
+    )
     CrmApi(sessions, settings.api_token, notifier, feed, followups).add_routes(app)
     add_console(
         app,
@@ -136,6 +145,7 @@ async def init_app(settings: Settings) -> web.Application:
 
     async def start_followups(_app: web.Application) -> None:
         followups.start()
+        replay.start()
 
     app.on_startup.append(start_followups)
 
@@ -146,6 +156,7 @@ async def init_app(settings: Settings) -> web.Application:
 
     async def close(_app: web.Application) -> None:
         await followups.stop()
+        await replay.stop()
         await hub.close_all()
         await http.close()
         await db_engine.dispose()

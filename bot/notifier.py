@@ -98,6 +98,10 @@ class ChannelNotifier:
             await self._hub.publish(conversation_id, {"type": "handoff", "active": False})
         await self.push(delivery, [notice])
 
+    async def handoff_started(self, conversation_id: int) -> None:
+        """Tell an open web chat that staff now hold the conversation (Telegram needs no sign)."""
+        await self._hub.publish(conversation_id, {"type": "handoff", "active": True})
+
     async def notify_identity(self, identity_id: int, messages: list[OutgoingMessage]) -> bool:
         """Log messages on the identity's current conversation and deliver them on its channel.
 

@@ -20,6 +20,7 @@ APP_RESPONSES = (
     "utter_attachment_received",
     "utter_telegram_help",
     "utter_case_notice",
+    "utter_replay_intro",
 )
 
 

@@ -102,6 +102,8 @@ class Stack:
             # The 回访 loop off: several test apps share one database, and a loop in one would
             # answer for the others. Tests of the loop start an app with it on.
             FOLLOWUP_CHECK_SECONDS="0",
+            # Likewise the replay of messages the engine missed; the outage tests turn it on.
+            ENGINE_REPLAY_SECONDS="0",
             PYTHONPATH=str(ROOT),
         )
         return env
