@@ -24,6 +24,8 @@ from crm_backend.settings import normalise_database_url
 from tests.support.postgres import PostgresServer
 from tests.support.stack import APP_PYTHON, ROOT, Stack
 from tests.unit.test_actions import *  # noqa: F403  (run again on PostgreSQL)
+from tests.unit.test_notifier import *  # noqa: F403  (run again on PostgreSQL)
+from tests.unit.test_replay import *  # noqa: F403  (run again on PostgreSQL)
 from tests.unit.test_services import *  # noqa: F403  (run again on PostgreSQL)
 
 

@@ -19,6 +19,7 @@ from bot.pipeline import Inbound, MessagePipeline
 from bot.replay import EngineReplay
 from bot.responses import Responses
 from crm_backend.models import Conversation, Message
+from crm_backend.services.conversations import pending_counts
 from crm_backend.settings import PROJECT_ROOT
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -153,3 +154,16 @@ async def test_nothing_is_replayed_while_staff_hold_the_conversation(sessions: S
     assert await replay.run_once() == 0
     assert engine.received == []
     assert await waiting(sessions) == ["我要投诉"]  # still marked for staff to see; never 「有人吗」
+
+
+async def test_staff_are_told_how_many_messages_of_a_conversation_wait_for_the_engine(sessions: Sessions) -> None:
+    pipeline, _, engine = build(sessions)
+    await say(pipeline, "a", "先说一句")
+    engine.down = True
+    await say(pipeline, "a", "第一条")
+    await say(pipeline, "a", "第二条")
+    await say(pipeline, "b", "乙一")
+    async with sessions() as session:
+        conversations = list((await session.scalars(select(Conversation.id).order_by(Conversation.id))).all())
+        assert await pending_counts(session, conversations) == {conversations[0]: 2, conversations[1]: 1}
+        assert await pending_counts(session, []) == {}
