@@ -5,15 +5,20 @@ The database is the real migrated one; Telegram's side is the scripted bot of th
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channels.telegram_delivery import TelegramDelivery
+from bot.followup import CaseFollowup
 from bot.hub import ConversationHub
 from bot.notifier import ChannelNotifier
 from bot.responses import Responses
-from crm_backend.models import Conversation, Message, TelegramOutbox
+from crm_backend.models import Conversation, Message, ServiceCase, TelegramOutbox
 from crm_backend.services.conversations import OutgoingMessage, current_conversation, resolve_identity
+from crm_backend.services.intake import Report, file_case
+from crm_backend.settings import PROJECT_ROOT
 from tests.unit.test_telegram_delivery import POLICY, ScriptedBot, Sleeps
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -84,3 +89,36 @@ async def test_a_row_another_process_is_sending_is_not_sent_twice(sessions: Sess
     assert await first._claim(row)  # first process takes it ...
     await second.flush_outbox()  # ... so the second leaves it alone
     assert second_bot.sent == []
+
+
+async def test_a_case_notice_is_in_the_outbox_only_if_the_status_change_commits(sessions: Sessions) -> None:
+    telegram = TelegramDelivery(ScriptedBot(), sessions, POLICY, sleep=Sleeps())  # type: ignore[arg-type]
+    responses = Responses.load(PROJECT_ROOT / "domain.yml")
+    notifier = ChannelNotifier(sessions, ConversationHub(), responses, telegram)
+    watcher = CaseFollowup(
+        sessions,
+        None,  # type: ignore[arg-type]  (a notice needs no engine)
+        notifier,
+        responses,
+        remind_after=timedelta(hours=24),
+        archive_after=timedelta(hours=48),
+        interval_seconds=0,
+    )
+    async with sessions.begin() as session:
+        identity = await resolve_identity(session, "telegram", CHAT)
+        case = await file_case(
+            session, identity, Report(description="路灯坏了", location="A1区解放路", contact_phone="13812345678")
+        )
+        number = case.case_number
+    async with sessions() as session:
+        await session.begin()
+        case = (await session.scalars(select(ServiceCase).where(ServiceCase.case_number == number))).one()
+        await watcher.record(session, case)
+        await session.rollback()
+    assert await outbox_texts(sessions) == []
+    async with sessions.begin() as session:
+        case = (await session.scalars(select(ServiceCase).where(ServiceCase.case_number == number))).one()
+        notice = await watcher.record(session, case)
+    [(chat, text, status)] = await outbox_texts(sessions)
+    assert (chat, status) == (CHAT, "pending") and number in text
+    assert notice.messages[0].text == text
