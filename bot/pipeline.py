@@ -238,17 +238,22 @@ class MessagePipeline:
             logger.info("replayed message %s of %s to the engine", message.id, sender_id)
             result.replies.extend(replies)
             if handoff_started:
+                # Staff take the conversation over: what else waited is theirs to read, not the engine's.
                 result.handoff_started = True
+                await self._leave_to_staff(identity_id)
                 self._tell_staff("escalation", conversation.id, department_id)
                 return result
         return result
 
+    async def _leave_to_staff(self, identity_id: int) -> None:
+        """Staff now hold the citizen's conversation: their messages still waiting are no longer the engine's."""
+        async with self._sessions.begin() as session:
+            for message in await pending_engine_messages(session, identity_id):
+                mark_answered(message)
+
     async def _hand_to_staff(self, accepted: _Accepted) -> None:
         """The message arrived for the engine but staff now hold the conversation: it is theirs."""
-        async with self._sessions.begin() as session:
-            message = await session.get(Message, accepted.message_id) if accepted.message_id else None
-            if message is not None:
-                mark_answered(message)
+        await self._leave_to_staff(accepted.identity_id)
         self._tell_staff("message", accepted.conversation_id, accepted.department_id)
 
     async def _log_replies(self, conversation_id: int, replies: list[OutgoingMessage], answered: int | None) -> None:

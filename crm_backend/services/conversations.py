@@ -169,13 +169,21 @@ async def pending_engine_messages(
 async def identities_with_pending_messages(
     session: AsyncSession, *, waiting_since: datetime, limit: int = 100
 ) -> list[ChannelIdentity]:
-    """Identities with a message waiting for the engine since before ``waiting_since``, longest-waiting first."""
+    """Identities with a message waiting for the engine since before ``waiting_since``, longest-waiting first.
+
+    Conversations staff hold are left out: their messages wait for the bot's turn, and must not
+    keep the others from being replayed.
+    """
     oldest = func.min(Message.id)
     rows = await session.execute(
         select(ChannelIdentity, oldest)
         .join(Conversation, Conversation.identity_id == ChannelIdentity.id)
         .join(Message, Message.conversation_id == Conversation.id)
-        .where(Message.engine_pending_since.is_not(None), Message.engine_pending_since < waiting_since)
+        .where(
+            Message.engine_pending_since.is_not(None),
+            Message.engine_pending_since < waiting_since,
+            Conversation.handoff_status == "bot",
+        )
         .group_by(ChannelIdentity.id)
         .order_by(oldest)
         .limit(limit)

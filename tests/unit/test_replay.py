@@ -28,7 +28,7 @@ BUSY = RESPONSES.text("utter_system_busy")
 
 
 class ScriptedEngine:
-    """Answers every message with 「收到：<message>」 unless down; records what it was sent, in order."""
+    """Answers every message with 「收到：<message>」 (转人工: the handoff marker) unless down; records what it got."""
 
     def __init__(self) -> None:
         self.down = False
@@ -38,6 +38,8 @@ class ScriptedEngine:
         if self.down:
             raise EngineUnavailable("connection refused")
         self.received.append((sender_id, text))
+        if text == "转人工":
+            return [{"recipient_id": sender_id, "custom": {"handoff": True}}]
         return [{"recipient_id": sender_id, "text": f"收到：{text}"}]
 
     async def status(self) -> dict[str, Any]:
@@ -167,3 +169,14 @@ async def test_staff_are_told_how_many_messages_of_a_conversation_wait_for_the_e
         conversations = list((await session.scalars(select(Conversation.id).order_by(Conversation.id))).all())
         assert await pending_counts(session, conversations) == {conversations[0]: 2, conversations[1]: 1}
         assert await pending_counts(session, []) == {}
+
+
+async def test_when_a_replayed_message_hands_over_to_staff_the_rest_is_left_to_them(sessions: Sessions) -> None:
+    pipeline, replay, engine = build(sessions)
+    engine.down = True
+    for text in ("转人工", "路灯坏了"):
+        await say(pipeline, "a", text)
+    engine.down = False
+    assert await replay.run_once() == 1
+    assert engine.received == [("web:a", "转人工")]
+    assert await waiting(sessions) == []  # 路灯坏了 is for staff to read, never sent to the engine
