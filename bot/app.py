@@ -29,6 +29,7 @@ from bot.hub import ConversationHub
 from bot.notifier import ChannelNotifier
 from bot.pipeline import MessagePipeline
 from bot.proof_alarm import ProofAlarm
+from bot.replay import EngineReplay
 from bot.responses import Responses
 from crm_backend.api import CrmApi
 from crm_backend.console import add_console
@@ -143,6 +144,14 @@ async def init_app(settings: Settings) -> web.Application:
         executor.register_action(action)
     ActionEndpoint(executor, settings.action_token).add_routes(app)
     CrmApi(sessions, notifier, feed, followups).add_routes(app)
+    replay = EngineReplay(
+        sessions,
+        engine,
+        pipeline,
+        notifier,
+        interval_seconds=settings.engine_replay_seconds,
+        settle_seconds=settings.engine_timeout_seconds + 1,
+    )
     add_console(
         app,
         sessions,
@@ -156,6 +165,7 @@ async def init_app(settings: Settings) -> web.Application:
 
     async def start_followups(_app: web.Application) -> None:
         followups.start()
+        replay.start()
 
     app.on_startup.append(start_followups)
 
@@ -166,6 +176,7 @@ async def init_app(settings: Settings) -> web.Application:
 
     async def close(_app: web.Application) -> None:
         await followups.stop()
+        await replay.stop()
         await hub.close_all()
         await http.close()
         await db_engine.dispose()

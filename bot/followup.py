@@ -23,9 +23,9 @@ from bot.notifier import Delivery
 from bot.pipeline import to_outgoing
 from bot.responses import Responses
 from crm_backend.lifecycle import CaseStatus
-from crm_backend.models import ChannelIdentity, Citizen, ServiceCase, utcnow
+from crm_backend.models import ChannelIdentity, Citizen, Conversation, ServiceCase, utcnow
 from crm_backend.services import followup
-from crm_backend.services.conversations import OutgoingMessage, current_conversation, log_outgoing
+from crm_backend.services.conversations import OutgoingMessage, current_conversation
 from crm_backend.services.handoff import BOT
 
 logger = logging.getLogger(__name__)
@@ -35,6 +35,10 @@ FOLLOWUP_FORM = "followup_form"  # an unanswered question may be asked again (th
 
 
 class IdentityNotifier(Protocol):
+    async def write(
+        self, session: AsyncSession, conversation: Conversation, messages: list[OutgoingMessage]
+    ) -> Delivery: ...
+
     async def notify_identity(self, identity_id: int, messages: list[OutgoingMessage]) -> bool: ...
 
     async def push(self, delivery: Delivery, messages: list[OutgoingMessage]) -> bool: ...
@@ -77,9 +81,10 @@ class CaseFollowup:
     async def record(self, session: AsyncSession, case: ServiceCase) -> CaseNotice:
         """In the transaction that changed the case: write the citizen's notice to their conversation.
 
-        The notice says the status this change set, and is stored with the change or not at all,
-        so a restart cannot lose it (a web chat shows it on the next visit) and two quick changes
-        are told as they happened. `deliver` pushes it once the transaction has committed.
+        The notice says the status this change set, and is stored with the change or not at all
+        (with its Telegram outbox rows), so a restart cannot lose it (a web chat shows it on the
+        next visit, the outbox sends Telegram's) and two quick changes are told as they happened.
+        `deliver` pushes it once the transaction has committed.
         """
         status = CaseStatus(case.status)
         identity = await session.get(ChannelIdentity, case.identity_id)
@@ -92,11 +97,10 @@ class CaseFollowup:
             )
             messages.append(OutgoingMessage(text, sender_kind="system"))
         conversation = await current_conversation(session, identity)
-        if messages:
-            log_outgoing(session, conversation, messages)
+        delivery = await self._notifier.write(session, conversation, messages)
         return CaseNotice(
             case_id=case.id,
-            delivery=Delivery(conversation.id, conversation.channel, identity.external_id),
+            delivery=delivery,
             messages=messages,
             resolved=status is CaseStatus.RESOLVED,
         )
@@ -113,13 +117,8 @@ class CaseFollowup:
         text = self._responses.text("utter_case_proof_alert").format(case_number=case.case_number)
         messages = [OutgoingMessage(text, sender_kind="system")]
         conversation = await current_conversation(session, identity)
-        log_outgoing(session, conversation, messages)
-        return CaseNotice(
-            case_id=case.id,
-            delivery=Delivery(conversation.id, conversation.channel, identity.external_id),
-            messages=messages,
-            resolved=False,
-        )
+        delivery = await self._notifier.write(session, conversation, messages)
+        return CaseNotice(case_id=case.id, delivery=delivery, messages=messages, resolved=False)
 
     def deliver(self, notice: CaseNotice) -> None:
         """After the commit: push the notice and, for 已办结, put the 回访 question; in order, off the request."""

@@ -1,17 +1,19 @@
-"""Delivers what staff say to the citizen's channel, and logs it.
+"""Delivers what staff (and the app itself) say to the citizen's channel, and logs it.
 
-Web chat: to the open page at once (otherwise the citizen sees it on their next visit, from the
-log). Telegram: as a Telegram message, sent in the background with retries and the outbox.
+Everything is written first, in one transaction: the conversation-log entry and, for Telegram,
+the outbox rows (`write`). Only after the commit is it pushed (`push`): to the open web chat
+page at once (otherwise the citizen sees it on their next visit, from the log), or by waking
+the Telegram outbox task. A crash between the two loses nothing: the log keeps the web chat's
+copy and the outbox task sends Telegram's after a restart.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.channels.telegram_delivery import TelegramDelivery
+from bot.channels.telegram_delivery import TelegramDelivery, enqueue
 from bot.channels.webchat import serialise_outgoing
 from bot.hub import ConversationHub
 from bot.responses import Responses
@@ -46,65 +48,77 @@ class ChannelNotifier:
         self._responses = responses
         self._telegram = telegram
 
+    async def write(
+        self, session: AsyncSession, conversation: Conversation, messages: list[OutgoingMessage]
+    ) -> Delivery:
+        """In the caller's transaction: log the messages and, for a Telegram chat, put them in the outbox.
+
+        Returns:
+            Where to `push` them once the transaction has committed.
+        """
+        identity = await session.get(ChannelIdentity, conversation.identity_id)
+        if identity is None:
+            raise NotFound("identity")
+        if messages:
+            log_outgoing(session, conversation, messages)
+            if conversation.channel == TELEGRAM and self._telegram is not None:
+                await enqueue(session, identity.external_id, messages)
+        return Delivery(conversation.id, conversation.channel, identity.external_id)
+
+    async def push(self, delivery: Delivery, messages: list[OutgoingMessage]) -> bool:
+        """After the commit of `write`: live to an open web chat, or wake the Telegram outbox.
+
+        Returns:
+            True if delivered live or on its way to Telegram.
+        """
+        if delivery.channel == TELEGRAM and self._telegram is not None:
+            if messages:
+                self._telegram.kick()
+            return True
+        if not messages:
+            return False
+        frame = {"type": "reply", "in_reply_to": None, "messages": [serialise_outgoing(m) for m in messages]}
+        return await self._hub.publish(delivery.conversation_id, frame) > 0
+
     async def staff_reply(self, conversation_id: int, text: str, staff_name: str) -> bool:
         """Log and deliver a staff reply; True if it reached the citizen (or is on its way to Telegram)."""
         reply = OutgoingMessage(text=text, sender_kind="staff", sender_name=staff_name)
-        telegram_chat = await self._log(conversation_id, reply)
-        if telegram_chat is not None:
-            assert self._telegram is not None
-            self._telegram.submit(telegram_chat, [reply])
-            return True
-        frame = {"type": "reply", "in_reply_to": None, "messages": [serialise_outgoing(reply)]}
-        return await self._hub.publish(conversation_id, frame) > 0
+        async with self._sessions.begin() as session:
+            delivery = await self.write(session, await self._conversation(session, conversation_id), [reply])
+        return await self.push(delivery, [reply])
 
     async def handoff_ended(self, conversation_id: int, *, closed: bool = False) -> None:
         """Tell the citizen staff are done: back to the bot, or the conversation closed."""
         notice = OutgoingMessage(
             self._responses.text("utter_handoff_closed" if closed else "utter_handoff_released"), sender_kind="system"
         )
-        telegram_chat = await self._log(conversation_id, notice)
-        if telegram_chat is not None:
-            assert self._telegram is not None
-            self._telegram.submit(telegram_chat, [notice])
-            return
-        await self._hub.publish(conversation_id, {"type": "handoff", "active": False})
-        await self._hub.publish(
-            conversation_id, {"type": "reply", "in_reply_to": None, "messages": [serialise_outgoing(notice)]}
-        )
+        async with self._sessions.begin() as session:
+            delivery = await self.write(session, await self._conversation(session, conversation_id), [notice])
+        if delivery.channel != TELEGRAM or self._telegram is None:
+            await self._hub.publish(conversation_id, {"type": "handoff", "active": False})
+        await self.push(delivery, [notice])
 
-    async def push(self, delivery: Delivery, messages: list[OutgoingMessage]) -> bool:
-        """Send messages already logged: live to an open web chat, or to Telegram in the background."""
-        if delivery.channel == TELEGRAM and self._telegram is not None:
-            self._telegram.submit(delivery.chat_id, messages)
-            return True
-        frame = {"type": "reply", "in_reply_to": None, "messages": [serialise_outgoing(m) for m in messages]}
-        return await self._hub.publish(delivery.conversation_id, frame) > 0
+    async def handoff_started(self, conversation_id: int) -> None:
+        """Tell an open web chat that staff now hold the conversation (Telegram needs no sign)."""
+        await self._hub.publish(conversation_id, {"type": "handoff", "active": True})
 
     async def notify_identity(self, identity_id: int, messages: list[OutgoingMessage]) -> bool:
         """Log messages on the identity's current conversation and deliver them on its channel.
 
         Web chat: live to an open page, else seen on the next visit (the page restores the
-        conversation). Telegram: sent in the background. Other channels have no push: the
-        log keeps them. True if delivered live or on its way.
+        conversation). Telegram: through the outbox. Other channels have no push: the log
+        keeps them. True if delivered live or on its way.
         """
         async with self._sessions.begin() as session:
             identity = await session.get(ChannelIdentity, identity_id)
             if identity is None:
                 raise NotFound("identity")
             conversation = await current_conversation(session, identity)
-            log_outgoing(session, conversation, messages)
-            delivery = Delivery(conversation.id, conversation.channel, identity.external_id)
+            delivery = await self.write(session, conversation, messages)
         return await self.push(delivery, messages)
 
-    async def _log(self, conversation_id: int, message: OutgoingMessage) -> str | None:
-        """Log the message on the conversation; the Telegram chat to send it to, if that is its channel."""
-        async with self._sessions.begin() as session:
-            conversation = await session.get(Conversation, conversation_id)
-            if conversation is None:
-                raise NotFound("conversation")
-            log_outgoing(session, conversation, [message])
-            if conversation.channel != TELEGRAM or self._telegram is None:
-                return None
-            return await session.scalar(
-                select(ChannelIdentity.external_id).where(ChannelIdentity.id == conversation.identity_id)
-            )
+    async def _conversation(self, session: AsyncSession, conversation_id: int) -> Conversation:
+        conversation = await session.get(Conversation, conversation_id)
+        if conversation is None:
+            raise NotFound("conversation")
+        return conversation

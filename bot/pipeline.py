@@ -13,6 +13,13 @@ A citizen cannot name an intent: a button payload (``/intent{...}``) reaches the
 only if the bot offered that button in the conversation's latest messages, and never an
 ``EXTERNAL_`` intent (those are the app's own events, such as the 回访). Anything else,
 text starting with "/" included, goes to the engine as words, its leading slashes dropped.
+
+A message for the engine is logged as waiting for it (``engine_pending_since``) and cleared
+in the transaction that logs the engine's answer. One the engine never answered (it was
+down, or the app died) is replayed: before the citizen's next message, or by the replay loop
+(`bot.replay`) once the engine is healthy again, in order, each answer introduced by
+``utter_replay_intro``. Messages written while staff hold the conversation are theirs, not
+the engine's, and are never replayed.
 """
 
 from __future__ import annotations
@@ -25,20 +32,23 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.engine import EngineClient, EngineUnavailable
 from bot.responses import Responses
 from crm_backend.console.feed import LiveEvent, LiveFeed
 from crm_backend.errors import TooManyMessages
-from crm_backend.models import Conversation
+from crm_backend.models import ChannelIdentity, Conversation, Message
 from crm_backend.services.conversations import (
     OutgoingMessage,
     current_conversation,
     find_logged_message,
     log_incoming,
     log_outgoing,
+    mark_answered,
     offered_payloads,
+    pending_engine_messages,
     resolve_identity,
 )
 from crm_backend.services.handoff import BOT
@@ -46,6 +56,12 @@ from crm_backend.services.limits import Limit, RateLimiter
 from crm_backend.validation import clean_text
 
 logger = logging.getLogger(__name__)
+
+REPLAY_EXCERPT_CHARS = 30  # how much of a replayed message its answer's introduction quotes
+
+# In the caller's transaction: log replies on the conversation (and queue them for the channel);
+# returns where to push them after the commit.
+Recorder = Callable[[AsyncSession, Conversation, list[OutgoingMessage]], Awaitable[Any]]
 
 
 @dataclass(frozen=True)
@@ -78,15 +94,30 @@ class Outcome:
     duplicate: bool = False
 
 
+@dataclass
+class Replayed:
+    """What became of replaying a citizen's messages the engine had not answered."""
+
+    conversation_id: int | None = None
+    replies: list[OutgoingMessage] = field(default_factory=list)  # every answer, each after its introduction
+    deliveries: list[tuple[Any, list[OutgoingMessage]]] = field(default_factory=list)  # what the recorder returned
+    handoff_started: bool = False
+    engine_down: bool = False  # stopped because the engine failed again: the rest still wait
+    in_handoff: bool = False  # stopped because staff hold the conversation: the rest wait for the bot
+
+
 @dataclass(frozen=True)
 class _Accepted:
     conversation_id: int
     channel: str
     sender_id: str
+    identity_id: int
+    message_id: int | None
     in_handoff: bool
     duplicate: bool
     department_id: int | None
-    payload: str | None  # the inbound payload if it may reach the engine, else None
+    engine_input: str | None  # what the engine is given (None: nothing to read)
+    truncated: bool  # the text was cut to the engine's limit
 
 
 class MessagePipeline:
@@ -156,17 +187,34 @@ class MessagePipeline:
                 outcome.in_handoff = True
                 self._tell_staff("message", accepted.conversation_id, accepted.department_id)
                 return outcome
-            outcome.replies, outcome.handoff_started = await self._ask_engine(
-                inbound, accepted.sender_id, accepted.payload
+            if accepted.engine_input is None:
+                # A photo without a caption is stored; there is nothing for the engine to read.
+                empty = "utter_attachment_received" if inbound.attachment else "utter_empty_message"
+                outcome.replies = [OutgoingMessage(self._responses.text(empty))]
+                await self._log_replies(accepted.conversation_id, outcome.replies, answered=None)
+                return outcome
+            # What the engine never got from this citizen goes first, in order.
+            earlier = await self._replay(
+                accepted.identity_id, accepted.sender_id, inbound.channel, before_id=accepted.message_id
             )
-            if outcome.replies or outcome.handoff_started:
-                async with self._sessions.begin() as session:
-                    conversation = await session.get(Conversation, accepted.conversation_id)
-                    assert conversation is not None
-                    log_outgoing(session, conversation, outcome.replies)
-                    department_id = conversation.department_id
-                if outcome.handoff_started:
-                    self._tell_staff("escalation", accepted.conversation_id, department_id)
+            outcome.replies.extend(earlier.replies)
+            outcome.handoff_started = earlier.handoff_started
+            if earlier.in_handoff or earlier.handoff_started:
+                # Staff took over while the earlier messages were answered: this one is theirs.
+                await self._hand_to_staff(accepted)
+                outcome.in_handoff = True
+                return outcome
+            replies, handoff_started, answered = await self._answer(
+                inbound, accepted.sender_id, accepted.engine_input, accepted.truncated, engine_down=earlier.engine_down
+            )
+            outcome.replies.extend(replies)
+            outcome.handoff_started = handoff_started
+            # Unanswered (the engine is down), the message stays marked as waiting, for the replay.
+            await self._log_replies(
+                accepted.conversation_id, replies, answered=accepted.message_id if answered else None
+            )
+            if handoff_started:
+                self._tell_staff("escalation", accepted.conversation_id, accepted.department_id)
             return outcome
 
     async def admit(self, channel: str, external_id: str) -> None:
@@ -184,6 +232,93 @@ class MessagePipeline:
             logger.warning("message limit reached for %s: message not processed", sender_key)
             raise TooManyMessages(self._responses.text("utter_too_many_messages"))
 
+    async def replay(self, identity: ChannelIdentity, record: Recorder) -> Replayed:
+        """Replay the identity's messages the engine never answered (the replay loop, engine healthy again).
+
+        Holds the citizen's ordering lock, so a message they send meanwhile waits behind these.
+        Each answer is written by ``record`` in the transaction that marks its message answered.
+        """
+        async with self._lock(identity.sender_id):
+            return await self._replay(identity.id, identity.sender_id, identity.channel, record=record)
+
+    async def _replay(
+        self,
+        identity_id: int,
+        sender_id: str,
+        channel: str,
+        *,
+        before_id: int | None = None,
+        record: Recorder | None = None,
+    ) -> Replayed:
+        result = Replayed()
+        async with self._sessions() as session:
+            pending = await pending_engine_messages(session, identity_id, before_id=before_id)
+        for message in pending:
+            async with self._sessions() as session:
+                latest = await session.scalar(
+                    select(Conversation.handoff_status)
+                    .where(Conversation.identity_id == identity_id)
+                    .order_by(Conversation.id.desc())
+                    .limit(1)
+                )
+            if latest is not None and latest != BOT:
+                result.in_handoff = True  # staff hold the conversation now: not the engine's to answer
+                return result
+            try:
+                raw = await self._engine.send(sender_id, message.engine_input or message.text, channel=channel)
+            except EngineUnavailable as error:
+                logger.info("replay for %s waits, the engine is still unavailable: %s", sender_id, error)
+                result.engine_down = True
+                return result
+            answers, handoff_started = self._convert(raw)
+            intro = self._responses.text("utter_replay_intro").format(text=_excerpt(message.text))
+            replies = [OutgoingMessage(intro, sender_kind="system"), *answers]
+            async with self._sessions.begin() as session:
+                stored = await session.get(Message, message.id)
+                assert stored is not None
+                mark_answered(stored)
+                identity = await session.get(ChannelIdentity, identity_id)
+                assert identity is not None
+                conversation = await current_conversation(session, identity)
+                if record is None:
+                    log_outgoing(session, conversation, replies)
+                else:
+                    result.deliveries.append((await record(session, conversation, replies), replies))
+                result.conversation_id, department_id = conversation.id, conversation.department_id
+            logger.info("replayed message %s of %s to the engine", message.id, sender_id)
+            result.replies.extend(replies)
+            if handoff_started:
+                # Staff take the conversation over: what else waited is theirs to read, not the engine's.
+                result.handoff_started = True
+                await self._leave_to_staff(identity_id)
+                self._tell_staff("escalation", conversation.id, department_id)
+                return result
+        return result
+
+    async def _leave_to_staff(self, identity_id: int) -> None:
+        """Staff now hold the citizen's conversation: their messages still waiting are no longer the engine's."""
+        async with self._sessions.begin() as session:
+            for message in await pending_engine_messages(session, identity_id):
+                mark_answered(message)
+
+    async def _hand_to_staff(self, accepted: _Accepted) -> None:
+        """The message arrived for the engine but staff now hold the conversation: it is theirs."""
+        await self._leave_to_staff(accepted.identity_id)
+        self._tell_staff("message", accepted.conversation_id, accepted.department_id)
+
+    async def _log_replies(self, conversation_id: int, replies: list[OutgoingMessage], answered: int | None) -> None:
+        """Log replies and, if ``answered``, mark that message answered by the engine, in one transaction."""
+        if not replies and answered is None:
+            return
+        async with self._sessions.begin() as session:
+            conversation = await session.get(Conversation, conversation_id)
+            assert conversation is not None
+            if replies:
+                log_outgoing(session, conversation, replies)
+            message = await session.get(Message, answered) if answered is not None else None
+            if message is not None:
+                mark_answered(message)
+
     def _tell_staff(self, kind: str, conversation_id: int, department_id: int | None) -> None:
         if self._feed is not None:
             self._feed.publish(LiveEvent(kind, conversation_id, department_id))
@@ -195,49 +330,78 @@ class MessagePipeline:
             duplicate = bool(
                 inbound.client_msg_id and await find_logged_message(session, conversation, inbound.client_msg_id)
             )
-            if not duplicate:
-                log_incoming(
-                    session,
-                    conversation,
-                    f"{inbound.attachment_label} {inbound.text}".strip() if inbound.attachment_label else inbound.text,
-                    max_chars=self._max_logged_chars,
-                    client_msg_id=inbound.client_msg_id,
-                    attachment=inbound.attachment,
-                )
+            in_handoff = conversation.handoff_status != BOT
             payload = inbound.payload
             if payload is not None and not _acceptable_payload(
                 payload, inbound.payload_from_channel or payload in await offered_payloads(session, conversation)
             ):
                 logger.info("payload not offered to %s; read as text", identity.sender_id)
                 payload = None
+            engine_input, truncated = self._engine_input(inbound.text, payload)
+            message = None
+            if not duplicate:
+                message = log_incoming(
+                    session,
+                    conversation,
+                    f"{inbound.attachment_label} {inbound.text}".strip() if inbound.attachment_label else inbound.text,
+                    max_chars=self._max_logged_chars,
+                    client_msg_id=inbound.client_msg_id,
+                    attachment=inbound.attachment,
+                    engine_input=None if in_handoff else engine_input,
+                )
+                await session.flush()
             return _Accepted(
                 conversation_id=conversation.id,
                 channel=conversation.channel,
                 sender_id=identity.sender_id,
-                in_handoff=conversation.handoff_status != BOT,
+                identity_id=identity.id,
+                message_id=message.id if message is not None else None,
+                in_handoff=in_handoff,
                 duplicate=duplicate,
                 department_id=conversation.department_id,
-                payload=payload,
+                engine_input=engine_input,
+                truncated=truncated,
             )
 
-    async def _ask_engine(
-        self, inbound: Inbound, sender_id: str, payload: str | None
-    ) -> tuple[list[OutgoingMessage], bool]:
-        text = as_words(inbound.text)
-        if not text and not payload:
-            # A photo without a caption is stored; there is nothing for the engine to read.
-            empty = "utter_attachment_received" if inbound.attachment else "utter_empty_message"
-            return [OutgoingMessage(self._responses.text(empty))], False
+    def _engine_input(self, text: str, payload: str | None) -> tuple[str | None, bool]:
+        """What the engine is given for a message (None: nothing to read), and whether it was cut short.
+
+        An accepted payload as it is; text as words, never an ``/intent``.
+        """
+        if payload:
+            return payload, False
+        text = as_words(text)
+        if not text:
+            return None, False
+        if len(text) > self._max_message_chars:
+            return text[: self._max_message_chars], True
+        return text, False
+
+    async def _answer(
+        self, inbound: Inbound, sender_id: str, engine_input: str, truncated: bool, *, engine_down: bool
+    ) -> tuple[list[OutgoingMessage], bool, bool]:
+        """The engine's replies to one message, whether they start a handoff, and whether the engine answered.
+
+        系统繁忙 if the engine is down (or was a moment ago, for an earlier message of the citizen).
+        """
         replies: list[OutgoingMessage] = []
-        if len(text) > self._max_message_chars and not payload:
+        if truncated:
             replies.append(OutgoingMessage(self._responses.text("utter_message_truncated")))
-            text = text[: self._max_message_chars]
+        busy = [*replies, OutgoingMessage(self._responses.text("utter_system_busy"), sender_kind="system")]
+        if engine_down:
+            return busy, False, False
         try:
-            raw = await self._engine.send(sender_id, payload or text, channel=inbound.channel)
+            raw = await self._engine.send(sender_id, engine_input, channel=inbound.channel)
         except EngineUnavailable as error:
             logger.warning("engine unavailable for %s: %s", sender_id, error)
-            return [OutgoingMessage(self._responses.text("utter_system_busy"), sender_kind="system")], False
+            return busy, False, False
+        answers, handoff_started = self._convert(raw)
+        return [*replies, *answers], handoff_started, True
+
+    @staticmethod
+    def _convert(raw: list[dict[str, Any]]) -> tuple[list[OutgoingMessage], bool]:
         handoff_started = False
+        replies: list[OutgoingMessage] = []
         for reply in raw:
             if _is_handoff_marker(reply):
                 handoff_started = True
@@ -260,6 +424,12 @@ def as_words(text: str) -> str:
 def _acceptable_payload(payload: str, offered: bool) -> bool:
     """A payload reaches the engine only if offered, and never as an ``EXTERNAL_`` intent."""
     return offered and payload.startswith("/") and not _EXTERNAL_INTENT.match(payload)
+
+
+def _excerpt(text: str) -> str:
+    """The start of a message, as the replay's introduction quotes it."""
+    text = " ".join(text.split())
+    return text if len(text) <= REPLAY_EXCERPT_CHARS else text[:REPLAY_EXCERPT_CHARS] + "…"
 
 
 def _is_handoff_marker(reply: dict[str, Any]) -> bool:

@@ -23,6 +23,7 @@ APP_RESPONSES = (
     "utter_case_proof_alert",
     "utter_too_many_messages",
     "utter_too_many_sessions",
+    "utter_replay_intro",
 )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Date,
     DateTime,
@@ -144,6 +145,11 @@ class Message(Base):
     # What came with a message besides text: {"kind": "photo", "file_id": ...} or
     # {"kind": "location", "latitude": ..., "longitude": ...} (Telegram).
     attachment: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    # A citizen's message the engine has not answered yet: set when it is logged, cleared in the
+    # transaction that logs the engine's answer. Still set after an engine outage (or a crash):
+    # the replay loop sends ``engine_input`` (the text or button payload the engine is given) again.
+    engine_pending_since: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+    engine_input: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
@@ -422,6 +428,20 @@ class TelegramOutbox(Base):
     last_error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class TelegramUpdate(Base):
+    """An update as Telegram sent it, stored before the webhook answers; processed from here, once."""
+
+    __tablename__ = "telegram_update"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    update_id: Mapped[int] = mapped_column(BigInteger, unique=True)  # Telegram's; a resend repeats it
+    chat_id: Mapped[str | None] = mapped_column(String(32))  # one chat's updates are processed in order
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # processing runs that failed or finished
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
 
 
 class TelegramCallbackPayload(Base):

@@ -81,6 +81,7 @@ class Settings:
     followup_remind_hours: float = 24.0  # 回访 unanswered this long: one reminder
     followup_archive_hours: float = 48.0  # reminder unanswered this long: archived as 未回访
     followup_check_seconds: float = 60.0  # how often the 回访 loop looks
+    engine_replay_seconds: float = 5.0  # how often messages the engine missed are replayed (0: loop off)
     max_message_chars: int = 2000
     max_logged_chars: int = 10000
     proof_failures_alert_per_hour: int = 100  # failed proofs city-wide in an hour that alert supervisors
@@ -136,6 +137,7 @@ class Settings:
             followup_archive_hours=number("FOLLOWUP_ARCHIVE_HOURS", "48"),
             followup_check_seconds=number("FOLLOWUP_CHECK_SECONDS", "60"),
             proof_failures_alert_per_hour=positive_int("PROOF_FAILURES_ALERT_PER_HOUR", "100"),
+            engine_replay_seconds=number("ENGINE_REPLAY_SECONDS", "5"),
             category_model_path=Path(
                 env.get("CATEGORY_MODEL_PATH", str(PROJECT_ROOT / "models" / "category_classifier.joblib"))
             ),

@@ -2,10 +2,14 @@
 
 Webhook mode (production): Telegram posts updates to ``POST /webhooks/telegram``; each call must
 carry the secret token registered with ``setWebhook`` in ``X-Telegram-Bot-Api-Secret-Token``,
-else it is refused with 403 before its body is read. The route only queues the update and
-answers at once; updates are processed in background tasks, one chat's in the order they came.
-Polling mode (a developer without a public URL): PTB's ``Updater`` asks Telegram for updates
-and feeds the same queue.
+else it is refused with 403 before its body is read. Telegram does not resend an update it got a
+200 for, so the route first stores the update (``telegram_update``, unique ``update_id``) and
+only then answers 200; if it cannot be stored the answer is 503 and Telegram tries again later.
+A resent ``update_id`` is acknowledged and not processed again. Updates are processed from the
+stored rows in background tasks, one chat's in the order they came, and marked processed; rows
+left unprocessed (a restart, a database blip) are taken up again at start and every
+``RECOVERY_SECONDS``. Polling mode (a developer without a public URL): PTB's ``Updater`` asks
+Telegram for updates, which are stored the same way before they are processed.
 
 Every citizen message goes through the same `MessagePipeline` as the web chat. Rasa's buttons
 become inline keyboards; a pressed button's callback is answered and its payload sent to the
@@ -24,6 +28,8 @@ import logging
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from telegram import Message, Update
 from telegram.error import TelegramError
@@ -42,7 +48,7 @@ from bot.pipeline import Inbound, MessagePipeline
 from bot.responses import Responses
 from crm_backend.errors import TooManyMessages, describe_error
 from crm_backend.http import json_error, json_response
-from crm_backend.models import TelegramCallbackPayload
+from crm_backend.models import TelegramCallbackPayload, TelegramUpdate, utcnow
 from crm_backend.services.conversations import (
     OutgoingMessage,
     current_conversation,
@@ -75,6 +81,8 @@ START_PAYLOAD = "/greet"
 CANCEL_PAYLOAD = "/cancel"
 PRIVATE_MESSAGES = filters.ChatType.PRIVATE & filters.UpdateType.MESSAGE
 STARTUP_RETRY_SECONDS = (1, 2, 5, 10, 30, 60)
+RECOVERY_SECONDS = 30.0  # how often stored updates nobody finished are taken up again
+MAX_UPDATE_ATTEMPTS = 5  # an update whose handler keeps failing is given up (and logged) after this
 
 
 class TelegramChannel:
@@ -101,6 +109,8 @@ class TelegramChannel:
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._sequencer = KeyedSequencer("telegram-update")
+        self._scheduled: set[int] = set()  # stored updates queued in this process, by row id
+        self._failed: set[int] = set()  # update_ids whose handler raised during the current run
         self._add_handlers()
 
     # --- wiring ---------------------------------------------------------------------------------
@@ -129,9 +139,11 @@ class TelegramChannel:
     async def _on_startup(self, _app: web.Application) -> None:
         self._tasks = [
             asyncio.create_task(self._start(), name="telegram-start"),
-            asyncio.create_task(self._consume_updates(), name="telegram-updates"),
+            asyncio.create_task(self._recover_updates(), name="telegram-recovery"),
             asyncio.create_task(self.delivery.run_outbox(), name="telegram-outbox"),
         ]
+        if self._settings.mode != "webhook":
+            self._tasks.append(asyncio.create_task(self._consume_updates(), name="telegram-updates"))
 
     async def _start(self) -> None:
         """Initialise PTB (it asks Telegram getMe), retrying so a Telegram outage does not stop the app."""
@@ -171,14 +183,13 @@ class TelegramChannel:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._sequencer.close()
-        await self.delivery.close()
         if self._ready.is_set():
             await self.application.shutdown()
 
     # --- updates in -----------------------------------------------------------------------------
 
     async def webhook(self, request: web.Request) -> web.Response:
-        """``POST /webhooks/telegram``: check the secret, queue the update, answer at once."""
+        """``POST /webhooks/telegram``: check the secret, store the update, then answer 200 (503 if not stored)."""
         supplied = request.headers.get(SECRET_HEADER, "").encode()
         expected = (self._settings.webhook_secret or "").encode()
         if not expected or not hmac.compare_digest(supplied, expected):
@@ -190,22 +201,112 @@ class TelegramChannel:
             update = Update.de_json(data, self.application.bot)
         except Exception:  # whatever PTB makes of a malformed body, it is the sender's error
             return json_error(400, "bad_request", "body is not a Telegram update")
-        # Queued even while PTB still starts: the consumer waits for it.
-        await self.application.update_queue.put(update)
+        if not isinstance(data, dict) or update is None:
+            return json_error(400, "bad_request", "body is not a Telegram update")
+        try:
+            await self._store(update, data)
+        except Exception:  # the database is down or locked: Telegram keeps the update and resends it
+            logger.exception("telegram: update %s not stored; answering 503 so Telegram resends it", update.update_id)
+            return json_error(503, "unavailable", "update not stored, send it again later")
         return json_response({"ok": True})
 
-    async def _consume_updates(self) -> None:
-        """Hand each queued update (webhook or polling) to its chat's worker, in arrival order."""
+    async def _store(self, update: Update, data: dict[str, Any]) -> None:
+        """Keep the update (a resent one is already there) and queue it for processing.
+
+        Raises:
+            SQLAlchemyError, OSError: when it could not be stored.
+        """
+        chat = update.effective_chat
+        row = TelegramUpdate(update_id=update.update_id, chat_id=str(chat.id) if chat else None, payload=data)
+        try:
+            async with self._sessions.begin() as session:
+                session.add(row)
+        except IntegrityError:
+            async with self._sessions() as session:
+                known = await session.scalar(select(TelegramUpdate).where(TelegramUpdate.update_id == update.update_id))
+            if known is None:
+                raise
+            logger.info("telegram: update %s received again; already stored", update.update_id)
+            if known.processed_at is None:
+                self._schedule(known.id, known.chat_id)
+            return
+        self._schedule(row.id, row.chat_id)
+
+    def _schedule(self, row_id: int, chat_id: str | None) -> None:
+        """Process a stored update behind its chat's earlier ones (once per process)."""
+        if row_id in self._scheduled:
+            return
+        self._scheduled.add(row_id)
+        self._sequencer.submit(chat_id or "none", functools.partial(self._process, row_id))
+
+    async def _process(self, row_id: int) -> None:
+        """Run the handlers on a stored update, then mark it processed (unless a handler failed: retried later)."""
+        try:
+            await self._ready.wait()
+            async with self._sessions() as session:
+                row = await session.get(TelegramUpdate, row_id)
+            if row is None or row.processed_at is not None:
+                return
+            update = Update.de_json(row.payload, self.application.bot)
+            self._failed.discard(row.update_id)
+            await self.application.process_update(update)
+            failed = row.update_id in self._failed
+            self._failed.discard(row.update_id)
+            async with self._sessions.begin() as session:
+                stored = await session.get(TelegramUpdate, row_id)
+                assert stored is not None
+                stored.attempts += 1
+                if failed and stored.attempts < MAX_UPDATE_ATTEMPTS:
+                    logger.warning("telegram: update %s failed; it will be tried again", row.update_id)
+                    return
+                if failed:
+                    logger.error("telegram: update %s failed %s times, giving up", row.update_id, stored.attempts)
+                stored.processed_at = utcnow()
+        finally:
+            self._scheduled.discard(row_id)
+
+    async def _recover_updates(self) -> None:
+        """At start and then periodically: queue stored updates that were never finished, oldest first."""
         await self._ready.wait()
+        while True:
+            try:
+                async with self._sessions() as session:
+                    rows = (
+                        await session.execute(
+                            select(TelegramUpdate.id, TelegramUpdate.chat_id)
+                            .where(TelegramUpdate.processed_at.is_(None))
+                            .order_by(TelegramUpdate.id)
+                            .limit(500)
+                        )
+                    ).all()
+                for row_id, chat_id in rows:
+                    self._schedule(row_id, chat_id)
+                if rows:
+                    logger.info("telegram: %s stored updates waiting to be processed", len(rows))
+            except Exception:  # a database blip must not end the recovery loop
+                logger.exception("telegram: recovery pass failed")
+            await asyncio.sleep(RECOVERY_SECONDS)
+
+    async def _consume_updates(self) -> None:
+        """Polling mode: store each update PTB's Updater fetched (retrying until stored), then process it."""
         queue = self.application.update_queue
         while True:
             update = await queue.get()
-            chat = update.effective_chat if isinstance(update, Update) else None
-            key = str(chat.id) if chat is not None else "none"
-            self._sequencer.submit(key, functools.partial(self.application.process_update, update))
+            if not isinstance(update, Update):
+                continue
+            for attempt in itertools.count():
+                try:
+                    await self._store(update, update.to_dict())
+                    break
+                except Exception:
+                    wait = STARTUP_RETRY_SECONDS[min(attempt, len(STARTUP_RETRY_SECONDS) - 1)]
+                    logger.exception("telegram: polled update %s not stored; retrying in %ss", update.update_id, wait)
+                    await asyncio.sleep(wait)
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         update_id = update.update_id if isinstance(update, Update) else None
+        if update_id is not None:
+            self._failed.add(update_id)
         error = context.error
         logger.error("telegram: update %s failed: %s", update_id, describe_error(error) if error else "unknown error")
 

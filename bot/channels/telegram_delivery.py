@@ -5,6 +5,11 @@ network errors and 5xx back off). What still fails goes to the ``telegram_outbox
 background task retries it with growing delays until it goes or has used ``max_attempts``;
 the final failure is logged as an error and the row stays as ``failed``. Messages to one chat
 leave in order: a chat with messages waiting in the outbox gets its new ones queued behind them.
+
+What staff say and what the app tells a citizen by itself (case notices, hand-backs, replayed
+answers) is not sent from memory: `enqueue` writes it to the outbox in the same transaction as
+its conversation-log entry, and `kick` wakes the outbox task once that transaction committed. A
+crash between the commit and the send leaves the row, which the outbox task sends after restart.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup
@@ -58,6 +63,7 @@ class RetryPolicy:
     outbox_first_delay: float = 5.0
     outbox_max_delay: float = 600.0
     poll_interval: float = 1.0
+    send_lease: float = 120.0  # an outbox row being sent is not taken by another process for this long
 
     def outbox_delay(self, attempts: int) -> float:
         """Seconds before the next outbox attempt, after ``attempts`` attempts so far."""
@@ -118,6 +124,33 @@ def outbox_row(chat_id: str, chunk: Chunk, *, status: str, attempts: int, at: da
     )
 
 
+async def enqueue(session: AsyncSession, chat_id: str, messages: Iterable[OutgoingMessage]) -> int:
+    """In the caller's transaction: put messages to a chat in the outbox, due now; how many rows.
+
+    They go out with the transaction or not at all; `TelegramDelivery.kick` after the commit
+    sends them at once, else the outbox task finds them on its next pass.
+    """
+    messages = list(messages)
+    payloads = {b["payload"] for m in messages for b in m.buttons or [] if needs_storing(b["payload"])}
+    for payload in sorted(payloads):
+        token = callback_data_for(payload)
+        if await session.get(TelegramCallbackPayload, token) is not None:
+            continue
+        try:
+            async with session.begin_nested():
+                session.add(TelegramCallbackPayload(token=token, payload=payload))
+        except IntegrityError:  # stored at the same moment for another chat
+            pass
+    now = utcnow()
+    rows = [
+        outbox_row(chat_id, chunk, status=PENDING, attempts=0, at=now, reason="")
+        for message in messages
+        for chunk in chunks_for(_signed(message), message.buttons)
+    ]
+    session.add_all(rows)
+    return len(rows)
+
+
 class TelegramDelivery:
     """Sends replies to Telegram chats, with retries and the outbox."""
 
@@ -133,7 +166,6 @@ class TelegramDelivery:
         self._policy = policy or RetryPolicy()
         self._sleep = sleep
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._background = KeyedSequencer("telegram-send")
         self._wake = asyncio.Event()
 
     def _lock(self, chat_id: str) -> asyncio.Lock:
@@ -143,9 +175,9 @@ class TelegramDelivery:
             self._locks[chat_id] = lock
         return lock
 
-    def submit(self, chat_id: str, messages: list[OutgoingMessage]) -> None:
-        """Deliver in the background (staff replies: the staff member's request does not wait)."""
-        self._background.submit(chat_id, lambda: self.deliver(chat_id, messages))
+    def kick(self) -> None:
+        """After a commit that `enqueue`d messages: have the outbox task send them now."""
+        self._wake.set()
 
     async def deliver(self, chat_id: str, messages: Iterable[OutgoingMessage]) -> bool:
         """Send messages to a chat now, keeping what cannot go in the outbox.
@@ -293,6 +325,8 @@ class TelegramDelivery:
         for row in rows:
             if row.next_attempt_at > utcnow():
                 return  # the chat's oldest waiting message is not due: the later ones wait behind it
+            if not await self._claim(row):
+                return  # another app process on this database is sending it
             chunk = Chunk(row.text, row.keyboard)
             try:
                 await self._send_once(chat_id, chunk)
@@ -305,6 +339,25 @@ class TelegramDelivery:
                 return
             await self._finish(row.id, SENT, "")
             logger.info("telegram outbox message %s to chat %s sent on attempt %s", row.id, chat_id, row.attempts + 1)
+
+    async def _claim(self, row: TelegramOutbox) -> bool:
+        """Take the row for one send: push its due time past a send's duration, if nobody else did.
+
+        Should the process die mid-send, the row is due again after the lease (and sent twice
+        at worst, never lost).
+        """
+        lease = utcnow() + timedelta(seconds=self._policy.send_lease)
+        async with self._sessions.begin() as session:
+            taken = await session.execute(
+                update(TelegramOutbox)
+                .where(
+                    TelegramOutbox.id == row.id,
+                    TelegramOutbox.status == PENDING,
+                    TelegramOutbox.next_attempt_at <= utcnow(),
+                )
+                .values(next_attempt_at=lease)
+            )
+        return bool(taken.rowcount)  # type: ignore[attr-defined]
 
     async def _retry_later(self, row: TelegramOutbox, error: SendFailed) -> None:
         attempts = row.attempts + 1
@@ -336,9 +389,6 @@ class TelegramDelivery:
             stored.finished_at = utcnow()
             if error:
                 stored.last_error = error[:1000]
-
-    async def close(self) -> None:
-        await self._background.close()
 
 
 def retry_after_seconds(error: RetryAfter) -> float:

@@ -29,7 +29,7 @@ from crm_backend.http import client_address
 from crm_backend.lifecycle import Role
 from crm_backend.models import ChannelIdentity, Conversation, ServiceCase
 from crm_backend.services import audit, handoff, staff
-from crm_backend.services.conversations import OutgoingMessage
+from crm_backend.services.conversations import OutgoingMessage, pending_counts
 from crm_backend.services.intake import Report, file_report
 from crm_backend.services.moves import Actor
 
@@ -132,13 +132,15 @@ class ConversationViews(ConsoleBase):
     async def inbox(self, request: web.Request) -> web.StreamResponse:
         async with self.sessions() as session:
             rows = await handoff.inbox(session, request["staff"].user)
-        return self.render(request, "inbox.html", rows=rows)
+            pending = await pending_counts(session, [row.conversation.id for row in rows])
+        return self.render(request, "inbox.html", rows=rows, pending=pending)
 
     @signed_in()
     async def inbox_rows(self, request: web.Request) -> web.StreamResponse:
         async with self.sessions() as session:
             rows = await handoff.inbox(session, request["staff"].user)
-        return self.render(request, "inbox_rows.html", fragment=True, rows=rows)
+            pending = await pending_counts(session, [row.conversation.id for row in rows])
+        return self.render(request, "inbox_rows.html", fragment=True, rows=rows, pending=pending)
 
     @signed_in()
     async def events(self, request: web.Request) -> web.StreamResponse:

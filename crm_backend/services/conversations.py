@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -94,9 +94,14 @@ def log_incoming(
     max_chars: int,
     client_msg_id: str | None = None,
     attachment: dict[str, Any] | None = None,
+    engine_input: str | None = None,
 ) -> Message:
     """Record a citizen's message, truncated to ``max_chars`` if huge, with what came with it
-    (a photo's file id, a location's coordinates)."""
+    (a photo's file id, a location's coordinates).
+
+    ``engine_input`` is what the dialogue engine is to be given for it (the text, or a button's
+    payload): the message is then marked as waiting for the engine until `mark_answered`.
+    """
     message = Message(
         conversation_id=conversation.id,
         channel=conversation.channel,
@@ -107,6 +112,8 @@ def log_incoming(
         truncated=len(text) > max_chars,
         client_msg_id=client_msg_id,
         attachment=attachment,
+        engine_input=engine_input,
+        engine_pending_since=utcnow() if engine_input is not None else None,
     )
     session.add(message)
     conversation.last_message_at = utcnow()
@@ -159,3 +166,60 @@ async def conversation_history(session: AsyncSession, conversation: Conversation
         select(Message).where(Message.conversation_id == conversation.id).order_by(Message.id.desc()).limit(limit)
     )
     return list(reversed(rows.all()))
+
+
+def mark_answered(message: Message) -> None:
+    """The engine has answered the message (call in the transaction that logs its answer)."""
+    message.engine_pending_since = None
+
+
+async def pending_engine_messages(
+    session: AsyncSession, identity_id: int, *, before_id: int | None = None
+) -> list[Message]:
+    """The identity's messages the engine has not answered yet, oldest first (only those before ``before_id``)."""
+    stmt = (
+        select(Message)
+        .join(Conversation, Conversation.id == Message.conversation_id)
+        .where(Conversation.identity_id == identity_id, Message.engine_pending_since.is_not(None))
+        .order_by(Message.id)
+    )
+    if before_id is not None:
+        stmt = stmt.where(Message.id < before_id)
+    return list((await session.scalars(stmt)).all())
+
+
+async def identities_with_pending_messages(
+    session: AsyncSession, *, waiting_since: datetime, limit: int = 100
+) -> list[ChannelIdentity]:
+    """Identities with a message waiting for the engine since before ``waiting_since``, longest-waiting first.
+
+    Conversations staff hold are left out: their messages wait for the bot's turn, and must not
+    keep the others from being replayed.
+    """
+    oldest = func.min(Message.id)
+    rows = await session.execute(
+        select(ChannelIdentity, oldest)
+        .join(Conversation, Conversation.identity_id == ChannelIdentity.id)
+        .join(Message, Message.conversation_id == Conversation.id)
+        .where(
+            Message.engine_pending_since.is_not(None),
+            Message.engine_pending_since < waiting_since,
+            Conversation.handoff_status == "bot",
+        )
+        .group_by(ChannelIdentity.id)
+        .order_by(oldest)
+        .limit(limit)
+    )
+    return [identity for identity, _ in rows.all()]
+
+
+async def pending_counts(session: AsyncSession, conversation_ids: list[int]) -> dict[int, int]:
+    """How many messages of each conversation wait for the engine (conversations with none are left out)."""
+    if not conversation_ids:
+        return {}
+    rows = await session.execute(
+        select(Message.conversation_id, func.count())
+        .where(Message.conversation_id.in_(conversation_ids), Message.engine_pending_since.is_not(None))
+        .group_by(Message.conversation_id)
+    )
+    return {conversation_id: count for conversation_id, count in rows.all()}

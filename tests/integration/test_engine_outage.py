@@ -1,5 +1,5 @@
 """When the engine is down or hangs, citizens get 系统繁忙 quickly, nothing is lost,
-and the app recovers by itself when the engine is back."""
+and the app recovers by itself when the engine is back: what it missed is replayed."""
 
 from __future__ import annotations
 
@@ -12,8 +12,12 @@ import pytest
 import requests
 
 from tests.integration.test_rest_channel import response_text
+from tests.integration.test_webchat import open_chat, texts
+from tests.support.console import ConsoleClient, create_staff
 from tests.support.proxy import EngineSwitch
 from tests.support.stack import Stack, free_port
+
+REPLAY_EVERY = "0.5"  # seconds between the app's looks for messages to replay
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +28,7 @@ def switched(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     app_only.rasa_port = switch.port
     app_only.secrets = dict(stack.secrets)
     try:
-        app_only.start_app()
+        app_only.start_app(extra_env={"ENGINE_REPLAY_SECONDS": REPLAY_EVERY})
         yield app_only, switch
     finally:
         app_only.stop_app()
@@ -39,6 +43,13 @@ def logged_texts(stack: Stack, sender: str) -> list[str]:
             "WHERE i.external_id = ? AND m.direction = 'in' ORDER BY m.id",
             (sender,),
         ).fetchall()
+    return [row[0] for row in rows]
+
+
+def waiting_texts(stack: Stack) -> list[str]:
+    """Citizens' messages still marked as not answered by the engine."""
+    with sqlite3.connect(stack.workdir / "crm.db") as db:
+        rows = db.execute("SELECT text FROM message WHERE engine_pending_since IS NOT NULL ORDER BY id").fetchall()
     return [row[0] for row in rows]
 
 
@@ -81,5 +92,58 @@ def test_app_recovers_by_itself_when_the_engine_is_back(switched: tuple[Stack, E
     switch.stop()
     assert app.rest(sender, "你好")[0]["text"] == response_text("utter_system_busy")
     switch.start(mode="forward")
-    assert app.rest(sender, "你好")[0]["text"] == response_text("utter_greet")
+    # The missed 你好 is answered first (here, or by the replay loop a moment before), then this one.
+    assert app.rest(sender, "你好")[-1]["text"] == response_text("utter_greet")
     assert requests.get(f"{app.app_url}/healthz", timeout=10).status_code == 200
+
+
+async def test_messages_the_engine_missed_are_answered_in_order_on_the_web_chat_when_it_is_back(
+    switched: tuple[Stack, EngineSwitch],
+) -> None:
+    app, switch = switched
+    switch.stop()
+    busy = response_text("utter_system_busy")
+    async with open_chat(app) as chat:
+        welcome = await chat.hello()
+        assert texts(await chat.say("你好")) == [busy]
+        assert texts(await chat.say("算了，取消吧", payload="/cancel")) == [busy]  # a button: its payload is replayed
+        assert waiting_texts(app)[-2:] == ["你好", "算了，取消吧"]
+        switch.start(mode="forward")
+        replayed: list[str] = []
+        while len(replayed) < 4:  # pushed to the open page, one frame per replayed message
+            frame = await chat.expect("reply", timeout=30)
+            assert frame["in_reply_to"] is None
+            replayed += texts(frame["messages"])
+    assert replayed == [
+        response_text("utter_replay_intro").format(text="你好"),
+        response_text("utter_greet"),
+        response_text("utter_replay_intro").format(text="算了，取消吧"),
+        response_text("utter_nothing_to_cancel"),
+    ]
+    assert "你好" not in waiting_texts(app) and "算了，取消吧" not in waiting_texts(app)
+    async with open_chat(app) as again:  # and the conversation keeps them for the next visit
+        history = (await again.hello(welcome["session"]))["history"]
+    assert [m["text"] for m in history][-4:] == replayed
+
+
+def test_staff_see_which_messages_wait_for_the_engine(switched: tuple[Stack, EngineSwitch], sender: str) -> None:
+    app, switch = switched
+    switch.stop()
+    assert app.rest(sender, "小区的垃圾三天没人收了")[0]["text"] == response_text("utter_system_busy")
+    with sqlite3.connect(app.workdir / "crm.db") as db:
+        [(conversation_id,)] = db.execute(
+            "SELECT c.id FROM conversation c JOIN channel_identity i ON i.id = c.identity_id WHERE i.external_id = ?",
+            (sender,),
+        ).fetchall()
+        # The citizen then asks for a person: the conversation waits in the inbox (the engine is down,
+        # so staff put it there by hand in this test).
+        db.execute(
+            "UPDATE conversation SET handoff_status = 'waiting', handoff_requested_at = last_message_at WHERE id = ?",
+            (conversation_id,),
+        )
+    console = ConsoleClient(app)
+    assert console.login(create_staff(app, "supervisor")).status_code == 200
+    page = console.get(f"/conversations/{conversation_id}").text
+    assert page.count("未送达智能助手，待重发") == 1
+    inbox = console.get("/inbox").text
+    assert "1 条未送达智能助手" in inbox

@@ -1,8 +1,9 @@
 """A loopback TCP relay in a background thread, to put the real engine behind a switch.
 
 `forward` relays to the real engine; `stall` accepts connections and never answers
-(an engine that hangs); `stopped` means nothing listens (an engine that is down).
-What clients sent through it is kept in `sent`, to inspect their request lines.
+(an engine that hangs); `stopped` means nothing listens (an engine that is down), and the
+connections already open (the app's keep-alive pool) are cut. What clients sent through it
+is kept in `sent`, to inspect their request lines.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class EngineSwitch:
         self.sent = bytearray()
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.AbstractServer | None = None
+        self._open: set[asyncio.StreamWriter] = set()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
 
@@ -44,15 +46,20 @@ class EngineSwitch:
     async def _stop(self) -> None:
         if self._server is not None:
             self._server.close()
+            for writer in list(self._open):
+                writer.close()
+            self._open.clear()
             await self._server.wait_closed()
             self._server = None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._open.add(writer)
         if self.mode == "stall":
             await asyncio.sleep(60)
             writer.close()
             return
         upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._open.add(upstream_writer)
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, record: bool = False) -> None:
             try:
@@ -65,6 +72,7 @@ class EngineSwitch:
                 pass
             finally:
                 dst.close()
+                self._open.discard(dst)
 
         await asyncio.gather(pipe(reader, upstream_writer, record=True), pipe(upstream_reader, writer))
 

@@ -112,6 +112,8 @@ class Stack:
             # Every test's browser connects from 127.0.0.1: the per-address limit on new web chat
             # sessions would refuse the suite's hundreds. tests/integration/test_limits.py lowers it.
             WEB_SESSIONS_PER_ADDRESS="100000",
+            # Likewise the replay of messages the engine missed; the outage tests turn it on.
+            ENGINE_REPLAY_SECONDS="0",
             PYTHONPATH=str(ROOT),
         )
         env.update(self.app_env)

@@ -66,6 +66,7 @@ def test_settings_read_secrets_and_defaults() -> None:
     assert settings.rasa_url == "http://127.0.0.1:5005"
     assert settings.database_url == f"sqlite+aiosqlite:///{PROJECT_ROOT / 'var' / 'crm.db'}"
     assert settings.engine_timeout_seconds == 5.0
+    assert settings.engine_replay_seconds == 5.0
     assert settings.allowed_origins == ()
     assert settings.domain_path == PROJECT_ROOT / "domain.yml"
     assert settings.trusted_proxies == ()  # the TCP peer is the client unless proxies are named
@@ -110,9 +111,11 @@ def test_ports_hosts_and_origins_are_read() -> None:
             APP_PORT="9100",
             RASA_PORT="5999",
             ENGINE_TIMEOUT_SECONDS="2.5",
+            ENGINE_REPLAY_SECONDS="0",
             ALLOWED_ORIGINS=" https://a.example , https://b.example ,,",
         )
     )
+    assert settings.engine_replay_seconds == 0.0
     assert (settings.app_host, settings.app_port) == ("0.0.0.0", 9100)
     assert settings.rasa_url == "http://127.0.0.1:5999"
     assert settings.engine_timeout_seconds == 2.5
@@ -124,7 +127,7 @@ def test_an_explicit_rasa_url_wins_without_its_trailing_slash() -> None:
     assert settings.rasa_url == "http://engine:5005"
 
 
-@pytest.mark.parametrize("name", ["APP_PORT", "RASA_PORT", "ENGINE_TIMEOUT_SECONDS"])
+@pytest.mark.parametrize("name", ["APP_PORT", "RASA_PORT", "ENGINE_TIMEOUT_SECONDS", "ENGINE_REPLAY_SECONDS"])
 def test_a_malformed_number_is_refused(name: str) -> None:
     with pytest.raises(SettingsError, match=name):
         Settings.from_env(make_env(**{name: "eighty"}))
