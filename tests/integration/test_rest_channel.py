@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from tests.support.domain_text import utter
+from tests.support.moves import send_to_department_via_api
 from tests.support.stack import Stack
 
 
@@ -106,16 +107,7 @@ def test_repeated_failures_are_throttled(stack: Stack, sender: str) -> None:
 
 def test_progress_shows_the_latest_update_from_staff(stack: Stack, sender: str) -> None:
     case_number = file_report(stack, sender)
-    routed = stack.api("GET", f"/cases/{case_number}").json()
-    moved = stack.api(
-        "POST",
-        f"/cases/{case_number}/transitions",
-        json={
-            "action": "reassign" if routed["status"] == "dispatched" else "dispatch",
-            "department": "A3-commerce",
-            "note": "已转区商务局",
-        },
-    )
+    moved = send_to_department_via_api(stack, case_number, "A3-commerce", "已转区商务局")
     assert moved.status_code == 200, moved.text
     reply = stack.rest(sender, f"{case_number}处理得怎么样了")[0]["text"]
     assert "已派单" in reply and "A3区商务局" in reply and "已转区商务局" in reply

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import requests
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_backend.models import CaseEvent, Department
 from crm_backend.services.cases import get_case
 from crm_backend.services.moves import Actor, move_case
+from tests.support.stack import Stack
 
 
 async def department_named(session: AsyncSession, name: str) -> int:
@@ -38,3 +40,17 @@ async def advance(
         event = move.event
     assert event is not None, "no action given"
     return event
+
+
+def send_to_department_via_api(
+    stack: Stack, case_number: str, department_code: str, note: str, *, key: str | None = None
+) -> requests.Response:
+    """派单 (or 改派, if the bot already routed the case) to a department through `/api/v1`."""
+    routed = stack.api("GET", f"/cases/{case_number}", key=key).json()
+    action = "reassign" if routed["status"] == "dispatched" else "dispatch"
+    return stack.api(
+        "POST",
+        f"/cases/{case_number}/transitions",
+        key=key,
+        json={"action": action, "department": department_code, "note": note},
+    )
