@@ -124,13 +124,8 @@ def outbox_row(chat_id: str, chunk: Chunk, *, status: str, attempts: int, at: da
     )
 
 
-async def enqueue(session: AsyncSession, chat_id: str, messages: Iterable[OutgoingMessage]) -> int:
-    """In the caller's transaction: put messages to a chat in the outbox, due now; how many rows.
-
-    They go out with the transaction or not at all; `TelegramDelivery.kick` after the commit
-    sends them at once, else the outbox task finds them on its next pass.
-    """
-    messages = list(messages)
+async def store_long_payloads(session: AsyncSession, messages: Iterable[OutgoingMessage]) -> None:
+    """In the caller's transaction: keep button payloads too long for callback_data under their token."""
     payloads = {b["payload"] for m in messages for b in m.buttons or [] if needs_storing(b["payload"])}
     for payload in sorted(payloads):
         token = callback_data_for(payload)
@@ -141,6 +136,16 @@ async def enqueue(session: AsyncSession, chat_id: str, messages: Iterable[Outgoi
                 session.add(TelegramCallbackPayload(token=token, payload=payload))
         except IntegrityError:  # stored at the same moment for another chat
             pass
+
+
+async def enqueue(session: AsyncSession, chat_id: str, messages: Iterable[OutgoingMessage]) -> int:
+    """In the caller's transaction: put messages to a chat in the outbox, due now; how many rows.
+
+    They go out with the transaction or not at all; `TelegramDelivery.kick` after the commit
+    sends them at once, else the outbox task finds them on its next pass.
+    """
+    messages = list(messages)
+    await store_long_payloads(session, messages)
     now = utcnow()
     rows = [
         outbox_row(chat_id, chunk, status=PENDING, attempts=0, at=now, reason="")
@@ -251,17 +256,8 @@ class TelegramDelivery:
 
     async def _store_long_payloads(self, messages: list[OutgoingMessage]) -> None:
         """Keep payloads too long for callback_data under their token, so a press can be resolved."""
-        payloads = {b["payload"] for m in messages for b in m.buttons or [] if needs_storing(b["payload"])}
-        for payload in payloads:
-            token = callback_data_for(payload)
-            async with self._sessions.begin() as session:
-                if await session.get(TelegramCallbackPayload, token) is not None:
-                    continue
-                try:
-                    async with session.begin_nested():
-                        session.add(TelegramCallbackPayload(token=token, payload=payload))
-                except IntegrityError:  # stored at the same moment for another chat
-                    pass
+        async with self._sessions.begin() as session:
+            await store_long_payloads(session, messages)
 
     # --- the outbox ---------------------------------------------------------------------------
 
