@@ -62,7 +62,7 @@ async def link_by_case(stack: Stack, number: str, digits: str) -> list[str]:
 async def test_guessing_from_fresh_sessions_locks_the_case_and_tells_its_citizen(
     stack: Stack, owner: ChatClient
 ) -> None:
-    number = await file_report(owner)
+    number = await file_report(owner, "人民公园的长椅坏了好几张，老人没地方坐", "A6区人民公园")
     # Linking by case (the takeover) and progress lookups count together.
     assert await link_by_case(stack, number, "0000") == [utter("utter_link_invalid")]
     for _ in range(FAILURES_TO_LOCK - 1):
@@ -79,7 +79,7 @@ async def test_guessing_from_fresh_sessions_locks_the_case_and_tells_its_citizen
 
 
 async def test_progress_shows_the_status_change_but_never_an_internal_note(stack: Stack, owner: ChatClient) -> None:
-    number = await file_report(owner)
+    number = await file_report(owner, "长江路的人行道护栏被车撞倒了一段", "A4区长江路")
     moved = send_to_department_via_api(stack, number, "A3-commerce", "已转区商务局")
     assert moved.status_code == 200, moved.text
     assert "已派单" in await system_notice(owner)

@@ -105,7 +105,7 @@ def set_slots(stack: Stack, sender_id: str, slots: dict[str, str]) -> None:
     # The app's client sends the id with ":" as it is (yarl undoes %3A), so the tracker is keyed so.
     response = requests.post(
         f"{stack.engine_url}/conversations/{sender_id}/tracker/events",
-        params={"token": stack.secrets["ENGINE_TOKEN"]},
+        headers=stack.engine_api_headers(),
         json=[{"event": "slot", "name": name, "value": value} for name, value in slots.items()],
         timeout=30,
     )

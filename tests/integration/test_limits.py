@@ -94,7 +94,7 @@ def engine_heard(stack: Stack, sender_id: str) -> list[str]:
     """Every user message the engine's tracker of this sender holds."""
     resp = requests.get(
         f"{stack.engine_url}/conversations/{sender_id}/tracker",
-        params={"token": stack.secrets["ENGINE_TOKEN"]},
+        headers=stack.engine_api_headers(),
         timeout=30,
     )
     resp.raise_for_status()

@@ -175,10 +175,14 @@ def waiting_conversation_with(stack: Stack, marker: str) -> int:
     return found[0]
 
 
-async def file_report(chat: ChatClient) -> str:
-    """A citizen reports the broken street light; the case number."""
-    await chat.say(PROBLEM)
-    await chat.say(LOCATION)
+async def file_report(chat: ChatClient, problem: str = PROBLEM, location: str = LOCATION) -> str:
+    """A citizen reports a problem (the broken street light unless told); the case number.
+
+    Tests sharing the session's database report different problems, so that none is taken
+    for a repeat of another test's open case.
+    """
+    await chat.say(problem)
+    await chat.say(location)
     readback = await chat.say(PHONE)
     confirm = next(b for b in readback[-1]["buttons"] if b["payload"] == "/affirm")
     done = await chat.click(confirm)
