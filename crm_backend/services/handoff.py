@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_backend.errors import InvalidInput, NotFound
@@ -116,23 +116,25 @@ def may_see_conversation(user: StaffUser, conversation: Conversation) -> bool:
     return Role(user.role).at_least(Role.SUPERVISOR) or conversation.department_id == user.department_id
 
 
+def conversation_scope(user: StaffUser) -> ColumnElement[bool]:
+    """The conversations a member of staff may open, as a WHERE clause (`visible_conversation`'s rule):
+    agents those in their department's inbox or behind one of their department's cases."""
+    if Role(user.role).at_least(Role.SUPERVISOR):
+        return true()
+    behind_their_case = select(ServiceCase.conversation_id).where(ServiceCase.department_id == user.department_id)
+    return or_(Conversation.department_id == user.department_id, Conversation.id.in_(behind_their_case))
+
+
 async def visible_conversation(session: AsyncSession, user: StaffUser, conversation_id: int) -> Conversation:
     """A conversation this member of staff may see: in their inbox, or behind one of their cases.
 
     Raises:
         NotFound: no such conversation, or one of another department (never told apart).
     """
-    conversation = await session.get(Conversation, conversation_id)
-    if conversation is None:
-        raise NotFound("conversation")
-    if may_see_conversation(user, conversation):
-        return conversation
-    has_their_case = await session.scalar(
-        select(ServiceCase.id)
-        .where(ServiceCase.conversation_id == conversation.id, ServiceCase.department_id == user.department_id)
-        .limit(1)
+    conversation = await session.scalar(
+        select(Conversation).where(Conversation.id == conversation_id, conversation_scope(user))
     )
-    if has_their_case is None:
+    if conversation is None:
         raise NotFound("conversation")
     return conversation
 
@@ -238,7 +240,8 @@ async def conversation_detail(
 ) -> ConversationDetail:
     """A conversation for its page, the view written to the audit log.
 
-    Agents see only their department's cases of the citizen (`casework.case_scope`).
+    Agents see only their department's cases of the citizen (`casework.case_scope`) and only
+    the citizen's other conversations they may open (`conversation_scope`).
     With ``reveal_phone`` the page will show the phone the bot collected whole, and the
     audit row says so (``conversation.view_phone``), as the case page's reveal does.
 
@@ -262,7 +265,7 @@ async def conversation_detail(
     history = await session.scalars(
         select(Conversation)
         .join(ChannelIdentity, ChannelIdentity.id == Conversation.identity_id)
-        .where(ChannelIdentity.citizen_id == citizen_id, Conversation.id != conversation.id)
+        .where(ChannelIdentity.citizen_id == citizen_id, Conversation.id != conversation.id, conversation_scope(user))
         .order_by(Conversation.id.desc())
         .limit(RELATED_LIMIT)
     )

@@ -282,6 +282,38 @@ async def test_escalations_wait_in_the_hotline_inbox_and_agents_see_only_their_o
         assert fresh.id != conversation.id and fresh.handoff_status == handoff.BOT  # closed: next one is new
 
 
+async def test_beside_a_conversation_an_agent_lists_only_the_other_conversations_they_may_open(
+    sessions: Sessions, people: dict[str, StaffUser]
+) -> None:
+    await new_case(sessions, "A-housing", CaseStatus.DISPATCHED, sender="history")
+    async with sessions.begin() as session:
+        identity = await resolve_identity(session, "webchat", "history")
+        with_housing_case = await current_conversation(session, identity)
+        with_housing_case.closed_at = utcnow()
+        in_transport_inbox = Conversation(
+            identity_id=identity.id, channel=identity.channel, department_id=await department_id(session, "A-transport")
+        )
+        with_nobody = Conversation(identity_id=identity.id, channel=identity.channel)
+        viewed = Conversation(
+            identity_id=identity.id, channel=identity.channel, department_id=await department_id(session, "A-housing")
+        )
+        session.add_all([in_transport_inbox, with_nobody, viewed])
+    listed = {}
+    for who in ("housing", "transport", "supervisor"):
+        async with sessions.begin() as session:
+            try:
+                detail = await handoff.conversation_detail(session, people[who], viewed.id)
+            except NotFound:
+                listed[who] = None
+                continue
+        listed[who] = {conversation.id for conversation in detail.history}
+    assert listed == {
+        "housing": {with_housing_case.id},
+        "transport": None,  # the viewed conversation is in housing's inbox
+        "supervisor": {with_housing_case.id, in_transport_inbox.id, with_nobody.id},
+    }
+
+
 async def test_beside_a_conversation_an_agent_sees_only_their_departments_cases(
     sessions: Sessions, people: dict[str, StaffUser]
 ) -> None:
