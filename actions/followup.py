@@ -41,7 +41,11 @@ class ValidateFollowupForm(FormValidationAction):
     async def validate_rating(
         self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> dict[str, Any]:
-        rating = followup.rating_from_text(str(value or ""))
+        if value is None:
+            # Not an answer: the slot was cleared when the question was put (action_ask_followup),
+            # and rasa_sdk validates every slot set since the citizen last spoke.
+            return {"rating": None}
+        rating = followup.rating_from_text(str(value))
         if rating is not None:
             return {"rating": str(rating)}
         asked_again = any(

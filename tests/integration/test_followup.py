@@ -105,7 +105,8 @@ async def resolve_and_get_question(
     assert (await notice(chat))["text"] == utter(
         "utter_case_notice", case_number=number, status="已办结", detail=f"（{department}）"
     )
-    question = (await chat.expect("reply"))["messages"][-1]
+    # The question alone: nothing said before it that the citizen did not ask for.
+    [question] = (await chat.expect("reply"))["messages"]
     assert question["text"] == utter("utter_ask_rating", followup_case=number)
     return question
 

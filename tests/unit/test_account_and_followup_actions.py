@@ -136,6 +136,15 @@ async def test_the_form_reads_a_rating_and_asks_once_more_then_lets_go() -> None
     assert await form.validate_rating("嗯", CollectingDispatcher(), twice, DOMAIN) == {"rating": SKIP}
 
 
+async def test_putting_the_question_is_not_taken_for_an_unclear_answer() -> None:
+    """The question clears the slot (None); validating that says nothing before the question."""
+    form = ValidateFollowupForm()
+    tracker = tracker_for("web:x", [*SESSION_START, message("EXTERNAL_followup", "")])
+    dispatcher = CollectingDispatcher()
+    assert await form.validate_rating(None, dispatcher, tracker, DOMAIN) == {"rating": None}
+    assert dispatcher.messages == []
+
+
 async def test_recording_a_rating_closes_or_reopens_the_case(sessions: Sessions) -> None:
     good = await filed(sessions, "web-d", CaseStatus.RESOLVED)
     thanked, _ = await run(
