@@ -56,8 +56,7 @@ async def _create_api_client(database_url: str, name: str, scope: str) -> api_cl
     engine = create_engine(database_url)
     try:
         async with create_sessionmaker(engine).begin() as session:
-            issued = await api_clients.create_client(session, name=name, scope=scope, created_by="cli")
-            audit.record(session, None, "api_client.create", issued.client.name, issued.client.scope, actor_name="cli")
+            issued = await api_clients.create_client(session, name=name, scope=scope)
             return issued
     finally:
         await engine.dispose()
@@ -67,8 +66,7 @@ async def _revoke_api_client(database_url: str, name: str) -> None:
     engine = create_engine(database_url)
     try:
         async with create_sessionmaker(engine).begin() as session:
-            client = await api_clients.revoke_client(session, (await api_clients.client_named(session, name)).id)
-            audit.record(session, None, "api_client.revoke", client.name, client.key_prefix, actor_name="cli")
+            await api_clients.revoke_client(session, (await api_clients.client_named(session, name)).id)
     finally:
         await engine.dispose()
 

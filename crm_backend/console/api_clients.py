@@ -12,7 +12,7 @@ from crm_backend.console.web import ConsoleBase, Staff, form, int_or_none, signe
 from crm_backend.errors import InvalidInput
 from crm_backend.http import client_address
 from crm_backend.lifecycle import Role
-from crm_backend.services import api_clients, audit
+from crm_backend.services import api_clients
 from crm_backend.services.api_clients import ApiScope, IssuedKey
 
 PAGE = "/console/admin/api-clients"
@@ -63,21 +63,13 @@ class ApiClientViews(ConsoleBase):
                 operation = data.get("op")
                 if operation == "create":
                     issued = await api_clients.create_client(
-                        session,
-                        name=data.get("name", ""),
-                        scope=data.get("scope", ""),
-                        created_by=member.user.username,
+                        session, name=data.get("name", ""), scope=data.get("scope", ""), by=member.user, address=address
                     )
-                    client = issued.client
-                    audit.record(session, member.user, "api_client.create", client.name, client.scope, address=address)
                 elif operation == "revoke":
                     client_id = int_or_none(data.get("client_id"))
                     if client_id is None:
                         raise InvalidInput("bad_client", "未知的 API 客户端")
-                    client = await api_clients.revoke_client(session, client_id)
-                    audit.record(
-                        session, member.user, "api_client.revoke", client.name, client.key_prefix, address=address
-                    )
+                    client = await api_clients.revoke_client(session, client_id, by=member.user, address=address)
                 else:
                     raise InvalidInput("bad_op", "未知的操作")
         except InvalidInput as problem:

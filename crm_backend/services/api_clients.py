@@ -21,7 +21,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_backend.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
-from crm_backend.models import ApiClient, utcnow
+from crm_backend.models import ApiClient, StaffUser, utcnow
+from crm_backend.services import audit
 
 KEY_MARK = "c12345"
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{2,31}")
@@ -88,8 +89,13 @@ def key_prefix(key: str) -> str | None:
     return found.group(1) if found else None
 
 
-async def create_client(session: AsyncSession, *, name: str, scope: str, created_by: str) -> IssuedKey:
-    """Make a client and its key, in the caller's transaction.
+async def create_client(
+    session: AsyncSession, *, name: str, scope: str, by: StaffUser | None = None, address: str = ""
+) -> IssuedKey:
+    """Make a client and its key, and audit it, in the caller's transaction.
+
+    Args:
+        by: the admin who makes it; None for the operator's command line (audited as ``cli``).
 
     Raises:
         InvalidInput: a bad or taken name, or an unknown scope.
@@ -111,10 +117,13 @@ async def create_client(session: AsyncSession, *, name: str, scope: str, created
         scope=api_scope.value,
         key_prefix=prefix,
         key_hash=key_hash(key),
-        created_by=created_by[:64],
+        created_by=_actor_name(by),
     )
     session.add(client)
     await session.flush()
+    audit.record(
+        session, by, "api_client.create", client.name, client.scope, address=address, actor_name=_actor_name(by)
+    )
     return IssuedKey(client, key)
 
 
@@ -135,8 +144,18 @@ async def client_named(session: AsyncSession, name: str) -> ApiClient:
     return client
 
 
-async def revoke_client(session: AsyncSession, client_id: int, now: datetime | None = None) -> ApiClient:
-    """Refuse a client's key from now on, in the caller's transaction.
+async def revoke_client(
+    session: AsyncSession,
+    client_id: int,
+    *,
+    by: StaffUser | None = None,
+    address: str = "",
+    now: datetime | None = None,
+) -> ApiClient:
+    """Refuse a client's key from now on, and audit it, in the caller's transaction.
+
+    Args:
+        by: the admin who revokes it; None for the operator's command line (audited as ``cli``).
 
     Raises:
         NotFound: no such client.
@@ -148,7 +167,14 @@ async def revoke_client(session: AsyncSession, client_id: int, now: datetime | N
     if client.revoked_at is not None:
         raise InvalidInput("already_revoked", f"{client.name} 已被吊销")
     client.revoked_at = now or utcnow()
+    audit.record(
+        session, by, "api_client.revoke", client.name, client.key_prefix, address=address, actor_name=_actor_name(by)
+    )
     return client
+
+
+def _actor_name(by: StaffUser | None) -> str:
+    return by.username[:64] if by is not None else "cli"
 
 
 async def authenticate(session: AsyncSession, key: str, now: datetime | None = None) -> ApiCaller:

@@ -19,7 +19,7 @@ Sessions = async_sessionmaker[AsyncSession]
 
 async def issue(sessions: Sessions, name: str = "ticket-sync", scope: str = "write") -> api_clients.IssuedKey:
     async with sessions.begin() as session:
-        return await api_clients.create_client(session, name=name, scope=scope, created_by="admin")
+        return await api_clients.create_client(session, name=name, scope=scope)
 
 
 async def authenticate(sessions: Sessions, key: str, **kwargs: object) -> ApiCaller:
