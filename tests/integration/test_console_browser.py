@@ -20,7 +20,12 @@ from sqlalchemy import select
 
 from crm_backend.db import create_engine, create_sessionmaker
 from crm_backend.models import Department, RoutingDecision
+from crm_backend.services import handoff
 from crm_backend.services.conversations import (
+    OutgoingMessage,
+    current_conversation,
+    log_incoming,
+    log_outgoing,
     resolve_identity,
 )
 from crm_backend.services.intake import Report, file_case
@@ -217,6 +222,64 @@ def test_an_agent_returns_a_case_to_the_dispatchers_and_lands_on_the_case_list(
     dispatcher.goto(f"{stack.app_url}/console/queue")
     expect(dispatcher.locator("main")).to_contain_text(number)
     assert [p for p in problems if "status of 404" not in p] == [], problems
+
+
+READ_BACK = f"好的，您的联系电话是 {DRAFT_PHONE}，对吗？"
+
+
+async def long_handed_off_conversation(stack: Stack, external_id: str, exchanges: int) -> int:
+    """A web-chat conversation of ``exchanges`` citizen/bot pairs, the bot reading a phone number
+    back in the middle, waiting in the hotline's inbox; its id."""
+    engine = create_engine(normalise_database_url(str(stack.database_url)))
+    try:
+        async with create_sessionmaker(engine).begin() as session:
+            identity = await resolve_identity(session, "web", external_id)
+            conversation = await current_conversation(session, identity)
+            for turn in range(exchanges):
+                log_incoming(session, conversation, f"第{turn + 1}条：小区门口的路灯还是不亮", max_chars=10_000)
+                answer = READ_BACK if turn == exchanges // 2 else f"收到第{turn + 1}条，请继续说明"
+                log_outgoing(session, conversation, [OutgoingMessage(answer)])
+            log_incoming(session, conversation, "我要转人工", max_chars=10_000)
+            await handoff.request_handoff(session, conversation)
+            return conversation.id
+    finally:
+        await engine.dispose()
+
+
+TRANSCRIPT_AT_END = "(el) => Math.abs(el.scrollHeight - el.scrollTop - el.clientHeight) <= 2"
+
+
+def test_a_long_conversation_opens_at_its_latest_message_with_phones_masked_and_no_claim_once_claimed(
+    stack: Stack, browser: Any, artifacts_dir: Path
+) -> None:
+    conversation_id = run_now(long_handed_off_conversation(stack, unique("browser-long"), 30))
+    problems: list[str] = []
+    console = new_page(browser, problems)
+    sign_in(console, stack, create_staff(stack, "supervisor", display_name="值班吴"))
+
+    console.goto(f"{stack.app_url}/console/conversations/{conversation_id}")
+    console.wait_for_selector('body[data-live="1"]', state="attached")
+    transcript = console.locator("#messages")
+    assert transcript.evaluate("(el) => el.scrollHeight > el.clientHeight + 200"), "the transcript should overflow"
+    console.wait_for_function(
+        f"() => {{ const el = document.getElementById('messages'); return ({TRANSCRIPT_AT_END})(el); }}"
+    )
+    expect(transcript.locator("li").last).to_contain_text("我要转人工")
+    expect(transcript).to_contain_text("139****5678")
+    assert DRAFT_PHONE not in (transcript.text_content() or "")
+    console.screenshot(path=str(artifacts_dir / "console-conversation-latest.png"), full_page=True)
+
+    console.get_by_role("button", name="认领").click()
+    expect(console.locator(".flash.notice")).to_contain_text("已认领这个会话")
+    expect(console.locator("#holder")).to_have_text("处理人：值班吴")
+    expect(console.get_by_role("button", name="认领")).to_have_count(0)
+    assert transcript.evaluate(TRANSCRIPT_AT_END)
+    console.screenshot(path=str(artifacts_dir / "console-conversation-claimed.png"), full_page=True)
+
+    # The audited 显示完整号码 shows the number the bot read back.
+    console.get_by_role("button", name="显示完整号码（将记入审计日志）").click()
+    expect(transcript).to_contain_text(READ_BACK)
+    assert problems == [], problems
 
 
 async def queued_case(stack: Stack, district: str, suggestions: list[str]) -> str:
