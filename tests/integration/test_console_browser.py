@@ -227,13 +227,13 @@ def test_an_agent_returns_a_case_to_the_dispatchers_and_lands_on_the_case_list(
 READ_BACK = f"好的，您的联系电话是 {DRAFT_PHONE}，对吗？"
 
 
-async def long_handed_off_conversation(stack: Stack, external_id: str, exchanges: int) -> int:
-    """A web-chat conversation of ``exchanges`` citizen/bot pairs, the bot reading a phone number
+async def long_handed_off_conversation(stack: Stack, sender: str, exchanges: int) -> int:
+    """A REST-channel conversation of ``exchanges`` citizen/bot pairs, the bot reading a phone number
     back in the middle, waiting in the hotline's inbox; its id."""
     engine = create_engine(normalise_database_url(str(stack.database_url)))
     try:
         async with create_sessionmaker(engine).begin() as session:
-            identity = await resolve_identity(session, "web", external_id)
+            identity = await resolve_identity(session, "rest", sender)
             conversation = await current_conversation(session, identity)
             for turn in range(exchanges):
                 log_incoming(session, conversation, f"第{turn + 1}条：小区门口的路灯还是不亮", max_chars=10_000)
@@ -252,7 +252,8 @@ TRANSCRIPT_AT_END = "(el) => Math.abs(el.scrollHeight - el.scrollTop - el.client
 def test_a_long_conversation_opens_at_its_latest_message_with_phones_masked_and_no_claim_once_claimed(
     stack: Stack, browser: Any, artifacts_dir: Path
 ) -> None:
-    conversation_id = run_now(long_handed_off_conversation(stack, unique("browser-long"), 30))
+    sender = unique("browser-long")
+    conversation_id = run_now(long_handed_off_conversation(stack, sender, 30))
     problems: list[str] = []
     console = new_page(browser, problems)
     sign_in(console, stack, create_staff(stack, "supervisor", display_name="值班吴"))
@@ -275,6 +276,17 @@ def test_a_long_conversation_opens_at_its_latest_message_with_phones_masked_and_
     expect(console.get_by_role("button", name="认领")).to_have_count(0)
     assert transcript.evaluate(TRANSCRIPT_AT_END)
     console.screenshot(path=str(artifacts_dir / "console-conversation-claimed.png"), full_page=True)
+
+    # A live message keeps the transcript at its end; one that arrives while the agent reads
+    # further back leaves them where they are.
+    console.wait_for_selector('body[data-live="1"]', state="attached")
+    assert stack.rest(sender, "补充一下：灯杆旁边还有积水") == []
+    expect(transcript.locator("li").last).to_contain_text("灯杆旁边还有积水")
+    assert transcript.evaluate(TRANSCRIPT_AT_END)
+    transcript.evaluate("(el) => { el.scrollTop = 0; }")
+    assert stack.rest(sender, "晚上八点以后完全看不见路") == []
+    expect(transcript.locator("li").last).to_contain_text("完全看不见路")
+    assert transcript.evaluate("(el) => el.scrollTop") == 0
 
     # The audited 显示完整号码 shows the number the bot read back.
     console.get_by_role("button", name="显示完整号码（将记入审计日志）").click()
