@@ -81,6 +81,18 @@ def mask_numbers(text: str) -> str:
     return NUMBER_RUN.sub(lambda match: mask_phone(re.sub(r"[\s\-－]", "", match.group(0))), text)
 
 
+# A mainland mobile number in free text: 11 digits from 1[3-9] (spaces, dashes, full-width digits
+# and a +86 prefix allowed), not part of a longer number such as a case number or an ID number.
+MOBILE_IN_TEXT = re.compile(
+    r"(?<![0-9０-９])(?:[+＋]?[8８][6６][\s\-－]?)?[1１][3-9３-９](?:[\s\-－]?[0-9０-９]){9}(?![0-9０-９])"
+)
+
+
+def mask_phones(text: str) -> str:
+    """Free text with every mobile number in it shown as 138****5678 (the rest, case numbers too, as it is)."""
+    return MOBILE_IN_TEXT.sub(lambda match: mask_phone(_digits_only(match.group(0))[-11:]), text)
+
+
 def parse_case_number(text: str) -> str | None:
     """Find a case number in free text, normalised.
 

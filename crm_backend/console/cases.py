@@ -11,6 +11,7 @@ from sqlalchemy import select
 from crm_backend.console.conversations import ChannelNotifier
 from crm_backend.console.web import ConsoleBase, Staff, form, int_or_none, secure, signed_in
 from crm_backend.dispatch.classifier import CATEGORIES
+from crm_backend.dispatch.routing import suggested_department, suggested_departments
 from crm_backend.errors import InvalidInput, InvalidTransition, NotFound
 from crm_backend.http import client_address
 from crm_backend.lifecycle import CASE_ACTIONS, CaseAction, CaseStatus, Role, available_actions
@@ -104,6 +105,7 @@ class CaseViews(ConsoleBase):
             extension = await casework.pending_extension(session, case)
             requester = await session.get(StaffUser, extension.requested_by_id) if extension else None
             departments = [d for d in await self._departments(session) if d.active]
+            suggested = await suggested_department(session, case, decisions[-1] if decisions else None)
             audit.record(
                 session,
                 member.user,
@@ -125,6 +127,7 @@ class CaseViews(ConsoleBase):
             extension=extension,
             requester=requester,
             departments=departments,
+            suggested_department_id=suggested,
             actions=[(action, CASE_ACTIONS[action]) for action in actions],
             overdue=casework.is_overdue(case),
             can_supervise=member.at_least(Role.SUPERVISOR),
@@ -214,6 +217,12 @@ class CaseViews(ConsoleBase):
         async with self.sessions() as session:
             rows = await casework.dispatch_queue(session)
             departments = [d for d in await self._departments(session) if d.active]
+            suggested = await suggested_departments(session, rows)
         return self.render(
-            request, "queue.html", rows=rows, departments=departments, dispatch=CaseAction.DISPATCH.value
+            request,
+            "queue.html",
+            rows=rows,
+            departments=departments,
+            suggested=suggested,
+            dispatch=CaseAction.DISPATCH.value,
         )

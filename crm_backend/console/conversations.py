@@ -202,6 +202,7 @@ class ConversationViews(ConsoleBase):
             citizen=detail.citizen,
             channels=detail.channels,
             messages=detail.messages,
+            transcript_masked=detail.phones_masked,
             cases=detail.cases,
             history=detail.history,
             colleagues=detail.colleagues,

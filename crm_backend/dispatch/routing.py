@@ -209,3 +209,45 @@ async def apply_dispatch(session: AsyncSession, case: ServiceCase, plan: Dispatc
     session.add(decision)
     await session.flush()
     return decision
+
+
+async def suggested_departments(
+    session: AsyncSession, rows: list[tuple[ServiceCase, RoutingDecision | None]]
+) -> dict[int, int]:
+    """The department a person dispatching each case is offered first, by case id.
+
+    The routing decision's department if it has one, else the department the routing rules give
+    for the decision's top suggested category and the case's district (the category's default
+    department where no rule names the district). Never the department the case is at now (改派
+    must go elsewhere), never an inactive one; a case with nothing to suggest is left out.
+    """
+    if not rows:
+        return {}
+    rules = {
+        (category, district): department_id
+        for category, district, department_id in (
+            await session.execute(select(RoutingRule.category, RoutingRule.district, RoutingRule.department_id))
+        ).tuples()
+    }
+    defaults = dict(
+        (await session.execute(select(CategoryPolicy.category, CategoryPolicy.default_department_id))).tuples().all()
+    )
+    active = set((await session.scalars(select(Department.id).where(Department.active))).all())
+    suggested: dict[int, int] = {}
+    for case, decision in rows:
+        if decision is None:
+            continue
+        department_id = decision.department_id
+        if department_id is None:
+            category = decision.suggestions[0] if decision.suggestions else decision.category
+            department_id = rules.get((category, case.district or ""), defaults.get(category))
+        if department_id is not None and department_id in active and department_id != case.department_id:
+            suggested[case.id] = department_id
+    return suggested
+
+
+async def suggested_department(
+    session: AsyncSession, case: ServiceCase, decision: RoutingDecision | None
+) -> int | None:
+    """`suggested_departments` for one case."""
+    return (await suggested_departments(session, [(case, decision)])).get(case.id)

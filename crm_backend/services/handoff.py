@@ -29,7 +29,7 @@ from crm_backend.models import (
 )
 from crm_backend.services import audit
 from crm_backend.services.casework import case_scope
-from crm_backend.validation import mask_phone
+from crm_backend.validation import mask_phone, mask_phones
 
 BOT = "bot"
 WAITING = "waiting"
@@ -221,18 +221,65 @@ async def colleagues_for(session: AsyncSession, conversation: Conversation) -> l
 
 
 @dataclass(frozen=True)
+class TranscriptMessage:
+    """A message as the console's transcript shows it: mobile numbers masked unless staff asked to
+    see them whole (an audited view). A copy: the stored message is never changed."""
+
+    id: int
+    conversation_id: int
+    channel: str
+    direction: str
+    sender_kind: str
+    sender_name: str | None
+    text: str
+    original_length: int
+    truncated: bool
+    buttons: list[dict[str, str]] | None
+    attachment: dict[str, Any] | None
+    engine_pending_since: datetime | None
+    created_at: datetime
+    masked: bool  # a phone number in it is shown masked
+
+    @classmethod
+    def of(cls, message: Message, *, reveal_phone: bool = False) -> TranscriptMessage:
+        """The message as shown, its phone numbers whole only with ``reveal_phone``."""
+        text = message.text if reveal_phone else mask_phones(message.text)
+        return cls(
+            id=message.id,
+            conversation_id=message.conversation_id,
+            channel=message.channel,
+            direction=message.direction,
+            sender_kind=message.sender_kind,
+            sender_name=message.sender_name,
+            text=text,
+            original_length=message.original_length,
+            truncated=message.truncated,
+            buttons=message.buttons,
+            attachment=message.attachment,
+            engine_pending_since=message.engine_pending_since,
+            created_at=message.created_at,
+            masked=text != message.text,
+        )
+
+
+@dataclass(frozen=True)
 class ConversationDetail:
     """One conversation as staff work it, with what they may see of the citizen behind it."""
 
     conversation: Conversation
     identity: ChannelIdentity
     citizen: Citizen | None
-    messages: list[Message]
+    messages: list[TranscriptMessage]  # phone numbers masked unless revealed
     channels: list[ChannelIdentity]
     cases: list[ServiceCase]  # the citizen's latest, of those this member of staff may see
     history: list[Conversation]  # the citizen's other conversations, latest first
     colleagues: list[StaffUser]
     assignee: StaffUser | None
+
+    @property
+    def phones_masked(self) -> bool:
+        """Whether the transcript shows a phone number masked (staff may reveal it, audited)."""
+        return any(message.masked for message in self.messages)
 
 
 async def conversation_detail(
@@ -242,8 +289,9 @@ async def conversation_detail(
 
     Agents see only their department's cases of the citizen (`casework.case_scope`) and only
     the citizen's other conversations they may open (`conversation_scope`).
-    With ``reveal_phone`` the page will show the phone the bot collected whole, and the
-    audit row says so (``conversation.view_phone``), as the case page's reveal does.
+    The transcript's phone numbers are masked (`TranscriptMessage`). With ``reveal_phone`` the
+    page will show them and the phone the bot collected whole, and the audit row says so
+    (``conversation.view_phone``), as the case page's reveal does.
 
     Raises:
         NotFound: no such conversation, or one this member of staff may not see.
@@ -273,7 +321,7 @@ async def conversation_detail(
         conversation=conversation,
         identity=identity,
         citizen=await session.get(Citizen, citizen_id),
-        messages=list(messages.all()),
+        messages=[TranscriptMessage.of(message, reveal_phone=reveal_phone) for message in messages.all()],
         channels=list(channels.all()),
         cases=list(cases.all()),
         history=list(history.all()),
@@ -301,8 +349,9 @@ async def visible_identity(session: AsyncSession, user: StaffUser, conversation_
 
 async def messages_after(
     session: AsyncSession, user: StaffUser, conversation_id: int, after_id: int, limit: int = 200
-) -> list[Message]:
-    """A visible conversation's messages after a given id, oldest first (the live transcript).
+) -> list[TranscriptMessage]:
+    """A visible conversation's messages after a given id, oldest first (the live transcript),
+    phone numbers masked.
 
     Raises:
         NotFound: no such conversation, or one this member of staff may not see.
@@ -314,7 +363,7 @@ async def messages_after(
         .order_by(Message.id)
         .limit(limit)
     )
-    return list(rows.all())
+    return [TranscriptMessage.of(message) for message in rows.all()]
 
 
 @dataclass(frozen=True)

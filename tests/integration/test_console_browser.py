@@ -16,11 +16,25 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import expect
+from sqlalchemy import select
 
+from crm_backend.db import create_engine, create_sessionmaker
+from crm_backend.models import Department, RoutingDecision
+from crm_backend.services import handoff
+from crm_backend.services.conversations import (
+    OutgoingMessage,
+    current_conversation,
+    log_incoming,
+    log_outgoing,
+    resolve_identity,
+)
+from crm_backend.services.intake import Report, file_case
+from crm_backend.settings import normalise_database_url
 from tests.integration.test_browser import CHROMIUM, REPLY_TIMEOUT_MS, Widget
-from tests.integration.test_console import DRAFT_PHONE, citizen_with_a_draft, file_case_now
+from tests.integration.test_console import DRAFT_PHONE, citizen_with_a_draft, file_case_now, run_now
 from tests.support.console import PASSWORD, create_staff
 from tests.support.domain_text import utter
+from tests.support.naming import unique
 from tests.support.stack import Stack
 
 pytestmark = [
@@ -208,3 +222,139 @@ def test_an_agent_returns_a_case_to_the_dispatchers_and_lands_on_the_case_list(
     dispatcher.goto(f"{stack.app_url}/console/queue")
     expect(dispatcher.locator("main")).to_contain_text(number)
     assert [p for p in problems if "status of 404" not in p] == [], problems
+
+
+READ_BACK = f"好的，您的联系电话是 {DRAFT_PHONE}，对吗？"
+
+
+async def long_handed_off_conversation(stack: Stack, sender: str, exchanges: int) -> int:
+    """A REST-channel conversation of ``exchanges`` citizen/bot pairs, the bot reading a phone number
+    back in the middle, waiting in the hotline's inbox; its id."""
+    engine = create_engine(normalise_database_url(str(stack.database_url)))
+    try:
+        async with create_sessionmaker(engine).begin() as session:
+            identity = await resolve_identity(session, "rest", sender)
+            conversation = await current_conversation(session, identity)
+            for turn in range(exchanges):
+                log_incoming(session, conversation, f"第{turn + 1}条：小区门口的路灯还是不亮", max_chars=10_000)
+                answer = READ_BACK if turn == exchanges // 2 else f"收到第{turn + 1}条，请继续说明"
+                log_outgoing(session, conversation, [OutgoingMessage(answer)])
+            log_incoming(session, conversation, "我要转人工", max_chars=10_000)
+            await handoff.request_handoff(session, conversation)
+            return conversation.id
+    finally:
+        await engine.dispose()
+
+
+TRANSCRIPT_AT_END = "(el) => Math.abs(el.scrollHeight - el.scrollTop - el.clientHeight) <= 2"
+
+
+def test_a_long_conversation_opens_at_its_latest_message_with_phones_masked_and_no_claim_once_claimed(
+    stack: Stack, browser: Any, artifacts_dir: Path
+) -> None:
+    sender = unique("browser-long")
+    conversation_id = run_now(long_handed_off_conversation(stack, sender, 30))
+    problems: list[str] = []
+    console = new_page(browser, problems)
+    sign_in(console, stack, create_staff(stack, "supervisor", display_name="值班吴"))
+
+    console.goto(f"{stack.app_url}/console/conversations/{conversation_id}")
+    console.wait_for_selector('body[data-live="1"]', state="attached")
+    transcript = console.locator("#messages")
+    assert transcript.evaluate("(el) => el.scrollHeight > el.clientHeight + 200"), "the transcript should overflow"
+    console.wait_for_function(
+        f"() => {{ const el = document.getElementById('messages'); return ({TRANSCRIPT_AT_END})(el); }}"
+    )
+    expect(transcript.locator("li").last).to_contain_text("我要转人工")
+    expect(transcript).to_contain_text("139****5678")
+    assert DRAFT_PHONE not in (transcript.text_content() or "")
+    console.screenshot(path=str(artifacts_dir / "console-conversation-latest.png"), full_page=True)
+
+    console.get_by_role("button", name="认领").click()
+    expect(console.locator(".flash.notice")).to_contain_text("已认领这个会话")
+    expect(console.locator("#holder")).to_have_text("处理人：值班吴")
+    expect(console.get_by_role("button", name="认领")).to_have_count(0)
+    assert transcript.evaluate(TRANSCRIPT_AT_END)
+    console.screenshot(path=str(artifacts_dir / "console-conversation-claimed.png"), full_page=True)
+
+    # A live message keeps the transcript at its end; one that arrives while the agent reads
+    # further back leaves them where they are.
+    console.wait_for_selector('body[data-live="1"]', state="attached")
+    assert stack.rest(sender, "补充一下：灯杆旁边还有积水") == []
+    expect(transcript.locator("li").last).to_contain_text("灯杆旁边还有积水")
+    assert transcript.evaluate(TRANSCRIPT_AT_END)
+    transcript.evaluate("(el) => { el.scrollTop = 0; }")
+    assert stack.rest(sender, "晚上八点以后完全看不见路") == []
+    expect(transcript.locator("li").last).to_contain_text("完全看不见路")
+    assert transcript.evaluate("(el) => el.scrollTop") == 0
+
+    # The audited 显示完整号码 shows the number the bot read back.
+    console.get_by_role("button", name="显示完整号码（将记入审计日志）").click()
+    expect(transcript).to_contain_text(READ_BACK)
+    assert problems == [], problems
+
+
+async def queued_case(stack: Stack, district: str, suggestions: list[str]) -> str:
+    """A case the model was unsure of, waiting in the dispatch queue with its suggestions; its number."""
+    engine = create_engine(normalise_database_url(str(stack.database_url)))
+    try:
+        async with create_sessionmaker(engine).begin() as session:
+            identity = await resolve_identity(session, "web", unique("browser-queue"))
+            report = Report("河边有人倾倒建筑垃圾", f"{district}滨河路", "13812345678", district)
+            case = await file_case(session, identity, report)
+            session.add(
+                RoutingDecision(
+                    case_id=case.id,
+                    category=suggestions[0],
+                    confidence=0.4,
+                    probabilities={name: 0.4 - 0.1 * rank for rank, name in enumerate(suggestions)},
+                    suggestions=suggestions,
+                    model_version="test",
+                    rule="manual queue: confidence 0.40 below threshold",
+                    department_id=None,
+                    district=district,
+                    queued=True,
+                    urgent=False,
+                )
+            )
+            return case.case_number
+    finally:
+        await engine.dispose()
+
+
+async def department_id(stack: Stack, name: str) -> str:
+    engine = create_engine(normalise_database_url(str(stack.database_url)))
+    try:
+        async with create_sessionmaker(engine)() as session:
+            found = await session.scalar(select(Department.id).where(Department.name == name))
+            assert found is not None
+            return str(found)
+    finally:
+        await engine.dispose()
+
+
+def test_dispatch_dropdowns_preselect_the_suggested_department_and_reassign_never_the_current_one(
+    stack: Stack, browser: Any, artifacts_dir: Path
+) -> None:
+    number = run_now(queued_case(stack, "A2区", ["环境保护", "城乡建设", "交通运输"]))
+    suggested = run_now(department_id(stack, "A2区生态环境分局"))
+    problems: list[str] = []
+    console = new_page(browser, problems)
+    sign_in(console, stack, create_staff(stack, "supervisor", display_name="值班郑"))
+
+    console.goto(f"{stack.app_url}/console/queue")
+    row = console.locator("tr", has=console.get_by_role("link", name=number))
+    expect(row.locator("select[name=department_id]")).to_have_value(suggested)
+    console.screenshot(path=str(artifacts_dir / "console-queue-suggested.png"), full_page=True)
+
+    console.goto(f"{stack.app_url}/console/cases/{number}")
+    dispatch = console.locator('form[data-action="dispatch"] select[name=department_id]')
+    expect(dispatch).to_have_value(suggested)
+    console.locator('form[data-action="dispatch"] button').click()
+    expect(console.locator("#case-status")).to_have_text("已派单")
+    expect(console.locator("main")).to_contain_text("A2区生态环境分局")
+
+    # 改派 must go elsewhere: the department the case is at is never pre-selected.
+    expect(console.locator('form[data-action="reassign"] select[name=department_id]')).to_have_value("")
+    console.screenshot(path=str(artifacts_dir / "console-case-reassign.png"), full_page=True)
+    assert problems == [], problems

@@ -19,13 +19,20 @@ from crm_backend.models import (
     Conversation,
     Department,
     LoginFailure,
+    Message,
     ServiceCase,
     StaffSession,
     StaffUser,
     utcnow,
 )
 from crm_backend.services import admin, casework, handoff, staff
-from crm_backend.services.conversations import current_conversation, resolve_identity
+from crm_backend.services.conversations import (
+    OutgoingMessage,
+    current_conversation,
+    log_incoming,
+    log_outgoing,
+    resolve_identity,
+)
 from crm_backend.services.intake import Report, file_case
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -354,6 +361,30 @@ async def test_beside_a_conversation_an_agent_sees_only_their_departments_cases(
         ("wang", "conversation.view", "192.0.2.9"),
         ("li.housing", "conversation.view_phone", ""),
     ]
+
+
+async def test_the_transcript_shows_phone_numbers_masked_unless_revealed_and_stores_them_whole(
+    sessions: Sessions, people: dict[str, StaffUser]
+) -> None:
+    read_back = "好的，您的联系电话是 13912345678，工单号 20261204-0001"
+    async with sessions.begin() as session:
+        conversation = await current_conversation(session, await resolve_identity(session, "webchat", "read-back"))
+        first = log_incoming(session, conversation, "电话 139 1234 5678", max_chars=10_000)
+        await session.flush()
+        log_outgoing(session, conversation, [OutgoingMessage(read_back)])
+        conversation_id, first_id = conversation.id, first.id
+    async with sessions.begin() as session:
+        masked = await handoff.conversation_detail(session, people["supervisor"], conversation_id)
+        shown = await handoff.conversation_detail(session, people["supervisor"], conversation_id, reveal_phone=True)
+        live = await handoff.messages_after(session, people["supervisor"], conversation_id, first_id)
+    masked_read_back = "好的，您的联系电话是 139****5678，工单号 20261204-0001"
+    assert [m.text for m in masked.messages] == ["电话 139****5678", masked_read_back]
+    assert masked.phones_masked and not shown.phones_masked
+    assert [m.text for m in shown.messages] == ["电话 139 1234 5678", read_back]
+    assert [m.text for m in live] == [masked_read_back]
+    async with sessions() as session:
+        stored = (await session.scalars(select(Message.text).where(Message.conversation_id == conversation_id))).all()
+    assert list(stored) == ["电话 139 1234 5678", read_back]
 
 
 def test_the_draft_case_shows_the_collected_phone_masked_unless_revealed() -> None:

@@ -11,7 +11,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.dispatch.duplicates import DUPLICATE_THRESHOLD, content_words, find_duplicate, similarity
-from crm_backend.dispatch.routing import apply_dispatch, is_urgent, load_urgent_keywords, plan_dispatch, seed_routing
+from crm_backend.dispatch.routing import (
+    apply_dispatch,
+    is_urgent,
+    load_urgent_keywords,
+    plan_dispatch,
+    seed_routing,
+    suggested_department,
+    suggested_departments,
+)
 from crm_backend.lifecycle import CaseStatus
 from crm_backend.models import CaseEvent, Department, RoutingDecision, ServiceCase
 from crm_backend.services.conversations import resolve_identity
@@ -185,3 +193,72 @@ async def test_a_closed_case_is_not_a_duplicate(seeded: Sessions) -> None:
         case.status = CaseStatus.RESOLVED.value
     async with seeded() as session:
         assert await find_duplicate(session, "阳光小区门口路灯坏了一个星期了，晚上特别黑，出门很危险", "A1区") is None
+
+
+async def routed(
+    sessions: Sessions, description: str, prediction: FixedPrediction, district: str | None
+) -> tuple[ServiceCase, RoutingDecision]:
+    """A case filed in ``district`` and routed (or queued) by ``prediction``."""
+    case = await file_report(sessions, description, district or "A1区")
+    async with sessions.begin() as session:
+        stored = await session.get(ServiceCase, case.id)
+        assert stored is not None
+        stored.district = district
+        plan = await plan_dispatch(
+            session, prediction=prediction, model_version="m1", district=district, urgent=False, now=FILED
+        )
+        decision = await apply_dispatch(session, stored, plan)
+        return stored, decision
+
+
+async def department_named(session: AsyncSession, name: str) -> int:
+    department_id = await session.scalar(select(Department.id).where(Department.name == name))
+    assert department_id is not None
+    return department_id
+
+
+UNSURE_ENVIRONMENT = FixedPrediction(
+    "环境保护",
+    0.38,
+    needs_manual_dispatch=True,
+    top=[("环境保护", 0.38), ("城乡建设", 0.35)],
+    suggestions=["环境保护", "城乡建设"],
+)
+
+
+@pytest.mark.parametrize(
+    ("district", "expected"), [("A2区", "A2区生态环境分局"), (None, "A市生态环境局"), ("K8县", "A市生态环境局")]
+)
+async def test_a_queued_case_suggests_the_rules_department_for_its_top_category_and_district(
+    seeded: Sessions, district: str | None, expected: str
+) -> None:
+    case, decision = await routed(seeded, f"河边有人倾倒垃圾{district}", UNSURE_ENVIRONMENT, district)
+    async with seeded() as session:
+        suggested = await suggested_department(session, case, decision)
+        assert suggested == await department_named(session, expected)
+
+
+async def test_a_returned_case_suggests_its_routing_decisions_department(seeded: Sessions) -> None:
+    case, decision = await routed(seeded, "小区门口的路灯坏了很久", sure("城乡建设"), "A1区")
+    async with seeded.begin() as session:
+        stored = await session.get(ServiceCase, case.id)
+        assert stored is not None
+        stored.department_id, stored.status = None, CaseStatus.RETURNED.value
+        assert await suggested_department(session, stored, decision) == await department_named(session, "A1区住建局")
+
+
+async def test_reassigning_suggests_nothing_that_is_the_current_department(seeded: Sessions) -> None:
+    case, decision = await routed(seeded, "人行道上的井盖松动了", sure("城乡建设"), "A1区")
+    async with seeded() as session:
+        assert case.department_id == await department_named(session, "A1区住建局")
+        assert await suggested_department(session, case, decision) is None
+
+
+async def test_no_decision_or_an_inactive_department_suggests_nothing(seeded: Sessions) -> None:
+    queued, decision = await routed(seeded, "广场的垃圾桶满了没人清", UNSURE_ENVIRONMENT, "A3区")
+    async with seeded.begin() as session:
+        department = await session.get(Department, await department_named(session, "A3区生态环境分局"))
+        assert department is not None
+        department.active = False
+        suggested = await suggested_departments(session, [(queued, decision), (queued, None)])
+    assert suggested == {}

@@ -9,6 +9,7 @@ from crm_backend.validation import (
     clean_text,
     mask_numbers,
     mask_phone,
+    mask_phones,
     normalise_mobile,
     parse_case_number,
     parse_phone_last4,
@@ -167,6 +168,21 @@ def test_phone_last4_refuses_anything_else(text: str) -> None:
 )
 def test_numbers_in_free_text_are_masked(text: str, masked: str) -> None:
     assert mask_numbers(text) == masked
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("好的，您的联系电话是 13912345678，对吗？", "好的，您的联系电话是 139****5678，对吗？"),
+        ("打 +86 139-1234-5678 找我", "打 139****5678 找我"),
+        ("１３９１２３４５６７８", "139****5678"),
+        ("您的工单号是 20261204-0001", "您的工单号是 20261204-0001"),
+        ("身份证号 110101199003071234", "身份证号 110101199003071234"),
+        ("12345热线几点上班", "12345热线几点上班"),
+    ],
+)
+def test_mobile_numbers_in_a_transcript_are_masked_and_case_numbers_kept(text: str, masked: str) -> None:
+    assert mask_phones(text) == masked
 
 
 @pytest.mark.parametrize(

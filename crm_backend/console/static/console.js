@@ -40,12 +40,21 @@
       const after = items.length ? items[items.length - 1].dataset.id : "0";
       const html = await fetchHtml(`/console/conversations/${conversationId}/messages?after=${after}`);
       if (html.trim()) {
+        // Follow the conversation only if the agent was reading its end, not scrolled back.
+        const following = atEnd(list) || forceScroll;
         list.insertAdjacentHTML("beforeend", html);
-        list.lastElementChild.scrollIntoView({ block: "end" });
+        if (following) list.scrollTop = list.scrollHeight;
       }
+      forceScroll = false;
     }).catch((error) => console.warn("transcript refresh failed", error));
     return fetchingMessages;
   }
+
+  // The transcript opens at its latest message.
+  let forceScroll = false;
+  const atEnd = (list) => list.scrollHeight - list.scrollTop - list.clientHeight < 24;
+  const transcript = document.getElementById("messages");
+  if (transcript) transcript.scrollTop = transcript.scrollHeight;
 
   const badge = document.getElementById("inbox-badge");
   let unseen = 0;
@@ -93,6 +102,12 @@
         }
         replyForm.reset();
         toast(result.notice || "已发送");
+        // Replying takes the conversation: no 认领 to offer any more.
+        const claimForm = document.getElementById("claim-form");
+        if (claimForm) claimForm.remove();
+        const holder = document.getElementById("holder");
+        if (holder) holder.textContent = "处理人：" + replyForm.dataset.author;
+        forceScroll = true;
         await refreshMessages();
       } catch (error) {
         toast("网络异常，发送失败，请重试");
