@@ -39,7 +39,7 @@ class AdminViews(ConsoleBase):
             "audit.html",
             entries=entries,
             action=action or "",
-            next_before=entries[-1].id if len(entries) == 100 else None,
+            next_before=entries[-1].entry.id if len(entries) == 100 else None,
         )
 
     # --- users -------------------------------------------------------------------

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from crm_backend.console.labels import KNOWLEDGE_FIELD_LABELS as FIELD_LABELS
 from crm_backend.console.web import ConsoleBase, Staff, form, int_or_none, signed_in
 from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.errors import NotFound
@@ -26,17 +27,6 @@ from crm_backend.models import KnowledgeEntry, KnowledgeEntryVersion
 from crm_backend.services import knowledge
 from crm_backend.validation import mask_numbers
 
-FIELD_LABELS: dict[str, str] = {
-    "slug": "编号",
-    "title": "标题",
-    "category": "类别",
-    "department": "承办部门",
-    "questions": "问法",
-    "answer": "答案",
-    "follow_ups": "追问",
-    "last_reviewed": "审核日期",
-    "active": "启用",
-}
 MAX_SEARCH = 80
 FEEDBACK_SHOWN = 20
 MISSES_SHOWN = 200

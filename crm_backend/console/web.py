@@ -19,6 +19,7 @@ import jinja2
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from crm_backend.console import labels
 from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.lifecycle import ROLE_LABELS, CaseStatus, Role
 from crm_backend.models import StaffSession, StaffUser, utcnow
@@ -83,9 +84,16 @@ def build_templates() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters.update(beijing=_beijing, waited=_waited, status_label=_status_label, mask=mask_phone)
+    env.filters.update(
+        action_label=labels.action_label,
+        actor_label=labels.actor_label,
+        rule_label=labels.rule_label,
+        detail_label=labels.detail_label,
+    )
     env.globals.update(
         role_labels={role.value: label for role, label in ROLE_LABELS.items()},
         channel_labels={"web": "网页", "telegram": "Telegram", "rest": "接口"},
+        action_labels=labels.ACTION_LABELS,
     )
     return env
 

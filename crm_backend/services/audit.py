@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -33,13 +35,26 @@ def record(
     return entry
 
 
+class AuditRow(NamedTuple):
+    """An audit row with the display name of the member of staff behind it (None for the
+    system, API clients, the command line and failed sign-ins)."""
+
+    entry: AuditEntry
+    display_name: str | None
+
+
 async def recent_entries(
     session: AsyncSession, *, before_id: int | None = None, action: str | None = None, limit: int = 100
-) -> list[AuditEntry]:
-    """Newest first, keyset-paginated by id."""
-    stmt = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(max(1, min(limit, MAX_PAGE)))
+) -> list[AuditRow]:
+    """Newest first, keyset-paginated by id; staff names joined in the same query."""
+    stmt = (
+        select(AuditEntry, StaffUser.display_name)
+        .outerjoin(StaffUser, StaffUser.id == AuditEntry.actor_id)
+        .order_by(AuditEntry.id.desc())
+        .limit(max(1, min(limit, MAX_PAGE)))
+    )
     if before_id is not None:
         stmt = stmt.where(AuditEntry.id < before_id)
     if action:
         stmt = stmt.where(AuditEntry.action == action)
-    return list((await session.scalars(stmt)).all())
+    return [AuditRow(entry, display_name) for entry, display_name in (await session.execute(stmt)).all()]

@@ -7,6 +7,7 @@ import json
 import re
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from html import unescape
 from typing import Any, TypeVar
 
 import aiohttp
@@ -15,6 +16,8 @@ import requests
 from sqlalchemy import select
 
 from crm_backend.db import create_engine, create_sessionmaker
+from crm_backend.dispatch.classifier import CategoryPrediction
+from crm_backend.dispatch.routing import apply_dispatch, plan_dispatch
 from crm_backend.models import AuditEntry, Department, ServiceCase
 from crm_backend.services import staff
 from crm_backend.services.conversations import current_conversation, log_incoming, resolve_identity
@@ -52,6 +55,45 @@ async def file_case_for(stack: Stack, department_code: str | None, text: str = "
             return case.case_number, conversation.id
     finally:
         await engine.dispose()
+
+
+async def routed_case_for(stack: Stack, text: str = "解放路的路灯坏了") -> str:
+    """A case the bot files and the routing table sends (城乡建设 × A1区) to A1区's housing
+    department, as a citizen's report goes; its number."""
+    engine = create_engine(normalise_database_url(str(stack.database_url)))
+    try:
+        async with create_sessionmaker(engine).begin() as session:
+            identity = await resolve_identity(session, "web", unique("routed"))
+            conversation = await current_conversation(session, identity)
+            report = Report(description=text, location="A1区解放路", contact_phone="13812345678", district="A1区")
+            case = await file_case(session, identity, report, conversation_id=conversation.id)
+            await session.flush()
+            prediction = CategoryPrediction.from_probabilities({"城乡建设": 0.9, "环境保护": 0.1}, threshold=0.5)
+            plan = await plan_dispatch(
+                session, prediction=prediction, model_version="test-model", district="A1区", urgent=False
+            )
+            await apply_dispatch(session, case, plan)
+            return case.case_number
+    finally:
+        await engine.dispose()
+
+
+def routed_case_now(stack: Stack) -> str:
+    """`routed_case_for` from synchronous code, even where an event loop is running (Playwright)."""
+    return run_now(routed_case_for(stack))
+
+
+def resolve_through_the_console(client: ConsoleClient, number: str) -> None:
+    """签收, 开始办理, 办结: the moves that leave `in_progress → resolved` in the audit log."""
+    for action in ("accept", "start", "resolve"):
+        moved = client.post(f"/cases/{number}/action", {"action": action, "note": "路灯已修复"})
+        assert moved.status_code == 200, (action, moved.text[:300])
+
+
+def visible_text(html: str) -> str:
+    """What a page shows: its text without the head, tags and attributes (titles, values)."""
+    body = re.sub(r"<(script|style|head)\b.*?</\1>", " ", html, flags=re.S)
+    return re.sub(r"\s+", " ", unescape(re.sub(r"<[^>]+>", " ", body)))
 
 
 def file_case_now(stack: Stack, department_code: str | None, text: str = "路灯坏了") -> tuple[str, int]:
@@ -463,3 +505,25 @@ def test_an_admin_manages_staff_and_routing_and_it_is_audited(stack: Stack, acco
     audit = signed_in(stack, accounts["supervisor"]).get("/audit").text
     for action in ("user.create", "user.deactivate", "routing.rule"):
         assert action in audit, action
+
+
+def test_the_case_page_and_the_audit_log_read_in_chinese_not_in_codes(stack: Stack, accounts: dict[str, str]) -> None:
+    number = routed_case_now(stack)
+    supervisor = signed_in(stack, accounts["supervisor"])
+    resolve_through_the_console(supervisor, number)
+
+    case_page = visible_text(supervisor.get(f"/cases/{number}").text)
+    assert "智能助手" in case_page and "智能分派" in case_page and "值班王" in case_page
+    assert "规则：城乡建设 × A1区" in case_page and "办理中 → 已办结" in case_page
+    for code in ("bot", "dispatch", "rule:", "resolved", "in_progress"):
+        assert code not in case_page, code
+
+    audit_page = supervisor.get("/audit").text
+    row = next(r for r in audit_page.split("<tr>") if number in r and 'data-action="case.resolve"' in r)
+    shown = visible_text(row)
+    assert "值班王" in shown and "办结工单" in shown and "办理中 → 已办结" in shown, shown
+    assert accounts["supervisor"] not in shown and f'title="{accounts["supervisor"]}"' in row  # only as a tooltip
+    audit_text = visible_text(audit_page)
+    for code in ("case.", "conversation.", "login.failed", "→ resolved", "in_progress"):
+        assert code not in audit_text, code
+    assert "登录" in audit_text and "查看工单" in audit_text and "登记人：智能助手" in audit_text

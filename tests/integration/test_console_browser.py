@@ -31,8 +31,15 @@ from crm_backend.services.conversations import (
 from crm_backend.services.intake import Report, file_case
 from crm_backend.settings import normalise_database_url
 from tests.integration.test_browser import CHROMIUM, REPLY_TIMEOUT_MS, Widget
-from tests.integration.test_console import DRAFT_PHONE, citizen_with_a_draft, file_case_now, run_now
-from tests.support.console import PASSWORD, create_staff
+from tests.integration.test_console import (
+    DRAFT_PHONE,
+    citizen_with_a_draft,
+    file_case_now,
+    resolve_through_the_console,
+    routed_case_now,
+    run_now,
+)
+from tests.support.console import PASSWORD, ConsoleClient, create_staff
 from tests.support.domain_text import utter
 from tests.support.naming import unique
 from tests.support.stack import Stack
@@ -358,3 +365,38 @@ def test_dispatch_dropdowns_preselect_the_suggested_department_and_reassign_neve
     expect(console.locator('form[data-action="reassign"] select[name=department_id]')).to_have_value("")
     console.screenshot(path=str(artifacts_dir / "console-case-reassign.png"), full_page=True)
     assert problems == [], problems
+
+
+def test_a_supervisor_reads_the_timeline_routing_and_audit_log_in_chinese(
+    stack: Stack, browser: Any, artifacts_dir: Path
+) -> None:
+    number = routed_case_now(stack)
+    username = create_staff(stack, "supervisor", display_name="值班吴")
+    mover = ConsoleClient(stack)
+    assert mover.login(username).status_code == 200
+    resolve_through_the_console(mover, number)
+    problems: list[str] = []
+    console = new_page(browser, problems)
+    sign_in(console, stack, username)
+
+    console.goto(f"{stack.app_url}/console/cases/{number}")
+    console.locator("summary", has_text="派单依据").click()
+    expect(console.locator("main")).to_contain_text("规则：城乡建设 × A1区")
+    timeline = console.locator("#timeline")
+    for shown in ("智能助手", "智能分派", "值班吴", "办理中 → 已办结"):
+        expect(timeline).to_contain_text(shown)
+    case_text = console.locator("main").inner_text()
+    for code in ("bot", "dispatch", "rule:", "→ resolved", "case."):
+        assert code not in case_text, code
+    console.screenshot(path=str(artifacts_dir / "console-case-timeline-chinese.png"), full_page=True)
+
+    console.goto(f"{stack.app_url}/console/audit")
+    row = console.locator("tr", has_text=number).filter(has_text="办结工单")
+    expect(row).to_contain_text("值班吴")
+    expect(row).to_contain_text("办理中 → 已办结")
+    expect(row.locator("td[title]").first).to_have_attribute("title", username)  # the username as a tooltip
+    audit_text = console.locator("main").inner_text()
+    for code in ("case.", "→ resolved", "rule:", "conversation.", "login.failed"):
+        assert code not in audit_text, code
+    console.screenshot(path=str(artifacts_dir / "console-audit-chinese.png"), full_page=True)
+    assert [p for p in problems if "status of 404" not in p] == [], problems

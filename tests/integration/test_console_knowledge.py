@@ -219,7 +219,7 @@ def test_an_admin_edit_saves_version_2_with_the_changed_fields_and_the_author(
     first = admin.get(f"/knowledge/{entry_id}/history/1")
     assert first.status_code == 200 and "申请材料：身份证。" in first.text and "户口簿" not in first.text
     audit = admin.get("/audit?action=knowledge.update").text
-    assert f"knowledge:{slug}" in audit and "v2: questions, answer" in audit
+    assert f"knowledge:{slug}" in audit and "第 2 版：问法、答案" in audit
 
 
 def test_a_second_edit_from_the_same_version_is_refused_and_saves_nothing(

@@ -25,7 +25,7 @@ from crm_backend.models import (
     StaffUser,
     utcnow,
 )
-from crm_backend.services import admin, casework, handoff, staff
+from crm_backend.services import admin, audit, casework, handoff, staff
 from crm_backend.services.conversations import (
     OutgoingMessage,
     current_conversation,
@@ -619,3 +619,17 @@ async def test_admin_changes_are_checked_and_audited(sessions: Sessions, people:
         assert (await session.get(StaffUser, people["housing"].id)).active is False  # type: ignore[union-attr]
         rows = (await session.execute(select(AuditEntry.action, AuditEntry.target))).tuples().all()
     assert rows == [("user.deactivate", "li.housing"), ("department.create", "A-parks"), ("routing.rule", "城乡建设")]
+
+
+async def test_audit_entries_come_with_the_staff_members_display_name(
+    sessions: Sessions, people: dict[str, StaffUser]
+) -> None:
+    async with sessions.begin() as session:
+        audit.record(session, people["housing"], "case.view", "20261123-0007")
+        audit.record(session, None, "login.failed", "li.housing", actor_name="li.housing")
+    async with sessions() as session:
+        rows = await audit.recent_entries(session, limit=2)
+    assert [(row.entry.action, row.entry.actor, row.display_name) for row in rows] == [
+        ("login.failed", "li.housing", None),  # a failed sign-in is nobody's: no name is lent to it
+        ("case.view", "li.housing", "李"),
+    ]
