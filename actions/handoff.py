@@ -22,10 +22,9 @@ from rasa_sdk.types import DomainDict
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from actions.common import HANDOFF_MARKER, identity_and_conversation
-from actions.dispatch import due_text
 from actions.knowledge import FEEDBACK_QUESTIONS, KnowledgeAnswers, off_topic_reply, record_answer_feedback
 from actions.turns import follows_a_fallback, last_bot_response
-from crm_backend.duty import DutyHours, clock_text, next_duty_start, on_duty
+from crm_backend.duty import DutyHours, handoff_response
 from crm_backend.models import utcnow
 from crm_backend.services.handoff import request_handoff
 
@@ -82,17 +81,8 @@ class HandoffActionBase(Action):
             _identity, conversation = await identity_and_conversation(session, tracker)
             if conversation is not None:
                 await request_handoff(session, conversation, reason)
-        now = self.clock()
-        if on_duty(now, self.hours):
-            dispatcher.utter_message(response="utter_handoff_on_duty")
-        else:
-            start = next_duty_start(now, self.hours)
-            dispatcher.utter_message(
-                response="utter_handoff_off_duty",
-                date=due_text(start),
-                start=clock_text(start),
-                hours=self.hours.label(),
-            )
+        response, slots = handoff_response(self.clock(), self.hours)
+        dispatcher.utter_message(response=response, **slots)
         dispatcher.utter_message(json_message=HANDOFF_MARKER)
         # A fresh start after staff hand the conversation back.
         return [SlotSet(REJECTIONS_SLOT, None)]

@@ -25,6 +25,7 @@ from bot.channels.telegram import TelegramChannel
 from bot.channels.webchat import WebChat
 from bot.engine import EngineClient, EngineUnavailable
 from bot.followup import CaseFollowup
+from bot.handoff_banner import HandoffBanner
 from bot.hub import ConversationHub
 from bot.notifier import ChannelNotifier
 from bot.pipeline import MessagePipeline
@@ -38,6 +39,7 @@ from crm_backend.db import create_engine, create_sessionmaker, upgrade_database_
 from crm_backend.dispatch.routing import DATA_DIR as ROUTING_DATA_DIR
 from crm_backend.dispatch.routing import seed_routing
 from crm_backend.dispatch.service import Dispatcher
+from crm_backend.duty import DutyHours
 from crm_backend.http import error_middleware, json_response, trusted_proxies_key
 from crm_backend.knowledge.entries import DATA_FILE as KNOWLEDGE_DATA_FILE
 from crm_backend.services.knowledge import KnowledgeBase, seed_knowledge_once
@@ -112,6 +114,8 @@ async def init_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
     app[trusted_proxies_key] = settings.trusted_proxies
     app.router.add_get("/healthz", HealthCheck(sessions, engine))
+    # Read as the actions read it (a bad value stops the app at start).
+    banner = HandoffBanner(responses, DutyHours.from_env())
     WebChat(
         pipeline,
         sessions,
@@ -119,6 +123,7 @@ async def init_app(settings: Settings) -> web.Application:
         responses,
         settings.allowed_origins,
         settings.max_logged_chars,
+        banner,
         limiter=limiter,
         session_limit=session_limit,
     ).add_routes(app)
@@ -128,7 +133,9 @@ async def init_app(settings: Settings) -> web.Application:
         telegram = TelegramChannel(settings.telegram, pipeline, sessions, responses, settings.max_logged_chars)
         telegram.add_routes(app)
         logger.info("telegram channel enabled (%s mode)", settings.telegram.mode)
-    notifier = ChannelNotifier(sessions, hub, responses, telegram.delivery if telegram is not None else None)
+    notifier = ChannelNotifier(
+        sessions, hub, responses, telegram.delivery if telegram is not None else None, banner=banner
+    )
     followups = CaseFollowup(
         sessions,
         engine,

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channels.telegram_delivery import TelegramDelivery, enqueue
 from bot.channels.webchat import serialise_outgoing
+from bot.handoff_banner import HandoffBanner
 from bot.hub import ConversationHub
 from bot.responses import Responses
 from crm_backend.errors import NotFound
@@ -42,11 +43,13 @@ class ChannelNotifier:
         hub: ConversationHub,
         responses: Responses,
         telegram: TelegramDelivery | None = None,
+        banner: HandoffBanner | None = None,
     ) -> None:
         self._sessions = sessions
         self._hub = hub
         self._responses = responses
         self._telegram = telegram
+        self._banner = banner
 
     async def write(
         self, session: AsyncSession, conversation: Conversation, messages: list[OutgoingMessage]
@@ -100,7 +103,8 @@ class ChannelNotifier:
 
     async def handoff_started(self, conversation_id: int) -> None:
         """Tell an open web chat that staff now hold the conversation (Telegram needs no sign)."""
-        await self._hub.publish(conversation_id, {"type": "handoff", "active": True})
+        frame = self._banner.frame() if self._banner is not None else {"type": "handoff", "active": True}
+        await self._hub.publish(conversation_id, frame)
 
     async def notify_identity(self, identity_id: int, messages: list[OutgoingMessage]) -> bool:
         """Log messages on the identity's current conversation and deliver them on its channel.

@@ -15,6 +15,8 @@ APP_RESPONSES = (
     "utter_empty_message",
     "utter_unsupported_content",
     "utter_message_truncated",
+    "utter_handoff_on_duty",
+    "utter_handoff_off_duty",
     "utter_handoff_released",
     "utter_handoff_closed",
     "utter_attachment_received",

@@ -110,3 +110,21 @@ def next_duty_start(now: datetime, hours: DutyHours | None = None) -> datetime:
         if start > local and is_working_day(day):
             return start
     raise RuntimeError(f"no working day within {_MAX_DAYS_AHEAD} days of {local:%Y-%m-%d}")  # pragma: no cover
+
+
+def day_text(moment: datetime) -> str:
+    """A moment's Beijing date as citizens read it: 11月30日."""
+    local = moment.astimezone(CHINA_TZ)
+    return f"{local.month}月{local.day}日"
+
+
+def handoff_response(now: datetime, hours: DutyHours) -> tuple[str, dict[str, str]]:
+    """What to tell a citizen handed to staff at `now`: a domain.yml response and its slots.
+
+    On duty `utter_handoff_on_duty` (staff answer shortly); off duty `utter_handoff_off_duty`
+    with the duty hours and the date and time of the next start of duty.
+    """
+    if on_duty(now, hours):
+        return "utter_handoff_on_duty", {}
+    start = next_duty_start(now, hours)
+    return "utter_handoff_off_duty", {"date": day_text(start), "start": clock_text(start), "hours": hours.label()}

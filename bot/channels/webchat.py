@@ -8,6 +8,10 @@ Limits: a hello that starts a new session (no token, or one the CRM does not kno
 against the client address's allowance of new sessions; past it the socket gets an error
 frame with `utter_too_many_sessions` and is closed. A message over the sender's limit gets
 an error frame with `utter_too_many_messages` and its id (the page marks it 未发送).
+
+Hand-off: the hand-off frame (and the welcome, while staff hold the conversation) tells the
+page whether staff are on duty and carries the bot's hand-off sentence for its banner
+(`bot.handoff_banner`), so off duty the page says when staff will answer and fakes no typing.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.handoff_banner import HandoffBanner
 from bot.hub import ConversationHub
 from bot.pipeline import Inbound, MessagePipeline, Outcome
 from bot.responses import Responses
@@ -100,10 +105,12 @@ class WebChat:
         responses: Responses,
         allowed_origins: tuple[str, ...],
         max_logged_chars: int,
+        banner: HandoffBanner,
         limiter: RateLimiter | None = None,
         session_limit: Limit | None = None,
     ) -> None:
         self._pipeline = pipeline
+        self._banner = banner
         self._limiter = limiter
         self._session_limit = session_limit
         self._sessions = sessions
@@ -203,14 +210,15 @@ class WebChat:
             history = await conversation_history(session, conversation)
             handoff = conversation.handoff_status != BOT
             conversation_id = conversation.id
-        await ws.send_json(
-            {
-                "type": "welcome",
-                "session": token,
-                "history": [serialise_message(message) for message in history],
-                "handoff": handoff,
-            }
-        )
+        welcome: dict[str, Any] = {
+            "type": "welcome",
+            "session": token,
+            "history": [serialise_message(message) for message in history],
+            "handoff": handoff,
+        }
+        if handoff:
+            welcome["handoff_state"] = self._banner.state()
+        await ws.send_json(welcome)
         return token, conversation_id
 
     async def _known(self, token: str) -> bool:
@@ -263,7 +271,7 @@ class WebChat:
                 }
             )
         if outcome.handoff_started:
-            await self._hub.publish(outcome.conversation_id, {"type": "handoff", "active": True})
+            await self._hub.publish(outcome.conversation_id, self._banner.frame())
 
     async def _unsupported(self, ws: web.WebSocketResponse, token: str, description: str) -> None:
         try:

@@ -6,11 +6,15 @@
  *     {"type":"hello","session":<token|null>}                 first frame on every (re)connect
  *     {"type":"message","id":<uuid>,"text":"...","payload"?:"..."}  typed text or button click
  *   server -> client
- *     {"type":"welcome","session":"...","history":[...],"handoff":bool}
- *         full conversation; the server is the source of truth, so the list is re-rendered
+ *     {"type":"welcome","session":"...","history":[...],"handoff":bool,"handoff_state"?:{...}}
+ *         full conversation; the server is the source of truth, so the list is re-rendered;
+ *         handoff_state (only while staff hold the conversation) as in the handoff frame
  *     {"type":"ack","id":"..."}                               message stored: drop it from the outbox
  *     {"type":"reply","in_reply_to":..., "messages":[{text,buttons,sender,at}]}
- *     {"type":"handoff","active":bool}                        show/hide the human-agent banner
+ *     {"type":"handoff","active":bool,"on_duty"?:bool,"next_duty_start"?:iso|null,"text"?:"..."}
+ *         show/hide the human-agent banner; text (the bot's hand-off sentence from domain.yml)
+ *         says whether staff answer shortly or when they next come on duty. No typing
+ *         indicator runs while staff hold the conversation: the page cannot know they type.
  *     {"type":"error","code":"...","message":"...","id":...}  notice; an id means "refused for good"
  *
  * Every citizen message is kept in localStorage ("c12345.outbox") until acked, and is resent
@@ -34,6 +38,7 @@
   };
 
   const dom = {};
+  let HANDOFF_TEXT = ''; // the page's own banner sentence, used when the server sends none
   const state = {
     ws: null,
     ready: false, // welcome received on the current socket
@@ -41,6 +46,7 @@
     reconnectTimer: null,
     typingTimer: null,
     outbox: [],
+    handoff: false, // staff hold the conversation: the bot stays silent
   };
 
   /* ---------- Small helpers ---------- */
@@ -235,8 +241,22 @@
     dom.status.textContent = STATUS_TEXT[name];
   }
 
-  function setHandoff(active) {
+  /** Show or hide the staff banner; `info` is the server's hand-off state (on_duty, text). */
+  function setHandoff(active, info) {
+    const details = info && typeof info === 'object' ? info : {};
+    const text = typeof details.text === 'string' && details.text ? details.text : HANDOFF_TEXT;
+    state.handoff = active;
+    if (active) hideTyping();
+    dom.handoffBanner.textContent = text;
+    if (typeof details.on_duty === 'boolean') {
+      dom.handoffBanner.dataset.onDuty = details.on_duty ? '1' : '0';
+    } else {
+      delete dom.handoffBanner.dataset.onDuty;
+    }
+    // The banner takes height from the list above the composer: keep the last message in view.
+    const stick = isNearBottom();
     dom.handoffBanner.hidden = !active;
+    if (stick) scrollToBottom();
   }
 
   /* ---------- Sending ---------- */
@@ -253,7 +273,8 @@
       console.warn('Send failed, message kept in outbox:', err && err.name);
       return false;
     }
-    showTyping();
+    // While staff hold the conversation the bot stays silent and nobody is known to be typing.
+    if (!state.handoff) showTyping();
     return true;
   }
 
@@ -322,7 +343,7 @@
     state.ready = true;
     state.attempt = 0;
     setStatus('online');
-    setHandoff(Boolean(frame.handoff));
+    setHandoff(Boolean(frame.handoff), frame.handoff_state);
 
     for (const item of state.outbox) renderPending(item);
     for (const item of state.outbox) transmit(item);
@@ -376,7 +397,7 @@
       case 'welcome': onWelcome(frame); break;
       case 'ack': onAck(frame); break;
       case 'reply': onReply(frame); break;
-      case 'handoff': setHandoff(Boolean(frame.active)); break;
+      case 'handoff': setHandoff(Boolean(frame.active), frame); break;
       case 'error': onError(frame); break;
       default: console.warn('Ignoring unknown frame type:', frame.type);
     }
@@ -470,6 +491,7 @@
     dom.input = document.getElementById('input');
     dom.send = document.getElementById('send');
     dom.counter = document.getElementById('counter');
+    HANDOFF_TEXT = dom.handoffBanner.textContent;
 
     document.body.dataset.replies = '0';
     dom.input.maxLength = MAX_LENGTH;

@@ -1,4 +1,5 @@
-"""The widget in a real browser: a citizen reports a problem, asks about it, reloads the page.
+"""The widget in a real browser: a citizen reports a problem, asks about it, reloads the page;
+on a phone, a hand-off on and off staff duty.
 
 Drives Debian's headless Chromium through Playwright against the running app; the page is
 served with its strict Content-Security-Policy, so the test waits on DOM attributes the
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,13 @@ PROBLEM = "小区门口的路灯坏了一个多星期了晚上很黑"
 LOCATION = "A6区阳光花园小区东门"
 PHONE = "13812345678"
 MARKUP = "<b>粗体</b><script>window.__xss=1</script>"
+PHONE_VIEWPORT = {"width": 390, "height": 844}
+TOUCH_TARGET_PX = 44
+FAQ = "请问公积金怎么提取出来"
+# A Friday evening, Beijing time: with duty 8:30-17:30 staff next answer on Monday 11月30日 8:30.
+OFF_DUTY_NOW = "2026-11-27T20:00:00+08:00"
+OFF_DUTY_BANNER = utter("utter_handoff_off_duty", hours="8:30-17:30", date="11月30日", start="8:30")
+ON_DUTY_NOW = "2026-11-24T10:00:00+08:00"  # a Tuesday morning
 
 
 class Widget:
@@ -108,14 +117,14 @@ class Widget:
         ]
 
 
-@pytest.fixture
-def widget() -> Iterator[Widget]:
+@contextmanager
+def browser_widget(viewport: dict[str, int], **context_options: Any) -> Iterator[Widget]:
     """The widget in a fresh browser profile (empty localStorage), recording console errors."""
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             context = browser.new_context(
-                viewport={"width": 900, "height": 1000}, locale="zh-CN", timezone_id="Asia/Shanghai"
+                viewport=viewport, locale="zh-CN", timezone_id="Asia/Shanghai", **context_options
             )
             page = context.new_page()
             page.set_default_timeout(REPLY_TIMEOUT_MS)
@@ -125,6 +134,33 @@ def widget() -> Iterator[Widget]:
             yield widget
         finally:
             browser.close()
+
+
+@pytest.fixture
+def widget() -> Iterator[Widget]:
+    """The widget on a desktop-size window."""
+    with browser_widget({"width": 900, "height": 1000}) as desktop:
+        yield desktop
+
+
+@pytest.fixture
+def phone() -> Iterator[Widget]:
+    """The widget on a phone-size touch screen."""
+    with browser_widget(PHONE_VIEWPORT, is_mobile=True, has_touch=True, device_scale_factor=2) as mobile:
+        yield mobile
+
+
+@contextmanager
+def app_at(stack: Stack, name: str, moment: str, duty_hours: str) -> Iterator[Stack]:
+    """Another app on the stack's engine whose web chat takes `moment` for now (see frozen_clock_app)."""
+    app = stack.sibling(name)
+    app.app_module = "tests.support.frozen_clock_app"
+    app.app_env.update(FROZEN_NOW=moment, STAFF_DUTY_HOURS=duty_hours)
+    app.start_app()
+    try:
+        yield app
+    finally:
+        app.stop_app()
 
 
 def test_report_then_query_in_the_browser(stack: Stack, widget: Widget, artifacts_dir: Path) -> None:
@@ -196,3 +232,72 @@ def test_report_then_query_in_the_browser(stack: Stack, widget: Widget, artifact
     assert page.evaluate("typeof window.__xss") == "undefined"
 
     assert widget.problems == []
+
+
+# --- hand-off on a phone ---------------------------------------------------------------------
+# The page is served by an app whose banner clock is fixed (on duty, or a Friday evening off
+# duty). The engine still runs its actions on the stack's own app, so the bot's hand-off bubble
+# follows the real clock; these tests look at the banner, the typing indicator and the layout.
+
+
+def box(page: Any, selector: str) -> dict[str, float]:
+    found = page.locator(selector).last.bounding_box()
+    assert found is not None, f"{selector} is not shown"
+    return dict(found)
+
+
+def send_during_handoff(widget: Widget, text: str) -> None:
+    """A message while staff hold the conversation: stored (acked), never answered by the bot."""
+    page = widget.page
+    page.locator("#input").fill(text)
+    page.locator("#input").press("Enter")
+    page.wait_for_selector(".msg-in.is-pending", state="detached")
+    assert widget.last_citizen_text() == text
+
+
+def test_off_duty_handoff_on_a_phone_says_when_staff_answer_and_fakes_no_typing(
+    stack: Stack, phone: Widget, artifacts_dir: Path
+) -> None:
+    page = phone.page
+    with app_at(stack, "off-duty-app", OFF_DUTY_NOW, "08:30-17:30") as app:
+        phone.open(app.app_url)
+        phone.type_and_enter("你好")
+        heights = [button.bounding_box()["height"] for button in page.locator(".msg-buttons button").all()]
+        assert heights and min(heights) >= TOUCH_TARGET_PX, heights
+        phone.type_and_enter(FAQ)
+        phone.type_and_enter("你好")
+        scroller = page.locator("#scroller")
+        assert scroller.evaluate("s => s.scrollHeight > s.clientHeight"), "the list must overflow the screen"
+
+        phone.type_and_enter("转人工")
+        banner = page.locator("#handoff-banner")
+        banner.wait_for(state="visible")
+        assert banner.text_content() == OFF_DUTY_BANNER
+        last, composer = box(page, "#messages .msg"), box(page, ".composer-area")
+        assert last["y"] + last["height"] <= composer["y"], (last, composer)
+        page.screenshot(path=artifacts_dir / "webchat-phone-off-duty.png")
+
+        send_during_handoff(phone, "我先留个言：楼道灯坏了")
+        assert page.locator("#typing").is_hidden()
+        last, composer = box(page, "#messages .msg"), box(page, ".composer-area")
+        assert last["y"] + last["height"] <= composer["y"], (last, composer)
+
+        page.reload()
+        phone.wait_ready()
+        assert banner.text_content() == OFF_DUTY_BANNER
+        assert page.locator("#typing").is_hidden()
+    assert phone.problems == []
+
+
+def test_on_duty_handoff_on_a_phone_says_staff_answer_soon(stack: Stack, phone: Widget, artifacts_dir: Path) -> None:
+    page = phone.page
+    with app_at(stack, "on-duty-app", ON_DUTY_NOW, "09:00-18:00") as app:
+        phone.open(app.app_url)
+        phone.type_and_enter("转人工")
+        banner = page.locator("#handoff-banner")
+        banner.wait_for(state="visible")
+        assert banner.text_content() == utter("utter_handoff_on_duty")
+        send_during_handoff(phone, "好的我等一下")
+        assert page.locator("#typing").is_hidden()
+        page.screenshot(path=artifacts_dir / "webchat-phone-on-duty.png")
+    assert phone.problems == []

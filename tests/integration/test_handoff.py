@@ -48,7 +48,8 @@ async def expect_handoff(chat: ChatClient, text: str, payload: str | None = None
     after = utcnow()
     assert len(answer) == 1 and answer[0]["text"] in handoff_texts(before, after)
     assert answer[0]["sender"]["kind"] == "bot"
-    assert await chat.expect("handoff") == {"type": "handoff", "active": True}
+    frame = await chat.expect("handoff")
+    assert frame["active"] is True and frame["text"] in handoff_texts(before, utcnow())
 
 
 async def send_unanswered(chat: ChatClient, text: str) -> str:

@@ -456,7 +456,11 @@ async def test_handoff_to_staff_and_back(stack: Stack, chat: ChatClient) -> None
     before = utcnow()
     answer = await chat.say("转人工")
     assert len(answer) == 1 and answer[0]["text"] in handoff_texts(before, utcnow())
-    assert await chat.expect("handoff") == {"type": "handoff", "active": True}
+    frame = await chat.expect("handoff")
+    assert frame["active"] is True
+    # The page's banner: the same sentence as the bot's, and whether staff are on duty.
+    assert frame["text"] in handoff_texts(before, utcnow())
+    assert frame["on_duty"] is (frame["text"] == utter("utter_handoff_on_duty"))
 
     marker = f"有人吗？{suffix()}"
     msg_id = await chat.send_message(marker)
@@ -468,6 +472,7 @@ async def test_handoff_to_staff_and_back(stack: Stack, chat: ChatClient) -> None
     async with open_chat(stack) as second_tab:
         welcome = await second_tab.hello(chat.session)
         assert welcome["handoff"] is True
+        assert welcome["handoff_state"]["text"] in handoff_texts(before, utcnow())
         assert welcome["history"][-1]["text"] == marker
 
         resp = stack.api(

@@ -78,6 +78,8 @@ class Stack:
     api_key: str | None = None  # a write client's key for `api()`, made on first use
     # Settings for this stack beyond the defaults below (a test's small limits, say).
     app_env: dict[str, str] = field(default_factory=dict)
+    # The module `python -m` runs as the app (tests.support.frozen_clock_app fixes its clock).
+    app_module: str = "bot"
     engine_proc: subprocess.Popen[bytes] | None = None
     app_proc: subprocess.Popen[bytes] | None = None
 
@@ -162,7 +164,7 @@ class Stack:
         """Start the app and wait until it serves; returns start-up seconds."""
         log = open(self.workdir / "app.log", "ab")
         self.app_proc = subprocess.Popen(
-            [str(APP_PYTHON), "-m", "bot"],
+            [str(APP_PYTHON), "-m", self.app_module],
             cwd=ROOT,
             env={**self.env, **(extra_env or {})},
             stdout=log,

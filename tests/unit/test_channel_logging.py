@@ -12,9 +12,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channels.webchat import WebChat
+from bot.handoff_banner import HandoffBanner
 from bot.hub import ConversationHub
 from bot.pipeline import Inbound, MessagePipeline
 from bot.responses import Responses
+from crm_backend.duty import DutyHours
 from crm_backend.http import error_middleware
 
 PRIVATE = "我的身份证号是110101199003077777，住在幸福路8号"
@@ -33,7 +35,8 @@ async def test_a_failed_web_chat_frame_is_logged_by_length_and_error_not_content
     failing: Any = FailingPipeline()
     pipeline: MessagePipeline = failing
     app = web.Application()
-    WebChat(pipeline, sessions, ConversationHub(), Responses({}), (), 2000).add_routes(app)
+    banner = HandoffBanner(Responses({}), DutyHours.parse("09:00-18:00"))
+    WebChat(pipeline, sessions, ConversationHub(), Responses({}), (), 2000, banner).add_routes(app)
     frame = json.dumps({"type": "message", "id": "m1", "text": PRIVATE}, ensure_ascii=False)
     async with TestClient(TestServer(app)) as client:
         ws = await client.ws_connect("/ws")
