@@ -20,7 +20,6 @@ from actions.dispatch import ActionSubmitReport
 from actions.report import REPORT_SLOTS, ActionStartReport
 from crm_backend.dispatch.service import Dispatcher
 from crm_backend.errors import CaseLimitReached
-from crm_backend.lifecycle import CaseStatus
 from crm_backend.models import ChannelIdentity, RateEvent, ServiceCase
 from crm_backend.services import limits
 from crm_backend.services.conversations import resolve_identity
@@ -41,6 +40,7 @@ from tests.unit.test_actions import (
     slot_state,
 )
 from tests.unit.test_actions import file as file_for
+from tests.unit.test_services import insert_case as insert_bare_case
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -158,19 +158,7 @@ async def new_identity(sessions: Sessions, external_id: str, channel: str = "web
 
 async def insert_case(sessions: Sessions, identity: ChannelIdentity, case_number: str, created_at: datetime) -> None:
     async with sessions.begin() as session:
-        session.add(
-            ServiceCase(
-                case_number=case_number,
-                citizen_id=identity.citizen_id,
-                identity_id=identity.id,
-                description="井盖缺失",
-                location="A1区人民路",
-                contact_phone=PHONE,
-                status=CaseStatus.RECEIVED.value,
-                created_at=created_at,
-                updated_at=created_at,
-            )
-        )
+        await insert_bare_case(session, identity, case_number, created_at)
 
 
 async def check(sessions: Sessions, identity: ChannelIdentity, limit: int, now: datetime) -> None:

@@ -81,8 +81,10 @@ async def file(sessions: Sessions, identity: ChannelIdentity, report: Report | N
         return await file_case(session, identity, report or make_report())
 
 
-async def insert_case(session: AsyncSession, identity: ChannelIdentity, case_number: str) -> None:
-    """A bare case row with a chosen number, to set up numbering scenarios."""
+async def insert_case(
+    session: AsyncSession, identity: ChannelIdentity, case_number: str, created_at: datetime | None = None
+) -> None:
+    """A bare case row with a chosen number (and filing time), to set up numbering and limit scenarios."""
     session.add(
         ServiceCase(
             case_number=case_number,
@@ -92,6 +94,7 @@ async def insert_case(session: AsyncSession, identity: ChannelIdentity, case_num
             location="海淀区",
             contact_phone=PHONE,
             status=CaseStatus.RECEIVED.value,
+            **({"created_at": created_at, "updated_at": created_at} if created_at else {}),
         )
     )
     await session.flush()
