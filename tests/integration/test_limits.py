@@ -24,12 +24,10 @@ from crm_backend.services.conversations import find_identity
 from crm_backend.services.intake import Report, file_case
 from crm_backend.settings import normalise_database_url
 from tests.integration.test_telegram import (
-    REGISTERED_WEBHOOK,
-    SECRET,
-    TOKEN,
     TelegramCitizen,
     fake_telegram,  # noqa: F401  (fixture)
     logged_in,
+    telegram_app_beside,
 )
 from tests.integration.test_webchat import ChatClient, ws_url
 from tests.support.domain_text import utter
@@ -174,20 +172,8 @@ async def test_a_web_chat_message_over_the_limit_is_refused_by_id_and_not_proces
 @pytest.fixture(scope="module")
 def limited_telegram(limited: Stack, fake_telegram: FakeTelegram) -> Iterator[Stack]:  # noqa: F811
     """A Telegram-enabled app beside `limited`, with the same small limits."""
-    app = limited.sibling("telegram-app")
-    app.start_app(
-        extra_env={
-            "TELEGRAM_BOT_TOKEN": TOKEN,
-            "TELEGRAM_WEBHOOK_SECRET": SECRET,
-            "TELEGRAM_API_BASE_URL": fake_telegram.base_url,
-            "TELEGRAM_WEBHOOK_URL": REGISTERED_WEBHOOK,
-        }
-    )
-    try:
-        fake_telegram.wait_for_call("setWebhook", timeout=20)
+    with telegram_app_beside(limited, fake_telegram) as app:
         yield app
-    finally:
-        app.stop_app()
 
 
 def test_a_telegram_chat_faster_than_the_limit_is_told_and_the_engine_never_sees_it(

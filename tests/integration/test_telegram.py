@@ -12,6 +12,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -41,28 +42,38 @@ def fake_telegram() -> Iterator[FakeTelegram]:
         fake.stop()
 
 
-@pytest.fixture(scope="module")
-def telegram_app(stack: Stack, fake_telegram: FakeTelegram) -> Iterator[Stack]:
-    """An app with Telegram enabled, sharing the session's engine and database (the engine calls
-    its actions on the session's app, which writes the same database)."""
+@contextmanager
+def telegram_app_beside(stack: Stack, fake: FakeTelegram) -> Iterator[Stack]:
+    """An app with Telegram (webhook mode, talking to `fake`) beside `stack`, sharing its engine,
+    database and settings; stopped on leaving."""
     app = stack.sibling("telegram-app")
     app.start_app(
         extra_env={
             "TELEGRAM_BOT_TOKEN": TOKEN,
             "TELEGRAM_WEBHOOK_SECRET": SECRET,
-            "TELEGRAM_API_BASE_URL": fake_telegram.base_url,
+            "TELEGRAM_API_BASE_URL": fake.base_url,
             "TELEGRAM_WEBHOOK_URL": REGISTERED_WEBHOOK,
         }
     )
     try:
-        fake_telegram.wait_for_call("setWebhook", timeout=20)
+        fake.wait_for_call("setWebhook", timeout=20)
         yield app
     finally:
         app.stop_app()
-        log = app.workdir / "app.log"
-        if log.exists():
-            print("--- tail of telegram app.log ---")
-            print("\n".join(log.read_text(errors="replace").splitlines()[-25:]))
+
+
+@pytest.fixture(scope="module")
+def telegram_app(stack: Stack, fake_telegram: FakeTelegram) -> Iterator[Stack]:
+    """An app with Telegram enabled, sharing the session's engine and database (the engine calls
+    its actions on the session's app, which writes the same database)."""
+    with telegram_app_beside(stack, fake_telegram) as app:
+        try:
+            yield app
+        finally:
+            log = app.workdir / "app.log"
+            if log.exists():
+                print("--- tail of telegram app.log ---")
+                print("\n".join(log.read_text(errors="replace").splitlines()[-25:]))
 
 
 class TelegramCitizen:
