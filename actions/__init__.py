@@ -10,7 +10,7 @@ from rasa_sdk import Action
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from actions.account import ActionLinkAccount, ActionListMyCases, ActionSetNotices
-from actions.common import ProofWatcher
+from actions.common import ProofWatcher, StatusWords
 from actions.dispatch import ActionAskCategoryChoice, ActionAskDistrict, ActionAskReportConfirmed, ActionSubmitReport
 from actions.followup import ActionAskFollowup, ActionRecordRating, ValidateFollowupForm
 from actions.handoff import ActionFallback, ActionHandoff, ActionRejectAnswer
@@ -28,11 +28,12 @@ def build_actions(
     desk: Dispatcher,
     knowledge: KnowledgeBase,
     proofs: ProofWatcher,
+    status_words: StatusWords,
     *,
     daily_case_limit: int = LimitSettings().cases_per_citizen_per_day,
 ) -> list[Action]:
-    """Every custom action, wired to the CRM database, the dispatch desk, the knowledge base and
-    the watcher of failed proofs (case digits, link codes).
+    """Every custom action, wired to the CRM database, the dispatch desk, the knowledge base,
+    the watcher of failed proofs (case digits, link codes) and the citizen's wording of statuses.
 
     Args:
         daily_case_limit: cases a citizen may file per day through the assistant (0: no limit).
@@ -53,11 +54,11 @@ def build_actions(
         ActionStartProgress(),
         ValidateProgressForm(sessions),
         ActionAskCaseNumber(sessions),
-        ActionCheckProgress(sessions, proofs),
+        ActionCheckProgress(sessions, proofs, status_words),
         ActionHandoff(sessions, hours),
         ActionFallback(sessions, hours, answers=answers),
         ActionRejectAnswer(sessions, hours),
-        ActionListMyCases(sessions),
+        ActionListMyCases(sessions, status_words),
         ActionLinkAccount(sessions, proofs),
         ActionSetNotices(sessions),
         ActionAskFollowup(),

@@ -11,7 +11,7 @@ from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from actions.common import ProofWatcher, entity_value, identity_and_conversation, latest_text
+from actions.common import ProofWatcher, StatusWords, entity_value, identity_and_conversation, latest_text
 from crm_backend.errors import CaseProofLocked, LookupThrottled
 from crm_backend.lifecycle import CaseStatus
 from crm_backend.models import Citizen
@@ -27,8 +27,9 @@ MAX_LISTED = 10
 class ActionListMyCases(Action):
     """我的工单: the citizen's cases from every linked channel."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], status_words: StatusWords) -> None:
         self.sessions = sessions
+        self.status_words = status_words
 
     def name(self) -> str:
         return "action_list_my_cases"
@@ -41,7 +42,7 @@ class ActionListMyCases(Action):
             dispatcher.utter_message(response="utter_my_cases_none")
             return []
         lines = [
-            f"• {case.case_number} {CaseStatus(case.status).label}"
+            f"• {case.case_number} {self.status_words(CaseStatus(case.status))}"
             + (f" · {case.department}" if case.department else "")
             + f" · {case.description[:20]}{'…' if len(case.description) > 20 else ''}"
             for case in cases

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from rasa_sdk import Tracker
 from rasa_sdk.events import SlotSet
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from crm_backend.lifecycle import CaseStatus
 from crm_backend.models import ChannelIdentity, Conversation
 from crm_backend.services.conversations import current_conversation, find_identity
 from crm_backend.services.lookup import ProofFailure
 
 HANDOFF_MARKER = {"handoff": True}
+# What a status means to the citizen (the domain's `utter_status_*`, read by the app).
+StatusWords = Callable[[CaseStatus], str]
 
 
 class ProofWatcher(Protocol):

@@ -13,7 +13,7 @@ from rasa_sdk.types import DomainDict
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from actions.common import ProofWatcher, entity_value, latest_text, reset_slots
+from actions.common import ProofWatcher, StatusWords, entity_value, latest_text, reset_slots
 from crm_backend.errors import CaseProofLocked, LookupThrottled
 from crm_backend.models import ServiceCase
 from crm_backend.services.conversations import find_identity
@@ -122,9 +122,12 @@ class ActionCheckProgress(Action):
     whose citizen is then alerted) and delivered after the commit.
     """
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], watcher: ProofWatcher) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], watcher: ProofWatcher, status_words: StatusWords
+    ) -> None:
         self.sessions = sessions
         self.watcher = watcher
+        self.status_words = status_words
 
     def name(self) -> str:
         return "action_check_progress"
@@ -162,12 +165,25 @@ class ActionCheckProgress(Action):
         if progress is None:
             dispatcher.utter_message(response="utter_case_lookup_failed")
             return events
-        dispatcher.utter_message(
-            response="utter_case_progress",
-            case_number=progress.case_number,
-            status=progress.status.label,
-            department=progress.department or "待分派",
-            latest=progress.latest_note or progress.status.label,
-            updated_at=progress.updated_at.astimezone(CHINA_TZ).strftime("%Y-%m-%d %H:%M"),
-        )
+        status = self.status_words(progress.status)
+        department = progress.department or "待分派"
+        updated_at = progress.updated_at.astimezone(CHINA_TZ).strftime("%Y-%m-%d %H:%M")
+        if progress.result is not None:
+            dispatcher.utter_message(
+                response="utter_case_progress_result",
+                case_number=progress.case_number,
+                status=status,
+                department=department,
+                result=progress.result,
+                updated_at=updated_at,
+            )
+        else:
+            dispatcher.utter_message(
+                response="utter_case_progress",
+                case_number=progress.case_number,
+                status=status,
+                department=department,
+                latest=progress.latest_reply or status,
+                updated_at=updated_at,
+            )
         return events

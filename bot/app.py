@@ -147,7 +147,9 @@ async def init_app(settings: Settings) -> web.Application:
     )
     proofs = ProofAlarm(followups, feed, failures_per_hour=settings.proof_failures_alert_per_hour)
     executor = ActionExecutor()
-    for action in build_actions(sessions, desk, knowledge, proofs, daily_case_limit=limits.cases_per_citizen_per_day):
+    for action in build_actions(
+        sessions, desk, knowledge, proofs, responses.status, daily_case_limit=limits.cases_per_citizen_per_day
+    ):
         executor.register_action(action)
     ActionEndpoint(executor, settings.action_token).add_routes(app)
     CrmApi(sessions, notifier, feed, followups).add_routes(app)

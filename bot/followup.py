@@ -23,7 +23,7 @@ from bot.notifier import Delivery
 from bot.pipeline import to_outgoing
 from bot.responses import Responses
 from crm_backend.lifecycle import CaseStatus
-from crm_backend.models import ChannelIdentity, Citizen, Conversation, ServiceCase, utcnow
+from crm_backend.models import CaseEvent, ChannelIdentity, Citizen, Conversation, ServiceCase, utcnow
 from crm_backend.services import followup
 from crm_backend.services.conversations import OutgoingMessage, current_conversation
 from crm_backend.services.handoff import BOT
@@ -78,24 +78,22 @@ class CaseFollowup:
         self._tasks: list[asyncio.Task[None]] = []
         self._changes: asyncio.Queue[CaseNotice] = asyncio.Queue()
 
-    async def record(self, session: AsyncSession, case: ServiceCase) -> CaseNotice:
+    async def record(self, session: AsyncSession, case: ServiceCase, event: CaseEvent) -> CaseNotice:
         """In the transaction that changed the case: write the citizen's notice to their conversation.
 
-        The notice says the status this change set, and is stored with the change or not at all
-        (with its Telegram outbox rows), so a restart cannot lose it (a web chat shows it on the
-        next visit, the outbox sends Telegram's) and two quick changes are told as they happened.
-        `deliver` pushes it once the transaction has committed.
+        The notice says, in the citizen's words (`utter_status_*`), the status this change set;
+        a 办结 notice carries the department's result (the move's note), before the 回访
+        question. It is stored with the change or not at all (with its Telegram outbox rows),
+        so a restart cannot lose it (a web chat shows it on the next visit, the outbox sends
+        Telegram's) and two quick changes are told as they happened. `deliver` pushes it once
+        the transaction has committed.
         """
         status = CaseStatus(case.status)
         identity = await session.get(ChannelIdentity, case.identity_id)
         assert identity is not None
         messages: list[OutgoingMessage] = []
         if await followup.notices_enabled(session, identity.citizen_id):
-            detail = f"（{case.department}）" if case.department and status is not CaseStatus.RETURNED else ""
-            text = self._responses.text("utter_case_notice").format(
-                case_number=case.case_number, status=status.label, detail=detail
-            )
-            messages.append(OutgoingMessage(text, sender_kind="system"))
+            messages.append(OutgoingMessage(self._notice_text(case, status, event), sender_kind="system"))
         conversation = await current_conversation(session, identity)
         delivery = await self._notifier.write(session, conversation, messages)
         return CaseNotice(
@@ -103,6 +101,16 @@ class CaseFollowup:
             delivery=delivery,
             messages=messages,
             resolved=status is CaseStatus.RESOLVED,
+        )
+
+    def _notice_text(self, case: ServiceCase, status: CaseStatus, event: CaseEvent) -> str:
+        if status is CaseStatus.RESOLVED and event.note:
+            return self._responses.text("utter_case_resolved_notice").format(
+                case_number=case.case_number, department=case.department or "承办部门", result=event.note
+            )
+        detail = f"（{case.department}）" if case.department and status is not CaseStatus.RETURNED else ""
+        return self._responses.text("utter_case_notice").format(
+            case_number=case.case_number, status=self._responses.status(status), detail=detail
         )
 
     async def record_proof_alert(self, session: AsyncSession, case: ServiceCase) -> CaseNotice:

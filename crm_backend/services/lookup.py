@@ -43,17 +43,28 @@ MAX_PROOF_FAILURES_PER_CASE = 5  # within CASE_PROOF_WINDOW, from anyone: the nu
 CASE_LOCK_DURATION = timedelta(hours=24)
 PROOF_CEILING_WINDOW = timedelta(hours=1)
 PROOF_CEILING_ACTION = "security.proof_ceiling"
-CITIZEN_VISIBLE_EVENTS = ("status", "reply")  # never notes, 延期 reasons or 督办 remarks
+# Status changes are told in the citizen's words (`utter_status_*`), never with their notes (a
+# 退回 reason is internal), except 办结's: the result, owed to the citizen. Replies are staff's
+# words to the citizen. Never notes, 延期 reasons or 督办 remarks.
+CITIZEN_VISIBLE_EVENTS = ("status", "reply")
+_RESULT_STATUSES = frozenset({CaseStatus.RESOLVED, CaseStatus.REVIEWED, CaseStatus.ARCHIVED})
 
 
 @dataclass(frozen=True)
 class CaseProgress:
-    """What a citizen may learn about their own case."""
+    """What a citizen may learn about their own case.
+
+    Attributes:
+        latest_reply: staff's latest reply to the citizen on this case, if any.
+        result: the department's 办理结果 once the case is 办结 (None before, or after a 重办).
+        updated_at: when the result was given, else the time of the latest status or reply.
+    """
 
     case_number: str
     status: CaseStatus
     department: str | None
-    latest_note: str
+    latest_reply: str | None
+    result: str | None
     updated_at: datetime
 
 
@@ -216,18 +227,25 @@ async def lookup_progress(
         return LookupOutcome(None, failure)
     session.add(LookupAttempt(sender_key=sender_key, case_number=case_number, succeeded=True, created_at=now))
 
-    latest = await session.scalar(
-        select(CaseEvent)
-        .where(CaseEvent.case_id == case.id, CaseEvent.kind.in_(CITIZEN_VISIBLE_EVENTS))
-        .order_by(CaseEvent.id.desc())
-        .limit(1)
-    )
+    events = (
+        await session.scalars(
+            select(CaseEvent)
+            .where(CaseEvent.case_id == case.id, CaseEvent.kind.in_(CITIZEN_VISIBLE_EVENTS))
+            .order_by(CaseEvent.id.desc())
+        )
+    ).all()
+    status = CaseStatus(case.status)
+    resolved = next((e for e in events if e.kind == "status" and e.to_status == CaseStatus.RESOLVED.value), None)
+    reply = next((e for e in events if e.kind == "reply"), None)
+    result = resolved if status in _RESULT_STATUSES else None
+    latest = result or (events[0] if events else None)
     return LookupOutcome(
         CaseProgress(
             case_number=case.case_number,
-            status=CaseStatus(case.status),
+            status=status,
             department=case.department,
-            latest_note=latest.note if latest is not None else "",
+            latest_reply=reply.note if reply is not None else None,
+            result=result.note if result is not None else None,
             updated_at=latest.created_at if latest is not None else case.updated_at,
         )
     )

@@ -79,10 +79,11 @@ class Actor:
 
 
 class CaseNotices(Protocol):
-    """Who tells the citizen about a move: `record` writes the notice in the move's transaction,
-    `deliver` pushes it once that transaction has committed."""
+    """Who tells the citizen about a move: `record` writes the notice in the move's transaction
+    (the event carries the move's note: for 办结, the result the citizen is owed), `deliver`
+    pushes it once that transaction has committed."""
 
-    async def record(self, session: AsyncSession, case: ServiceCase) -> Any: ...
+    async def record(self, session: AsyncSession, case: ServiceCase, event: CaseEvent) -> Any: ...
 
     def deliver(self, notice: Any) -> None: ...
 
@@ -179,7 +180,7 @@ async def move_case(
         actor_name=actor.name,
     )
     await session.flush()
-    notice = await notices.record(session, case) if notices is not None else None
+    notice = await notices.record(session, case, event) if notices is not None else None
     return Move(case, event, notice)
 
 

@@ -82,7 +82,7 @@ async def test_progress_shows_the_status_change_but_never_an_internal_note(stack
     number = await file_report(owner, "长江路的人行道护栏被车撞倒了一段", "A4区长江路")
     moved = send_to_department_via_api(stack, number, "A3-commerce", "已转区商务局")
     assert moved.status_code == 200, moved.text
-    assert "已派单" in await system_notice(owner)
+    assert "已转交负责部门" in await system_notice(owner)
     supervisor = await asyncio.to_thread(signed_in, stack, create_staff(stack, "supervisor", display_name="值班长"))
     secret = "内部备注：投诉人是区长亲戚，优先处理"
     noted = await asyncio.to_thread(supervisor.post, f"/cases/{number}/note", {"note": secret})
@@ -92,8 +92,8 @@ async def test_progress_shows_the_status_change_but_never_an_internal_note(stack
     assert supervised.status_code == 200, supervised.text[-500:]
 
     [answer] = texts(await owner.say(f"查询工单进度 {number}"))
-    assert answer.startswith(f"工单 {number} 当前状态：已派单。"), answer
-    assert "已转区商务局" in answer
+    assert answer.startswith(f"工单 {number} 当前状态：已转交负责部门。"), answer
+    assert "A3区商务局" in answer and "已转区商务局" not in answer  # the dispatcher's note is theirs
     assert secret not in answer and remark not in answer
 
 

@@ -74,7 +74,7 @@ async def dispatched(stack: Stack, chat: ChatClient, console: ConsoleClient, num
         return
     queue = await asyncio.to_thread(console.get, "/queue")
     await act(console, number, "dispatch", department_id=department_option(queue.text, "A市住房和城乡建设局"))
-    assert "已派单" in (await notice(chat))["text"]
+    assert "已转交负责部门" in (await notice(chat))["text"]
 
 
 async def notice(chat: ChatClient) -> dict[str, Any]:
@@ -90,22 +90,26 @@ def case_json(stack: Stack, number: str) -> dict[str, Any]:
     return response.json()
 
 
+RESULT = "已安排人员处理完毕，现场已恢复正常"
+
+
 async def resolve_and_get_question(
     stack: Stack, chat: ChatClient, console: ConsoleClient, number: str
 ) -> dict[str, Any]:
     """Staff take the case from 已派单 to 已办结; the notices arrive, then the 回访 question."""
     await dispatched(stack, chat, console, number)
     department = case_json(stack, number)["department"]
-    for action, label in (("accept", "已签收"), ("start", "办理中")):
+    for action, label in (("accept", "负责部门已接单"), ("start", "负责部门正在办理")):
         await act(console, number, action)
         assert (await notice(chat))["text"] == utter(
             "utter_case_notice", case_number=number, status=label, detail=f"（{department}）"
         )
-    await act(console, number, "resolve", "已安排人员处理完毕")
+    await act(console, number, "resolve", RESULT)
+    # The department's result first (what a 12345 centre owes the citizen), then the question alone.
     assert (await notice(chat))["text"] == utter(
-        "utter_case_notice", case_number=number, status="已办结", detail=f"（{department}）"
+        "utter_case_resolved_notice", case_number=number, department=department, result=RESULT
     )
-    # The question alone: nothing said before it that the citizen did not ask for.
+    # Then the question alone: nothing said before it that the citizen did not ask for.
     [question] = (await chat.expect("reply"))["messages"]
     assert question["text"] == utter("utter_ask_rating", followup_case=number)
     return question
@@ -120,6 +124,9 @@ async def test_each_move_is_told_and_a_button_rating_closes_the_case(
     four = next(button for button in question["buttons"] if button["title"].startswith("4分"))
     assert texts(await chat.click(four)) == [utter("utter_rating_thanks", rating="4")]
     assert case_json(stack, number)["status"] == "reviewed"
+    # Asked afterwards, the case tells its result, not the citizen's own rating.
+    [progress] = texts(await chat.say(f"查询工单 {number}"))
+    assert f"办理结果：{RESULT}" in progress and "评价" not in progress and "4 分" not in progress
 
 
 async def test_a_free_text_answer_is_understood(stack: Stack, chat: ChatClient, supervisor: str) -> None:
@@ -159,7 +166,7 @@ async def test_a_citizen_can_turn_notices_off(stack: Stack, chat: ChatClient, su
     await chat.assert_silent(1.5)
     assert texts(await chat.say("恢复通知")) == [utter("utter_notices_on")]
     await act(console, number, "start")
-    assert "办理中" in (await notice(chat))["text"]
+    assert "负责部门正在办理" in (await notice(chat))["text"]
 
 
 async def test_linking_a_second_channel_lists_the_first_channels_cases(stack: Stack, chat: ChatClient) -> None:
@@ -178,7 +185,7 @@ async def test_linking_a_second_channel_lists_the_first_channels_cases(stack: St
     [again] = stack.rest(unique("partner"), f"绑定 {code.group(0)}")
     assert again["text"] == utter("utter_link_invalid")  # single use
     [listed] = stack.rest(other, "我的工单")
-    assert number in listed["text"] and "已派单" in listed["text"]
+    assert number in listed["text"] and "已转交负责部门" in listed["text"]
 
 
 # --- the 回访 loop: a question that had to wait, one reminder, then 未回访 ----------------------------
@@ -245,7 +252,7 @@ async def test_a_notice_sent_while_the_page_was_closed_is_there_on_the_next_visi
     async with open_chat(stack) as chat:
         welcome = await chat.hello(session)
         told = [m["text"] for m in welcome["history"] if m["text"].startswith(f"您的工单 {number}")]
-        assert told and "已签收" in told[-1]
+        assert told and "负责部门已接单" in told[-1]
 
 
 async def test_two_quick_changes_are_told_as_they_happened(stack: Stack, chat: ChatClient, supervisor: str) -> None:
@@ -255,4 +262,4 @@ async def test_two_quick_changes_are_told_as_they_happened(stack: Stack, chat: C
     await act(console, number, "accept")
     await act(console, number, "start")  # before the first notice is necessarily out
     told = [(await notice(chat))["text"], (await notice(chat))["text"]]
-    assert ["已签收" in told[0], "办理中" in told[1]] == [True, True], told
+    assert ["负责部门已接单" in told[0], "负责部门正在办理" in told[1]] == [True, True], told

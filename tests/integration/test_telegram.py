@@ -407,7 +407,7 @@ def test_linking_web_and_telegram_lists_the_web_case_and_its_notices_reach_teleg
     assert texts(citizen.say("我的工单")) == [utter("utter_my_cases_none")]
     assert texts(citizen.say(f"/link {code}")) == [utter("utter_link_done")]
     [listed] = citizen.say("我的工单")
-    assert number in listed["text"] and "已派单" in listed["text"]
+    assert number in listed["text"] and "已转交负责部门" in listed["text"]
 
     # The case came from the web chat: staff's change is told there, not on Telegram.
     console = ConsoleClient(telegram_app)
@@ -429,7 +429,7 @@ def test_a_telegram_case_is_told_its_progress_and_rated_on_telegram(
     assert number, done
     console = ConsoleClient(telegram_app)
     assert console.login(create_staff(telegram_app, "supervisor")).status_code == 200
-    for action, status in (("accept", "已签收"), ("start", "办理中")):
+    for action, status in (("accept", "负责部门已接单"), ("start", "负责部门正在办理")):
         before = len(citizen.fake.sent_to(citizen.chat_id))
         console.post(f"/cases/{number.group(0)}/action", {"action": action})
         [notice] = citizen.answer_after(before)
@@ -437,7 +437,7 @@ def test_a_telegram_case_is_told_its_progress_and_rated_on_telegram(
     before = len(citizen.fake.sent_to(citizen.chat_id))
     console.post(f"/cases/{number.group(0)}/action", {"action": "resolve", "note": "已修复路面"})
     told = citizen.answer_after(before, quiet=1.5)
-    assert "已办结" in told[0]["text"]
+    assert "已办结" in told[0]["text"] and "办理结果：已修复路面" in told[0]["text"]
     question = told[-1]
     assert question["text"] == utter("utter_ask_rating", followup_case=number.group(0))
     assert texts(citizen.press(question, "5分 非常满意")) == [utter("utter_rating_thanks", rating="5")]

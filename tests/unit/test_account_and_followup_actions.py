@@ -14,7 +14,7 @@ from bot.proof_alarm import ProofAlarm
 from crm_backend.lifecycle import CaseStatus
 from crm_backend.models import Citizen, ServiceCase, utcnow
 from crm_backend.services.intake import Report, file_case
-from tests.unit.test_actions import DOMAIN, register, rendered, responses
+from tests.unit.test_actions import DOMAIN, STATUS_WORDS, register, rendered, responses
 from tests.unit.test_handoff_actions import SESSION_START, bot, tracker_for, user
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -54,7 +54,9 @@ async def test_a_code_shown_on_the_web_links_telegram_and_lists_the_web_case(
     assert code_message["response"] == "utter_link_code" and len(code_message["code"]) == 6
     assert rendered(code_message).startswith(f"您的绑定码是 {code_message['code']}")
 
-    empty, _ = await run(ActionListMyCases(sessions), "telegram:9001", message("list_my_cases", "我的工单"))
+    empty, _ = await run(
+        ActionListMyCases(sessions, STATUS_WORDS), "telegram:9001", message("list_my_cases", "我的工单")
+    )
     assert responses(empty) == ["utter_my_cases_none"]
     linked, _ = await run(
         ActionLinkAccount(sessions, proof_alarm),
@@ -62,9 +64,13 @@ async def test_a_code_shown_on_the_web_links_telegram_and_lists_the_web_case(
         message("link_account", f"/link {code_message['code']}"),
     )
     assert responses(linked) == ["utter_link_done"]
-    listed, _ = await run(ActionListMyCases(sessions), "telegram:9001", message("list_my_cases", "我的工单"))
+    listed, _ = await run(
+        ActionListMyCases(sessions, STATUS_WORDS), "telegram:9001", message("list_my_cases", "我的工单")
+    )
     [listing] = listed.messages
-    assert listing["response"] == "utter_my_cases" and number in listing["cases"] and "已派单" in listing["cases"]
+    assert (
+        listing["response"] == "utter_my_cases" and number in listing["cases"] and "已转交负责部门" in listing["cases"]
+    )
 
 
 async def test_a_wrong_code_and_a_case_number_with_its_last_four_digits(

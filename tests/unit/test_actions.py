@@ -26,11 +26,11 @@ from actions import build_actions
 from actions.dispatch import ActionAskCategoryChoice, ActionAskDistrict, ActionAskReportConfirmed, ActionSubmitReport
 from actions.progress import ActionAskCaseNumber, ActionCheckProgress, ActionStartProgress, ValidateProgressForm
 from actions.report import REPORT_SLOTS, ActionCancelRequest, ActionStartReport, ValidateReportForm
+from bot.responses import Responses
 from crm_backend.dispatch.classifier import CATEGORIES
 from crm_backend.dispatch.deadlines import due_at
 from crm_backend.dispatch.routing import seed_routing
 from crm_backend.dispatch.service import Dispatcher
-from crm_backend.lifecycle import CaseStatus
 from crm_backend.models import (
     CaseEvent,
     CategoryPolicy,
@@ -52,6 +52,7 @@ Sessions = async_sessionmaker[AsyncSession]
 
 ROOT = Path(__file__).resolve().parents[2]
 DOMAIN = yaml.safe_load((ROOT / "domain.yml").read_text(encoding="utf-8"))
+STATUS_WORDS = Responses.load(ROOT / "domain.yml").status  # the citizen's words for each status
 CATEGORY_MODEL = ROOT / "models" / "category_classifier.joblib"
 PROGRESS_SLOTS = ["case_number", "phone_last4"]
 REPORT_FORM_SLOTS: list[str] = DOMAIN["forms"]["report_form"]["required_slots"]
@@ -243,7 +244,7 @@ async def all_decisions(sessions: Sessions) -> list[RoutingDecision]:
 
 async def test_every_action_is_declared_in_the_domain(sessions: Sessions, desk: Dispatcher) -> None:
     async with proof_alarm_for(sessions) as alarm:
-        actions = build_actions(sessions, desk, KnowledgeBase(sessions), alarm)
+        actions = build_actions(sessions, desk, KnowledgeBase(sessions), alarm, STATUS_WORDS)
     assert {action.name() for action in actions} == set(DOMAIN["actions"])
 
 
@@ -974,7 +975,8 @@ async def test_a_similar_open_case_in_the_same_district_is_pointed_out(seeded: S
     slots = report_slots(description=DRAIN_AGAIN, location="A5区桂花路菜市场门口", district="A5区")
     dispatcher = CollectingDispatcher()
     tracker = make_tracker("web:abc", slots=slots | {"requested_slot": "report_confirmed"}, active_loop="report_form")
-    assert await ActionAskReportConfirmed(seeded, desk).run(dispatcher, tracker, DOMAIN) == []
+    events = await ActionAskReportConfirmed(seeded, desk).run(dispatcher, tracker, DOMAIN)
+    assert slot_state(events) == {"duplicate_warned": original.case_number}
     summary, duplicate = dispatcher.messages
     assert_summary(summary, slots)
     assert duplicate["response"] == "utter_duplicate_found"
@@ -1157,6 +1159,38 @@ async def test_declining_a_duplicate_files_nothing_and_names_the_open_case(seede
     assert state == cleared(*REPORT_SLOTS)
 
 
+async def test_filing_beside_a_duplicate_still_goes_through_the_read_back(seeded: Sessions, desk: Dispatcher) -> None:
+    """「仍然提交」 is not a confirmation: the citizen first sees the category, department and deadline."""
+    original = await file_in(seeded, await register(seeded, "neighbour"), DRAIN, "A5区")
+    slots = report_slots(description=DRAIN_AGAIN, location="A5区桂花路菜市场门口", district="A5区")
+    slots |= {"duplicate_warned": original.case_number, "requested_slot": "report_confirmed"}
+    tracker = make_tracker("web:abc", slots=slots, active_loop="report_form", intent="affirm")
+    dispatcher = CollectingDispatcher()
+    validated = await ValidateReportForm(desk).validate_report_confirmed("yes", dispatcher, tracker, DOMAIN)
+    assert validated == {"report_confirmed": None, "duplicate_override": original.case_number, "duplicate_warned": None}
+
+    tracker = make_tracker("web:abc", slots=slots | validated | {"duplicate_warned": None}, active_loop="report_form")
+    events = await ActionAskReportConfirmed(seeded, desk).run(dispatcher, tracker, DOMAIN)
+    assert events == []
+    summary, preview = dispatcher.messages
+    assert summary["response"] == "utter_report_summary"
+    assert preview["response"] in (
+        "utter_dispatch_preview",
+        "utter_dispatch_preview_urgent",
+        "utter_dispatch_preview_manual",
+    )
+    assert preview["buttons"] == CONFIRM_BUTTONS
+    assert len(await all_cases(seeded)) == 1  # nothing filed until the citizen confirms
+
+
+async def test_a_plain_yes_without_a_duplicate_warning_confirms(desk: Dispatcher) -> None:
+    tracker = make_tracker(
+        "web:abc", slots={"requested_slot": "report_confirmed"}, active_loop="report_form", intent="affirm"
+    )
+    validated = await ValidateReportForm(desk).validate_report_confirmed("yes", CollectingDispatcher(), tracker, DOMAIN)
+    assert validated == {"report_confirmed": "yes"}
+
+
 async def test_a_duplicate_filed_anyway_is_linked_to_the_open_case(seeded: Sessions, desk: Dispatcher) -> None:
     original = await file_in(seeded, await register(seeded, "neighbour"), DRAIN, "A5区")
     identity = await register(seeded, "abc")
@@ -1291,7 +1325,7 @@ async def check_progress(
     dispatcher = CollectingDispatcher()
     tracker = make_tracker(sender_id, slots={"case_number": case_number, "phone_last4": phone_last4})
     async with proof_alarm_for(sessions) as alarm:
-        events = await ActionCheckProgress(sessions, alarm).run(dispatcher, tracker, {})
+        events = await ActionCheckProgress(sessions, alarm, STATUS_WORDS).run(dispatcher, tracker, {})
     return dispatcher, events
 
 
@@ -1305,9 +1339,9 @@ async def test_the_owner_is_told_the_progress(sessions: Sessions) -> None:
     message = dispatcher.messages[0]
     assert {key: message[key] for key in ("case_number", "status", "department", "latest", "updated_at")} == {
         "case_number": case.case_number,
-        "status": "已派单",
+        "status": "已转交负责部门",
         "department": "区市政管委",
-        "latest": "区市政管委。已派至区市政",
+        "latest": "已转交负责部门",
         "updated_at": event.created_at.astimezone(CHINA_TZ).strftime("%Y-%m-%d %H:%M"),
     }
     assert slot_state(events) == cleared(*PROGRESS_SLOTS)
@@ -1319,10 +1353,37 @@ async def test_a_fresh_case_shows_placeholders_for_department_and_note(sessions:
     dispatcher, _ = await check_progress(sessions, owner.sender_id, case.case_number)
     message = dispatcher.messages[0]
     assert (message["status"], message["department"], message["latest"]) == (
-        CaseStatus.RECEIVED.label,
+        "已受理，正在安排负责部门",
         "待分派",
-        "已受理",
+        "已受理，正在安排负责部门",
     )
+
+
+async def test_a_returned_case_is_told_as_being_rerouted_not_rejected(sessions: Sessions) -> None:
+    owner = await register(sessions, "owner")
+    case = await file(sessions, owner)
+    async with sessions.begin() as session:
+        await advance(session, case.case_number, "dispatch", department="区市政管委")
+        await advance(session, case.case_number, "return", note="不属于本单位职责")
+    dispatcher, _ = await check_progress(sessions, owner.sender_id, case.case_number)
+    text = rendered(dispatcher.messages[0])
+    assert "正在重新安排负责部门" in text
+    assert "退回" not in text and "不属于本单位职责" not in text
+
+
+async def test_a_resolved_case_reads_out_the_result(sessions: Sessions) -> None:
+    owner = await register(sessions, "owner")
+    case = await file(sessions, owner)
+    async with sessions.begin() as session:
+        for action in ("dispatch", "accept", "start"):
+            await advance(session, case.case_number, action, department="区市政管委")
+        await advance(session, case.case_number, "resolve", note="路灯已更换，今晚恢复照明")
+        await advance(session, case.case_number, "review", note="市民评价：5 分")
+    dispatcher, _ = await check_progress(sessions, owner.sender_id, case.case_number)
+    assert responses(dispatcher) == ["utter_case_progress_result"]
+    text = rendered(dispatcher.messages[0])
+    assert "办理结果：路灯已更换，今晚恢复照明" in text
+    assert "评价" not in text
 
 
 async def test_a_stranger_with_the_right_digits_is_told_the_progress(sessions: Sessions) -> None:

@@ -32,7 +32,7 @@ from crm_backend.services.lookup import (
     lookup_progress,
     note_proof_ceiling,
 )
-from tests.unit.test_actions import DOMAIN, make_tracker, rendered, responses
+from tests.unit.test_actions import DOMAIN, STATUS_WORDS, make_tracker, rendered, responses
 from tests.unit.test_handoff_actions import SESSION_START, tracker_for, user
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -101,7 +101,7 @@ async def fail_from_fresh_senders(
 async def check_progress(alarm: ProofAlarm, sessions: Sessions, sender: str, number: str, digits: str | None) -> Any:
     dispatcher = CollectingDispatcher()
     tracker = make_tracker(sender, slots={"case_number": number, "phone_last4": digits})
-    await ActionCheckProgress(sessions, alarm).run(dispatcher, tracker, DOMAIN)
+    await ActionCheckProgress(sessions, alarm, STATUS_WORDS).run(dispatcher, tracker, DOMAIN)
     return dispatcher
 
 

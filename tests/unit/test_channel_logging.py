@@ -18,6 +18,7 @@ from bot.pipeline import Inbound, MessagePipeline
 from bot.responses import Responses
 from crm_backend.duty import DutyHours
 from crm_backend.http import error_middleware
+from crm_backend.settings import PROJECT_ROOT
 
 PRIVATE = "我的身份证号是110101199003077777，住在幸福路8号"
 
@@ -35,8 +36,9 @@ async def test_a_failed_web_chat_frame_is_logged_by_length_and_error_not_content
     failing: Any = FailingPipeline()
     pipeline: MessagePipeline = failing
     app = web.Application()
-    banner = HandoffBanner(Responses({}), DutyHours.parse("09:00-18:00"))
-    WebChat(pipeline, sessions, ConversationHub(), Responses({}), (), 2000, banner).add_routes(app)
+    responses = Responses.load(PROJECT_ROOT / "domain.yml")
+    banner = HandoffBanner(responses, DutyHours.parse("09:00-18:00"))
+    WebChat(pipeline, sessions, ConversationHub(), responses, (), 2000, banner).add_routes(app)
     frame = json.dumps({"type": "message", "id": "m1", "text": PRIVATE}, ensure_ascii=False)
     async with TestClient(TestServer(app)) as client:
         ws = await client.ws_connect("/ws")

@@ -15,10 +15,13 @@ from bot.followup import CaseFollowup
 from bot.hub import ConversationHub
 from bot.notifier import ChannelNotifier
 from bot.responses import Responses
-from crm_backend.models import Conversation, Message, ServiceCase, TelegramOutbox
+from crm_backend.models import CaseEvent, Conversation, Message, ServiceCase, TelegramOutbox
+from crm_backend.services.cases import get_case
 from crm_backend.services.conversations import OutgoingMessage, current_conversation, resolve_identity
 from crm_backend.services.intake import Report, file_case
+from crm_backend.services.moves import Actor, move_case
 from crm_backend.settings import PROJECT_ROOT
+from tests.support.moves import department_named
 from tests.unit.test_telegram_delivery import POLICY, ScriptedBot, Sleeps
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -91,19 +94,56 @@ async def test_a_row_another_process_is_sending_is_not_sent_twice(sessions: Sess
     assert second_bot.sent == []
 
 
-async def test_a_case_notice_is_in_the_outbox_only_if_the_status_change_commits(sessions: Sessions) -> None:
+def case_followup(sessions: Sessions) -> CaseFollowup:
+    """The app's teller of case changes, with a Telegram outbox and no engine (a notice needs none)."""
     telegram = TelegramDelivery(ScriptedBot(), sessions, POLICY, sleep=Sleeps())  # type: ignore[arg-type]
     responses = Responses.load(PROJECT_ROOT / "domain.yml")
     notifier = ChannelNotifier(sessions, ConversationHub(), responses, telegram)
-    watcher = CaseFollowup(
+    return CaseFollowup(
         sessions,
-        None,  # type: ignore[arg-type]  (a notice needs no engine)
+        None,  # type: ignore[arg-type]
         notifier,
         responses,
         remind_after=timedelta(hours=24),
         archive_after=timedelta(hours=48),
         interval_seconds=0,
     )
+
+
+async def test_notices_speak_the_citizens_words_and_carry_the_result(sessions: Sessions) -> None:
+    """退回 reads as being rerouted, never as a refusal, and without its internal reason; 办结
+    carries the department's result."""
+    watcher = case_followup(sessions)
+    async with sessions.begin() as session:
+        identity = await resolve_identity(session, "telegram", CHAT)
+        case = await file_case(
+            session, identity, Report(description="路灯坏了", location="A1区解放路", contact_phone="13812345678")
+        )
+        number = case.case_number
+    steps = [("dispatch", ""), ("return", "不属于本单位职责"), ("dispatch", ""), ("accept", ""), ("start", "")]
+    steps.append(("resolve", "已更换灯泡，今晚恢复照明"))
+    for action, note in steps:
+        async with sessions.begin() as session:
+            case = await get_case(session, number)
+            department = await department_named(session, "A1区住房和城乡建设局")
+            await move_case(
+                session, Actor.system("staff:li"), case, action, note=note, department_id=department, notices=watcher
+            )
+    told = [text for _chat, text, _status in await outbox_texts(sessions)]
+    assert told[1] == f"您的工单 {number} 有新进展：正在重新安排负责部门。如需了解详情，请发送工单号查询。"
+    assert "退回" not in "".join(told) and "不属于本单位职责" not in "".join(told)
+    assert [text.split("：", 1)[1].split("（")[0] for text in told[:5]] == [
+        "已转交负责部门",
+        "正在重新安排负责部门。如需了解详情，请发送工单号查询。",
+        "已转交负责部门",
+        "负责部门已接单",
+        "负责部门正在办理",
+    ]
+    assert told[5] == f"您的工单 {number} 已办结（A1区住房和城乡建设局）。\n办理结果：已更换灯泡，今晚恢复照明"
+
+
+async def test_a_case_notice_is_in_the_outbox_only_if_the_status_change_commits(sessions: Sessions) -> None:
+    watcher = case_followup(sessions)
     async with sessions.begin() as session:
         identity = await resolve_identity(session, "telegram", CHAT)
         case = await file_case(
@@ -113,12 +153,12 @@ async def test_a_case_notice_is_in_the_outbox_only_if_the_status_change_commits(
     async with sessions() as session:
         await session.begin()
         case = (await session.scalars(select(ServiceCase).where(ServiceCase.case_number == number))).one()
-        await watcher.record(session, case)
+        await watcher.record(session, case, CaseEvent(to_status=case.status, note=""))
         await session.rollback()
     assert await outbox_texts(sessions) == []
     async with sessions.begin() as session:
         case = (await session.scalars(select(ServiceCase).where(ServiceCase.case_number == number))).one()
-        notice = await watcher.record(session, case)
+        notice = await watcher.record(session, case, CaseEvent(to_status=case.status, note=""))
     [(chat, text, status)] = await outbox_texts(sessions)
     assert (chat, status) == (CHAT, "pending") and number in text
     assert notice.messages[0].text == text

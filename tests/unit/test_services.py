@@ -262,7 +262,7 @@ async def test_the_filer_gets_progress_without_digits(sessions: Sessions) -> Non
     assert progress.case_number == case.case_number
     assert progress.status is CaseStatus.RECEIVED
     assert progress.department is None
-    assert progress.latest_note == ""
+    assert (progress.latest_reply, progress.result) == (None, None)
 
 
 async def test_another_channel_of_the_same_citizen_gets_progress_without_digits(sessions: Sessions) -> None:
@@ -284,11 +284,7 @@ async def test_a_stranger_with_the_right_digits_gets_progress(sessions: Sessions
         sessions, case.case_number, sender_key="web:stranger", phone_last4="5678", identity=stranger
     )
     assert progress is not None
-    assert (progress.status, progress.department, progress.latest_note) == (
-        CaseStatus.DISPATCHED,
-        "市政",
-        "市政。已派至市政",
-    )
+    assert (progress.status, progress.department, progress.latest_reply) == (CaseStatus.DISPATCHED, "市政", None)
 
 
 async def test_a_stranger_without_digits_gets_nothing(sessions: Sessions) -> None:
@@ -399,7 +395,7 @@ async def test_progress_never_reads_out_an_internal_event(sessions: Sessions, ki
     await add_event(sessions, case, kind, "内部：投诉人情绪激动，注意沟通", NOW + timedelta(hours=1))
     progress = await lookup(sessions, case.case_number, sender_key="web:owner", identity=owner)
     assert progress is not None
-    assert (progress.latest_note, progress.updated_at) == ("已派至区市政", NOW)
+    assert (progress.latest_reply, progress.updated_at) == (None, NOW)
 
 
 async def test_progress_reads_out_a_staff_reply_to_the_citizen(sessions: Sessions) -> None:
@@ -408,7 +404,47 @@ async def test_progress_reads_out_a_staff_reply_to_the_citizen(sessions: Session
     await add_event(sessions, case, "reply", "已联系施工队，明天修复", NOW)
     await add_event(sessions, case, "note", "施工队电话 010-1234", NOW + timedelta(minutes=5))
     progress = await lookup(sessions, case.case_number, sender_key="web:owner", identity=owner)
-    assert progress is not None and progress.latest_note == "已联系施工队，明天修复"
+    assert progress is not None and progress.latest_reply == "已联系施工队，明天修复"
+
+
+async def test_a_status_note_never_reaches_the_citizen(sessions: Sessions) -> None:
+    """A 退回 reason is the department's word to the dispatcher, not to the citizen."""
+    owner = await new_identity(sessions, "owner")
+    case = await file(sessions, owner)
+    async with sessions.begin() as session:
+        await advance(session, case.case_number, "dispatch", department="市政")
+        await advance(session, case.case_number, "return", note="不属于本单位职责，请改派")
+    progress = await lookup(sessions, case.case_number, sender_key="web:owner", identity=owner)
+    assert progress is not None
+    assert (progress.status, progress.latest_reply, progress.result) == (CaseStatus.RETURNED, None, None)
+
+
+async def test_progress_of_a_resolved_case_gives_the_result_not_the_rating(sessions: Sessions) -> None:
+    owner = await new_identity(sessions, "owner")
+    case = await file(sessions, owner)
+    async with sessions.begin() as session:
+        await advance(session, case.case_number, "dispatch", department="市政")
+        await advance(session, case.case_number, "accept")
+        await advance(session, case.case_number, "start")
+        await advance(session, case.case_number, "resolve", note="路灯已于今日更换，恢复照明")
+    resolved = await lookup(sessions, case.case_number, sender_key="web:owner", identity=owner)
+    assert resolved is not None and resolved.result == "路灯已于今日更换，恢复照明"
+    async with sessions.begin() as session:
+        await advance(session, case.case_number, "review", note="市民评价：5 分")
+    reviewed = await lookup(sessions, case.case_number, sender_key="web:owner", identity=owner)
+    assert reviewed is not None
+    assert (reviewed.status, reviewed.result) == (CaseStatus.REVIEWED, "路灯已于今日更换，恢复照明")
+    assert reviewed.updated_at == resolved.updated_at  # when the result was given, not the rating
+
+
+async def test_a_reopened_case_has_no_result_until_resolved_again(sessions: Sessions) -> None:
+    owner = await new_identity(sessions, "owner")
+    case = await file(sessions, owner)
+    async with sessions.begin() as session:
+        for action in ("dispatch", "accept", "start", "resolve", "reopen"):
+            await advance(session, case.case_number, action, note="说明", department="市政")
+    progress = await lookup(sessions, case.case_number, sender_key="web:owner", identity=owner)
+    assert progress is not None and (progress.status, progress.result) == (CaseStatus.IN_PROGRESS, None)
 
 
 # --- conversations -----------------------------------------------------------
