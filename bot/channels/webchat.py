@@ -208,6 +208,11 @@ class WebChat:
             identity = await resolve_identity(session, CHANNEL, external_id_for(token))
             conversation = await current_conversation(session, identity)
             history = await conversation_history(session, conversation)
+            if not history:
+                # A conversation opens with the assistant saying what it can do, with the main
+                # services as buttons (logged, so they are offered payloads like any reply).
+                history = log_outgoing(session, conversation, [self._welcome()])
+                await session.flush()
             handoff = conversation.handoff_status != BOT
             conversation_id = conversation.id
         welcome: dict[str, Any] = {
@@ -220,6 +225,9 @@ class WebChat:
             welcome["handoff_state"] = self._banner.state()
         await ws.send_json(welcome)
         return token, conversation_id
+
+    def _welcome(self) -> OutgoingMessage:
+        return OutgoingMessage(self._responses.text("utter_welcome"), buttons=self._responses.buttons("utter_welcome"))
 
     async def _known(self, token: str) -> bool:
         async with self._sessions() as session:

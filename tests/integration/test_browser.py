@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tests.support.domain_text import expected_preview, utter
+from tests.support.domain_text import expected_preview, utter, utter_buttons
 from tests.support.stack import Stack
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -166,7 +166,7 @@ def app_at(stack: Stack, name: str, moment: str, duty_hours: str) -> Iterator[St
 def test_report_then_query_in_the_browser(stack: Stack, widget: Widget, artifacts_dir: Path) -> None:
     page = widget.page
     widget.open(stack.app_url)
-    assert page.locator("#messages .msg").count() == 0
+    assert widget.bot_texts() == [utter("utter_welcome")]  # greeted on first open
     assert page.locator("#send").is_disabled()
 
     widget.type_and_enter(PROBLEM)
@@ -205,8 +205,7 @@ def test_report_then_query_in_the_browser(stack: Stack, widget: Widget, artifact
     assert widget.last_bot_text() == utter("utter_ask_case_number_choices")
     widget.click_button(number)
     progress = page.locator(".msg-out .msg-text").last.text_content() or ""
-    status = stack.api("GET", f"/cases/{number}").json()["status_label"]
-    assert status == ("已派单" if routed else "已受理")
+    status = utter("utter_status_dispatched") if routed else utter("utter_status_received")
     assert f"工单 {number} 当前状态：{status}。" in progress
     assert utter("utter_ask_phone_last4") not in [text for _, text in widget.bubbles()]
     page.screenshot(path=artifacts_dir / "webchat-progress.png", full_page=True)
@@ -232,6 +231,34 @@ def test_report_then_query_in_the_browser(stack: Stack, widget: Widget, artifact
     assert page.evaluate("typeof window.__xss") == "undefined"
 
     assert widget.problems == []
+
+
+def test_a_new_citizen_is_greeted_with_the_main_services_on_a_phone(
+    stack: Stack, phone: Widget, artifacts_dir: Path
+) -> None:
+    """The chat never opens empty: it says what the assistant does, with the services as buttons."""
+    page = phone.page
+    phone.open(stack.app_url)
+    assert phone.bot_texts() == [utter("utter_welcome")]
+    titles = [button["title"] for button in utter_buttons("utter_welcome")]
+    assert phone.last_bot_buttons() == titles
+    heights = [button.bounding_box()["height"] for button in page.locator(".msg-buttons button").all()]
+    assert min(heights) >= TOUCH_TARGET_PX, heights
+    page.screenshot(path=artifacts_dir / "webchat-phone-welcome.png")
+
+    page.reload()  # the greeting is part of the conversation, said once
+    phone.wait_ready()
+    assert phone.bot_texts() == [utter("utter_welcome")]
+
+    phone.click_button("查询工单进度")  # a greeting button is an offered payload like any other
+    assert phone.last_citizen_text() == "查询工单进度"
+    assert phone.last_bot_text() in (utter("utter_ask_case_number"), utter("utter_ask_case_number_choices"))
+    phone.type_and_enter("算了，取消吧")
+    assert phone.last_bot_text() == utter("utter_progress_cancelled")
+
+    phone.type_and_enter("在吗")  # a presence check gets a short answer, not the greeting again
+    assert phone.last_bot_text() == utter("utter_presence")
+    assert phone.problems == []
 
 
 # --- hand-off on a phone ---------------------------------------------------------------------

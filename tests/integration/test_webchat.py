@@ -194,11 +194,18 @@ async def file_report(chat: ChatClient, problem: str = PROBLEM, location: str = 
 # --- tests ----------------------------------------------------------------------------------
 
 
+def greeted(welcome: dict[str, Any]) -> bool:
+    """Whether a new conversation's history is the assistant's greeting alone, with its buttons."""
+    return [(m["direction"], m["text"], m["buttons"]) for m in welcome["history"]] == [
+        ("out", utter("utter_welcome"), utter_buttons("utter_welcome"))
+    ]
+
+
 async def test_hello_without_session_gets_new_session_and_greeting(stack: Stack) -> None:
     async with open_chat(stack) as chat:
         welcome = await chat.hello(None)
         assert re.fullmatch(r"[A-Za-z0-9_-]{32}", welcome["session"]), welcome
-        assert welcome["history"] == []
+        assert greeted(welcome)
         assert welcome["handoff"] is False
 
         messages = await chat.say("你好")
@@ -213,7 +220,22 @@ async def test_hello_without_session_gets_new_session_and_greeting(stack: Stack)
         welcome = await other.hello("not-a-valid-token")
         assert welcome["session"] != chat.session
         assert re.fullmatch(r"[A-Za-z0-9_-]{32}", welcome["session"])
-        assert welcome["history"] == []
+        assert greeted(welcome)
+
+
+async def test_the_greeting_is_said_once_and_its_buttons_work(stack: Stack) -> None:
+    async with open_chat(stack) as chat:
+        first = await chat.hello(None)
+    async with open_chat(stack) as again:
+        assert (await again.hello(chat.session))["history"] == first["history"]  # not greeted twice
+        report = next(b for b in first["history"][0]["buttons"] if b["title"] == "反映问题")
+        assert texts(await again.click(report)) == [utter("utter_ask_description")]
+
+
+async def test_a_presence_check_gets_a_short_answer(stack: Stack, chat: ChatClient) -> None:
+    assert texts(await chat.say("在吗")) == [utter("utter_presence")]
+    assert texts(await chat.say("你好，在不在呀")) == [utter("utter_presence")]
+    assert texts(await chat.say("你好")) == [utter("utter_greet")]
 
 
 async def test_report_conversation_files_a_case(stack: Stack, chat: ChatClient) -> None:
@@ -336,6 +358,7 @@ async def test_reconnect_with_session_restores_history(stack: Stack, chat: ChatC
         for item in welcome["history"]
     ]
     assert history == [
+        ("out", None, utter("utter_welcome"), utter_buttons("utter_welcome"), "bot"),
         ("in", first, "你好", [], "citizen"),
         ("out", None, greeting[0]["text"], utter_buttons("utter_greet"), "bot"),
         ("in", second, "谢谢", [], "citizen"),
@@ -356,7 +379,7 @@ async def test_resent_message_is_acked_not_answered_or_logged_twice(stack: Stack
     async with open_chat(stack) as again:
         welcome = await again.hello(chat.session)
         assert [item["id"] for item in welcome["history"] if item["direction"] == "in"] == [msg_id]
-        assert len(welcome["history"]) == 2
+        assert len(welcome["history"]) == 3  # the greeting, the message, its answer
 
         # The same id from a reconnected socket is recognised too.
         await again.send_message("你好", msg_id=msg_id)
@@ -448,7 +471,7 @@ async def test_foreign_origin_is_refused(stack: Stack) -> None:
 
     async with open_chat(stack, origin=stack.app_url) as chat:
         welcome = await chat.hello()
-        assert welcome["history"] == []
+        assert greeted(welcome)
         assert texts(await chat.say("你好")) == [utter("utter_greet")]
 
 
