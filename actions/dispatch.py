@@ -118,11 +118,15 @@ class ActionAskReportConfirmed(Action):
             contact_phone=report.contact_phone,
         )
         plan = preview.plan
-        if preview.duplicate is not None:
+        duplicate = preview.duplicate
+        if duplicate is not None and tracker.get_slot("duplicate_override") != duplicate.case_number:
+            # 「仍然提交」 is read by validate_report_confirmed as "file beside this case": the
+            # form then asks again and the citizen confirms the category and department below.
             dispatcher.utter_message(
-                response="utter_duplicate_found", case_number=preview.duplicate.case_number, buttons=DUPLICATE_BUTTONS
+                response="utter_duplicate_found", case_number=duplicate.case_number, buttons=DUPLICATE_BUTTONS
             )
-        elif plan.queued:
+            return [SlotSet("duplicate_warned", duplicate.case_number)]
+        if plan.queued:
             dispatcher.utter_message(
                 response="utter_dispatch_preview_manual",
                 suggestions="、".join(plan.suggestions),
@@ -136,7 +140,7 @@ class ActionAskReportConfirmed(Action):
                 due=due_text(plan.due_at),
                 buttons=CONFIRM_BUTTONS,
             )
-        return []
+        return [SlotSet("duplicate_warned", None)] if tracker.get_slot("duplicate_warned") else []
 
 
 class ActionSubmitReport(Action):

@@ -32,6 +32,8 @@ REPORT_SLOTS = (
     "category_choice",
     "category_requested",
     "report_confirmed",
+    "duplicate_warned",
+    "duplicate_override",
 )
 # Words that say "I want to report something" without saying what.
 _FILLER = re.compile(
@@ -201,6 +203,11 @@ class ValidateReportForm(FormValidationAction):
             return {"category_requested": True, "category_choice": None, "report_confirmed": None}
         if intent == "correct_location":
             return {"location": None, "district": None, "report_confirmed": None}
+        warned = tracker.get_slot("duplicate_warned")
+        if value == "yes" and warned:
+            # 「仍然提交」 after the duplicate warning: file beside the open case, but only after
+            # the citizen has seen and confirmed where the new case goes, like any report.
+            return {"report_confirmed": None, "duplicate_override": warned, "duplicate_warned": None}
         if value in ("yes", "no"):
             return {"report_confirmed": value}
         # Free text at the read-back: a new phone number corrects the old one.

@@ -180,7 +180,7 @@ class ServiceCase(Base):
     department_id: Mapped[int | None] = mapped_column(ForeignKey("department.id"), index=True)
     urgent: Mapped[bool] = mapped_column(Boolean, default=False)
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    duplicate_of_id: Mapped[int | None] = mapped_column(ForeignKey("service_case.id"))
+    duplicate_of_id: Mapped[int | None] = mapped_column(ForeignKey("service_case.id"), index=True)
     supervised: Mapped[bool] = mapped_column(Boolean, default=False)  # 督办
     followup_asked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # 回访 question sent
     followup_reminded_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # its one reminder sent

@@ -95,6 +95,7 @@ class CaseViews(ConsoleBase):
         async with self.sessions.begin() as session:
             case = await casework.visible_case(session, member.user, request.match_info["case_number"])
             events = await casework.timeline(session, case)
+            related = await casework.related_cases(session, case)
             decisions = list(
                 (
                     await session.scalars(
@@ -123,6 +124,7 @@ class CaseViews(ConsoleBase):
             case=case,
             phone=case.contact_phone if reveal_phone else mask_phone(case.contact_phone),
             events=events,
+            related=related,
             decision=decisions[-1] if decisions else None,
             extension=extension,
             requester=requester,

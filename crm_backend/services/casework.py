@@ -282,6 +282,23 @@ async def dispatch_queue(session: AsyncSession, limit: int = 100) -> list[tuple[
     return [(case, decisions.get(case.id)) for case in cases]
 
 
+@dataclass(frozen=True)
+class RelatedCases:
+    """Cases filed as repeats of one another: the open case this one repeats, and its repeats."""
+
+    earlier: ServiceCase | None
+    later: list[ServiceCase]
+
+
+async def related_cases(session: AsyncSession, case: ServiceCase) -> RelatedCases:
+    """The case this one was filed beside (the citizen chose 「仍然提交」), and those filed beside it."""
+    earlier = await session.get(ServiceCase, case.duplicate_of_id) if case.duplicate_of_id else None
+    later = await session.scalars(
+        select(ServiceCase).where(ServiceCase.duplicate_of_id == case.id).order_by(ServiceCase.id)
+    )
+    return RelatedCases(earlier, list(later.all()))
+
+
 async def timeline(session: AsyncSession, case: ServiceCase) -> list[CaseEvent]:
     rows = await session.scalars(select(CaseEvent).where(CaseEvent.case_id == case.id).order_by(CaseEvent.id))
     return list(rows.all())

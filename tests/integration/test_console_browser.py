@@ -39,6 +39,7 @@ from tests.integration.test_console import (
     routed_case_now,
     run_now,
 )
+from tests.integration.test_dispatch_conversation import file_beside_an_open_case
 from tests.support.console import PASSWORD, ConsoleClient, create_staff
 from tests.support.domain_text import utter
 from tests.support.naming import unique
@@ -400,3 +401,20 @@ def test_a_supervisor_reads_the_timeline_routing_and_audit_log_in_chinese(
         assert code not in audit_text, code
     console.screenshot(path=str(artifacts_dir / "console-audit-chinese.png"), full_page=True)
     assert [p for p in problems if "status of 404" not in p] == [], problems
+
+
+def test_a_case_filed_beside_an_open_one_links_to_it_both_ways(stack: Stack, browser: Any, artifacts_dir: Path) -> None:
+    original, number = file_beside_an_open_case(stack, unique("dup"), "B2区枫林路农贸市场")
+    problems: list[str] = []
+    console = new_page(browser, problems)
+    sign_in(console, stack, create_staff(stack, "supervisor", display_name="值班周"))
+
+    console.goto(f"{stack.app_url}/console/cases/{number}")
+    earlier = console.locator("#related-earlier")
+    expect(earlier).to_contain_text(f"{original}")
+    expect(earlier).to_contain_text("仍选择单独提交")
+    console.screenshot(path=str(artifacts_dir / "console-case-related.png"), full_page=True)
+    earlier.get_by_role("link", name=original).click()
+    console.wait_for_url(re.compile(f"/console/cases/{original}$"))
+    expect(console.locator("#related-later")).to_contain_text(number)
+    assert problems == [], problems

@@ -83,18 +83,33 @@ def test_the_citizen_can_correct_the_category_with_buttons(stack: Stack, sender:
     assert "chosen by citizen" in case["routing"][0]["rule"]
 
 
-def test_a_repeated_report_points_to_the_open_case_and_can_still_be_filed(stack: Stack, sender: str) -> None:
-    answer_until_readback(
-        stack, sender, "A5区桂花路菜市场门口的下水道堵了，污水流得满地都是，臭得不行", "A5区桂花路菜市场", "13712345678"
-    )
+def file_beside_an_open_case(stack: Stack, sender: str, place: str) -> tuple[str, str]:
+    """One citizen files a report; a neighbour reports the same and files anyway after the warning.
+
+    「仍然提交」 is not the confirmation: the full read-back (category, department, deadline) comes
+    first and nothing is filed until the neighbour confirms it. Returns (open case, new case).
+    """
+    answer_until_readback(stack, sender, f"{place}门口的下水道堵了，污水流得满地都是，臭得不行", place, "13712345678")
     original = case_number_in(stack.rest(sender, "/affirm")[0]["text"])
 
     again = f"{sender}-neighbour"
     replies = answer_until_readback(
-        stack, again, "A5区桂花路菜市场门口下水道堵了，污水流得满地都是，太臭了", "A5区桂花路菜市场", "13612345678"
+        stack, again, f"{place}门口下水道堵了，污水流得满地都是，太臭了", place, "13612345678"
     )
     assert original in replies[-1]["text"]
     assert [b["title"] for b in replies[-1]["buttons"]] == ["仍然提交", "不用了"]
-    created = stack.rest(again, "/affirm")[0]["text"]
-    linked = stack.api("GET", f"/cases/{case_number_in(created)}").json()
+
+    summary, preview = stack.rest(again, "/affirm")  # 仍然提交
+    assert summary["text"].startswith("请核对您反映的内容")
+    assert preview["text"].endswith("确认提交吗？") and original not in preview["text"]
+    assert [b["title"] for b in preview["buttons"]] == ["确认提交", "更正类别", "更正地点", "取消"]
+    assert stack.api("GET", f"/cases/{original}").json()["status"] in ("received", "dispatched")
+
+    created = stack.rest(again, "/affirm")[0]["text"]  # 确认提交
+    return original, case_number_in(created)
+
+
+def test_a_repeated_report_points_to_the_open_case_and_can_still_be_filed(stack: Stack, sender: str) -> None:
+    original, number = file_beside_an_open_case(stack, sender, "A5区桂花路菜市场")
+    linked = stack.api("GET", f"/cases/{number}").json()
     assert linked["duplicate_of"] == original
