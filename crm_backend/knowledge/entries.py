@@ -72,15 +72,11 @@ class EntryData:
             problems.append("追问只能按这些方面填写：" + "、".join(ASPECTS))
         if any(len(text) > MAX_ANSWER for text in self.follow_ups.values()):
             problems.append(f"追问答案不能超过{MAX_ANSWER}个字符")
-        if unknown := unknown_facts((self.answer, *self.follow_ups.values())):
+        if names := unknown_facts((self.answer, *self.follow_ups.values())):
+            unknown_names = "、".join(f"【{name}】" for name in names)
+            known_names = "、".join(f"【{name}】" for name in FACTS)
             problems.append(
-                "本地信息只能使用 "
-                + CITY_FILE_NAME
-                + " 中的名称："
-                + "、".join(f"【{name}】" for name in unknown)
-                + " 不在其中（可用："
-                + "、".join(f"【{name}】" for name in FACTS)
-                + "）"
+                f"本地信息只能使用 {CITY_FILE_NAME} 中的名称：{unknown_names} 不在其中（可用：{known_names}）"
             )
         return problems
 

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from crm_backend.settings import SettingsError
+
 if TYPE_CHECKING:
     from crm_backend.knowledge.entries import EntryData
 
@@ -74,7 +76,7 @@ _MISSING = "\x00"  # a missing placeholder while a line is worked on (never in s
 _ALTERNATIVE = re.compile(rf"[、或]{_MISSING}|{_MISSING}(?:、|或(?!者))")
 
 
-class CityFactsError(RuntimeError):
+class CityFactsError(SettingsError):
     """The city's facts file cannot be read; the app does not start."""
 
 
@@ -219,7 +221,7 @@ def load_city_facts(path: Path) -> CityFacts:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise CityFactsError(f"{path} must map each fact's name to its text (本地办事地址: \"…\")")
+        raise CityFactsError(f'{path} must map each fact\'s name to its text (本地办事地址: "…")')
     values: dict[str, str] = {}
     for name, value in raw.items():
         if value is None:
@@ -230,7 +232,8 @@ def load_city_facts(path: Path) -> CityFacts:
         if "\n" in text or "【" in text or "】" in text:
             raise CityFactsError(f"{path}: {name!r} must be one line of text without 【 or 】")
         if name not in FACTS:
-            logger.warning("%s: %r is no fact the knowledge base uses (known: %s); ignored", path, name, "、".join(FACTS))
+            known = "、".join(FACTS)
+            logger.warning("%s: %r is no fact the knowledge base uses (known: %s); ignored", path, name, known)
             continue
         if text:
             values[name] = text

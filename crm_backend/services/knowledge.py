@@ -218,10 +218,22 @@ class EntryRow:
     entry: KnowledgeEntry
     helpful: int
     not_helpful: int
+    missing_facts: tuple[str, ...] = ()  # city facts its answers name that are not filled in
 
 
-async def list_entries(session: AsyncSession, *, search: str = "", worst_first: bool = False) -> list[EntryRow]:
-    """Every entry (active or not) with its feedback counts; `worst_first` sorts by not-helpful count."""
+async def list_entries(
+    session: AsyncSession,
+    *,
+    search: str = "",
+    worst_first: bool = False,
+    facts: CityFacts | None = None,
+    missing_only: bool = False,
+) -> list[EntryRow]:
+    """Every entry (active or not) with its feedback counts; `worst_first` sorts by not-helpful count.
+
+    With `facts`, each row names the city facts its entry uses that are not filled in, and
+    `missing_only` keeps only the entries that use one.
+    """
     counts = (
         select(
             KnowledgeFeedback.entry_id,
@@ -240,9 +252,16 @@ async def list_entries(session: AsyncSession, *, search: str = "", worst_first: 
             | KnowledgeEntry.slug.contains(search, autoescape=True)
         )
     rows = [
-        EntryRow(entry, int(helpful or 0), int(total or 0) - int(helpful or 0))
+        EntryRow(
+            entry,
+            int(helpful or 0),
+            int(total or 0) - int(helpful or 0),
+            tuple(facts.missing_in(entry_data(entry))) if facts is not None else (),
+        )
         for entry, helpful, total in (await session.execute(stmt)).all()
     ]
+    if missing_only:
+        rows = [row for row in rows if row.missing_facts]
     if worst_first:
         rows.sort(key=lambda row: (-row.not_helpful, row.entry.title))
     else:

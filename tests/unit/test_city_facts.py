@@ -88,12 +88,12 @@ def test_a_filled_fact_is_read_and_an_empty_one_counts_as_not_filled(tmp_path: P
 def test_a_malformed_city_file_stops_the_start_with_its_path(tmp_path: Path, content: str) -> None:
     path = tmp_path / "city.yml"
     path.write_text(content, encoding="utf-8")
-    with pytest.raises(CityFactsError, match="city.yml"):
+    with pytest.raises(CityFactsError, match=r"city\.yml"):
         load_city_facts(path)
 
 
 def test_a_missing_city_file_stops_the_start(tmp_path: Path) -> None:
-    with pytest.raises(CityFactsError, match="nothing.yml"):
+    with pytest.raises(CityFactsError, match=r"nothing\.yml"):
         load_city_facts(tmp_path / "nothing.yml")
 
 
@@ -136,7 +136,8 @@ def test_the_city_file_path_comes_from_the_environment(tmp_path: Path) -> None:
         ("在【本市义务教育招生入学服务平台】报名。", ""),
         # A numbered list closes its gap, and a heading whose whole list went goes too.
         (
-            "查询方式：\n1. 小程序；\n2. 【本地公积金服务热线】（全国为12329，部分已并入12345）；\n3. 网点，【本地办事地址】。",
+            "查询方式：\n1. 小程序；\n2. 【本地公积金服务热线】（全国为12329，部分已并入12345）；\n"
+            "3. 网点，【本地办事地址】。",
             "查询方式：\n1. 小程序；\n2. 网点。",
         ),
         ("查询方式：\n1. 【本市政务服务网】。\n其他：无。", "其他：无。"),
@@ -150,7 +151,9 @@ def test_a_missing_fact_is_left_out_without_a_trace(text: str, shown: str) -> No
 
 def test_a_filled_fact_takes_its_placeholder_s_place() -> None:
     facts = CityFacts({"本地办事地址": "A市民中心（人民路1号）", "本市政务服务网": "A市政务服务网（www.a.gov.cn）"})
-    text = "办理地点：派出所，【本地办事地址】；法定工作日【本地办公时间】。\n线上：可通过【本市政务服务网】或小程序申请。"
+    text = (
+        "办理地点：派出所，【本地办事地址】；法定工作日【本地办公时间】。\n线上：可通过【本市政务服务网】或小程序申请。"
+    )
     assert facts.render(text) == (
         "办理地点：派出所，A市民中心（人民路1号）。\n线上：可通过A市政务服务网（www.a.gov.cn）或小程序申请。"
     )
