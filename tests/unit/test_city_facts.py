@@ -224,3 +224,16 @@ def test_an_edit_naming_an_unknown_fact_is_refused() -> None:
         entry.checked()
     assert any("【本地办事地点】" in problem and "city.yml" in problem for problem in refused.value.problems)
     replace(entry, answer="办理地点：【本地办事地址】。").checked()
+
+
+async def test_the_console_list_names_missing_facts_and_keeps_only_those_entries(sessions: Sessions) -> None:
+    await knowledge.seed_knowledge_once(sessions)
+    filled = CityFacts({name: "已填写" for name in FACTS if name != "本地检测站信息"})
+    async with sessions() as session:
+        rows = await knowledge.list_entries(session, facts=filled, missing_only=True)
+        every = await knowledge.list_entries(session, facts=filled)
+    assert {row.entry.slug for row in rows} == {
+        entry.slug for entry in ENTRIES if "【本地检测站信息】" in "".join(shown_texts(entry))
+    }
+    assert all(row.missing_facts == ("本地检测站信息",) for row in rows)
+    assert len(every) == len(ENTRIES)
