@@ -25,14 +25,18 @@ def main() -> int:
     except SettingsError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
-    web.run_app(
-        init_app(settings),
-        host=settings.app_host,
-        port=settings.app_port,
-        print=lambda _msg: None,
-        access_log=None,
-        shutdown_timeout=5,
-    )
+    try:
+        web.run_app(
+            init_app(settings),
+            host=settings.app_host,
+            port=settings.app_port,
+            print=lambda _msg: None,
+            access_log=None,
+            shutdown_timeout=5,
+        )
+    except SettingsError as error:  # a file read at start (city.yml) is malformed
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

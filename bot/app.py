@@ -42,6 +42,7 @@ from crm_backend.dispatch.service import Dispatcher
 from crm_backend.duty import DutyHours
 from crm_backend.http import error_middleware, json_response, trusted_proxies_key
 from crm_backend.knowledge.entries import DATA_FILE as KNOWLEDGE_DATA_FILE
+from crm_backend.knowledge.facts import load_city_facts
 from crm_backend.services.knowledge import KnowledgeBase, seed_knowledge_once
 from crm_backend.services.limits import DatabaseRateLimiter, Limit
 from crm_backend.settings import Settings
@@ -77,9 +78,14 @@ class HealthCheck:
 
 
 async def init_app(settings: Settings) -> web.Application:
-    """Build the app from its settings (migrations are applied first)."""
+    """Build the app from its settings (migrations are applied first).
+
+    Raises:
+        SettingsError: a file the app reads at start (the city's facts) is malformed.
+    """
     started = time.perf_counter()
     responses = Responses.load(settings.domain_path)
+    city_facts = load_city_facts(settings.city_facts_path)
     await upgrade_database_async(settings.database_url)
     db_engine = create_engine(settings.database_url)
     sessions = create_sessionmaker(db_engine)
@@ -89,7 +95,7 @@ async def init_app(settings: Settings) -> web.Application:
     if await seed_knowledge_once(sessions):
         logger.info("loaded the knowledge base from %s", KNOWLEDGE_DATA_FILE)
     desk = await asyncio.to_thread(Dispatcher.load, settings.category_model_path)
-    knowledge = KnowledgeBase(sessions)
+    knowledge = KnowledgeBase(sessions, city_facts)
     await knowledge.warm_up()
     limits = settings.limits
     limiter = DatabaseRateLimiter(sessions)
@@ -169,6 +175,7 @@ async def init_app(settings: Settings) -> web.Application:
         engine=engine,
         desk=desk,
         watcher=followups,
+        city_facts=city_facts,
         secure_cookies=settings.console_secure_cookies,
     )
 

@@ -77,6 +77,8 @@ class Settings:
     allowed_origins: tuple[str, ...]
     domain_path: Path
     category_model_path: Path
+    # The city's own facts (addresses, hours, sites) the knowledge base's answers name; read at start.
+    city_facts_path: Path = PROJECT_ROOT / "city.yml"
     console_secure_cookies: bool = False
     followup_remind_hours: float = 24.0  # 回访 unanswered this long: one reminder
     followup_archive_hours: float = 48.0  # reminder unanswered this long: archived as 未回访
@@ -141,6 +143,7 @@ class Settings:
             category_model_path=Path(
                 env.get("CATEGORY_MODEL_PATH", str(PROJECT_ROOT / "models" / "category_classifier.joblib"))
             ),
+            city_facts_path=Path(env.get("CITY_FACTS_FILE", "").strip() or PROJECT_ROOT / "city.yml"),
             trusted_proxies=parse_trusted_proxies(env.get("TRUSTED_PROXIES", "")),
             telegram=TelegramSettings.from_env(env),
             limits=LimitSettings.from_env(env),

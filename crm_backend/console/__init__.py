@@ -15,6 +15,7 @@ from crm_backend.console.feed import LiveFeed
 from crm_backend.console.knowledge import KnowledgeViews
 from crm_backend.console.web import ConsoleBase, build_templates
 from crm_backend.dispatch.service import Dispatcher
+from crm_backend.knowledge.facts import CityFacts
 from crm_backend.services.moves import CaseNotices
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -29,6 +30,7 @@ def add_console(
     engine: SlotReader,
     desk: Dispatcher,
     watcher: CaseNotices,
+    city_facts: CityFacts,
     secure_cookies: bool,
 ) -> None:
     """Register every console route on the app."""
@@ -38,5 +40,5 @@ def add_console(
     CaseViews(base, notifier, districts, watcher).add_routes(app)
     AdminViews(base, districts).add_routes(app)
     ApiClientViews(base).add_routes(app)
-    KnowledgeViews(base).add_routes(app)
+    KnowledgeViews(base, city_facts).add_routes(app)
     app.router.add_static("/console/static/", STATIC_DIR, append_version=False)

@@ -22,6 +22,7 @@ from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.errors import NotFound
 from crm_backend.http import client_address
 from crm_backend.knowledge.entries import ASPECTS, EntryData, InvalidEntry, clean_lines
+from crm_backend.knowledge.facts import CITY_FILE_NAME, FACTS, CityFacts
 from crm_backend.lifecycle import Role
 from crm_backend.models import KnowledgeEntry, KnowledgeEntryVersion
 from crm_backend.services import knowledge
@@ -95,10 +96,15 @@ def entry_from_values(values: dict[str, Any]) -> EntryData:
 
 
 class KnowledgeViews(ConsoleBase):
-    """The knowledge-base pages: read by all staff, changed by admins."""
+    """The knowledge-base pages: read by all staff, changed by admins.
 
-    def __init__(self, base: ConsoleBase) -> None:
+    Entries are shown as stored, placeholders and all; each that names a city fact not
+    filled in (`city_facts`) is flagged, since citizens get its answer without that fact.
+    """
+
+    def __init__(self, base: ConsoleBase, city_facts: CityFacts) -> None:
         super().__init__(**base.share())
+        self.city_facts = city_facts
 
     def add_routes(self, app: web.Application) -> None:
         entry = r"/console/knowledge/{entry_id:\d{1,9}}"
@@ -119,14 +125,18 @@ class KnowledgeViews(ConsoleBase):
     async def entry_list(self, request: web.Request) -> web.StreamResponse:
         search = request.query.get("q", "").strip()[:MAX_SEARCH]
         worst_first = request.query.get("sort") == "worst"
+        missing_only = request.query.get("missing") == "1"
         async with self.sessions() as session:
-            rows = await knowledge.list_entries(session, search=search, worst_first=worst_first)
+            rows = await knowledge.list_entries(
+                session, search=search, worst_first=worst_first, facts=self.city_facts, missing_only=missing_only
+            )
         return self.render(
             request,
             "knowledge_list.html",
             rows=rows,
             search=search,
             worst_first=worst_first,
+            missing_only=missing_only,
             can_edit=request["staff"].at_least(Role.ADMIN),
         )
 
@@ -149,11 +159,15 @@ class KnowledgeViews(ConsoleBase):
             versions = await knowledge.history(session, entry)
             feedback = await knowledge.recent_feedback(session, entry, limit=FEEDBACK_SHOWN)
             helpful, not_helpful = await knowledge.feedback_counts(session, entry)
+        data = knowledge.entry_data(entry)
         return self.render(
             request,
             "knowledge_entry.html",
             entry=entry,
-            data=knowledge.entry_data(entry),
+            data=data,
+            missing_facts=self.city_facts.missing_in(data),
+            shown=self.city_facts.render_entry(data),
+            city_file=CITY_FILE_NAME,
             latest=versions[0] if versions else None,
             helpful=helpful,
             not_helpful=not_helpful,
@@ -367,5 +381,7 @@ class KnowledgeViews(ConsoleBase):
             problems=problems or [],
             categories=categories,
             aspects=ASPECTS,
+            facts=FACTS,
+            city_file=CITY_FILE_NAME,
             can_edit=True,
         )

@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from crm_backend.knowledge.facts import CITY_FILE_NAME, FACTS, unknown_facts
+
 DATA_FILE = Path(__file__).resolve().parent / "data" / "entries.yml"
 
 # The aspects a follow-up question can ask about, in the order the console shows them.
@@ -70,6 +72,12 @@ class EntryData:
             problems.append("追问只能按这些方面填写：" + "、".join(ASPECTS))
         if any(len(text) > MAX_ANSWER for text in self.follow_ups.values()):
             problems.append(f"追问答案不能超过{MAX_ANSWER}个字符")
+        if names := unknown_facts((self.answer, *self.follow_ups.values())):
+            unknown_names = "、".join(f"【{name}】" for name in names)
+            known_names = "、".join(f"【{name}】" for name in FACTS)
+            problems.append(
+                f"本地信息只能使用 {CITY_FILE_NAME} 中的名称：{unknown_names} 不在其中（可用：{known_names}）"
+            )
         return problems
 
     def checked(self) -> EntryData:

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_backend.errors import CrmError
 from crm_backend.knowledge.entries import DATA_FILE, EntryData, load_file
+from crm_backend.knowledge.facts import CityFacts
 from crm_backend.knowledge.retrieval import IndexedEntry, KnowledgeIndex, Ranking
 from crm_backend.models import (
     KnowledgeEntry,
@@ -217,10 +218,22 @@ class EntryRow:
     entry: KnowledgeEntry
     helpful: int
     not_helpful: int
+    missing_facts: tuple[str, ...] = ()  # city facts its answers name that are not filled in
 
 
-async def list_entries(session: AsyncSession, *, search: str = "", worst_first: bool = False) -> list[EntryRow]:
-    """Every entry (active or not) with its feedback counts; `worst_first` sorts by not-helpful count."""
+async def list_entries(
+    session: AsyncSession,
+    *,
+    search: str = "",
+    worst_first: bool = False,
+    facts: CityFacts | None = None,
+    missing_only: bool = False,
+) -> list[EntryRow]:
+    """Every entry (active or not) with its feedback counts; `worst_first` sorts by not-helpful count.
+
+    With `facts`, each row names the city facts its entry uses that are not filled in, and
+    `missing_only` keeps only the entries that use one.
+    """
     counts = (
         select(
             KnowledgeFeedback.entry_id,
@@ -239,9 +252,16 @@ async def list_entries(session: AsyncSession, *, search: str = "", worst_first: 
             | KnowledgeEntry.slug.contains(search, autoescape=True)
         )
     rows = [
-        EntryRow(entry, int(helpful or 0), int(total or 0) - int(helpful or 0))
+        EntryRow(
+            entry,
+            int(helpful or 0),
+            int(total or 0) - int(helpful or 0),
+            tuple(facts.missing_in(entry_data(entry))) if facts is not None else (),
+        )
         for entry, helpful, total in (await session.execute(stmt)).all()
     ]
+    if missing_only:
+        rows = [row for row in rows if row.missing_facts]
     if worst_first:
         rows.sort(key=lambda row: (-row.not_helpful, row.entry.title))
     else:
@@ -341,10 +361,15 @@ class KnowledgeSnapshot:
 
 
 class KnowledgeBase:
-    """The app's view of the knowledge base: entries by id and a retrieval index, kept current."""
+    """The app's view of the knowledge base: entries by id and a retrieval index, kept current.
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    Its entries are as citizens read them: the city's facts filled in, the missing ones left
+    out (`CityFacts.render`); with no facts given, none is filled in.
+    """
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], facts: CityFacts | None = None) -> None:
         self.sessions = sessions
+        self.facts = facts if facts is not None else CityFacts({})
         self._snapshot: KnowledgeSnapshot | None = None
         self._lock = asyncio.Lock()
 
@@ -356,7 +381,7 @@ class KnowledgeBase:
             if self._snapshot is None or self._snapshot.index.revision != revision:
                 async with self.sessions() as session:
                     stored = await session.scalars(select(KnowledgeEntry).where(KnowledgeEntry.active.is_(True)))
-                    entries = {entry.slug: entry_data(entry) for entry in stored}
+                    entries = {entry.slug: self.facts.render_entry(entry_data(entry)) for entry in stored}
                 index = await asyncio.to_thread(_build_index, list(entries.values()), revision)
                 self._snapshot = KnowledgeSnapshot(index, entries)
             return self._snapshot

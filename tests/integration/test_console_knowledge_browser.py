@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_backend.knowledge.entries import EntryData
+from crm_backend.knowledge.facts import CityFacts
 from crm_backend.models import StaffUser
 from crm_backend.services import knowledge
 from tests.integration.test_browser import CHROMIUM
@@ -134,6 +135,80 @@ def test_an_admin_edits_an_entry_and_finds_the_change_in_its_history(
 
     # What the bot searches now has the edit.
     answer, best = what_the_bot_sees(stack, slug)
-    assert answer == NEW_ANSWER
+    assert answer == CityFacts({}).render(NEW_ANSWER)  # the test stack's city.yml fills in nothing
     assert best == slug
     assert problems == [], problems
+
+
+# --- entries that name a fact the city has not filled in ---------------------------------------
+
+WITH_FACTS = "办理地点：各区政务服务中心，【本地办事地址】。\n办理时间：法定工作日【本地办公时间】。"
+WITHOUT_FACTS = "办理地点：各区政务服务中心。"
+
+
+def create_entry_with(stack: Stack, username: str, slug: str, answer: str) -> int:
+    """An entry with the given answer, saved by the given member of staff; its id."""
+
+    async def create(sessions: async_sessionmaker[AsyncSession]) -> int:
+        async with sessions.begin() as session:
+            author = await session.scalar(select(StaffUser).where(StaffUser.username == username))
+            assert author is not None
+            data = EntryData(
+                slug=slug,
+                title=f"月光卡申领指南 {slug.removeprefix('moon-card-')}",
+                category="民政",
+                department="A市民政局",
+                questions=("月光卡怎么申领",),
+                answer=answer,
+                last_reviewed=date(2026, 11, 20),
+            )
+            return (await knowledge.create_entry(session, data, author)).id
+
+    return with_database(stack, create)
+
+
+def test_entries_missing_a_city_fact_are_flagged_and_can_be_listed_alone(
+    stack: Stack, browser: Any, artifacts_dir: Path
+) -> None:
+    username = create_staff(stack, "admin", display_name=EDITOR)
+    prefix = unique("moon-card")
+    flagged_id = create_entry_with(stack, username, f"{prefix}-facts", WITH_FACTS)
+    create_entry_with(stack, username, f"{prefix}-plain", WITHOUT_FACTS)
+    problems: list[str] = []
+    console = new_page(browser, problems)
+    sign_in(console, stack, username)
+
+    # The list flags the entry whose answer names facts the city has not filled in.
+    console.goto(f"{stack.app_url}/console/knowledge?q={prefix}")
+    flagged = console.locator(f'#knowledge-list tr[data-entry="{prefix}-facts"]')
+    plain = console.locator(f'#knowledge-list tr[data-entry="{prefix}-plain"]')
+    expect(flagged.locator(".missing-facts")).to_have_text("缺少本地信息：本地办事地址、本地办公时间")
+    expect(plain.locator(".missing-facts")).to_have_count(0)
+    console.screenshot(path=str(artifacts_dir / "console-knowledge-missing-facts.png"), full_page=True)
+
+    # Filtered to those entries, the other one goes.
+    console.get_by_label("只看缺少本地信息的条目").check()
+    console.get_by_role("button", name="查询").click()
+    console.wait_for_url(re.compile(r"missing=1"))
+    expect(flagged).to_be_visible()
+    expect(plain).to_have_count(0)
+    expect(console.get_by_label("只看缺少本地信息的条目")).to_be_checked()
+    console.screenshot(path=str(artifacts_dir / "console-knowledge-missing-facts-filter.png"), full_page=True)
+
+    # The entry names what is missing and where to fill it in.
+    flagged.get_by_role("link", name=re.compile("月光卡申领指南")).click()
+    console.wait_for_url(re.compile(rf"/console/knowledge/{flagged_id}$"))
+    notice = console.locator("#missing-facts")
+    expect(notice).to_contain_text("本地办事地址、本地办公时间")
+    expect(notice).to_contain_text("city.yml")
+    console.screenshot(path=str(artifacts_dir / "console-knowledge-missing-facts-entry.png"), full_page=True)
+
+    # The editor keeps placeholders, and refuses one that names no fact.
+    console.get_by_role("link", name="编辑此条目").click()
+    form = console.locator("#entry-form")
+    expect(form.locator("textarea[name=answer]")).to_have_value(WITH_FACTS)
+    form.locator("textarea[name=answer]").fill("办理地点：各区政务服务中心，【本地办事地点】。")
+    form.get_by_role("button", name="保存").click()
+    expect(console.locator("#problems")).to_contain_text("【本地办事地点】")
+    expect(console.locator("#problems")).to_contain_text("city.yml")
+    assert [p for p in problems if "422" not in p] == [], problems

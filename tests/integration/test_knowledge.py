@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from crm_backend.models import StaffUser
 from crm_backend.services import knowledge
 from crm_backend.settings import normalise_database_url
 from tests.support.domain_text import utter, utter_buttons
-from tests.support.stack import Stack
+from tests.support.stack import Stack, stop_process_group
 
 # A service the knowledge base has no entry for, asked several ways: the test uses the first
 # the engine reads as a question (ask_faq), so it does not hang on one training's NLU.
@@ -127,11 +128,55 @@ def test_an_edit_in_the_console_is_what_the_bot_answers_next(stack: Stack, sende
                 entry = await knowledge.entry_by_slug(session, "senior-preferential-card")
                 assert entry is not None
                 data = knowledge.entry_data(entry)
-                edited = replace(data, answer="【测试修订】" + data.answer)
+                edited = replace(data, answer="（测试修订）" + data.answer)
                 await knowledge.update_entry(session, entry, edited, admin, base_version=entry.version)
         finally:
             await engine.dispose()
 
     asyncio.run(edit())
     answer = texts(stack.rest(sender, "老年优待证怎么办理"))
-    assert answer[0].startswith("【测试修订】"), answer
+    assert answer[0].startswith("（测试修订）"), answer
+
+
+# --- the city's own facts (city.yml) ---------------------------------------------------------
+
+CITY_ADDRESS = "A市市民中心（人民路1号）"
+
+
+@pytest.fixture
+def city_app(stack: Stack, tmp_path: Path) -> Iterator[Stack]:
+    """The session's app restarted with a city file that fills in one fact (the engine calls it)."""
+    facts = tmp_path / "city.yml"
+    facts.write_text(f'本地办事地址: "{CITY_ADDRESS}"\n本地办公时间: ""\n', encoding="utf-8")
+    stack.stop_app()
+    try:
+        stack.start_app({"CITY_FACTS_FILE": str(facts)})
+        yield stack
+    finally:
+        stack.stop_app()
+        stack.start_app()
+
+
+def test_a_filled_city_fact_is_said_and_missing_ones_are_left_out(city_app: Stack, sender: str) -> None:
+    answer = texts(city_app.rest(sender, "居住证怎么办理"))[0]
+    assert "依据：《居住证办理指南》" in answer
+    assert f"社区服务机构，{CITY_ADDRESS}。" in answer
+    assert "【" not in answer and "】" not in answer
+    assert "办理时间：" not in answer  # its only fact, 本地办公时间, is not filled in
+    assert "线上办理：部分城市可通过公安政务小程序预约" in answer  # 【本市政务服务网】 left out
+    where = texts(city_app.rest(sender, "在哪里办呢"))[0]
+    assert CITY_ADDRESS in where and "【" not in where
+
+
+def test_a_malformed_city_file_stops_the_app_with_a_clear_message(tmp_path: Path) -> None:
+    facts = tmp_path / "city.yml"
+    facts.write_text("本地办事地址: [人民路1号, 人民路2号]\n", encoding="utf-8")
+    app = Stack(workdir=tmp_path / "app", app_env={"CITY_FACTS_FILE": str(facts)})
+    try:
+        with pytest.raises(RuntimeError, match="app exited"):
+            app.start_app()
+        assert app.app_proc is not None and app.app_proc.wait(timeout=10) == 2
+    finally:
+        stop_process_group(app.app_proc)
+    log = (tmp_path / "app" / "app.log").read_text(encoding="utf-8")
+    assert f"configuration error: {facts}: '本地办事地址' must be given as text" in log

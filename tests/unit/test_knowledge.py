@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_backend.knowledge.entries import ASPECTS, EntryData, InvalidEntry, load_file
+from crm_backend.knowledge.facts import CityFacts
 from crm_backend.knowledge.followups import aspect_answer, aspect_of
 from crm_backend.knowledge.retrieval import IndexedEntry, KnowledgeIndex, Verdict, verdict_of
 from crm_backend.knowledge.text import normalise
@@ -310,7 +311,8 @@ async def test_the_app_s_index_follows_edits_and_retired_entries(sessions: Sessi
         await knowledge.update_entry(session, await session.merge(entry), edited, admin, base_version=1)
     ranking = await base.rank("无人机飞行需要报备吗")
     assert ranking.best is not None and ranking.best.slug == "residence-permit-apply"
-    assert (await base.entry("residence-permit-apply")) == edited
+    # As citizens read it: the city's facts (none filled in here) rendered.
+    assert (await base.entry("residence-permit-apply")) == CityFacts({}).render_entry(edited)
     async with sessions.begin() as session:
         current = await knowledge.entry_by_slug(session, "residence-permit-apply")
         assert current is not None
