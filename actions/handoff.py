@@ -123,7 +123,7 @@ class ActionFallback(HandoffActionBase):
         return "action_fallback"
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[Event]:
-        if self.answers is not None and (answered := await self.answers.answer_if_clear(dispatcher, tracker)):
+        if self.answers is not None and (answered := await self.answers.answer_if_clear(dispatcher, tracker, domain)):
             return answered
         if off_topic := off_topic_reply(tracker, runner_up=False):  # unsure, but its best guess is off-topic
             dispatcher.utter_message(response=off_topic)

@@ -25,7 +25,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from actions.common import entity_value, identity_and_conversation, latest_text
 from actions.turns import last_bot_response
 from crm_backend.knowledge.entries import EntryData
-from crm_backend.knowledge.followups import aspect_answer, aspect_of, names_no_subject, without_aspect_words
+from crm_backend.knowledge.followups import (
+    aspect_answer,
+    aspect_of,
+    names_no_subject,
+    related_answer,
+    without_aspect_words,
+)
 from crm_backend.knowledge.retrieval import Ranking, Verdict
 from crm_backend.services.knowledge import KnowledgeBase, record_feedback, record_miss
 
@@ -39,6 +45,10 @@ FEEDBACK_QUESTIONS = frozenset({"utter_kb_helpful", "utter_kb_helpful_unclear"})
 # gets the out-of-scope reply rather than "no guide found, file a case?".
 OFF_TOPIC_RUNNER_UP = 0.10
 OFF_TOPIC_RESPONSES = {"out_of_scope": "utter_out_of_scope", "chitchat": "utter_chitchat"}
+# "《…》里没有写明时限 … 指南中相关的线上：…" for a follow-up the entry has no answer to. Used when
+# the domain the engine sends has it; otherwise the related part is said as an ordinary
+# follow-up (utter_kb_followup), never the whole guide again.
+MISSING_ASPECT_RESPONSE = "utter_kb_followup_missing"
 
 
 def entry_button(slug: str, title: str) -> dict[str, str]:
@@ -91,17 +101,41 @@ class KnowledgeAnswers:
             dispatcher.utter_message(response="utter_kb_helpful")
         return [SlotSet(ENTRY_SLOT, entry.slug)]
 
-    def say_aspect(self, dispatcher: CollectingDispatcher, entry: EntryData, aspect: str) -> list[Event]:
-        text = aspect_answer(entry, aspect)
-        if text is None:
+    def say_aspect(
+        self, dispatcher: CollectingDispatcher, entry: EntryData, aspect: str, domain: DomainDict | None = None
+    ) -> list[Event]:
+        """The part of the entry a follow-up asks about; if it has none, the nearest part it has.
+
+        Only an entry with neither (no labelled line near the aspect) is said whole.
+        """
+        reviewed = entry.last_reviewed.isoformat()
+        if (text := aspect_answer(entry, aspect)) is not None:
+            dispatcher.utter_message(
+                response="utter_kb_followup",
+                kb_title=entry.title,
+                kb_aspect=aspect,
+                kb_answer=text,
+                kb_reviewed=reviewed,
+            )
+        elif (related := related_answer(entry, aspect)) is None:
             return self.say_entry(dispatcher, entry)
-        dispatcher.utter_message(
-            response="utter_kb_followup",
-            kb_title=entry.title,
-            kb_aspect=aspect,
-            kb_answer=text,
-            kb_reviewed=entry.last_reviewed.isoformat(),
-        )
+        elif MISSING_ASPECT_RESPONSE in ((domain or {}).get("responses") or {}):
+            dispatcher.utter_message(
+                response=MISSING_ASPECT_RESPONSE,
+                kb_title=entry.title,
+                kb_aspect=aspect,
+                kb_related=related[0],
+                kb_answer=related[1],
+                kb_reviewed=reviewed,
+            )
+        else:
+            dispatcher.utter_message(
+                response="utter_kb_followup",
+                kb_title=entry.title,
+                kb_aspect=related[0],
+                kb_answer=related[1],
+                kb_reviewed=reviewed,
+            )
         dispatcher.utter_message(response="utter_kb_helpful")
         return [SlotSet(ENTRY_SLOT, entry.slug)]
 
@@ -125,11 +159,13 @@ class KnowledgeAnswers:
         best = snapshot.entry(ranking.best.slug) if ranking.best else None
         return Reading(ranking, best, current, aspect, bool(aspect) and names_no_subject(text))
 
-    async def answer_if_clear(self, dispatcher: CollectingDispatcher, tracker: Tracker) -> list[Event] | None:
+    async def answer_if_clear(
+        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict | None = None
+    ) -> list[Event] | None:
         """Answer a message only if it is a follow-up or a clear question; None otherwise."""
         reading = await self.read(tracker)
         if reading.follow_up and reading.current and reading.aspect:
-            return self.say_aspect(dispatcher, reading.current, reading.aspect)
+            return self.say_aspect(dispatcher, reading.current, reading.aspect, domain)
         if reading.ranking.verdict is Verdict.CLEAR and reading.best is not None:
             return self.say_entry(dispatcher, reading.best)
         return None
@@ -177,7 +213,7 @@ class ActionAnswerQuestion(Action):
             return []
         reading = await self.answers.read(tracker)
         if reading.follow_up and reading.current and reading.aspect:
-            return self.answers.say_aspect(dispatcher, reading.current, reading.aspect)
+            return self.answers.say_aspect(dispatcher, reading.current, reading.aspect, domain)
         ranking, best = reading.ranking, reading.best
         if ranking.verdict is Verdict.NO_MATCH or best is None:
             logger.info("no knowledge entry for a question (best %.2f)", ranking.best.score if ranking.best else 0.0)
