@@ -54,11 +54,17 @@ def _plain(text: str) -> str:
     return _to_simplified().convert(unicodedata.normalize("NFKC", text).lower())
 
 
+def _replace_variants(text: str, path: Path) -> str:
+    """Every variant of one table in `text` replaced by its canonical term, in one pass."""
+    pattern, canonical = _synonym_pattern(path)
+    if pattern is None:
+        return text
+    return pattern.sub(lambda match: canonical[match.group(0)], text)
+
+
 def normalise(text: str) -> str:
     """A question as the index sees it: plain, careful wording, canonical names, no punctuation."""
     text = _plain(text)
     for path in TABLES:
-        pattern, canonical = _synonym_pattern(path)
-        if pattern is not None:
-            text = pattern.sub(lambda match, table=canonical: table[match.group(0)], text)
+        text = _replace_variants(text, path)
     return _NOISE.sub(" ", text).strip()
