@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from actions import build_actions
 from actions.dispatch import ActionAskCategoryChoice, ActionAskDistrict, ActionAskReportConfirmed, ActionSubmitReport
+from actions.knowledge import IF_IN_DOMAIN
 from actions.progress import ActionAskCaseNumber, ActionCheckProgress, ActionStartProgress, ValidateProgressForm
 from actions.report import REPORT_SLOTS, ActionCancelRequest, ActionStartReport, ValidateReportForm
 from crm_backend.dispatch.classifier import CATEGORIES
@@ -295,7 +296,8 @@ def test_every_response_named_in_the_actions_code_exists_in_the_domain() -> None
     # "utter_action" is the engine's metadata key naming the response a bot message came from.
     named = set(re.findall(r"""["'](utter_\w+)["']""", code)) - {"utter_action"}
     assert {"utter_report_summary", "utter_dispatch_preview", "utter_dispatch_preview_urgent"} <= named
-    assert sorted(named - set(DOMAIN["responses"])) == []
+    # A response the actions use only once the domain has it (actions.knowledge.IF_IN_DOMAIN) may wait.
+    assert sorted(named - set(DOMAIN["responses"]) - IF_IN_DOMAIN) == []
 
 
 @pytest.mark.parametrize("slot", REPORT_FORM_SLOTS)
