@@ -19,11 +19,6 @@ def _responses() -> dict[str, Any]:
     return domain["responses"]  # type: ignore[no-any-return]
 
 
-def domain_responses() -> frozenset[str]:
-    """The names of the responses domain.yml has."""
-    return frozenset(_responses())
-
-
 def utter(name: str, **slots: str) -> str:
     """The first variant of a response in domain.yml, with its {slots} filled in."""
     text: str = _responses()[name][0]["text"]
