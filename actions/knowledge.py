@@ -25,7 +25,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from actions.common import entity_value, identity_and_conversation, latest_text
 from actions.turns import last_bot_response
 from crm_backend.knowledge.entries import EntryData
-from crm_backend.knowledge.followups import aspect_answer, aspect_of, names_no_subject, without_aspect_words
+from crm_backend.knowledge.followups import (
+    aspect_answer,
+    aspect_of,
+    names_no_subject,
+    related_answer,
+    without_aspect_words,
+)
 from crm_backend.knowledge.retrieval import Ranking, Verdict
 from crm_backend.services.knowledge import KnowledgeBase, record_feedback, record_miss
 
@@ -39,6 +45,9 @@ FEEDBACK_QUESTIONS = frozenset({"utter_kb_helpful", "utter_kb_helpful_unclear"})
 # gets the out-of-scope reply rather than "no guide found, file a case?".
 OFF_TOPIC_RUNNER_UP = 0.10
 OFF_TOPIC_RESPONSES = {"out_of_scope": "utter_out_of_scope", "chitchat": "utter_chitchat"}
+# "《…》里没有写明时限 … 指南中相关的线上：…" for a follow-up the entry has no answer to: the
+# nearest part it covers, said plainly as such, never the whole guide again.
+MISSING_ASPECT_RESPONSE = "utter_kb_followup_missing"
 
 
 def entry_button(slug: str, title: str) -> dict[str, str]:
@@ -92,16 +101,30 @@ class KnowledgeAnswers:
         return [SlotSet(ENTRY_SLOT, entry.slug)]
 
     def say_aspect(self, dispatcher: CollectingDispatcher, entry: EntryData, aspect: str) -> list[Event]:
-        text = aspect_answer(entry, aspect)
-        if text is None:
+        """The part of the entry a follow-up asks about; if it has none, the nearest part it has.
+
+        Only an entry with neither (no labelled line near the aspect) is said whole.
+        """
+        reviewed = entry.last_reviewed.isoformat()
+        if (text := aspect_answer(entry, aspect)) is not None:
+            dispatcher.utter_message(
+                response="utter_kb_followup",
+                kb_title=entry.title,
+                kb_aspect=aspect,
+                kb_answer=text,
+                kb_reviewed=reviewed,
+            )
+        elif (related := related_answer(entry, aspect)) is None:
             return self.say_entry(dispatcher, entry)
-        dispatcher.utter_message(
-            response="utter_kb_followup",
-            kb_title=entry.title,
-            kb_aspect=aspect,
-            kb_answer=text,
-            kb_reviewed=entry.last_reviewed.isoformat(),
-        )
+        else:
+            dispatcher.utter_message(
+                response=MISSING_ASPECT_RESPONSE,
+                kb_title=entry.title,
+                kb_aspect=aspect,
+                kb_related=related[0],
+                kb_answer=related[1],
+                kb_reviewed=reviewed,
+            )
         dispatcher.utter_message(response="utter_kb_helpful")
         return [SlotSet(ENTRY_SLOT, entry.slug)]
 

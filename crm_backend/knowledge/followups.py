@@ -2,7 +2,9 @@
 
 `aspect_of` finds what a question asks about from its wording; `aspect_answer` answers it from
 the entry: its own short follow-up answer when it has one, else the line of the full answer
-that covers the aspect ("申请材料：…"), else None (the caller then gives the whole answer).
+that covers the aspect ("申请材料：…"), else None. For an aspect the entry does not cover,
+`related_answer` gives the nearest part it does cover (the 线上 answer for "要多久" when no
+时限 is written), so the citizen is told what is there rather than read the whole guide again.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ ASPECT_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "什么时候能拿",
             "啥时候能拿",
             "什么时候到",
+            "什么时候能办好",
+            "啥时候能办好",
+            "什么时候办好",
+            "啥时候办好",
+            "什么时候能好",
+            "啥时候能好",
         ),
     ),
     (
@@ -52,6 +60,16 @@ ANSWER_LABELS: dict[str, tuple[str, ...]] = {
     "费用": ("收费", "费用"),
     "时限": ("时限", "有效期"),
     "线上": ("线上", "网上"),
+}
+# For an aspect an entry does not cover, the aspects nearest to it, nearest first.
+RELATED_ASPECTS: dict[str, tuple[str, ...]] = {
+    "时限": ("时间", "线上", "地点"),
+    "时间": ("时限", "地点"),
+    "地点": ("线上", "时间"),
+    "线上": ("地点",),
+    "费用": ("地点",),
+    "材料": ("条件", "地点"),
+    "条件": ("材料", "地点"),
 }
 _LABELLED_LINE = re.compile(r"^\s*([^：:\n]{1,10})[：:]\s*(.+)$")
 
@@ -104,4 +122,12 @@ def aspect_answer(entry: EntryData, aspect: str) -> str | None:
         match = _LABELLED_LINE.match(line)
         if match and any(label in match.group(1) for label in ANSWER_LABELS.get(aspect, ())):
             return match.group(2).strip()
+    return None
+
+
+def related_answer(entry: EntryData, aspect: str) -> tuple[str, str] | None:
+    """For an aspect the entry does not cover: the nearest aspect it does cover and its answer."""
+    for other in RELATED_ASPECTS.get(aspect, ()):
+        if text := aspect_answer(entry, other):
+            return other, text
     return None

@@ -1,8 +1,10 @@
 """Normalising citizens' questions before retrieval: one script, one name per service.
 
 Citizens write traditional characters, full-width letters, typos and nicknames (居主证, 暂住证,
-gjj). Questions and entries both pass through `normalise`, so a variant and its canonical
-term (from ``data/synonyms.yml``) meet in the index.
+gjj), and colloquial wording (咋, 啥, 弄, 这边). Questions and entries both pass through
+`normalise`, which rewrites colloquial words to careful ones (``data/wording.yml``), then
+variants to their canonical term (``data/synonyms.yml``), so 「社保咋转到这边来」 and
+「社保怎么转移到本市」 meet in the index.
 """
 
 from __future__ import annotations
@@ -14,7 +16,11 @@ from pathlib import Path
 
 import yaml
 
-SYNONYMS_PATH = Path(__file__).resolve().parent / "data" / "synonyms.yml"
+DATA = Path(__file__).resolve().parent / "data"
+WORDING_PATH = DATA / "wording.yml"
+SYNONYMS_PATH = DATA / "synonyms.yml"
+# Applied in this order, each in one pass: colloquial wording first, then names and phrases.
+TABLES = (WORDING_PATH, SYNONYMS_PATH)
 _NOISE = re.compile(r"[\s\W_]+", re.UNICODE)
 
 
@@ -26,7 +32,7 @@ def _to_simplified():  # type: ignore[no-untyped-def]
 
 
 @functools.cache
-def _synonym_pattern(path: Path = SYNONYMS_PATH) -> tuple[re.Pattern[str] | None, dict[str, str]]:
+def _synonym_pattern(path: Path) -> tuple[re.Pattern[str] | None, dict[str, str]]:
     """One alternation of every variant (longest first) and the canonical term of each."""
     if not path.exists():
         return None, {}
@@ -48,10 +54,17 @@ def _plain(text: str) -> str:
     return _to_simplified().convert(unicodedata.normalize("NFKC", text).lower())
 
 
+def _replace_variants(text: str, path: Path) -> str:
+    """Every variant of one table in `text` replaced by its canonical term, in one pass."""
+    pattern, canonical = _synonym_pattern(path)
+    if pattern is None:
+        return text
+    return pattern.sub(lambda match: canonical[match.group(0)], text)
+
+
 def normalise(text: str) -> str:
-    """A question as the index sees it: plain, canonical service names, no punctuation or spaces."""
+    """A question as the index sees it: plain, careful wording, canonical names, no punctuation."""
     text = _plain(text)
-    pattern, canonical = _synonym_pattern()
-    if pattern is not None:
-        text = pattern.sub(lambda match: canonical[match.group(0)], text)
+    for path in TABLES:
+        text = _replace_variants(text, path)
     return _NOISE.sub(" ", text).strip()

@@ -62,6 +62,32 @@ def test_a_follow_up_is_answered_from_the_same_entry(stack: Stack, sender: str) 
     assert where[0].startswith("关于「居住证办理指南」的地点："), where
 
 
+def test_a_sloppy_question_finds_its_guide_and_how_long_gets_only_the_time_limit(stack: Stack, sender: str) -> None:
+    """Issue 12: 「社保咋转到这边来」 got 灵活就业人员参加社会保险, 「那要多久能弄好」 the whole guide again.
+
+    Needs no NLU change: the current model reads both as ask_faq (checked first).
+    """
+    assert intent(stack, "社保咋转到这边来") == "ask_faq"
+    answer = texts(stack.rest(sender, "社保咋转到这边来"))
+    assert "依据：《养老保险关系转移接续》" in answer[0], answer
+    assert intent(stack, "那要多久能弄好") == "ask_faq"
+    follow_up = texts(stack.rest(sender, "那要多久能弄好"))
+    assert follow_up[0].startswith("关于「养老保险关系转移接续」的时限："), follow_up
+    assert "45个工作日" in follow_up[0] and "申请材料" not in follow_up[0]
+
+
+def test_how_long_about_a_guide_without_a_time_limit_gets_its_nearest_part_not_the_guide_again(
+    stack: Stack, sender: str
+) -> None:
+    """The bot says plainly the guide has no 时限 and gives its nearest part, never the whole guide again."""
+    answer = texts(stack.rest(sender, "灵活就业社保怎么办理"))
+    assert "依据：《灵活就业人员参加社会保险》" in answer[0], answer
+    follow_up = texts(stack.rest(sender, "那要多久能弄好"))
+    assert "参保范围" not in follow_up[0], follow_up
+    assert follow_up[0].startswith("《灵活就业人员参加社会保险》里没有写明时限"), follow_up
+    assert "“掌上12333”App" in follow_up[0]
+
+
 def test_an_alternative_offered_as_a_button_is_answered(stack: Stack, sender: str) -> None:
     replies = stack.rest(sender, "请问公积金怎么提取出来")
     offered = [b for b in replies[-1]["buttons"] if b["payload"].startswith("/ask_faq")]

@@ -11,13 +11,19 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from actions.handoff import REJECTIONS_SLOT, ActionFallback, ActionRejectAnswer
-from actions.knowledge import ENTRY_SLOT, ActionAcceptAnswer, ActionAnswerQuestion, KnowledgeAnswers
+from actions.knowledge import (
+    ENTRY_SLOT,
+    MISSING_ASPECT_RESPONSE,
+    ActionAcceptAnswer,
+    ActionAnswerQuestion,
+    KnowledgeAnswers,
+)
 from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.duty import DutyHours
 from crm_backend.models import ChannelIdentity, KnowledgeFeedback
 from crm_backend.services.conversations import current_conversation
 from crm_backend.services.knowledge import KnowledgeBase, recent_misses, seed_knowledge_once
-from tests.unit.test_actions import entity, make_tracker, payload_intent, register, rendered, responses
+from tests.unit.test_actions import DOMAIN, entity, make_tracker, payload_intent, register, rendered, responses
 from tests.unit.test_handoff_actions import SESSION_START, bot, tracker_for, turn, user
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -90,6 +96,34 @@ async def test_a_follow_up_is_answered_from_the_same_entry(answers: KnowledgeAns
     dispatcher, _ = await ask(answers, "网上能办吗", slots={ENTRY_SLOT: "residence-permit-apply"})
     online = rendered(dispatcher.messages[0])  # 【本市政务服务网】 not filled in: left out
     assert "公安政务小程序" in online and "【" not in online
+
+
+async def test_a_sloppy_question_then_how_long_gets_the_time_limit_alone(answers: KnowledgeAnswers) -> None:
+    """Issue 12: 「社保咋转到这边来」 found the wrong guide and 「那要多久能弄好」 repeated it whole."""
+    _, events = await ask(answers, "社保咋转到这边来")
+    assert entry_set(events) == "social-insurance-transfer"
+    dispatcher, events = await ask(answers, "那要多久能弄好", slots={ENTRY_SLOT: "social-insurance-transfer"})
+    assert responses(dispatcher) == ["utter_kb_followup", "utter_kb_helpful"]
+    text = rendered(dispatcher.messages[0])
+    assert text.startswith("关于「养老保险关系转移接续」的时限：") and "45个工作日" in text
+    assert "申请材料" not in text
+    assert entry_set(events) == "social-insurance-transfer"
+
+
+async def test_an_aspect_the_entry_lacks_is_said_plainly_with_the_nearest_part_not_the_whole_answer(
+    answers: KnowledgeAnswers,
+) -> None:
+    entry = await answers.knowledge.entry("flexible-employment-insurance")
+    assert entry is not None
+    dispatcher = CollectingDispatcher()
+    tracker = make_tracker(text="那要多久能弄好", intent="ask_faq", slots={ENTRY_SLOT: entry.slug})
+    events = await ActionAnswerQuestion(answers).run(dispatcher, tracker, DOMAIN)
+    assert responses(dispatcher) == [MISSING_ASPECT_RESPONSE, "utter_kb_helpful"]
+    said = dispatcher.messages[0]
+    assert said["kb_title"] == entry.title and said["kb_aspect"] == "时限"
+    assert said["kb_answer"] in entry.answer or said["kb_answer"] in entry.follow_ups.values()
+    assert len(said["kb_answer"]) < len(entry.answer) / 2
+    assert entry_set(events) == entry.slug
 
 
 async def test_a_follow_up_naming_another_service_is_a_new_question(answers: KnowledgeAnswers) -> None:
