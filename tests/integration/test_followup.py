@@ -44,10 +44,10 @@ async def file_case(chat: ChatClient, problem: str, location: str) -> str:
         last = replies[-1]
         payloads = [button["payload"] for button in last.get("buttons", [])]
         if "/affirm" in payloads:
-            done = await chat.click(next(b for b in last["buttons"] if b["payload"] == "/affirm"))
-            match = CASE_NUMBER.search(done[-1]["text"])
-            assert match, done
-            return match.group(0)
+            replies = await chat.click(next(b for b in last["buttons"] if b["payload"] == "/affirm"))
+            if match := CASE_NUMBER.search(replies[-1]["text"]):
+                return match.group(0)
+            continue  # 仍然提交 beside an open case: the read-back comes again
         if last["text"] == utter("utter_ask_description"):
             replies = await chat.say(problem)
         elif last["text"] == utter("utter_ask_location"):

@@ -19,7 +19,11 @@ from tests.support.stack import Stack, stop_process_group
 
 # A service the knowledge base has no entry for, asked several ways: the test uses the first
 # the engine reads as a question (ask_faq), so it does not hang on one training's NLU.
-NOT_IN_THE_BASE = ("请问无人机在公园里飞需要去哪里报备", "想问下办游艇驾驶证要什么手续", "请问古树名木认养怎么申请")
+NOT_IN_THE_BASE = (
+    "请问无人机在公园里飞需要去哪里报备",
+    "请问在自家阳台养蜜蜂需要去哪里备案",
+    "请问古树名木认养怎么申请",
+)
 
 
 def texts(replies: list[dict]) -> list[str]:  # type: ignore[type-arg]

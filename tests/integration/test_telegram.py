@@ -156,7 +156,9 @@ def answer_form_until_readback(citizen: TelegramCitizen, replies: list[dict[str,
         titles = [b["text"] for b in keyboard_buttons(last)]
         if "确认提交" in titles:
             return last
-        if last["text"] == utter("utter_ask_location"):
+        if "仍然提交" in titles:  # beside an open case: the full read-back follows
+            replies = citizen.press(last, "仍然提交")
+        elif last["text"] == utter("utter_ask_location"):
             replies = citizen.send(**answers["location"])
         elif last["text"] == utter("utter_ask_contact_phone"):
             replies = citizen.say(answers["phone"])

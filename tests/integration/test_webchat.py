@@ -186,6 +186,8 @@ async def file_report(chat: ChatClient, problem: str = PROBLEM, location: str = 
     readback = await chat.say(PHONE)
     confirm = next(b for b in readback[-1]["buttons"] if b["payload"] == "/affirm")
     done = await chat.click(confirm)
+    if not CASE_NUMBER.search(done[-1]["text"]):  # 仍然提交 beside an earlier test's case: read back again
+        done = await chat.click(next(b for b in done[-1]["buttons"] if b["payload"] == "/affirm"))
     match = CASE_NUMBER.search(done[-1]["text"])
     assert match, done
     return match.group(0)
@@ -326,7 +328,8 @@ async def test_progress_query_offers_own_case_without_phone_digits(stack: Stack,
     assert [b["title"] for b in buttons] == [number]
     assert number in buttons[0]["payload"]
 
-    status = stack.api("GET", f"/cases/{number}").json()["status_label"]
+    code = stack.api("GET", f"/cases/{number}").json()["status"]
+    status = utter(f"utter_status_{code}")  # the status in the citizen's words
     answer = await chat.click(buttons[0])
     assert len(answer) == 1, answer
     assert utter("utter_ask_phone_last4") not in texts(answer)
@@ -523,6 +526,7 @@ async def test_handoff_to_staff_and_back(stack: Stack, chat: ChatClient) -> None
     assert cid not in waiting
     kinds = [(m["direction"], m["sender_kind"]) for m in api_messages(stack, cid)]
     assert kinds == [
+        ("out", "bot"),  # the greeting
         ("in", "citizen"),
         ("out", "bot"),
         ("in", "citizen"),
