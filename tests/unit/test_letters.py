@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import pytest
 
 from bot.letters import LetterGate, LetterKindModel, Steering, is_letter, kind_by_title
@@ -87,3 +90,12 @@ def test_steering_travels_as_metadata() -> None:
 )
 def test_training_rows_are_labelled_by_their_titles(title: str, kind: str | None) -> None:
     assert kind_by_title(title) == kind
+
+
+def test_no_off_topic_or_knowledge_question_of_the_benchmarks_passes_the_gate() -> None:
+    root = Path(__file__).resolve().parents[2] / "benchmarks" / "data"
+    off_topic = [line.split("\t", 1)[1] for line in (root / "off_topic.txt").read_text(encoding="utf-8").splitlines()]
+    with open(root / "kb_heldout.csv", encoding="utf-8", newline="") as handle:
+        questions = [row["question"] for row in csv.DictReader(handle)]
+    assert len(off_topic) == 390 and len(questions) > 100
+    assert [text for text in off_topic + questions if is_letter(text)] == []
