@@ -271,7 +271,7 @@ class MessagePipeline:
             try:
                 engine_input = message.engine_input or message.text
                 raw = await self._engine.send(
-                    sender_id, engine_input, channel=channel, metadata=self._steering(engine_input)
+                    sender_id, engine_input, channel=channel, metadata=await self._steering(sender_id, engine_input)
                 )
             except EngineUnavailable as error:
                 logger.info("replay for %s waits, the engine is still unavailable: %s", sender_id, error)
@@ -399,7 +399,7 @@ class MessagePipeline:
             return busy, False, False
         try:
             raw = await self._engine.send(
-                sender_id, engine_input, channel=inbound.channel, metadata=self._steering(engine_input)
+                sender_id, engine_input, channel=inbound.channel, metadata=await self._steering(sender_id, engine_input)
             )
         except EngineUnavailable as error:
             logger.warning("engine unavailable for %s: %s", sender_id, error)
@@ -407,10 +407,21 @@ class MessagePipeline:
         answers, handoff_started = self._convert(raw)
         return [*replies, *answers], handoff_started, True
 
-    def _steering(self, engine_input: str) -> dict[str, Any] | None:
-        """The letter gate's word to the engine on this input (see `bot.letters`); None: the NLU reads it."""
+    async def _steering(self, sender_id: str, engine_input: str) -> dict[str, Any] | None:
+        """The letter gate's word to the engine on this input (see `bot.letters`); None: the NLU reads it.
+
+        A letter written into an open form (a long description, a 回访 comment) is the form's
+        answer: it is left to the form, unsteered.
+        """
         steering = self._letters.steer(engine_input) if self._letters is not None else None
         if steering is None:
+            return None
+        try:
+            form = await self._engine.active_form(sender_id)
+        except EngineUnavailable:
+            return None  # the send that follows meets the same outage
+        if form is not None:
+            logger.info("a letter of %d characters written into %s: left to the form", len(engine_input), form)
             return None
         logger.info(
             "a letter of %d characters steered to %s (%.2f)", len(engine_input), steering.intent, steering.confidence

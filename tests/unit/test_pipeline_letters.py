@@ -23,6 +23,10 @@ class RecordingEngine:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, Any]] = []
+        self.form: str | None = None
+
+    async def active_form(self, sender_id: str) -> str | None:
+        return self.form
 
     async def send(self, sender_id: str, text: str, *, channel: str, metadata: Any = None) -> list[dict[str, Any]]:
         self.sent.append((text, metadata))
@@ -64,3 +68,11 @@ async def test_a_short_message_reaches_the_engine_unsteered(
 ) -> None:
     await pipeline.handle(Inbound("web", "citizen-short", text))
     assert engine.sent == [(text, None)]
+
+
+async def test_a_letter_written_into_an_open_form_is_left_to_the_form(
+    pipeline: MessagePipeline, engine: RecordingEngine
+) -> None:
+    engine.form = "report_form"  # e.g. the form asked for the description and the citizen wrote a long one
+    await pipeline.handle(Inbound("web", "citizen-in-form", LETTER))
+    assert engine.sent == [(LETTER, None)]
