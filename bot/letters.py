@@ -5,7 +5,8 @@ trained on short examples, often cannot place. In front of the engine, `LetterGa
 at each text message:
 
 * A message that reads as a letter (`is_letter`: at least `LETTER_MIN_CHARS` characters, or at
-  least `FORMAL_MIN_CHARS` opening with a formal salutation such as 「尊敬的」 or 「书记您好」) is
+  least `FORMAL_MIN_CHARS` opening with a formal salutation such as 「尊敬的」 or 「书记您好」, and
+  at least `LETTER_MIN_DISTINCT_CHARS` different characters, so long filler is no letter) is
   given a `Steering`: intent ``report_issue`` or ``ask_faq`` with the model's confidence. The app
   sends it to the engine as message metadata (``{"letter": {...}}``) with the letter's own text,
   and the engine's channel (`bot.engine_channel`) turns it into the message's parse data instead
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 LETTER_KIND_DATA = Path(__file__).resolve().parent / "data" / "letter_kinds.csv"
 LETTER_MIN_CHARS = 60
 FORMAL_MIN_CHARS = 25
+# A letter uses many different characters; a long run of filler (「啊啊啊…」, a test string) does not.
+LETTER_MIN_DISTINCT_CHARS = 15
 QUESTION_THRESHOLD = 0.5
 MODEL_CHARS = 200  # a letter's kind shows in its title and first lines; training rows are cut the same
 
@@ -73,8 +76,10 @@ def kind_by_title(title: str) -> Kind | None:
 
 
 def is_letter(text: str) -> bool:
-    """Whether a message reads as a letter: long, or formal and not short."""
+    """Whether a message reads as a letter: long, or formal and not short, and not filler."""
     text = text.strip()
+    if len(set(text)) < LETTER_MIN_DISTINCT_CHARS:
+        return False
     if len(text) >= LETTER_MIN_CHARS:
         return True
     return len(text) >= FORMAL_MIN_CHARS and bool(_FORMAL_OPENING.match(text))

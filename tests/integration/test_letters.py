@@ -52,3 +52,10 @@ def test_a_policy_question_letter_is_answered_or_told_no_guide_matches(stack: St
     replies = texts(stack.rest(sender, letter))
     assert not any(dead_end in reply for reply in replies for dead_end in DEAD_ENDS), replies
     assert "——依据：《" in replies[0] or replies[0] == utter("utter_kb_no_match"), replies
+
+
+def test_a_long_description_written_into_the_form_is_the_forms_answer(stack: Stack, sender: str) -> None:
+    assert texts(stack.rest(sender, "我要投诉")) == [utter("utter_ask_description")]
+    # The form goes on to the place (its district, as the NLU read a street), not a fresh report.
+    replies = texts(stack.rest(sender, heldout_letter("245200")))
+    assert replies in ([utter("utter_ask_location")], [utter("utter_choose_district")]), replies

@@ -70,6 +70,12 @@ def test_long_progress_query_with_a_case_number_is_left_to_the_nlu(gate: LetterG
     assert gate.steer(text) is None
 
 
+@pytest.mark.parametrize("filler", ["啊" * 2000, "哈哈" * 100, "1234567890" * 10, "测试一下" * 30])
+def test_long_filler_is_not_a_letter(gate: LetterGate, filler: str) -> None:
+    assert not is_letter(filler)
+    assert gate.steer(filler) is None
+
+
 def test_a_short_formal_letter_is_a_letter() -> None:
     assert is_letter("尊敬的书记：您好！我们小区门口的路灯坏了一个多月了，希望尽快修好。")
     assert not is_letter("您好，我们小区门口的路灯坏了一个多月了")
