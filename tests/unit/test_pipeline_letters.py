@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.engine import EngineClient
+from bot.engine import EngineClient, EngineUnavailable
 from bot.letters import LetterGate, LetterKindModel
 from bot.pipeline import Inbound, MessagePipeline
 from bot.responses import Responses
@@ -24,11 +24,14 @@ class RecordingEngine:
     def __init__(self) -> None:
         self.sent: list[tuple[str, Any]] = []
         self.form: str | None = None
+        self.down = False
 
     async def active_form(self, sender_id: str) -> str | None:
         return self.form
 
     async def send(self, sender_id: str, text: str, *, channel: str, metadata: Any = None) -> list[dict[str, Any]]:
+        if self.down:
+            raise EngineUnavailable("connection refused")
         self.sent.append((text, metadata))
         return [{"text": "ok"}]
 
@@ -46,7 +49,12 @@ def engine() -> RecordingEngine:
 @pytest.fixture
 def pipeline(sessions: async_sessionmaker[AsyncSession], engine: RecordingEngine, gate: LetterGate) -> MessagePipeline:
     responses = Responses(
-        {"utter_empty_message": "empty", "utter_message_truncated": "cut", "utter_system_busy": "busy"}
+        {
+            "utter_empty_message": "empty",
+            "utter_message_truncated": "cut",
+            "utter_system_busy": "busy",
+            "utter_replay_intro": "earlier: {text}",
+        }
     )
     fake: Any = engine
     client: EngineClient = fake
@@ -76,3 +84,16 @@ async def test_a_letter_written_into_an_open_form_is_left_to_the_form(
     engine.form = "report_form"  # e.g. the form asked for the description and the citizen wrote a long one
     await pipeline.handle(Inbound("web", "citizen-in-form", LETTER))
     assert engine.sent == [(LETTER, None)]
+
+
+async def test_a_letter_the_engine_missed_is_replayed_with_its_steering(
+    pipeline: MessagePipeline, engine: RecordingEngine
+) -> None:
+    engine.down = True
+    await pipeline.handle(Inbound("web", "citizen-replayed", LETTER))
+    engine.down = False
+    await pipeline.handle(Inbound("web", "citizen-replayed", "你好"))
+    assert [(text, (metadata or {}).get("letter", {}).get("intent")) for text, metadata in engine.sent] == [
+        (LETTER, "report_issue"),
+        ("你好", None),
+    ]
