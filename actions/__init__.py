@@ -44,7 +44,7 @@ def build_actions(
     hours = DutyHours.from_env()
     answers = KnowledgeAnswers(knowledge)
     return [
-        ActionStartReport(sessions, daily_case_limit=daily_case_limit),
+        ActionStartReport(sessions, daily_case_limit=daily_case_limit, desk=desk),
         ValidateReportForm(desk),
         ActionAskDistrict(desk),
         ActionAskCategoryChoice(),

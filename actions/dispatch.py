@@ -29,6 +29,8 @@ CONFIRM_BUTTONS = [
     {"title": "更正地点", "payload": "/correct_location"},
     {"title": "取消", "payload": "/deny"},
 ]
+# The read-back quotes a letter's first characters; the case keeps the whole description.
+READBACK_DESCRIPTION_CHARS = 200
 DUPLICATE_BUTTONS = [
     {"title": "仍然提交", "payload": "/affirm"},
     {"title": "不用了", "payload": "/deny"},
@@ -41,6 +43,15 @@ def due_text(due: datetime | None) -> str:
         return ""
     local = due.astimezone(CHINA_TZ)
     return f"{local.month}月{local.day}日"
+
+
+def readback_description(description: str) -> str:
+    """A description as the read-back quotes it, on one line: whole, or its first
+    `READBACK_DESCRIPTION_CHARS` characters and 「…」."""
+    description = " ".join(description.split())
+    if len(description) <= READBACK_DESCRIPTION_CHARS:
+        return description
+    return description[:READBACK_DESCRIPTION_CHARS] + "…"
 
 
 def report_from(tracker: Tracker) -> Report:
@@ -113,7 +124,7 @@ class ActionAskReportConfirmed(Action):
         report = report_from(tracker)
         dispatcher.utter_message(
             response="utter_report_summary",
-            description=report.description,
+            description=readback_description(report.description),
             location=report.location,
             contact_phone=report.contact_phone,
         )

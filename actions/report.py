@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from typing import Any
@@ -43,6 +44,9 @@ _FILLER = re.compile(
 )
 MIN_DESCRIPTION_CHARS = 4
 MIN_LOCATION_CHARS = 2
+# From this length an opening message is a letter (as `bot.letters.LETTER_MIN_CHARS` reads it):
+# its place is read from the whole text with the gazetteer, not only from the NLU's entities.
+LETTER_CHARS = 60
 
 
 def with_district(location: str, district: str) -> str:
@@ -62,13 +66,22 @@ def substantive_description(text: str) -> str | None:
 class ActionStartReport(Action):
     """Starts a fresh report, keeping whatever the opening message already told us.
 
+    A letter (`LETTER_CHARS` or more) is its own description, and the gazetteer reads its place
+    from the whole text (as the dispatch preview does), so the form asks only what it lacks.
     A citizen who already filed today's limit of cases is told so here, before the form
     asks a single question, and the form is not opened (the filing checks again).
     """
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession] | None = None, *, daily_case_limit: int = 0) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession] | None = None,
+        *,
+        daily_case_limit: int = 0,
+        desk: Dispatcher | None = None,
+    ) -> None:
         self.sessions = sessions
         self.daily_case_limit = daily_case_limit
+        self.desk = desk
 
     def name(self) -> str:
         return "action_start_report"
@@ -79,10 +92,16 @@ class ActionStartReport(Action):
             dispatcher.utter_message(response="utter_case_limit_reached")
             return [*events, FollowupAction("action_listen")]  # instead of the report form the rules start next
         intent = (tracker.latest_message or {}).get("intent", {}).get("name")
-        if intent == "report_issue" and (description := substantive_description(latest_text(tracker))):
+        description = substantive_description(latest_text(tracker)) if intent == "report_issue" else None
+        if description:
             events.append(SlotSet("description", description))
         district = entity_value(tracker, "district")
         address = entity_value(tracker, "address")
+        if description and len(description) >= LETTER_CHARS and self.desk is not None:
+            found = await asyncio.to_thread(self.desk.locate, description, district)
+            address = found.address or address
+            if found.district and not found.ambiguous:
+                district = found.district
         if district:
             events.append(SlotSet("district", district))
         if address:

@@ -27,6 +27,7 @@ from bot.engine import EngineClient, EngineUnavailable
 from bot.followup import CaseFollowup
 from bot.handoff_banner import HandoffBanner
 from bot.hub import ConversationHub
+from bot.letters import LetterGate, LetterKindModel
 from bot.notifier import ChannelNotifier
 from bot.pipeline import MessagePipeline
 from bot.proof_alarm import ProofAlarm
@@ -95,6 +96,7 @@ async def init_app(settings: Settings) -> web.Application:
     if await seed_knowledge_once(sessions):
         logger.info("loaded the knowledge base from %s", KNOWLEDGE_DATA_FILE)
     desk = await asyncio.to_thread(Dispatcher.load, settings.category_model_path)
+    letters = LetterGate(await asyncio.to_thread(LetterKindModel.train))
     knowledge = KnowledgeBase(sessions, city_facts)
     await knowledge.warm_up()
     limits = settings.limits
@@ -116,6 +118,7 @@ async def init_app(settings: Settings) -> web.Application:
         feed=feed,
         limiter=limiter,
         message_limit=message_limit,
+        letters=letters,
     )
     app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
     app[trusted_proxies_key] = settings.trusted_proxies

@@ -3,6 +3,13 @@
 Rasa's REST channel trusts any caller. This one is the same REST format behind a bearer
 token, so only the app can speak for citizens even on a shared host. Keep this module
 free of app imports: it runs inside the engine's process.
+
+The app's letter gate (`bot.letters`) may steer a letter: its metadata then carries
+``{"letter": {"intent": "report_issue" | "ask_faq", "confidence": 0.93}}``. The channel turns
+that into the message's parse data (Rasa 3.6's processor uses a `UserMessage`'s ``parse_data``
+instead of running the NLU, `MessageProcessor._handle_message_with_tracker`), so the dialogue
+starts the report or answers the question while the actions still read the letter's own text.
+Only those two intents can be steered; any other metadata leaves the message to the NLU.
 """
 
 from __future__ import annotations
@@ -15,6 +22,21 @@ from rasa.core.channels.channel import UserMessage
 from rasa.core.channels.rest import RestInput
 from sanic import Blueprint, response
 from sanic.request import Request
+
+STEERABLE_INTENTS = frozenset({"report_issue", "ask_faq"})
+
+
+def steered_parse_data(text: str | None, metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The parse data the app's letter gate asks for, or None to let the NLU read the message."""
+    letter = (metadata or {}).get("letter")
+    if not isinstance(letter, dict) or letter.get("intent") not in STEERABLE_INTENTS or not text:
+        return None
+    try:
+        confidence = min(max(float(letter.get("confidence", 1.0)), 0.0), 1.0)
+    except (TypeError, ValueError):
+        return None
+    intent = {"name": letter["intent"], "confidence": confidence}
+    return {"text": text, "intent": intent, "intent_ranking": [intent], "entities": []}
 
 
 class AppInput(RestInput):
@@ -35,7 +57,13 @@ class AppInput(RestInput):
         return cls(token)
 
     def blueprint(self, on_new_message: Callable[[UserMessage], Awaitable[None]]) -> Blueprint:
-        blueprint = super().blueprint(on_new_message)
+        async def steer_letters(message: UserMessage) -> None:
+            parse_data = steered_parse_data(message.text, message.metadata)
+            if parse_data is not None:
+                message.parse_data = parse_data
+            await on_new_message(message)
+
+        blueprint = super().blueprint(steer_letters)
         expected = f"Bearer {self.token}".encode()
 
         @blueprint.middleware("request")

@@ -1,7 +1,8 @@
 """The one path every citizen message takes, whatever the channel.
 
 count the message against the sender's limit → log the message → if staff has the
-conversation, stop there → else ask the engine → log and return the replies. The incoming
+conversation, stop there → else ask the engine (a letter steered by the letter gate,
+`bot.letters`, as a report or a question) → log and return the replies. The incoming
 message is committed before the engine is asked, so nothing is lost if the engine is down,
 and so the actions the engine calls find the citizen's identity and conversation.
 
@@ -36,6 +37,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.engine import EngineClient, EngineUnavailable
+from bot.letters import LetterGate
 from bot.responses import Responses
 from crm_backend.console.feed import LiveEvent, LiveFeed
 from crm_backend.errors import TooManyMessages
@@ -137,8 +139,10 @@ class MessagePipeline:
         feed: LiveFeed | None = None,
         limiter: RateLimiter | None = None,
         message_limit: Limit | None = None,
+        letters: LetterGate | None = None,
     ) -> None:
         self._sessions = sessions
+        self._letters = letters
         self._limiter = limiter
         self._message_limit = message_limit
         self._feed = feed
@@ -265,7 +269,10 @@ class MessagePipeline:
                 result.in_handoff = True  # staff hold the conversation now: not the engine's to answer
                 return result
             try:
-                raw = await self._engine.send(sender_id, message.engine_input or message.text, channel=channel)
+                engine_input = message.engine_input or message.text
+                raw = await self._engine.send(
+                    sender_id, engine_input, channel=channel, metadata=await self._steering(sender_id, engine_input)
+                )
             except EngineUnavailable as error:
                 logger.info("replay for %s waits, the engine is still unavailable: %s", sender_id, error)
                 result.engine_down = True
@@ -391,12 +398,35 @@ class MessagePipeline:
         if engine_down:
             return busy, False, False
         try:
-            raw = await self._engine.send(sender_id, engine_input, channel=inbound.channel)
+            raw = await self._engine.send(
+                sender_id, engine_input, channel=inbound.channel, metadata=await self._steering(sender_id, engine_input)
+            )
         except EngineUnavailable as error:
             logger.warning("engine unavailable for %s: %s", sender_id, error)
             return busy, False, False
         answers, handoff_started = self._convert(raw)
         return [*replies, *answers], handoff_started, True
+
+    async def _steering(self, sender_id: str, engine_input: str) -> dict[str, Any] | None:
+        """The letter gate's word to the engine on this input (see `bot.letters`); None: the NLU reads it.
+
+        A letter written into an open form (a long description, a 回访 comment) is the form's
+        answer: it is left to the form, unsteered.
+        """
+        steering = self._letters.steer(engine_input) if self._letters is not None else None
+        if steering is None:
+            return None
+        try:
+            form = await self._engine.active_form(sender_id)
+        except EngineUnavailable:
+            return None  # the send that follows meets the same outage
+        if form is not None:
+            logger.info("a letter of %d characters written into %s: left to the form", len(engine_input), form)
+            return None
+        logger.info(
+            "a letter of %d characters steered to %s (%.2f)", len(engine_input), steering.intent, steering.confidence
+        )
+        return steering.as_metadata()
 
     @staticmethod
     def _convert(raw: list[dict[str, Any]]) -> tuple[list[OutgoingMessage], bool]:

@@ -23,7 +23,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from actions import build_actions
-from actions.dispatch import ActionAskCategoryChoice, ActionAskDistrict, ActionAskReportConfirmed, ActionSubmitReport
+from actions.dispatch import (
+    ActionAskCategoryChoice,
+    ActionAskDistrict,
+    ActionAskReportConfirmed,
+    ActionSubmitReport,
+    readback_description,
+)
 from actions.progress import ActionAskCaseNumber, ActionCheckProgress, ActionStartProgress, ValidateProgressForm
 from actions.report import REPORT_SLOTS, ActionCancelRequest, ActionStartReport, ValidateReportForm
 from bot.responses import Responses
@@ -367,6 +373,42 @@ async def test_start_report_sets_location_from_address_and_district(
     state = await run_start_report(dispatcher, tracker)
     assert (state["district"], state["location"]) == (district, location)
     assert state["description"] == "建国路88号的井盖丢了"
+
+
+LETTER = (
+    "A5区曲塘路渣土车噪音扰民\n曲塘路与京港澳高速辅道交叉口，每到下午六七点开始就有大量渣土车经过，"
+    "噪音巨大，灰尘弥漫，严重影响附近居民的休息和健康，恳请有关部门管一管。"
+)
+
+
+async def test_start_report_reads_a_letters_place_with_the_gazetteer(
+    dispatcher: CollectingDispatcher, desk: Dispatcher
+) -> None:
+    tracker = make_tracker(text=LETTER, intent="report_issue")
+    events = await ActionStartReport(desk=desk).run(dispatcher, tracker, {})
+    state = slot_state(events)
+    assert (state["district"], state["location"]) == ("A5区", "A5区曲塘路")
+    assert state["description"] == LETTER
+
+
+async def test_start_report_leaves_a_short_messages_place_to_the_nlu(
+    dispatcher: CollectingDispatcher, desk: Dispatcher
+) -> None:
+    tracker = make_tracker(text="A5区曲塘路渣土车噪音扰民", intent="report_issue")
+    state = slot_state(await ActionStartReport(desk=desk).run(dispatcher, tracker, {}))
+    assert (state["district"], state["location"]) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("description", "quoted"),
+    [
+        ("路灯坏了三天了", "路灯坏了三天了"),
+        ("标题\n正文" + "很" * 300, ("标题 正文" + "很" * 300)[:200] + "…"),
+        ("很" * 200, "很" * 200),
+    ],
+)
+def test_the_read_back_quotes_a_long_letter_on_one_line_and_shortened(description: str, quoted: str) -> None:
+    assert readback_description(description) == quoted
 
 
 # --- ValidateReportForm: description, phone, location ----------------------------
