@@ -28,7 +28,10 @@ def select(data_dir: Path, which: str) -> list[dict[str, str]]:
     rows: list[dict[str, str]] = []
     for name in SOURCES:
         with (data_dir / name).open(encoding="utf-8", newline="") as handle:
-            rows.extend({"msg_id": row["msg_id"], "title": row["title"], "detail": row["detail"]} for row in csv.DictReader(handle))
+            rows.extend(
+                {"msg_id": row["msg_id"], "title": row["title"], "detail": row["detail"]}
+                for row in csv.DictReader(handle)
+            )
     rows.sort(key=lambda row: int(row["msg_id"]))
     step, offset = RULES[which]
     chosen = [row for index, row in enumerate(rows) if index % step == offset]
