@@ -152,14 +152,14 @@ def main() -> int:
         f"(majority baseline «{majority}»: accuracy {baseline['accuracy']:.3f}, macro F1 {baseline['macro_f1']:.3f}); "
         f"types absent from the test set but predicted: {held_out['absent_predicted'] or 'none'}"
     )
-    out += [""] + _table(held_out)
+    out += ["", *_table(held_out)]
     mean, spread = cv["fold_accuracy"]  # type: ignore[misc]
     out += ["", f"## Cross-validation on the development letters ({CV_FOLDS} folds, seed {CV_SEED})", ""]
     out.append(
         f"pooled accuracy **{cv['accuracy']:.3f}** (per fold {mean:.3f} ± {spread:.3f}), "
         f"macro F1 **{cv['macro_f1']:.3f}**; absent types predicted: {cv['absent_predicted'] or 'none'}"
     )
-    out += [""] + _table(cv)
+    out += ["", *_table(cv)]
     load = os.getloadavg()[0]
     out += ["", "## Speed", ""]
     out.append(
