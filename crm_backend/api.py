@@ -68,6 +68,7 @@ def case_json(case: ServiceCase, *, events: list[CaseEvent] | None = None) -> di
         "location": case.location,
         "district": case.district,
         "category": case.category,
+        "case_type": case.case_type,
         "department": case.department,
         "contact_phone": mask_phone(case.contact_phone),
         "urgent": case.urgent,

@@ -77,6 +77,8 @@ class Settings:
     allowed_origins: tuple[str, ...]
     domain_path: Path
     category_model_path: Path
+    # The 12345 case-type recogniser (`bin/setup` trains it); loaded at start beside the category model.
+    case_type_model_path: Path = PROJECT_ROOT / "models" / "case_type_classifier.joblib"
     # The city's own facts (addresses, hours, sites) the knowledge base's answers name; read at start.
     city_facts_path: Path = PROJECT_ROOT / "city.yml"
     console_secure_cookies: bool = False
@@ -142,6 +144,9 @@ class Settings:
             engine_replay_seconds=number("ENGINE_REPLAY_SECONDS", "5"),
             category_model_path=Path(
                 env.get("CATEGORY_MODEL_PATH", str(PROJECT_ROOT / "models" / "category_classifier.joblib"))
+            ),
+            case_type_model_path=Path(
+                env.get("CASE_TYPE_MODEL_PATH", "").strip() or PROJECT_ROOT / "models" / "case_type_classifier.joblib"
             ),
             city_facts_path=Path(env.get("CITY_FACTS_FILE", "").strip() or PROJECT_ROOT / "city.yml"),
             trusted_proxies=parse_trusted_proxies(env.get("TRUSTED_PROXIES", "")),
