@@ -24,10 +24,19 @@ from crm_backend.models import AuditEntry, ServiceCase, StaffUser
 from crm_backend.services import casework
 from crm_backend.services.conversations import current_conversation, resolve_identity
 from crm_backend.services.intake import Report, file_report
-from tests.unit.test_actions import CATEGORY_MODEL
+from tests.unit.test_actions import (
+    CATEGORY_MODEL,
+    all_cases,
+    ask_confirmation,
+    register,
+    rendered,
+    report_slots,
+    seeded,
+    submit,
+)
 from tests.unit.test_console_services import Sessions, new_case, people
 
-__all__ = ["people"]  # the fixture, imported for the tests below
+__all__ = ["people", "seeded"]  # fixtures, imported for the tests below
 
 
 @pytest.fixture(scope="session")
@@ -205,3 +214,26 @@ def test_the_api_shows_a_cases_type() -> None:
     )
     assert case_json(case)["case_type"] == "求助"
     assert set(CASE_TYPES) == {"咨询", "求助", "投诉", "举报", "建议", "表扬"}
+
+
+# --- the chat's read-back and filing (actions) ------------------------------------------
+
+
+async def test_the_read_back_carries_the_type_without_changing_what_citizens_read(
+    seeded: Sessions, typed_desk: Dispatcher
+) -> None:
+    _, preview = await ask_confirmation(seeded, typed_desk, report_slots())
+    assert preview["response"] == "utter_dispatch_preview"
+    assert preview["case_type"] == "投诉"
+    assert "投诉" not in rendered(preview)  # today's domain text has no {case_type}
+    _, chosen = await ask_confirmation(seeded, typed_desk, report_slots(case_type_choice="举报"))
+    assert chosen["case_type"] == "举报"
+
+
+async def test_a_case_filed_from_the_chat_has_the_type_the_citizen_chose(
+    seeded: Sessions, typed_desk: Dispatcher
+) -> None:
+    identity = await register(seeded, "typed")
+    await submit(seeded, typed_desk, identity.sender_id, report_slots("yes", case_type_choice="举报"))
+    [case] = await all_cases(seeded)
+    assert case.case_type == "举报"
