@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import TYPE_CHECKING
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
@@ -10,7 +13,11 @@ from crm_backend.errors import InvalidInput, NotFound
 from crm_backend.lifecycle import CaseStatus
 from crm_backend.models import Department, RoutingDecision, ServiceCase
 
+if TYPE_CHECKING:
+    from crm_backend.dispatch.case_type import CaseTypeRecogniser
+
 MAX_PAGE = 200
+CLASSIFY_BATCH = 500
 
 
 async def get_case(session: AsyncSession, case_number: str, *, with_events: bool = False) -> ServiceCase:
@@ -74,3 +81,38 @@ def _status(value: str) -> CaseStatus:
         return CaseStatus(value)
     except ValueError as error:
         raise InvalidInput("bad_status", f"unknown status {value!r}") from error
+
+
+async def classify_untyped_cases(session: AsyncSession, recogniser: CaseTypeRecogniser) -> int:
+    """Give every case filed before case types existed (``case_type`` NULL) its recognised type.
+
+    Cases that already have a type, recognised or corrected by staff, are left alone, so running
+    it again does nothing. One audit row (actor ``cli``) records how many were classified.
+    Returns that number.
+    """
+    from crm_backend.services import audit
+
+    classified = 0
+    last_id = 0
+    while True:
+        batch = list(
+            (
+                await session.scalars(
+                    select(ServiceCase)
+                    .where(ServiceCase.case_type.is_(None), ServiceCase.id > last_id)
+                    .order_by(ServiceCase.id)
+                    .limit(CLASSIFY_BATCH)
+                )
+            ).all()
+        )
+        if not batch:
+            break
+        answers = await asyncio.to_thread(recogniser.predict_many, [case.description for case in batch])
+        for case, answer in zip(batch, answers, strict=True):
+            case.case_type = answer.case_type
+        classified += len(batch)
+        last_id = batch[-1].id
+        await session.flush()
+    if classified:
+        audit.record(session, None, "case.classify_types", "", str(classified), actor_name="cli")
+    return classified

@@ -237,3 +237,26 @@ async def test_a_case_filed_from_the_chat_has_the_type_the_citizen_chose(
     await submit(seeded, typed_desk, identity.sender_id, report_slots("yes", case_type_choice="举报"))
     [case] = await all_cases(seeded)
     assert case.case_type == "举报"
+
+
+# --- backfill ----------------------------------------------------------------------------
+
+
+async def test_cases_filed_before_types_are_classified_once_by_the_backfill(
+    sessions: Sessions, people: dict[str, StaffUser], recogniser: CaseTypeRecogniser
+) -> None:
+    from crm_backend.services.cases import classify_untyped_cases
+
+    untyped = await new_case(sessions, "A-housing", CaseStatus.ACCEPTED)  # 「路灯坏了」
+    corrected = await new_case(sessions, "A-housing", CaseStatus.ACCEPTED)
+    async with sessions.begin() as session:
+        await casework.set_case_type(session, people["supervisor"], corrected, "投诉")
+    async with sessions.begin() as session:
+        assert await classify_untyped_cases(session, recogniser) == 1
+    async with sessions.begin() as session:
+        assert await classify_untyped_cases(session, recogniser) == 0
+    async with sessions() as session:
+        types = dict((await session.execute(select(ServiceCase.case_number, ServiceCase.case_type))).tuples().all())
+        assert types == {untyped: "求助", corrected: "投诉"}
+        [entry] = (await session.scalars(select(AuditEntry).where(AuditEntry.action == "case.classify_types"))).all()
+        assert entry.detail == "1"
