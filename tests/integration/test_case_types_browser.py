@@ -69,3 +69,29 @@ def test_staff_see_filter_and_correct_the_type_of_cases_filed_in_the_chat(
     console.screenshot(path=str(artifacts_dir / "console-case-type-corrected.png"), full_page=True)
     assert stack.api("GET", f"/cases/{light}").json()["case_type"] == "投诉"
     assert [p for p in problems if "status of 404" not in p] == [], problems
+
+
+def test_the_consoles_draft_case_is_filed_with_the_recognised_or_the_chosen_type(stack: Stack) -> None:
+    from sqlalchemy import select
+
+    from crm_backend.models import ServiceCase
+    from tests.integration.test_console import citizen_with_a_draft, read_database, run_now, signed_in
+
+    _, _, conversation_id = citizen_with_a_draft(stack, unique("draft-type"))
+    supervisor = signed_in(stack, create_staff(stack, "supervisor", None, "值班钱"))
+    draft = {"description": "路灯坏了好几天", "location": "A1区解放路18号", "contact_phone": ""}
+
+    refused = supervisor.post(f"/conversations/{conversation_id}/file-case", draft | {"case_type": "感谢信"})
+    assert refused.status_code == 422 and "类型须为" in refused.text
+
+    numbers = []
+    for chosen in ("", "建议"):
+        filed = supervisor.post(f"/conversations/{conversation_id}/file-case", draft | {"case_type": chosen})
+        found = re.search(r"已登记工单 (\d{8}-\d{4,})", filed.text)
+        assert filed.status_code == 200 and found, filed.text[:500]
+        numbers.append(found.group(1))
+    types = [
+        run_now(read_database(stack, select(ServiceCase.case_type).where(ServiceCase.case_number == number)))
+        for number in numbers
+    ]
+    assert types == [["求助"], ["建议"]]
