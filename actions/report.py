@@ -13,6 +13,7 @@ from rasa_sdk.types import DomainDict
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from actions.common import entity_value, latest_text, reset_slots
+from crm_backend.dispatch.case_type import CASE_TYPES
 from crm_backend.dispatch.classifier import CATEGORIES
 from crm_backend.dispatch.location import surface_key
 from crm_backend.dispatch.service import Dispatcher
@@ -196,6 +197,10 @@ class ValidateReportForm(FormValidationAction):
         if value is None:
             return {}
         intent = (tracker.latest_message or {}).get("intent", {}).get("name")
+        if intent == "correct_category" and (kind := entity_value(tracker, "case_type")) in CASE_TYPES:
+            # A type button (/correct_category{"case_type": "投诉"}, once the domain offers one):
+            # the citizen's type replaces the recognised one; the category stays.
+            return {"case_type_choice": kind, "report_confirmed": None}
         if intent == "correct_category":
             chosen = entity_value(tracker, "category")
             if chosen in CATEGORIES:

@@ -260,3 +260,24 @@ async def test_cases_filed_before_types_are_classified_once_by_the_backfill(
         assert types == {untyped: "求助", corrected: "投诉"}
         [entry] = (await session.scalars(select(AuditEntry).where(AuditEntry.action == "case.classify_types"))).all()
         assert entry.detail == "1"
+
+
+async def test_a_type_button_at_the_read_back_sets_the_citizens_type_and_keeps_the_category(
+    typed_desk: Dispatcher,
+) -> None:
+    from rasa_sdk.executor import CollectingDispatcher
+
+    from actions.report import ValidateReportForm
+    from tests.unit.test_actions import entity, make_tracker
+
+    text = '/correct_category{"case_type": "投诉"}'
+    tracker = make_tracker(
+        slots={"category_choice": "城乡建设"},
+        text=text,
+        intent="correct_category",
+        entities=[entity("case_type", "投诉")],
+    )
+    dispatcher = CollectingDispatcher()
+    result = await ValidateReportForm(typed_desk).validate_report_confirmed(text, dispatcher, tracker, {})
+    assert result == {"case_type_choice": "投诉", "report_confirmed": None}
+    assert dispatcher.messages == []
