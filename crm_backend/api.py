@@ -223,6 +223,7 @@ class CrmApi:
             rows = await cases.list_cases(
                 session,
                 status=request.query.get("status"),
+                case_type=request.query.get("case_type"),
                 limit=_int_param(request, "limit", 50) or 50,
                 before_id=_int_param(request, "before_id", None),
             )

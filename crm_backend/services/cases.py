@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from crm_backend.dispatch.case_type import CASE_TYPES, CaseTypeRecogniser
 from crm_backend.errors import InvalidInput, NotFound
 from crm_backend.lifecycle import CaseStatus
 from crm_backend.models import Department, RoutingDecision, ServiceCase
-
-if TYPE_CHECKING:
-    from crm_backend.dispatch.case_type import CaseTypeRecogniser
 
 MAX_PAGE = 200
 CLASSIFY_BATCH = 500
@@ -51,12 +48,25 @@ async def case_number_of(session: AsyncSession, case_id: int | None) -> str | No
 
 
 async def list_cases(
-    session: AsyncSession, *, status: str | None = None, limit: int = 50, before_id: int | None = None
+    session: AsyncSession,
+    *,
+    status: str | None = None,
+    case_type: str | None = None,
+    limit: int = 50,
+    before_id: int | None = None,
 ) -> list[ServiceCase]:
-    """Newest cases first, keyset-paginated by id so deep pages stay fast."""
+    """Newest cases first, keyset-paginated by id so deep pages stay fast.
+
+    Raises:
+        InvalidInput: an unknown status or case type.
+    """
     stmt = select(ServiceCase).order_by(ServiceCase.id.desc()).limit(max(1, min(limit, MAX_PAGE)))
     if status is not None:
         stmt = stmt.where(ServiceCase.status == _status(status).value)
+    if case_type is not None:
+        if case_type not in CASE_TYPES:
+            raise InvalidInput("bad_case_type", f"unknown case type {case_type!r}")
+        stmt = stmt.where(ServiceCase.case_type == case_type)
     if before_id is not None:
         stmt = stmt.where(ServiceCase.id < before_id)
     return list((await session.scalars(stmt)).all())

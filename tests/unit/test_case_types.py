@@ -281,3 +281,18 @@ async def test_a_type_button_at_the_read_back_sets_the_citizens_type_and_keeps_t
     result = await ValidateReportForm(typed_desk).validate_report_confirmed(text, dispatcher, tracker, {})
     assert result == {"case_type_choice": "投诉", "report_confirmed": None}
     assert dispatcher.messages == []
+
+
+async def test_the_api_case_list_filters_by_type_and_refuses_an_unknown_one(
+    sessions: Sessions, people: dict[str, StaffUser]
+) -> None:
+    from crm_backend.services import cases
+
+    complaint = await new_case(sessions, "A-housing", CaseStatus.ACCEPTED)
+    await new_case(sessions, "A-housing", CaseStatus.ACCEPTED)
+    async with sessions.begin() as session:
+        await casework.set_case_type(session, people["supervisor"], complaint, "投诉")
+    async with sessions() as session:
+        assert [c.case_number for c in await cases.list_cases(session, case_type="投诉")] == [complaint]
+        with pytest.raises(InvalidInput):
+            await cases.list_cases(session, case_type="感谢信")
