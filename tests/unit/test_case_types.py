@@ -262,25 +262,64 @@ async def test_cases_filed_before_types_are_classified_once_by_the_backfill(
         assert entry.detail == "1"
 
 
-async def test_a_type_button_at_the_read_back_sets_the_citizens_type_and_keeps_the_category(
-    typed_desk: Dispatcher,
+@pytest.mark.parametrize(
+    ("text", "intent", "entities", "expected"),
+    [
+        (
+            '/correct_case_type{"case_type": "投诉"}',
+            "correct_case_type",
+            [("case_type", "投诉")],
+            {"case_type_choice": "投诉"},
+        ),
+        (
+            '/correct_category{"case_type": "举报"}',
+            "correct_category",
+            [("case_type", "举报")],
+            {"case_type_choice": "举报"},
+        ),
+        ("/correct_case_type", "correct_case_type", [], {"case_type_requested": True, "case_type_choice": None}),
+        (
+            '/correct_case_type{"case_type": "感谢信"}',
+            "correct_case_type",
+            [("case_type", "感谢信")],
+            {"case_type_requested": True, "case_type_choice": None},
+        ),
+    ],
+    ids=["type button", "type on the category intent", "更正类型 button", "unknown type"],
+)
+async def test_a_type_correction_at_the_read_back_sets_or_asks_for_the_type_and_keeps_the_category(
+    typed_desk: Dispatcher, text: str, intent: str, entities: list[tuple[str, str]], expected: dict[str, object]
 ) -> None:
     from rasa_sdk.executor import CollectingDispatcher
 
     from actions.report import ValidateReportForm
     from tests.unit.test_actions import entity, make_tracker
 
-    text = '/correct_category{"case_type": "投诉"}'
     tracker = make_tracker(
         slots={"category_choice": "城乡建设"},
         text=text,
-        intent="correct_category",
-        entities=[entity("case_type", "投诉")],
+        intent=intent,
+        entities=[entity(name, value) for name, value in entities],
     )
     dispatcher = CollectingDispatcher()
     result = await ValidateReportForm(typed_desk).validate_report_confirmed(text, dispatcher, tracker, {})
-    assert result == {"case_type_choice": "投诉", "report_confirmed": None}
+    assert result == expected | {"report_confirmed": None}
     assert dispatcher.messages == []
+
+
+async def test_the_type_question_joins_the_form_only_when_asked_for(typed_desk: Dispatcher) -> None:
+    from rasa_sdk.executor import CollectingDispatcher
+
+    from actions.report import ValidateReportForm
+    from tests.unit.test_actions import make_tracker
+
+    domain_slots = ["description", "location", "contact_phone", "report_confirmed"]
+    form = ValidateReportForm(typed_desk)
+    plain = await form.required_slots(domain_slots, CollectingDispatcher(), make_tracker(slots={}), {})
+    assert "case_type_choice" not in plain
+    asked = make_tracker(slots={"case_type_requested": True})
+    slots = await form.required_slots(domain_slots, CollectingDispatcher(), asked, {})
+    assert slots[-2:] == ["case_type_choice", "report_confirmed"]
 
 
 async def test_the_api_case_list_filters_by_type_and_refuses_an_unknown_one(
