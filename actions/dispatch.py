@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from actions.common import identity_and_conversation, reset_slots
 from actions.report import REPORT_SLOTS
+from crm_backend.dispatch.case_type import CASE_TYPES
 from crm_backend.dispatch.classifier import CATEGORIES
 from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.dispatch.service import Dispatcher, Preview
@@ -71,6 +72,9 @@ async def preview_report(desk: Dispatcher, session: AsyncSession, tracker: Track
         location_text=report.location,
         district_hint=report.district,
         category_override=chosen if (chosen := tracker.get_slot("category_choice")) in CATEGORIES else None,
+        # The citizen's correction of the type, once the domain has a case_type_choice slot
+        # (filled by /correct_category{"case_type": "投诉"}); until then the slot is absent: None.
+        case_type_override=kind if (kind := tracker.get_slot("case_type_choice")) in CASE_TYPES else None,
     )
 
 
@@ -141,6 +145,7 @@ class ActionAskReportConfirmed(Action):
             dispatcher.utter_message(
                 response="utter_dispatch_preview_manual",
                 suggestions="、".join(plan.suggestions),
+                case_type=preview.case_type or "",
                 buttons=CONFIRM_BUTTONS,
             )
         else:
@@ -149,6 +154,7 @@ class ActionAskReportConfirmed(Action):
                 category=plan.category,
                 department=plan.department_name,
                 due=due_text(plan.due_at),
+                case_type=preview.case_type or "",
                 buttons=CONFIRM_BUTTONS,
             )
         return [SlotSet("duplicate_warned", None)] if tracker.get_slot("duplicate_warned") else []

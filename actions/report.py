@@ -14,6 +14,7 @@ from rasa_sdk.types import DomainDict
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from actions.common import entity_value, latest_text, reset_slots
+from crm_backend.dispatch.case_type import CASE_TYPES
 from crm_backend.dispatch.classifier import CATEGORIES
 from crm_backend.dispatch.location import surface_key
 from crm_backend.dispatch.service import Dispatcher
@@ -146,6 +147,9 @@ class ValidateReportForm(FormValidationAction):
             slots.insert(slots.index("location") + 1, "district")
         if tracker.get_slot("category_requested") or tracker.get_slot("category_choice"):
             slots.insert(slots.index("report_confirmed"), "category_choice")
+        # Only once the domain has the case_type_requested slot (「更正类型」); absent, it reads None.
+        if tracker.get_slot("case_type_requested"):
+            slots.insert(slots.index("report_confirmed"), "case_type_choice")
         return slots
 
     async def validate_description(
@@ -215,6 +219,15 @@ class ValidateReportForm(FormValidationAction):
         if value is None:
             return {}
         intent = (tracker.latest_message or {}).get("intent", {}).get("name")
+        if (
+            intent in ("correct_category", "correct_case_type")
+            and (kind := entity_value(tracker, "case_type")) in CASE_TYPES
+        ):
+            # A type button (/correct_case_type{"case_type": "投诉"}, once the domain offers
+            # one): the citizen's type replaces the recognised one; the category stays.
+            return {"case_type_choice": kind, "report_confirmed": None}
+        if intent == "correct_case_type":  # 「更正类型」: ask which type (action_ask_case_type_choice)
+            return {"case_type_requested": True, "case_type_choice": None, "report_confirmed": None}
         if intent == "correct_category":
             chosen = entity_value(tracker, "category")
             if chosen in CATEGORIES:

@@ -95,7 +95,9 @@ async def init_app(settings: Settings) -> web.Application:
             logger.info("loaded departments and routing rules from %s", ROUTING_DATA_DIR)
     if await seed_knowledge_once(sessions):
         logger.info("loaded the knowledge base from %s", KNOWLEDGE_DATA_FILE)
-    desk = await asyncio.to_thread(Dispatcher.load, settings.category_model_path)
+    desk = await asyncio.to_thread(
+        Dispatcher.load, settings.category_model_path, case_type_model_path=settings.case_type_model_path
+    )
     letters = LetterGate(await asyncio.to_thread(LetterKindModel.train))
     knowledge = KnowledgeBase(sessions, city_facts)
     await knowledge.warm_up()

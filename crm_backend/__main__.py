@@ -1,9 +1,13 @@
-"""Operator commands: ``python -m crm_backend {migrate,stats,create-user,create-api-client,revoke-api-client}``.
+"""Operator commands: ``python -m crm_backend COMMAND``.
+
+Commands: migrate, stats, create-user, create-api-client, revoke-api-client, classify-types.
 
 ``create-user`` reads the password from a prompt (twice) or, when standard input is not a
 terminal, from its first line, never from an argument that would land in shell history.
 ``create-api-client`` prints the new client's key, alone, on standard output (so a script can
 capture it) and a note on standard error; the key is not stored and cannot be shown again.
+``classify-types`` gives the cases filed before case types existed their recognised type
+(the model at ``CASE_TYPE_MODEL_PATH``); cases that have a type are left alone.
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ import json
 import sys
 
 from crm_backend.db import create_engine, create_sessionmaker, upgrade_database
+from crm_backend.dispatch.classifier import ModelLoadError
 from crm_backend.dispatch.routing import seed_routing
 from crm_backend.errors import CrmError
 from crm_backend.lifecycle import STATUS_LABELS, CaseStatus, Role
-from crm_backend.services import api_clients, audit, staff
+from crm_backend.services import api_clients, audit, cases, staff
 from crm_backend.services.api_clients import ApiScope
 from crm_backend.services.stats import collect_stats
-from crm_backend.settings import database_url_from_env
+from crm_backend.settings import case_type_model_path_from_env, database_url_from_env
 
 
 async def _stats(database_url: str) -> dict[str, object]:
@@ -71,6 +76,18 @@ async def _revoke_api_client(database_url: str, name: str) -> None:
         await engine.dispose()
 
 
+async def _classify_types(database_url: str) -> int:
+    from crm_backend.dispatch.case_type import CaseTypeRecogniser
+
+    recogniser = CaseTypeRecogniser.load(case_type_model_path_from_env())
+    engine = create_engine(database_url)
+    try:
+        async with create_sessionmaker(engine).begin() as session:
+            return await cases.classify_untyped_cases(session, recogniser)
+    finally:
+        await engine.dispose()
+
+
 def _read_password() -> str:
     if not sys.stdin.isatty():
         return sys.stdin.readline().rstrip("\r\n")
@@ -108,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     client.add_argument("--scope", required=True, choices=[scope.value for scope in ApiScope])
     revoke = commands.add_parser("revoke-api-client", help="refuse an /api/v1 client's key from now on")
     revoke.add_argument("--name", required=True)
+    commands.add_parser("classify-types", help="give cases filed before case types their recognised type")
     args = parser.parse_args(argv)
 
     database_url = database_url_from_env()
@@ -145,6 +163,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 1
         print(f"revoked API client {args.name}")
+        return 0
+    if args.command == "classify-types":
+        upgrade_database(database_url)
+        try:
+            count = asyncio.run(_classify_types(database_url))
+        except ModelLoadError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(f"classified {count} cases")
         return 0
     upgrade_database(database_url)
     result = asyncio.run(_stats(database_url))

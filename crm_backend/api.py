@@ -68,6 +68,7 @@ def case_json(case: ServiceCase, *, events: list[CaseEvent] | None = None) -> di
         "location": case.location,
         "district": case.district,
         "category": case.category,
+        "case_type": case.case_type,
         "department": case.department,
         "contact_phone": mask_phone(case.contact_phone),
         "urgent": case.urgent,
@@ -222,6 +223,7 @@ class CrmApi:
             rows = await cases.list_cases(
                 session,
                 status=request.query.get("status"),
+                case_type=request.query.get("case_type"),
                 limit=_int_param(request, "limit", 50) or 50,
                 before_id=_int_param(request, "before_id", None),
             )

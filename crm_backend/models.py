@@ -163,6 +163,8 @@ class ServiceCase(Base):
         Index("ix_service_case_supervised_id", "supervised", "id"),
         Index("ix_service_case_status_supervised_id", "status", "supervised", "id"),
         Index("ix_service_case_department_supervised_id", "department_id", "supervised", "id"),
+        # The case list's 类型 filter.
+        Index("ix_service_case_case_type_id", "case_type", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -175,6 +177,8 @@ class ServiceCase(Base):
     district: Mapped[str | None] = mapped_column(String(32))
     contact_phone: Mapped[str] = mapped_column(String(20))
     category: Mapped[str | None] = mapped_column(String(32))
+    # The 12345 type (咨询 求助 投诉 举报 建议 表扬); NULL for cases filed before types existed (未分类).
+    case_type: Mapped[str | None] = mapped_column(String(8))
     department: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16))
     department_id: Mapped[int | None] = mapped_column(ForeignKey("department.id"), index=True)

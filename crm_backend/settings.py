@@ -77,6 +77,8 @@ class Settings:
     allowed_origins: tuple[str, ...]
     domain_path: Path
     category_model_path: Path
+    # The 12345 case-type recogniser (`bin/setup` trains it); loaded at start beside the category model.
+    case_type_model_path: Path = PROJECT_ROOT / "models" / "case_type_classifier.joblib"
     # The city's own facts (addresses, hours, sites) the knowledge base's answers name; read at start.
     city_facts_path: Path = PROJECT_ROOT / "city.yml"
     console_secure_cookies: bool = False
@@ -143,6 +145,7 @@ class Settings:
             category_model_path=Path(
                 env.get("CATEGORY_MODEL_PATH", str(PROJECT_ROOT / "models" / "category_classifier.joblib"))
             ),
+            case_type_model_path=case_type_model_path_from_env(env),
             city_facts_path=Path(env.get("CITY_FACTS_FILE", "").strip() or PROJECT_ROOT / "city.yml"),
             trusted_proxies=parse_trusted_proxies(env.get("TRUSTED_PROXIES", "")),
             telegram=TelegramSettings.from_env(env),
@@ -258,3 +261,9 @@ def database_url_from_env(env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     default_db = f"sqlite:///{PROJECT_ROOT / 'var' / 'crm.db'}"
     return normalise_database_url(env.get("DATABASE_URL") or default_db)
+
+
+def case_type_model_path_from_env(env: Mapping[str, str] | None = None) -> Path:
+    """Where the case-type recogniser is: ``CASE_TYPE_MODEL_PATH``, else ``models/case_type_classifier.joblib``."""
+    env = os.environ if env is None else env
+    return Path(env.get("CASE_TYPE_MODEL_PATH", "").strip() or PROJECT_ROOT / "models" / "case_type_classifier.joblib")

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from crm_backend.console.conversations import ChannelNotifier
 from crm_backend.console.web import ConsoleBase, Staff, form, int_or_none, secure, signed_in
+from crm_backend.dispatch.case_type import CASE_TYPES
 from crm_backend.dispatch.classifier import CATEGORIES
 from crm_backend.dispatch.routing import suggested_department, suggested_departments
 from crm_backend.errors import InvalidInput, InvalidTransition, NotFound
@@ -22,6 +23,11 @@ from crm_backend.services.moves import CaseNotices
 from crm_backend.validation import mask_phone
 
 MAX_REPLY_CHARS = 4000
+
+
+def _case_type_filter(value: str | None) -> str | None:
+    """The list's 类型 filter: a type, 未分类, or None (any) for anything else."""
+    return value if value in CASE_TYPES or value == casework.UNCLASSIFIED else None
 
 
 class CaseViews(ConsoleBase):
@@ -54,6 +60,7 @@ class CaseViews(ConsoleBase):
         filters = casework.CaseFilters(
             status=status,
             category=query.get("category") if query.get("category") in CATEGORIES else None,
+            case_type=_case_type_filter(query.get("case_type")),
             department_id=int_or_none(query.get("department")),
             district=(query.get("district") or None),
             overdue=query.get("overdue") == "1",
@@ -73,6 +80,8 @@ class CaseViews(ConsoleBase):
             params=params,
             statuses=list(CaseStatus),
             categories=CATEGORIES,
+            case_types=CASE_TYPES,
+            unclassified=casework.UNCLASSIFIED,
             departments=departments,
             districts=self.districts,
             is_overdue=casework.is_overdue,
@@ -134,6 +143,7 @@ class CaseViews(ConsoleBase):
             overdue=casework.is_overdue(case),
             can_supervise=member.at_least(Role.SUPERVISOR),
             open_case=CaseStatus(case.status) in casework.OPEN_STATUSES,
+            case_types=CASE_TYPES,
         )
 
     @signed_in()
@@ -193,6 +203,10 @@ class CaseViews(ConsoleBase):
             self.watcher.deliver(move.notice)
             return f"工单已变为「{CaseStatus(move.event.to_status).label}」（{number}）"
         async with self.sessions.begin() as session:
+            if operation == "case-type":
+                chosen = data.get("case_type", "")
+                changed = await casework.set_case_type(session, member.user, number, chosen, address=address)
+                return f"类型已更正为「{chosen}」" if changed else f"类型本来就是「{chosen}」"
             if operation == "note":
                 await casework.add_note(session, member.user, number, note, address=address)
                 return "已添加内部备注"

@@ -22,6 +22,7 @@ from crm_backend.console.web import (
     secure,
     signed_in,
 )
+from crm_backend.dispatch.case_type import CASE_TYPES
 from crm_backend.dispatch.classifier import CATEGORIES
 from crm_backend.dispatch.service import Dispatcher
 from crm_backend.errors import CrmError, InvalidInput, NotFound
@@ -212,6 +213,7 @@ class ConversationViews(ConsoleBase):
             reasons=handoff.REASONS,
             districts=self.desk.districts,
             categories=CATEGORIES,
+            case_types=CASE_TYPES,
         )
 
     async def _slots(self, identity: ChannelIdentity) -> tuple[dict[str, Any], bool]:
@@ -309,7 +311,12 @@ class ConversationViews(ConsoleBase):
         district = data.get("district") or None
         identity = await session.get(ChannelIdentity, conversation.identity_id)
         preview = await self.desk.preview(
-            session, description=description, location_text=location, district_hint=district, category_override=category
+            session,
+            description=description,
+            location_text=location,
+            district_hint=district,
+            category_override=category,
+            case_type_override=data.get("case_type") or None,
         )
         report = Report(
             description=description,

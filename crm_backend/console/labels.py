@@ -66,6 +66,8 @@ ACTION_LABELS: dict[str, str] = {
     "case.reply": "回复市民（工单）",
     "case.supervise": "督办",
     "case.unsupervise": "取消督办",
+    "case.case_type": "更正类型",
+    "case.classify_types": "补录工单类型",
     "case.extension_request": "申请延期",
     "case.extension_approved": "同意延期",
     "case.extension_refused": "驳回延期",

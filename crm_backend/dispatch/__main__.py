@@ -1,9 +1,11 @@
-"""The category classifier's commands: ``python -m crm_backend.dispatch {train,evaluate}``.
+"""The dispatch models' commands: ``python -m crm_backend.dispatch {train,evaluate,train-types}``.
 
 ``train [--data CSV] [--out PATH]`` trains on the bundled data (or CSV) and writes the model.
 ``evaluate FILE.csv [--model PATH]`` scores the model on labelled messages it has not seen
 and prints one JSON object on stdout. Exit codes: 0 done, 1 the model cannot be used,
 2 bad arguments or a CSV that cannot be used (the reason on stderr).
+``train-types [--out PATH]`` trains the case-type recogniser on the bundled development letters
+and seed sentences (``data/case_types/``) and writes it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from crm_backend.dispatch import case_type
 from crm_backend.dispatch.classifier import (
     CATEGORIES,
     DEFAULT_MODEL_PATH,
@@ -110,6 +113,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_types(args: argparse.Namespace) -> int:
+    try:
+        recogniser = case_type.CaseTypeRecogniser.train(case_type.training_rows())
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_DATA
+    recogniser.save(args.out)
+    print(f"model version {recogniser.model_version}")
+    print(f"trained on {recogniser.trained_rows} examples in {recogniser.training_seconds:.1f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the process exit code."""
     parser = argparse.ArgumentParser(prog="python -m crm_backend.dispatch")
@@ -120,7 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     evaluate = commands.add_parser("evaluate", help="score the model on a labelled CSV of unseen messages")
     evaluate.add_argument("file", type=Path, help="CSV with text and label columns")
     evaluate.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="the model to evaluate")
+    types = commands.add_parser("train-types", help="train the case-type recogniser and write it")
+    types.add_argument("--out", type=Path, default=case_type.DEFAULT_MODEL_PATH, help="where to write the model")
     args = parser.parse_args(argv)
+    if args.command == "train-types":
+        return _train_types(args)
     return _train(args) if args.command == "train" else _evaluate(args)
 
 

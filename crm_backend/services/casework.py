@@ -14,6 +14,7 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, and_, false, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from crm_backend.dispatch.case_type import CASE_TYPES, UNCLASSIFIED_LABEL
 from crm_backend.dispatch.deadlines import CHINA_TZ, END_OF_OFFICE_DAY, add_working_days
 from crm_backend.errors import InvalidInput, InvalidTransition, NotFound
 from crm_backend.lifecycle import OPEN_STATUSES, CaseStatus, Role
@@ -58,12 +59,17 @@ async def visible_case(session: AsyncSession, user: StaffUser, case_number: str)
     return case
 
 
+# The case list's filter value for cases with no type (filed before types existed).
+UNCLASSIFIED = UNCLASSIFIED_LABEL
+
+
 @dataclass(frozen=True)
 class CaseFilters:
     """The case list's filters; None means any."""
 
     status: str | None = None
     category: str | None = None
+    case_type: str | None = None  # one of CASE_TYPES, or UNCLASSIFIED for cases filed before types
     department_id: int | None = None
     district: str | None = None
     overdue: bool = False
@@ -110,6 +116,10 @@ async def list_cases(
         stmt = stmt.where(ServiceCase.status == filters.status)
     if filters.category:
         stmt = stmt.where(ServiceCase.category == filters.category)
+    if filters.case_type == UNCLASSIFIED:
+        stmt = stmt.where(ServiceCase.case_type.is_(None))
+    elif filters.case_type:
+        stmt = stmt.where(ServiceCase.case_type == filters.case_type)
     if filters.department_id is not None:
         stmt = stmt.where(ServiceCase.department_id == filters.department_id)
     if filters.district:
@@ -181,6 +191,30 @@ async def add_note(session: AsyncSession, user: StaffUser, case_number: str, tex
     case = await visible_case(session, user, case_number)
     session.add(_event(case, user, "note", text))
     audit.record(session, user, "case.note", case.case_number, address=address)
+
+
+async def set_case_type(
+    session: AsyncSession, user: StaffUser, case_number: str, case_type: str, *, address: str = ""
+) -> bool:
+    """更正类型: staff put right a case's 12345 type; not a status move.
+
+    The timeline and the audit log say what it was and what it became. Returns False when the
+    case already had this type (nothing is written).
+
+    Raises:
+        InvalidInput: the type is not one of `CASE_TYPES`.
+        NotFound: the case is not visible to this member of staff.
+    """
+    if case_type not in CASE_TYPES:
+        raise InvalidInput("bad_case_type", f"类型须为：{'、'.join(CASE_TYPES)}")
+    case = await visible_case(session, user, case_number)
+    if case.case_type == case_type:
+        return False
+    change = f"{case.case_type or UNCLASSIFIED_LABEL} → {case_type}"
+    case.case_type = case_type
+    session.add(_event(case, user, "case_type", f"更正类型：{change}"))
+    audit.record(session, user, "case.case_type", case.case_number, change, address=address)
+    return True
 
 
 def record_reply(session: AsyncSession, user: StaffUser, case: ServiceCase, text: str, *, address: str = "") -> None:

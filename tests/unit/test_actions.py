@@ -51,6 +51,7 @@ from crm_backend.services.conversations import current_conversation, resolve_ide
 from crm_backend.services.intake import CHINA_TZ, Report, file_case
 from crm_backend.services.knowledge import KnowledgeBase
 from crm_backend.services.lookup import MAX_FAILURES_PER_SENDER
+from tests.support.models import case_type_model
 from tests.support.moves import advance
 from tests.support.proofs import proof_alarm_for
 
@@ -119,7 +120,7 @@ def desk(tmp_path_factory: pytest.TempPathFactory) -> Dispatcher:
         subprocess.run(
             [sys.executable, "-m", "crm_backend.dispatch", "train", "--out", str(model)], cwd=ROOT, check=True
         )
-    return Dispatcher.load(model)
+    return Dispatcher.load(model, case_type_model_path=case_type_model(tmp_path_factory.mktemp("case_types")))
 
 
 @pytest.fixture

@@ -1,0 +1,22 @@
+"""The app's own models for tests: the ones `bin/setup` trained, or trained now into a temporary directory."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CASE_TYPE_MODEL = ROOT / "models" / "case_type_classifier.joblib"
+
+
+def case_type_model(scratch: Path) -> Path:
+    """The case-type recogniser `bin/setup` trained, else one trained now into `scratch` (about 10 s)."""
+    if CASE_TYPE_MODEL.exists():
+        return CASE_TYPE_MODEL
+    model = scratch / "case_type_classifier.joblib"
+    if not model.exists():
+        subprocess.run(
+            [sys.executable, "-m", "crm_backend.dispatch", "train-types", "--out", str(model)], cwd=ROOT, check=True
+        )
+    return model
