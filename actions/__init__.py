@@ -11,7 +11,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from actions.account import ActionLinkAccount, ActionListMyCases, ActionSetNotices
 from actions.common import ProofWatcher, StatusWords
-from actions.dispatch import ActionAskCategoryChoice, ActionAskDistrict, ActionAskReportConfirmed, ActionSubmitReport
+from actions.dispatch import (
+    ActionAskCaseTypeChoice,
+    ActionAskCategoryChoice,
+    ActionAskDistrict,
+    ActionAskReportConfirmed,
+    ActionSubmitReport,
+)
 from actions.followup import ActionAskFollowup, ActionRecordRating, ValidateFollowupForm
 from actions.handoff import ActionFallback, ActionHandoff, ActionRejectAnswer
 from actions.knowledge import ActionAcceptAnswer, ActionAnswerQuestion, KnowledgeAnswers
@@ -48,6 +54,7 @@ def build_actions(
         ValidateReportForm(desk),
         ActionAskDistrict(desk),
         ActionAskCategoryChoice(),
+        ActionAskCaseTypeChoice(),
         ActionAskReportConfirmed(sessions, desk),
         ActionSubmitReport(sessions, desk, daily_case_limit=daily_case_limit),
         ActionCancelRequest(),

@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 CONFIRM_BUTTONS = [
     {"title": "确认提交", "payload": "/affirm"},
     {"title": "更正类别", "payload": "/correct_category"},
+    {"title": "更正类型", "payload": "/correct_case_type"},
     {"title": "更正地点", "payload": "/correct_location"},
     {"title": "取消", "payload": "/deny"},
 ]
@@ -72,8 +73,7 @@ async def preview_report(desk: Dispatcher, session: AsyncSession, tracker: Track
         location_text=report.location,
         district_hint=report.district,
         category_override=chosen if (chosen := tracker.get_slot("category_choice")) in CATEGORIES else None,
-        # The citizen's correction of the type, once the domain has a case_type_choice slot
-        # (filled by /correct_category{"case_type": "投诉"}); until then the slot is absent: None.
+        # The citizen's correction of the type (「更正类型」 and its buttons).
         case_type_override=kind if (kind := tracker.get_slot("case_type_choice")) in CASE_TYPES else None,
     )
 
@@ -109,6 +109,21 @@ class ActionAskCategoryChoice(Action):
             for name in CATEGORIES
         ]
         dispatcher.utter_message(response="utter_choose_category", buttons=buttons)
+        return []
+
+
+class ActionAskCaseTypeChoice(Action):
+    """Offers the six 12345 types as buttons (「更正类型」)."""
+
+    def name(self) -> str:
+        return "action_ask_case_type_choice"
+
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[dict[str, Any]]:
+        buttons = [
+            {"title": kind, "payload": "/correct_case_type" + json.dumps({"case_type": kind}, ensure_ascii=False)}
+            for kind in CASE_TYPES
+        ]
+        dispatcher.utter_message(response="utter_choose_case_type", buttons=buttons)
         return []
 
 

@@ -36,6 +36,8 @@ REPORT_SLOTS = (
     "report_confirmed",
     "duplicate_warned",
     "duplicate_override",
+    "case_type_choice",
+    "case_type_requested",
 )
 # Words that say "I want to report something" without saying what.
 _FILLER = re.compile(
@@ -140,15 +142,15 @@ class ValidateReportForm(FormValidationAction):
     async def required_slots(
         self, domain_slots: list[str], dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> list[str]:
-        # A slot is validated only while it is listed, so district and category_choice stay
+        # A slot is validated only while it is listed, so district and the two choices stay
         # listed once they are in play, even after they are filled.
-        slots = [slot for slot in domain_slots if slot not in ("district", "category_choice")]
+        slots = [slot for slot in domain_slots if slot not in ("district", "category_choice", "case_type_choice")]
         if tracker.get_slot("location"):
             slots.insert(slots.index("location") + 1, "district")
         if tracker.get_slot("category_requested") or tracker.get_slot("category_choice"):
             slots.insert(slots.index("report_confirmed"), "category_choice")
-        # Only once the domain has the case_type_requested slot (「更正类型」); absent, it reads None.
-        if tracker.get_slot("case_type_requested"):
+        # 「更正类型」 without a type: ask which (action_ask_case_type_choice).
+        if tracker.get_slot("case_type_requested") or tracker.get_slot("case_type_choice"):
             slots.insert(slots.index("report_confirmed"), "case_type_choice")
         return slots
 
@@ -212,6 +214,16 @@ class ValidateReportForm(FormValidationAction):
             dispatcher.utter_message(response="utter_category_invalid")
             return {"category_choice": None}
         return {"category_choice": str(value), "category_requested": False}
+
+    async def validate_case_type_choice(
+        self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if str(value) not in CASE_TYPES:
+            dispatcher.utter_message(response="utter_case_type_invalid")
+            return {"case_type_choice": None}
+        return {"case_type_choice": str(value), "case_type_requested": False}
 
     async def validate_report_confirmed(
         self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict

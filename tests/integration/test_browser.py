@@ -180,7 +180,7 @@ def test_report_then_query_in_the_browser(stack: Stack, widget: Widget, artifact
     summary, preview = widget.bot_texts()[-2:]
     assert summary == utter("utter_report_summary", description=PROBLEM, location=LOCATION, contact_phone=PHONE)
     assert preview.endswith("确认提交吗？"), preview
-    assert widget.last_bot_buttons() == ["确认提交", "更正类别", "更正地点", "取消"]
+    assert widget.last_bot_buttons() == ["确认提交", "更正类别", "更正类型", "更正地点", "取消"]
     bot_bubbles = page.locator(".msg-out")
     assert bot_bubbles.nth(bot_bubbles.count() - 2).locator(".msg-buttons button").count() == 0
     page.screenshot(path=artifacts_dir / "webchat-preview.png", full_page=True)

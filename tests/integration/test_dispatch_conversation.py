@@ -47,7 +47,7 @@ def test_a_real_message_is_routed_to_the_district_department_with_a_working_day_
     replies = answer_until_readback(stack, sender, REAL_MESSAGE, "A2区黄谷路368号山水嘉园", "13812345678")
     preview = replies[-1]["text"]
     assert "「城乡建设」" in preview and "「A2区住建局」" in preview and "月" in preview
-    assert [b["title"] for b in replies[-1]["buttons"]] == ["确认提交", "更正类别", "更正地点", "取消"]
+    assert [b["title"] for b in replies[-1]["buttons"]] == ["确认提交", "更正类别", "更正类型", "更正地点", "取消"]
 
     created = stack.rest(sender, "/affirm")[0]["text"]
     assert "A2区住建局" in created
@@ -102,7 +102,7 @@ def file_beside_an_open_case(stack: Stack, sender: str, place: str) -> tuple[str
     summary, preview = stack.rest(again, "/affirm")  # 仍然提交
     assert summary["text"].startswith("请核对您反映的内容")
     assert preview["text"].endswith("确认提交吗？") and original not in preview["text"]
-    assert [b["title"] for b in preview["buttons"]] == ["确认提交", "更正类别", "更正地点", "取消"]
+    assert [b["title"] for b in preview["buttons"]] == ["确认提交", "更正类别", "更正类型", "更正地点", "取消"]
     assert stack.api("GET", f"/cases/{original}").json()["status"] in ("received", "dispatched")
 
     created = stack.rest(again, "/affirm")[0]["text"]  # 确认提交

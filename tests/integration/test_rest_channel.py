@@ -32,7 +32,13 @@ def file_report(stack: Stack, sender: str, phone: str = "13912345678") -> str:
     # a duplicate (buttons 仍然提交 / 不用了), and 仍然提交 leads to the full read-back first.
     if [b["payload"] for b in preview["buttons"]] == ["/affirm", "/deny"]:
         _summary, preview = stack.rest(sender, "/affirm")
-    assert [b["payload"] for b in preview["buttons"]] == ["/affirm", "/correct_category", "/correct_location", "/deny"]
+    assert [b["payload"] for b in preview["buttons"]] == [
+        "/affirm",
+        "/correct_category",
+        "/correct_case_type",
+        "/correct_location",
+        "/deny",
+    ]
     created = stack.rest(sender, "/affirm")[0]["text"]
     match = re.search(r"\d{8}-\d{4,6}", created)
     assert match, created

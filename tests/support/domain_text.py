@@ -40,11 +40,22 @@ def expected_preview(case: dict[str, Any]) -> str:
     """The dispatch preview the citizen should have been shown, from the routing the API records."""
     [decision] = case["routing"]
     if decision["queued"]:
-        return utter("utter_dispatch_preview_manual", suggestions="、".join(decision["suggestions"]))
+        return utter(
+            "utter_dispatch_preview_manual", case_type=case["case_type"], suggestions="、".join(decision["suggestions"])
+        )
     if decision["urgent"]:
-        return utter("utter_dispatch_preview_urgent", category=case["category"], department=case["department"])
+        return utter(
+            "utter_dispatch_preview_urgent",
+            case_type=case["case_type"],
+            category=case["category"],
+            department=case["department"],
+        )
     return utter(
-        "utter_dispatch_preview", category=case["category"], department=case["department"], due=day_text(case["due_at"])
+        "utter_dispatch_preview",
+        case_type=case["case_type"],
+        category=case["category"],
+        department=case["department"],
+        due=day_text(case["due_at"]),
     )
 
 

@@ -33,6 +33,7 @@ from actions.dispatch import (
 from actions.progress import ActionAskCaseNumber, ActionCheckProgress, ActionStartProgress, ValidateProgressForm
 from actions.report import REPORT_SLOTS, ActionCancelRequest, ActionStartReport, ValidateReportForm
 from bot.responses import Responses
+from crm_backend.dispatch.case_type import CASE_TYPES
 from crm_backend.dispatch.classifier import CATEGORIES
 from crm_backend.dispatch.deadlines import due_at
 from crm_backend.dispatch.routing import seed_routing
@@ -83,6 +84,7 @@ UNCLEAR = "你好，我有个事情想问问，麻烦尽快回复，谢谢"
 CONFIRM_BUTTONS = [
     {"title": "确认提交", "payload": "/affirm"},
     {"title": "更正类别", "payload": "/correct_category"},
+    {"title": "更正类型", "payload": "/correct_case_type"},
     {"title": "更正地点", "payload": "/correct_location"},
     {"title": "取消", "payload": "/deny"},
 ]
@@ -981,9 +983,11 @@ async def test_the_read_back_shows_the_report_and_where_it_will_go(
     assert preview["response"] == "utter_dispatch_preview"
     due = day_text(due_at(utcnow(), working_days))
     assert (preview["category"], preview["department"], preview["due"]) == (category, department, due)
-    assert (
-        rendered(preview)
-        == f"这个问题属于「{category}」类，将转交「{department}」处理，预计 {due} 前答复，确认提交吗？"
+    kind = preview["case_type"]
+    assert kind in CASE_TYPES
+    assert rendered(preview) == (
+        f"您反映的事项类型为「{kind}」，属于「{category}」类，"
+        f"将转交「{department}」处理，预计 {due} 前答复，确认提交吗？"
     )
     assert preview["buttons"] == CONFIRM_BUTTONS
     assert all(payload_intent(button["payload"]) in DOMAIN["intents"] for button in preview["buttons"])
@@ -1006,9 +1010,9 @@ async def test_an_unclear_report_is_previewed_for_manual_dispatch(seeded: Sessio
     assert preview["response"] == "utter_dispatch_preview_manual"
     suggestions = preview["suggestions"].split("、")
     assert len(suggestions) == 3 and set(suggestions) <= set(CATEGORIES)
-    assert (
-        rendered(preview)
-        == f"这个问题将由工作人员人工分派到负责部门（可能属于：{preview['suggestions']}），确认提交吗？"
+    assert rendered(preview) == (
+        f"您反映的事项类型为「{preview['case_type']}」，"
+        f"将由工作人员人工分派到负责部门（可能属于：{preview['suggestions']}），确认提交吗？"
     )
     assert preview["buttons"] == CONFIRM_BUTTONS
 

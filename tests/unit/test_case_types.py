@@ -219,13 +219,12 @@ def test_the_api_shows_a_cases_type() -> None:
 # --- the chat's read-back and filing (actions) ------------------------------------------
 
 
-async def test_the_read_back_carries_the_type_without_changing_what_citizens_read(
-    seeded: Sessions, typed_desk: Dispatcher
-) -> None:
+async def test_the_read_back_tells_the_citizen_the_type(seeded: Sessions, typed_desk: Dispatcher) -> None:
     _, preview = await ask_confirmation(seeded, typed_desk, report_slots())
     assert preview["response"] == "utter_dispatch_preview"
     assert preview["case_type"] == "投诉"
-    assert "投诉" not in rendered(preview)  # today's domain text has no {case_type}
+    assert rendered(preview).startswith("您反映的事项类型为「投诉」")
+    assert "更正类型" in [button["title"] for button in preview["buttons"]]
     _, chosen = await ask_confirmation(seeded, typed_desk, report_slots(case_type_choice="举报"))
     assert chosen["case_type"] == "举报"
 
@@ -313,7 +312,7 @@ async def test_the_type_question_joins_the_form_only_when_asked_for(typed_desk: 
     from actions.report import ValidateReportForm
     from tests.unit.test_actions import make_tracker
 
-    domain_slots = ["description", "location", "contact_phone", "report_confirmed"]
+    domain_slots = ["description", "location", "contact_phone", "case_type_choice", "report_confirmed"]
     form = ValidateReportForm(typed_desk)
     plain = await form.required_slots(domain_slots, CollectingDispatcher(), make_tracker(slots={}), {})
     assert "case_type_choice" not in plain
@@ -335,3 +334,26 @@ async def test_the_api_case_list_filters_by_type_and_refuses_an_unknown_one(
         assert [c.case_number for c in await cases.list_cases(session, case_type="投诉")] == [complaint]
         with pytest.raises(InvalidInput):
             await cases.list_cases(session, case_type="感谢信")
+
+
+async def test_correct_type_without_a_type_asks_which_and_offers_the_six(typed_desk: Dispatcher) -> None:
+    from rasa_sdk.executor import CollectingDispatcher
+
+    from actions.dispatch import ActionAskCaseTypeChoice
+    from actions.report import ValidateReportForm
+    from tests.unit.test_actions import make_tracker
+
+    tracker = make_tracker(
+        slots={"requested_slot": "report_confirmed"}, active_loop="report_form", intent="correct_case_type"
+    )
+    dispatcher = CollectingDispatcher()
+    validated = await ValidateReportForm(typed_desk).validate_report_confirmed("类型不对", dispatcher, tracker, {})
+    assert validated == {"case_type_requested": True, "case_type_choice": None, "report_confirmed": None}
+    await ActionAskCaseTypeChoice().run(dispatcher, make_tracker(), {})
+    [asked] = dispatcher.messages
+    assert asked["response"] == "utter_choose_case_type"
+    assert [b["title"] for b in asked["buttons"]] == list(CASE_TYPES)
+    chosen = await ValidateReportForm(typed_desk).validate_case_type_choice("举报", dispatcher, make_tracker(), {})
+    assert chosen == {"case_type_choice": "举报", "case_type_requested": False}
+    refused = await ValidateReportForm(typed_desk).validate_case_type_choice("随便", dispatcher, make_tracker(), {})
+    assert refused == {"case_type_choice": None}
