@@ -34,6 +34,8 @@ GIBBERISH_CANDIDATES = (
     "嘦嘂囍",
     "ffff gggg hhhh",
     "◎◎ ☆☆",
+    "asdf jkl qwer",
+    "@@@ ### $$$",
 )
 FAQ = "请问公积金怎么提取出来"
 
