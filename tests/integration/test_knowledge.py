@@ -105,14 +105,16 @@ def misses_in(stack: Stack) -> list[str]:
         return [row[0] for row in db.execute("SELECT question FROM knowledge_miss ORDER BY id")]
 
 
-def test_no_match_says_so_offers_a_case_or_a_person_and_keeps_the_question_for_staff(stack: Stack, sender: str) -> None:
+def test_no_match_says_so_offers_a_consultation_or_a_person_and_keeps_the_question_for_staff(
+    stack: Stack, sender: str
+) -> None:
     question = next((q for q in NOT_IN_THE_BASE if intent(stack, q) == "ask_faq"), None)
     assert question, "the engine reads none of the questions as ask_faq"
     replies = stack.rest(sender, question)
-    assert texts(replies) == [utter("utter_kb_no_match")]
-    assert replies[0]["buttons"] == utter_buttons("utter_kb_no_match")
+    assert texts(replies) == [utter("utter_kb_offer_consultation")]
+    assert replies[0]["buttons"] == utter_buttons("utter_kb_offer_consultation")
     assert misses_in(stack)[-1] == question
-    # The offered button starts a report.
+    # A plain report instead still starts with the description (the question is not carried over).
     assert texts(stack.rest(sender, "/report_issue")) == [utter("utter_ask_description")]
 
 
