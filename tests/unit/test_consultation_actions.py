@@ -125,6 +125,11 @@ async def test_a_place_the_question_names_is_used_for_the_district(desk: Dispatc
     assert state["district"] == "A1区"
 
 
+async def test_registering_without_a_kept_question_asks_for_it(desk: Dispatcher) -> None:
+    state = await start(desk, {})
+    assert state["case_type_choice"] == CONSULTATION and state["description"] is None
+
+
 async def test_an_ordinary_report_forgets_a_question_offered_earlier(desk: Dispatcher) -> None:
     dispatcher = CollectingDispatcher()
     tracker = make_tracker(text="/report_issue", intent="report_issue", slots={CONSULT_SLOT: BEES})
@@ -139,6 +144,13 @@ async def test_a_consultation_asks_the_phone_not_the_place(desk: Dispatcher) -> 
     assert state["requested_slot"] == "contact_phone"
     done = await run_report_form(desk, dispatcher, slots, {"contact_phone": PHONE})
     assert done["requested_slot"] == "report_confirmed"
+
+
+async def test_a_type_corrected_away_from_consultation_asks_the_place(desk: Dispatcher) -> None:
+    dispatcher = CollectingDispatcher()
+    slots = consultation_slots(requested_slot="case_type_choice")
+    state = await run_report_form(desk, dispatcher, slots, {"case_type_choice": "投诉"})
+    assert state["case_type_choice"] == "投诉" and state["requested_slot"] == "location"
 
 
 async def test_the_read_back_says_which_department_answers_the_consultation_by_when(
