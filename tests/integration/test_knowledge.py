@@ -114,8 +114,9 @@ def test_no_match_says_so_offers_a_consultation_or_a_person_and_keeps_the_questi
     assert texts(replies) == [utter("utter_kb_offer_consultation")]
     assert replies[0]["buttons"] == utter_buttons("utter_kb_offer_consultation")
     assert misses_in(stack)[-1] == question
-    # A plain report instead still starts with the description (the question is not carried over).
-    assert texts(stack.rest(sender, "/report_issue")) == [utter("utter_ask_description")]
+    # 「登记咨询」 files the question itself as a 咨询 case: only the phone is asked.
+    [register] = [button for button in replies[0]["buttons"] if button["title"] == "登记咨询"]
+    assert texts(stack.rest(sender, register["payload"])) == [utter("utter_ask_contact_phone")]
 
 
 def test_answers_that_did_not_help_are_counted_for_their_entry(stack: Stack, sender: str) -> None:
