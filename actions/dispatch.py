@@ -14,7 +14,7 @@ from rasa_sdk.types import DomainDict
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from actions.common import identity_and_conversation, reset_slots
-from actions.report import REPORT_SLOTS
+from actions.report import REPORT_SLOTS, is_consultation
 from crm_backend.dispatch.case_type import CASE_TYPES
 from crm_backend.dispatch.classifier import CATEGORIES
 from crm_backend.dispatch.deadlines import CHINA_TZ
@@ -31,6 +31,8 @@ CONFIRM_BUTTONS = [
     {"title": "更正地点", "payload": "/correct_location"},
     {"title": "取消", "payload": "/deny"},
 ]
+# A consultation has no place to correct (it is optional and never asked).
+CONSULTATION_CONFIRM_BUTTONS = [button for button in CONFIRM_BUTTONS if button["payload"] != "/correct_location"]
 # The read-back quotes a letter's first characters; the case keeps the whole description.
 READBACK_DESCRIPTION_CHARS = 200
 DUPLICATE_BUTTONS = [
@@ -141,8 +143,9 @@ class ActionAskReportConfirmed(Action):
         async with self.sessions() as session:
             preview = await preview_report(self.desk, session, tracker)
         report = report_from(tracker)
+        consultation = is_consultation(tracker)
         dispatcher.utter_message(
-            response="utter_report_summary",
+            response="utter_consultation_summary" if consultation else "utter_report_summary",
             description=readback_description(report.description),
             location=report.location,
             contact_phone=report.contact_phone,
@@ -156,7 +159,17 @@ class ActionAskReportConfirmed(Action):
                 response="utter_duplicate_found", case_number=duplicate.case_number, buttons=DUPLICATE_BUTTONS
             )
             return [SlotSet("duplicate_warned", duplicate.case_number)]
-        if plan.queued:
+        if consultation:
+            # Which department answers, by when (the category's deadline; same day if urgent).
+            dispatcher.utter_message(
+                response="utter_consultation_preview_manual" if plan.queued else "utter_consultation_preview",
+                suggestions="、".join(plan.suggestions),
+                category=plan.category,
+                department=plan.department_name,
+                due="今天" if plan.urgent else due_text(plan.due_at),
+                buttons=CONSULTATION_CONFIRM_BUTTONS,
+            )
+        elif plan.queued:
             dispatcher.utter_message(
                 response="utter_dispatch_preview_manual",
                 suggestions="、".join(plan.suggestions),
@@ -224,11 +237,15 @@ class ActionSubmitReport(Action):
             logger.exception("filing a case failed for sender %s", tracker.sender_id)
             dispatcher.utter_message(response="utter_case_failed")
             return events
+        consultation = is_consultation(tracker)
         if preview.plan.queued:
-            dispatcher.utter_message(response="utter_case_created_queued", case_number=case.case_number)
+            dispatcher.utter_message(
+                response="utter_consultation_created_queued" if consultation else "utter_case_created_queued",
+                case_number=case.case_number,
+            )
         else:
             dispatcher.utter_message(
-                response="utter_case_created_routed",
+                response="utter_consultation_created" if consultation else "utter_case_created_routed",
                 case_number=case.case_number,
                 department=preview.plan.department_name,
                 due="今天" if preview.plan.urgent else due_text(preview.plan.due_at),

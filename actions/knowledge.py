@@ -2,9 +2,11 @@
 
 `action_answer_question` answers a question (or a follow-up about the entry just answered,
 "那需要带什么材料？") and names the entry it comes from; when the match is not clear it also
-offers the two nearest other entries, and with no good match it says so and offers a case or
-a person instead of guessing. The fallback action asks the same `KnowledgeAnswers` whether a
-message the NLU could not place is a clear question after all.
+offers the two nearest other entries, and with no good match it says so and offers to register
+the question as a consultation case (「登记咨询」, answered by the responsible department on this
+channel) or a person instead of guessing: a question is never left at 「换个说法」. The fallback
+action asks the same `KnowledgeAnswers` whether a message the NLU could not place is a clear
+question after all.
 
 "这个回答有帮助吗？": a yes (`action_accept_answer`) or a no (`action_reject_answer` in
 `actions.handoff`) after an answer is counted against the entry for staff to review.
@@ -39,6 +41,10 @@ logger = logging.getLogger(__name__)
 
 Event = dict[str, Any]
 ENTRY_SLOT = "kb_entry"
+# The question no entry answered, kept for 「登记咨询」 (`actions.report.ActionStartReport`).
+CONSULT_SLOT = "consult_question"
+# No entry answers: say so and offer a consultation case (or a person), never a dead end.
+NO_MATCH_RESPONSE = "utter_kb_offer_consultation"
 # The bot's "这个回答有帮助吗？" turns: a yes or no right after them is feedback on the entry.
 FEEDBACK_QUESTIONS = frozenset({"utter_kb_helpful", "utter_kb_helpful_unclear"})
 # With no entry matching, a message the NLU ranked as off-topic this high (second to ask_faq)
@@ -181,7 +187,8 @@ class Reading:
 
 
 class ActionAnswerQuestion(Action):
-    """办事咨询: an answer from the knowledge base, a follow-up from the same entry, or an honest "not found"."""
+    """办事咨询: an answer from the knowledge base, a follow-up from the same entry, or an honest
+    "not found" with the offer to register the question as a consultation case."""
 
     def __init__(self, answers: KnowledgeAnswers) -> None:
         self.answers = answers
@@ -209,8 +216,9 @@ class ActionAnswerQuestion(Action):
             elif reading.no_subject:  # "要带什么材料？" with no service named or answered before
                 dispatcher.utter_message(response="utter_kb_which_service", kb_aspect=reading.aspect)
             else:
-                dispatcher.utter_message(response="utter_kb_no_match")
+                dispatcher.utter_message(response=NO_MATCH_RESPONSE)
                 await self.answers.record_miss(tracker, ranking)
+                return [SlotSet(CONSULT_SLOT, text.strip())]
             return []
         return self.answers.say_entry(dispatcher, best, ranking if ranking.verdict is Verdict.UNCLEAR else None)
 

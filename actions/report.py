@@ -14,6 +14,7 @@ from rasa_sdk.types import DomainDict
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from actions.common import entity_value, latest_text, reset_slots
+from actions.knowledge import CONSULT_SLOT
 from crm_backend.dispatch.case_type import CASE_TYPES
 from crm_backend.dispatch.classifier import CATEGORIES
 from crm_backend.dispatch.location import surface_key
@@ -38,7 +39,12 @@ REPORT_SLOTS = (
     "duplicate_override",
     "case_type_choice",
     "case_type_requested",
+    CONSULT_SLOT,
 )
+# A consultation (咨询工单, 「登记咨询」 after a question no guide answers) is a report of this type:
+# the question is its description and the place is optional (never asked; used if named).
+CONSULTATION = "咨询"
+PLACE_SLOTS = ("location", "district")
 # Words that say "I want to report something" without saying what.
 _FILLER = re.compile(
     r"我要|我想|想要|我们|要|想|帮我|帮忙|请问|你好|您好|在吗|一下|一个|这个|那个|问题|事情|情况|"
@@ -56,6 +62,11 @@ def with_district(location: str, district: str) -> str:
     """The location, prefixed with its district unless it already names it (in any width or spacing)."""
     compact = surface_key(location).replace(" ", "")
     return location if surface_key(district) in compact else f"{district}{location}"
+
+
+def is_consultation(tracker: Tracker) -> bool:
+    """Whether the report in progress is a consultation (its type chosen as 咨询)."""
+    return tracker.get_slot("case_type_choice") == CONSULTATION
 
 
 def substantive_description(text: str) -> str | None:
@@ -95,6 +106,8 @@ class ActionStartReport(Action):
             dispatcher.utter_message(response="utter_case_limit_reached")
             return [*events, FollowupAction("action_listen")]  # instead of the report form the rules start next
         intent = (tracker.latest_message or {}).get("intent", {}).get("name")
+        if intent == "report_issue" and entity_value(tracker, "case_type") == CONSULTATION:
+            return [*events, *self._consultation(tracker)]
         description = substantive_description(latest_text(tracker)) if intent == "report_issue" else None
         if description:
             events.append(SlotSet("description", description))
@@ -109,6 +122,25 @@ class ActionStartReport(Action):
             events.append(SlotSet("district", district))
         if address:
             events.append(SlotSet("location", with_district(address, district) if district else address))
+        return events
+
+    def _consultation(self, tracker: Tracker) -> list[dict[str, Any]]:
+        """「登记咨询」: a 咨询 report whose description is the question no guide answered.
+
+        The place is not asked; a district the question names routes it (else the category's
+        city-level department answers). Without a kept question the form asks for it.
+        """
+        events = [SlotSet("case_type_choice", CONSULTATION)]
+        question = str(tracker.get_slot(CONSULT_SLOT) or "").strip()
+        if not question:
+            return events
+        events += [SlotSet(CONSULT_SLOT, question), SlotSet("description", question)]
+        if self.desk is not None:
+            found = self.desk.locate(question, entity_value(tracker, "district"))
+            if found.district and not found.ambiguous:
+                events.append(SlotSet("district", found.district))
+                if found.address:
+                    events.append(SlotSet("location", with_district(found.address, found.district)))
         return events
 
     async def _limit_reached(self, tracker: Tracker) -> bool:
@@ -147,6 +179,8 @@ class ValidateReportForm(FormValidationAction):
         slots = [slot for slot in domain_slots if slot not in ("district", "category_choice", "case_type_choice")]
         if tracker.get_slot("location"):
             slots.insert(slots.index("location") + 1, "district")
+        elif is_consultation(tracker):  # a consultation's place is optional: not asked
+            slots = [slot for slot in slots if slot not in PLACE_SLOTS]
         if tracker.get_slot("category_requested") or tracker.get_slot("category_choice"):
             slots.insert(slots.index("report_confirmed"), "category_choice")
         # 「更正类型」 without a type: ask which (action_ask_case_type_choice).

@@ -365,7 +365,7 @@ def end_to_end(entries: Sequence[EntryData], held_out: Sequence[tuple[str, str]]
                 answered["answered"] += 1
                 answered["right"] += named[0] == titles[slug]
                 answered["offered"] += named[0] == titles[slug] or any(f'"{slug}"' in p for p in offered)
-            elif "utter_kb_no_match" in kinds or "utter_kb_which_service" in kinds:
+            elif "utter_kb_offer_consultation" in kinds or "utter_kb_which_service" in kinds:
                 answered["no_match"] += 1
             elif kinds & OFF_TOPIC_OK:
                 answered["out_of_scope"] += 1

@@ -42,7 +42,7 @@ def outcome(texts: list[str]) -> str:
         return "not understood"
     if utter("utter_clarify_details") in joined:
         return "clarify"
-    if utter("utter_kb_no_match") in joined:
+    if utter("utter_kb_offer_consultation") in joined:
         return "KB no-match"
     if any(ask in joined for ask in _PLACE_ASKS):
         return "started"

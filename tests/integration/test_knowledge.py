@@ -105,15 +105,18 @@ def misses_in(stack: Stack) -> list[str]:
         return [row[0] for row in db.execute("SELECT question FROM knowledge_miss ORDER BY id")]
 
 
-def test_no_match_says_so_offers_a_case_or_a_person_and_keeps_the_question_for_staff(stack: Stack, sender: str) -> None:
+def test_no_match_says_so_offers_a_consultation_or_a_person_and_keeps_the_question_for_staff(
+    stack: Stack, sender: str
+) -> None:
     question = next((q for q in NOT_IN_THE_BASE if intent(stack, q) == "ask_faq"), None)
     assert question, "the engine reads none of the questions as ask_faq"
     replies = stack.rest(sender, question)
-    assert texts(replies) == [utter("utter_kb_no_match")]
-    assert replies[0]["buttons"] == utter_buttons("utter_kb_no_match")
+    assert texts(replies) == [utter("utter_kb_offer_consultation")]
+    assert replies[0]["buttons"] == utter_buttons("utter_kb_offer_consultation")
     assert misses_in(stack)[-1] == question
-    # The offered button starts a report.
-    assert texts(stack.rest(sender, "/report_issue")) == [utter("utter_ask_description")]
+    # 「登记咨询」 files the question itself as a 咨询 case: only the phone is asked.
+    [register] = [button for button in replies[0]["buttons"] if button["title"] == "登记咨询"]
+    assert texts(stack.rest(sender, register["payload"])) == [utter("utter_ask_contact_phone")]
 
 
 def test_answers_that_did_not_help_are_counted_for_their_entry(stack: Stack, sender: str) -> None:

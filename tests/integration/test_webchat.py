@@ -260,6 +260,7 @@ async def test_report_conversation_files_a_case(stack: Stack, chat: ChatClient) 
     assert preview["buttons"] == [
         {"title": "确认提交", "payload": "/affirm"},
         {"title": "更正类别", "payload": "/correct_category"},
+        {"title": "更正类型", "payload": "/correct_case_type"},
         {"title": "更正地点", "payload": "/correct_location"},
         {"title": "取消", "payload": "/deny"},
     ]

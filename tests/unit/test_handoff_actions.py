@@ -287,7 +287,11 @@ async def test_a_fallback_not_right_after_another_asks_to_rephrase(
 async def test_a_first_rejected_answer_gets_an_apology_and_a_hint(
     sessions: Sessions, dispatcher: CollectingDispatcher, citizen: ChannelIdentity
 ) -> None:
-    events = [*SESSION_START, *turn("ask_faq", "action_answer_question", bot("utter_kb_no_match")), user("deny")]
+    events = [
+        *SESSION_START,
+        *turn("ask_faq", "action_answer_question", bot("utter_kb_offer_consultation")),
+        user("deny"),
+    ]
     result = await ActionRejectAnswer(sessions, HOURS, fixed(TUESDAY_MORNING)).run(
         dispatcher, tracker_for(citizen.sender_id, events), {}
     )
@@ -302,7 +306,7 @@ async def test_a_second_rejected_answer_hands_off(
 ) -> None:
     events = [
         *SESSION_START,
-        *turn("ask_faq", "action_answer_question", bot("utter_kb_no_match")),
+        *turn("ask_faq", "action_answer_question", bot("utter_kb_offer_consultation")),
         *turn("deny", "action_reject_answer", bot("utter_answer_rejected")),
         user("deny"),
     ]
@@ -321,7 +325,7 @@ async def test_rejections_need_not_be_in_a_row_within_a_session(
 ) -> None:
     events = [
         *SESSION_START,
-        *turn("ask_faq", "action_answer_question", bot("utter_kb_no_match")),
+        *turn("ask_faq", "action_answer_question", bot("utter_kb_offer_consultation")),
         *turn("deny", "action_reject_answer", bot("utter_answer_rejected")),
         *turn("out_of_scope", "utter_out_of_scope", bot("utter_out_of_scope")),
         user("deny"),

@@ -141,14 +141,16 @@ async def test_a_follow_up_with_nothing_answered_before_asks_which_service(answe
     assert events == []
 
 
-async def test_no_match_says_so_and_keeps_the_question_for_staff(
+async def test_no_match_offers_a_consultation_and_keeps_the_question_for_staff(
     sessions: Sessions, answers: KnowledgeAnswers, citizen: ChannelIdentity
 ) -> None:
     dispatcher = CollectingDispatcher()
     tracker = make_tracker(citizen.sender_id, text="无人机在公园飞需要报备吗", intent="ask_faq")
     events = await ActionAnswerQuestion(answers).run(dispatcher, tracker, {})
-    assert responses(dispatcher) == ["utter_kb_no_match"]
-    assert events == []
+    assert responses(dispatcher) == ["utter_kb_offer_consultation"]
+    assert events == [
+        {"event": "slot", "timestamp": None, "name": "consult_question", "value": "无人机在公园飞需要报备吗"}
+    ]
     async with sessions() as session:
         [row] = await recent_misses(session)
         conversation = await current_conversation(session, citizen)
