@@ -26,9 +26,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import re
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,9 +39,11 @@ from crm_backend.dispatch.classifier import (
     ModelLoadError,
     normalise,
     normalise_all,
+    read_artifact,
     search_words,
     split_title,
     titles,
+    write_artifact,
 )
 
 if TYPE_CHECKING:
@@ -244,16 +244,8 @@ class CaseTypeRecogniser:
         Raises:
             ModelLoadError: the file is missing or not a case-type model of this format.
         """
-        import joblib
-
-        path = Path(path)
-        if not path.is_file():
-            raise ModelLoadError(f"no case-type model at {path}: run `python -m crm_backend.dispatch train-types`")
-        try:
-            artifact = joblib.load(path)
-        except Exception as exc:  # a truncated or foreign file: pickle raises anything
-            raise ModelLoadError(f"cannot read the case-type model {path}: {exc}") from exc
-        if not isinstance(artifact, dict) or artifact.get("format") != ARTIFACT_FORMAT or "case_types" not in artifact:
+        artifact = read_artifact(path, "case-type", "train-types", ARTIFACT_FORMAT)
+        if "case_types" not in artifact:
             raise ModelLoadError(f"{path} is not a case-type model of format {ARTIFACT_FORMAT}: retrain it")
         return cls(
             artifact["pipeline"],
@@ -266,32 +258,19 @@ class CaseTypeRecogniser:
 
     def save(self, path: Path | str = DEFAULT_MODEL_PATH) -> Path:
         """Write the model atomically (a temporary file renamed into place); returns the path."""
-        import joblib
-        import sklearn
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        artifact = {
-            "format": ARTIFACT_FORMAT,
-            "case_types": list(CASE_TYPES),
-            "pipeline": self.pipeline,
-            "model_version": self.model_version,
-            "params": self.params,
-            "trained_rows": self.trained_rows,
-            "trained_at": self.trained_at,
-            "training_seconds": self.training_seconds,
-            "sklearn_version": sklearn.__version__,
-        }
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(handle)
-        try:
-            joblib.dump(artifact, temporary, compress=3)
-            os.chmod(temporary, 0o644)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        return path
+        return write_artifact(
+            path,
+            {
+                "format": ARTIFACT_FORMAT,
+                "case_types": list(CASE_TYPES),
+                "pipeline": self.pipeline,
+                "model_version": self.model_version,
+                "params": self.params,
+                "trained_rows": self.trained_rows,
+                "trained_at": self.trained_at,
+                "training_seconds": self.training_seconds,
+            },
+        )
 
     def predict(self, text: str) -> CaseTypePrediction:
         """The type of one report (a few milliseconds)."""

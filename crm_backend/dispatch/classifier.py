@@ -101,6 +101,50 @@ class DataError(ValueError):
     """A labelled CSV that cannot be used: unreadable, no ``text``/``label`` columns, unknown labels."""
 
 
+def read_artifact(path: Path | str, what: str, train_command: str, artifact_format: int) -> dict[str, Any]:
+    """A model artifact written by `write_artifact` (a pickle: load only artifacts built on this machine).
+
+    Args:
+        what: the model's name in messages ("category", "case-type").
+        train_command: the `python -m crm_backend.dispatch` command that builds it.
+
+    Raises:
+        ModelLoadError: the file is missing, unreadable, or not an artifact of `artifact_format`.
+    """
+    import joblib
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"no {what} model at {path}: run `python -m crm_backend.dispatch {train_command}`")
+    try:
+        artifact = joblib.load(path)
+    except Exception as exc:  # a truncated or foreign file: pickle raises anything
+        raise ModelLoadError(f"cannot read the {what} model {path}: {exc}") from exc
+    if not isinstance(artifact, dict) or artifact.get("format") != artifact_format:
+        raise ModelLoadError(f"{path} is not a {what} model of format {artifact_format}: retrain it")
+    return artifact
+
+
+def write_artifact(path: Path | str, artifact: dict[str, Any]) -> Path:
+    """Write a model artifact atomically (a temporary file renamed into place), with the
+    scikit-learn version that built it; returns the path."""
+    import joblib
+    import sklearn
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(handle)
+    try:
+        joblib.dump({**artifact, "sklearn_version": sklearn.__version__}, temporary, compress=3)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
 class ModelLoadError(RuntimeError):
     """The model artifact is missing or is not one this code wrote."""
 
@@ -332,17 +376,7 @@ class CategoryClassifier:
         Raises:
             ModelLoadError: if the file is missing or not a model artifact of this format.
         """
-        import joblib
-
-        path = Path(path)
-        if not path.is_file():
-            raise ModelLoadError(f"no category model at {path}: run `python -m crm_backend.dispatch train`")
-        try:
-            artifact = joblib.load(path)
-        except Exception as exc:  # a truncated or foreign file: pickle raises anything
-            raise ModelLoadError(f"cannot read the category model {path}: {exc}") from exc
-        if not isinstance(artifact, dict) or artifact.get("format") != ARTIFACT_FORMAT:
-            raise ModelLoadError(f"{path} is not a category model of format {ARTIFACT_FORMAT}: retrain it")
+        artifact = read_artifact(path, "category", "train", ARTIFACT_FORMAT)
         return cls(
             artifact["pipeline"],
             artifact["model_version"],
@@ -353,30 +387,17 @@ class CategoryClassifier:
 
     def save(self, path: Path | str = DEFAULT_MODEL_PATH) -> Path:
         """Write the model atomically (a temporary file renamed into place); returns the path."""
-        import joblib
-        import sklearn
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        artifact = {
-            "format": ARTIFACT_FORMAT,
-            "pipeline": self.pipeline,
-            "model_version": self.model_version,
-            "training_seconds": self.training_seconds,
-            "trained_rows": self.trained_rows,
-            "trained_at": self.trained_at,
-            "sklearn_version": sklearn.__version__,
-        }
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(handle)
-        try:
-            joblib.dump(artifact, temporary, compress=3)
-            os.chmod(temporary, 0o644)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        return path
+        return write_artifact(
+            path,
+            {
+                "format": ARTIFACT_FORMAT,
+                "pipeline": self.pipeline,
+                "model_version": self.model_version,
+                "training_seconds": self.training_seconds,
+                "trained_rows": self.trained_rows,
+                "trained_at": self.trained_at,
+            },
+        )
 
     def predict(self, text: str) -> CategoryPrediction:
         """Classify one report (a few milliseconds)."""
