@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -58,6 +59,13 @@ def readback_description(description: str) -> str:
     return description[:READBACK_DESCRIPTION_CHARS] + "…"
 
 
+def choice_buttons(intent: str, entity: str, values: Sequence[str]) -> list[dict[str, str]]:
+    """One button per value, each sending `intent` with the value as `entity`."""
+    return [
+        {"title": value, "payload": f"/{intent}" + json.dumps({entity: value}, ensure_ascii=False)} for value in values
+    ]
+
+
 def report_from(tracker: Tracker) -> Report:
     return Report(
         description=tracker.get_slot("description") or "",
@@ -91,11 +99,9 @@ class ActionAskDistrict(Action):
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[dict[str, Any]]:
         candidates = tracker.get_slot("district_candidates") or self.desk.districts
-        buttons = [
-            {"title": name, "payload": "/give_location" + json.dumps({"district": name}, ensure_ascii=False)}
-            for name in candidates[:12]
-        ]
-        dispatcher.utter_message(response="utter_choose_district", buttons=buttons)
+        dispatcher.utter_message(
+            response="utter_choose_district", buttons=choice_buttons("give_location", "district", candidates[:12])
+        )
         return []
 
 
@@ -106,11 +112,9 @@ class ActionAskCategoryChoice(Action):
         return "action_ask_category_choice"
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[dict[str, Any]]:
-        buttons = [
-            {"title": name, "payload": "/correct_category" + json.dumps({"category": name}, ensure_ascii=False)}
-            for name in CATEGORIES
-        ]
-        dispatcher.utter_message(response="utter_choose_category", buttons=buttons)
+        dispatcher.utter_message(
+            response="utter_choose_category", buttons=choice_buttons("correct_category", "category", CATEGORIES)
+        )
         return []
 
 
@@ -121,11 +125,9 @@ class ActionAskCaseTypeChoice(Action):
         return "action_ask_case_type_choice"
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[dict[str, Any]]:
-        buttons = [
-            {"title": kind, "payload": "/correct_case_type" + json.dumps({"case_type": kind}, ensure_ascii=False)}
-            for kind in CASE_TYPES
-        ]
-        dispatcher.utter_message(response="utter_choose_case_type", buttons=buttons)
+        dispatcher.utter_message(
+            response="utter_choose_case_type", buttons=choice_buttons("correct_case_type", "case_type", CASE_TYPES)
+        )
         return []
 
 
