@@ -17,7 +17,7 @@ from actions.common import entity_value, latest_text, reset_slots
 from actions.knowledge import CONSULT_SLOT
 from crm_backend.dispatch.case_type import CASE_TYPES
 from crm_backend.dispatch.classifier import CATEGORIES
-from crm_backend.dispatch.location import surface_key
+from crm_backend.dispatch.location import LocationResult, surface_key
 from crm_backend.dispatch.service import Dispatcher
 from crm_backend.errors import CaseLimitReached, InvalidInput
 from crm_backend.services.conversations import find_identity
@@ -107,14 +107,13 @@ class ActionStartReport(Action):
             return [*events, FollowupAction("action_listen")]  # instead of the report form the rules start next
         intent = (tracker.latest_message or {}).get("intent", {}).get("name")
         if intent == "report_issue" and entity_value(tracker, "case_type") == CONSULTATION:
-            return [*events, *self._consultation(tracker)]
+            return [*events, *(await self._consultation(tracker))]
         description = substantive_description(latest_text(tracker)) if intent == "report_issue" else None
         if description:
             events.append(SlotSet("description", description))
         district = entity_value(tracker, "district")
         address = entity_value(tracker, "address")
-        if description and len(description) >= LETTER_CHARS and self.desk is not None:
-            found = await asyncio.to_thread(self.desk.locate, description, district)
+        if description and len(description) >= LETTER_CHARS and (found := await self._locate(description, district)):
             address = found.address or address
             if found.district and not found.ambiguous:
                 district = found.district
@@ -124,7 +123,11 @@ class ActionStartReport(Action):
             events.append(SlotSet("location", with_district(address, district) if district else address))
         return events
 
-    def _consultation(self, tracker: Tracker) -> list[dict[str, Any]]:
+    async def _locate(self, text: str, district: str | None) -> LocationResult | None:
+        """The place a text names, by the dispatch desk's gazetteer (off the event loop)."""
+        return await asyncio.to_thread(self.desk.locate, text, district) if self.desk is not None else None
+
+    async def _consultation(self, tracker: Tracker) -> list[dict[str, Any]]:
         """「登记咨询」: a 咨询 report whose description is the question no guide answered.
 
         The place is not asked; a district the question names routes it (else the category's
@@ -135,12 +138,11 @@ class ActionStartReport(Action):
         if not question:
             return events
         events += [SlotSet(CONSULT_SLOT, question), SlotSet("description", question)]
-        if self.desk is not None:
-            found = self.desk.locate(question, entity_value(tracker, "district"))
-            if found.district and not found.ambiguous:
-                events.append(SlotSet("district", found.district))
-                if found.address:
-                    events.append(SlotSet("location", with_district(found.address, found.district)))
+        found = await self._locate(question, entity_value(tracker, "district"))
+        if found is not None and found.district and not found.ambiguous:
+            events.append(SlotSet("district", found.district))
+            if found.address:
+                events.append(SlotSet("location", with_district(found.address, found.district)))
         return events
 
     async def _limit_reached(self, tracker: Tracker) -> bool:

@@ -40,22 +40,27 @@ NEW_QUESTION = "星光卡丢了去哪里补办"
 
 
 def create_entry_as(stack: Stack, username: str, slug: str) -> int:
-    """An entry (version 1) saved by the given member of staff through the service; its id."""
+    """A 星光卡 entry (version 1) saved by the given member of staff through the service; its id."""
+    data = EntryData(
+        slug=slug,
+        title=f"星光卡申领指南 {slug[-4:]}",
+        category="民政",
+        department="A市民政局",
+        questions=("星光卡怎么申领", "办星光卡要带什么"),
+        answer=OLD_ANSWER,
+        follow_ups={"材料": "身份证原件。"},
+        last_reviewed=date(2026, 11, 20),
+    )
+    return save_entry(stack, username, data)
+
+
+def save_entry(stack: Stack, username: str, data: EntryData) -> int:
+    """An entry saved by the given member of staff through the service; its id."""
 
     async def create(sessions: async_sessionmaker[AsyncSession]) -> int:
         async with sessions.begin() as session:
             author = await session.scalar(select(StaffUser).where(StaffUser.username == username))
             assert author is not None
-            data = EntryData(
-                slug=slug,
-                title=f"星光卡申领指南 {slug[-4:]}",
-                category="民政",
-                department="A市民政局",
-                questions=("星光卡怎么申领", "办星光卡要带什么"),
-                answer=OLD_ANSWER,
-                follow_ups={"材料": "身份证原件。"},
-                last_reviewed=date(2026, 11, 20),
-            )
             return (await knowledge.create_entry(session, data, author)).id
 
     return with_database(stack, create)
@@ -147,24 +152,17 @@ WITHOUT_FACTS = "办理地点：各区政务服务中心。"
 
 
 def create_entry_with(stack: Stack, username: str, slug: str, answer: str) -> int:
-    """An entry with the given answer, saved by the given member of staff; its id."""
-
-    async def create(sessions: async_sessionmaker[AsyncSession]) -> int:
-        async with sessions.begin() as session:
-            author = await session.scalar(select(StaffUser).where(StaffUser.username == username))
-            assert author is not None
-            data = EntryData(
-                slug=slug,
-                title=f"月光卡申领指南 {slug.removeprefix('moon-card-')}",
-                category="民政",
-                department="A市民政局",
-                questions=("月光卡怎么申领",),
-                answer=answer,
-                last_reviewed=date(2026, 11, 20),
-            )
-            return (await knowledge.create_entry(session, data, author)).id
-
-    return with_database(stack, create)
+    """A 月光卡 entry with the given answer, saved by the given member of staff; its id."""
+    data = EntryData(
+        slug=slug,
+        title=f"月光卡申领指南 {slug.removeprefix('moon-card-')}",
+        category="民政",
+        department="A市民政局",
+        questions=("月光卡怎么申领",),
+        answer=answer,
+        last_reviewed=date(2026, 11, 20),
+    )
+    return save_entry(stack, username, data)
 
 
 def test_entries_missing_a_city_fact_are_flagged_and_can_be_listed_alone(
