@@ -34,6 +34,13 @@ def latest_text(tracker: Tracker) -> str:
     return (tracker.latest_message or {}).get("text") or ""
 
 
+def steered_letter(tracker: Tracker) -> str | None:
+    """The intent the app's letter gate steered the latest message to (`bot.letters`), if it was a letter."""
+    metadata = (tracker.latest_message or {}).get("metadata") or {}
+    letter = metadata.get("letter") if isinstance(metadata, dict) else None
+    return str(letter.get("intent")) if isinstance(letter, dict) and letter.get("intent") else None
+
+
 def entity_value(tracker: Tracker, entity: str) -> str | None:
     """The first value of an entity in the latest message, if any."""
     value = next(tracker.get_latest_entity_values(entity), None)

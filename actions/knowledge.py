@@ -4,7 +4,8 @@
 "那需要带什么材料？") and names the entry it comes from; when the match is not clear it also
 offers the two nearest other entries, and with no good match it says so and offers to register
 the question as a consultation case (「登记咨询」, answered by the responsible department on this
-channel) or a person instead of guessing: a question is never left at 「换个说法」. The fallback
+channel) or a person instead of guessing: a question is never left at 「换个说法」. A letter
+(steered by the app's letter gate) that no entry answers starts the consultation intake at once. The fallback
 action asks the same `KnowledgeAnswers` whether a message the NLU could not place is a clear
 question after all.
 
@@ -19,12 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from rasa_sdk import Action, Tracker
-from rasa_sdk.events import SlotSet
+from rasa_sdk.events import FollowupAction, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from actions.common import entity_value, identity_and_conversation, latest_text
+from actions.common import entity_value, identity_and_conversation, latest_text, steered_letter
 from actions.turns import last_bot_response
 from crm_backend.knowledge.entries import EntryData
 from crm_backend.knowledge.followups import (
@@ -45,6 +46,9 @@ ENTRY_SLOT = "kb_entry"
 CONSULT_SLOT = "consult_question"
 # No entry answers: say so and offer a consultation case (or a person), never a dead end.
 NO_MATCH_RESPONSE = "utter_kb_offer_consultation"
+# A letter that asks what no entry answers is filed as a consultation case straight away: it
+# already says everything a 12345 operator would write down, so the intake starts at once.
+LETTER_CONSULTATION_RESPONSE = "utter_kb_consultation_started"
 # The bot's "这个回答有帮助吗？" turns: a yes or no right after them is feedback on the entry.
 FEEDBACK_QUESTIONS = frozenset({"utter_kb_helpful", "utter_kb_helpful_unclear"})
 # With no entry matching, a message the NLU ranked as off-topic this high (second to ask_faq)
@@ -216,8 +220,11 @@ class ActionAnswerQuestion(Action):
             elif reading.no_subject:  # "要带什么材料？" with no service named or answered before
                 dispatcher.utter_message(response="utter_kb_which_service", kb_aspect=reading.aspect)
             else:
-                dispatcher.utter_message(response=NO_MATCH_RESPONSE)
                 await self.answers.record_miss(tracker, ranking)
+                if steered_letter(tracker) == "ask_faq":
+                    dispatcher.utter_message(response=LETTER_CONSULTATION_RESPONSE)
+                    return [SlotSet(CONSULT_SLOT, text.strip()), FollowupAction("action_start_report")]
+                dispatcher.utter_message(response=NO_MATCH_RESPONSE)
                 return [SlotSet(CONSULT_SLOT, text.strip())]
             return []
         return self.answers.say_entry(dispatcher, best, ranking if ranking.verdict is Verdict.UNCLEAR else None)

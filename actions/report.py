@@ -13,7 +13,7 @@ from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from actions.common import entity_value, latest_text, reset_slots
+from actions.common import entity_value, latest_text, reset_slots, steered_letter
 from actions.knowledge import CONSULT_SLOT
 from crm_backend.dispatch.case_type import CASE_TYPES
 from crm_backend.dispatch.classifier import CATEGORIES
@@ -80,8 +80,10 @@ def substantive_description(text: str) -> str | None:
 class ActionStartReport(Action):
     """Starts a fresh report, keeping whatever the opening message already told us.
 
-    A letter (`LETTER_CHARS` or more) is its own description, and the gazetteer reads its place
-    from the whole text (as the dispatch preview does), so the form asks only what it lacks.
+    A 咨询 report (「登记咨询」, or a question letter no guide answers) starts from the question
+    kept in `CONSULT_SLOT`, its place optional. A letter (`LETTER_CHARS` or more) is its own
+    description, and the gazetteer reads its place from the whole text (as the dispatch preview
+    does), so the form asks only what it lacks.
     A citizen who already filed today's limit of cases is told so here, before the form
     asks a single question, and the form is not opened (the filing checks again).
     """
@@ -108,6 +110,10 @@ class ActionStartReport(Action):
         intent = (tracker.latest_message or {}).get("intent", {}).get("name")
         if intent == "report_issue" and entity_value(tracker, "case_type") == CONSULTATION:
             return [*events, *(await self._consultation(tracker))]
+        if intent == "ask_faq" and steered_letter(tracker) == "ask_faq":
+            # A question letter no guide answers (`action_answer_question` hands over): no rule
+            # follows an ask_faq turn with the form, so it is started here.
+            return [*events, *(await self._consultation(tracker)), FollowupAction("report_form")]
         description = substantive_description(latest_text(tracker)) if intent == "report_issue" else None
         if description:
             events.append(SlotSet("description", description))

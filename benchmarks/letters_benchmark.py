@@ -7,8 +7,10 @@ message of a new conversation through the REST channel. The first reply is sorte
 
 * started: the report form began (asks the description, place, district, phone or category,
   or reads the report back); ``started, place known`` when it did not ask the place;
+* consultation started: a question no guide answers, filed as a 咨询 case at once (the intake
+  asks only what is missing);
 * answered: an answer from the knowledge base (or its "which service?" follow-up);
-* KB no-match: 「没有找到与您的问题相符的办事指南…」;
+* KB no-match: the knowledge base has no answer, a consultation case or a person is offered;
 * not understood: ``utter_default``; clarify: ``utter_clarify_details``; other: anything else.
 
 Prints a table per letter kind (by the title rule of `bot.letters.kind_by_title`: a 咨询/请问/
@@ -30,7 +32,17 @@ from tests.support.domain_text import utter
 from tests.support.stack import ROOT, Stack
 
 HELDOUT = ROOT / "benchmarks" / "data" / "letters_heldout.csv"
-OUTCOMES = ("started", "started, place known", "answered", "KB no-match", "not understood", "clarify", "other")
+OUTCOMES = (
+    "started",
+    "started, place known",
+    "consultation started",
+    "answered",
+    "KB no-match",
+    "not understood",
+    "clarify",
+    "other",
+)
+GOOD = ("started", "started, place known", "consultation started", "answered")
 _PLACE_ASKS = (utter("utter_ask_location"), utter("utter_choose_district"))
 _REPORT_ASKS = (utter("utter_ask_description"), utter("utter_ask_contact_phone"), utter("utter_choose_category"))
 
@@ -42,6 +54,8 @@ def outcome(texts: list[str]) -> str:
         return "not understood"
     if utter("utter_clarify_details") in joined:
         return "clarify"
+    if utter("utter_kb_consultation_started") in joined:
+        return "consultation started"
     if utter("utter_kb_offer_consultation") in joined:
         return "KB no-match"
     if any(ask in joined for ask in _PLACE_ASKS):
@@ -87,7 +101,7 @@ def main() -> None:
         print(
             f"| {name} | {counts['report'][name]} | {counts['question'][name]} | {total} | {total / len(letters):.0%} |"
         )
-    good = sum(counts[kind][name] for kind in kinds for name in ("started", "started, place known", "answered"))
+    good = sum(counts[kind][name] for kind in kinds for name in GOOD)
     print(f"\nstarted or answered: {good}/{len(letters)} = {good / len(letters):.1%}; {seconds:.0f} s for the letters")
     for line in others:
         print("other:", line)

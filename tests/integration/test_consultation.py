@@ -6,13 +6,10 @@ citizen's chat; so does the 办结 result.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-
-import pytest
 
 from tests.integration.test_console import signed_in
 from tests.integration.test_followup import RESULT, act, case_json, dispatched, notice, supervisor
-from tests.integration.test_webchat import CASE_NUMBER, ChatClient, open_chat, texts
+from tests.integration.test_webchat import CASE_NUMBER, ChatClient, texts
 from tests.support.domain_text import day_text, utter, utter_buttons
 from tests.support.stack import Stack
 
@@ -22,13 +19,12 @@ __all__ = ["supervisor"]  # a fixture, imported for the test below
 QUESTION = "请问在自家阳台养蜜蜂需要去哪里备案"
 PHONE = "13698765432"
 ANSWER = "家庭养蜂无需备案，如需出售蜂蜜请到区市场监管部门办理食品经营登记"
-
-
-@pytest.fixture
-async def chat(stack: Stack) -> AsyncIterator[ChatClient]:
-    async with open_chat(stack) as client:
-        await client.hello()
-        yield client
+# A letter asking what no guide answers (the letter gate reads it as a question).
+LETTER = (
+    "关于家庭养蜂是否需要备案的咨询\n尊敬的领导：您好！我去年开始在自家院子里养了十几箱蜜蜂，"
+    "蜂蜜主要是自己吃，偶尔送给亲戚朋友。想请问在自家院子里养蜂是否需要到有关部门备案？谢谢！"
+)
+LETTER_PHONE = "13698765433"
 
 
 def test_the_question_is_a_knowledge_question_the_base_cannot_answer(stack: Stack) -> None:
@@ -82,3 +78,19 @@ async def test_an_unanswered_question_becomes_a_consultation_answered_on_the_cha
     assert (await notice(chat))["text"] == utter(
         "utter_case_resolved_notice", case_number=number, department=department, result=RESULT
     )
+
+
+async def test_a_question_letter_no_guide_answers_is_filed_as_a_consultation_from_its_first_reply(
+    stack: Stack, chat: ChatClient
+) -> None:
+    # No offer to accept first: the intake starts at once and asks only what the letter lacks.
+    assert texts(await chat.say(LETTER)) == [utter("utter_kb_consultation_started"), utter("utter_ask_contact_phone")]
+    summary, preview = await chat.say(LETTER_PHONE)
+    assert summary["text"] == utter("utter_consultation_summary", description=LETTER, contact_phone=LETTER_PHONE)
+    assert preview["text"].startswith("将为您登记「咨询」工单")
+    confirm = next(button for button in preview["buttons"] if button["payload"] == "/affirm")
+    [filed] = await chat.click(confirm)
+    match = CASE_NUMBER.search(filed["text"])
+    assert match, filed
+    case = case_json(stack, match.group(0))
+    assert (case["case_type"], case["description"], case["location"]) == ("咨询", LETTER, "")

@@ -150,6 +150,7 @@ def make_tracker(
     entities: list[dict[str, Any]] | None = None,
     events: list[dict[str, Any]] | None = None,
     active_loop: str | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> Tracker:
     """A tracker as the engine sends it to the action server."""
     return Tracker.from_dict(
@@ -160,6 +161,7 @@ def make_tracker(
                 "text": text,
                 "intent": {"name": intent, "confidence": 0.97} if intent else {},
                 "entities": entities or [],
+                "metadata": metadata or {},
             },
             "events": events or [],
             "active_loop": {"name": active_loop} if active_loop else {},

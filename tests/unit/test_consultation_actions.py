@@ -51,6 +51,12 @@ BEES = "请问在自家阳台养蜜蜂需要去哪里备案"
 # Names a district: its department answers.
 BEES_IN_A1 = "请问在A1区自家阳台养蜜蜂需要去哪里备案"
 OFFER_PAYLOAD = '/report_issue{"case_type": "咨询"}'
+# A question letter no entry answers, as the app's letter gate steers it (`bot.letters.Steering`).
+BEES_LETTER = (
+    "关于家庭养蜂是否需要备案的咨询\n尊敬的领导：您好！我去年开始在自家院子里养了十几箱蜜蜂，"
+    "蜂蜜主要是自己吃，偶尔送给亲戚朋友。想请问在自家院子里养蜂是否需要到有关部门备案？谢谢！"
+)
+STEERED_QUESTION = {"letter": {"intent": "ask_faq", "confidence": 0.91}}
 
 
 @pytest.fixture
@@ -99,6 +105,46 @@ async def test_no_match_offers_a_consultation_and_keeps_the_question(
     async with sessions() as session:
         [row] = await recent_misses(session)
     assert row.miss.question == BEES
+
+
+async def test_a_question_letter_no_entry_answers_starts_the_consultation_at_once(
+    sessions: Sessions, answers: KnowledgeAnswers, desk: Dispatcher
+) -> None:
+    citizen = await register(sessions, "bees-letter")
+    dispatcher = CollectingDispatcher()
+    tracker = make_tracker(citizen.sender_id, text=BEES_LETTER, intent="ask_faq", metadata=STEERED_QUESTION)
+    events = await ActionAnswerQuestion(answers).run(dispatcher, tracker, {})
+    assert responses(dispatcher) == ["utter_kb_consultation_started"]
+    assert slot_state(events) == {CONSULT_SLOT: BEES_LETTER}
+    assert events[-1] == {"event": "followup", "name": "action_start_report", "timestamp": None}
+    said = DOMAIN["responses"]["utter_kb_consultation_started"][0]["text"]
+    assert "咨询工单" in said and "换个说法" not in said
+    # The engine then runs action_start_report on the same turn: the consultation's intake.
+    tracker = make_tracker(
+        citizen.sender_id, text=BEES_LETTER, intent="ask_faq", metadata=STEERED_QUESTION, slots=slot_state(events)
+    )
+    started = await ActionStartReport(desk=desk).run(CollectingDispatcher(), tracker, DOMAIN)
+    state = slot_state(started)
+    assert (state["description"], state["case_type_choice"]) == (BEES_LETTER, CONSULTATION)
+    assert started[-1] == {"event": "followup", "name": "report_form", "timestamp": None}
+
+
+async def test_a_short_question_no_entry_answers_is_only_offered_the_consultation(
+    sessions: Sessions, answers: KnowledgeAnswers, desk: Dispatcher
+) -> None:
+    citizen = await register(sessions, "bees-short")
+    dispatcher = CollectingDispatcher()
+    events = await ActionAnswerQuestion(answers).run(
+        dispatcher, make_tracker(citizen.sender_id, text=BEES, intent="ask_faq"), {}
+    )
+    assert responses(dispatcher) == ["utter_kb_offer_consultation"]
+    assert all(event["event"] == "slot" for event in events)
+    # Nor does an unsteered ask_faq turn start a report.
+    started = await ActionStartReport(desk=desk).run(
+        CollectingDispatcher(), make_tracker(text=BEES, intent="ask_faq", slots={CONSULT_SLOT: BEES}), DOMAIN
+    )
+    assert slot_state(started)["case_type_choice"] is None
+    assert all(event["event"] == "slot" for event in started)
 
 
 async def start(desk: Dispatcher, slots: dict[str, Any]) -> dict[str, Any]:
