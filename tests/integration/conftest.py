@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +53,13 @@ def browser() -> Iterator[Any]:
 def sender() -> str:
     """A fresh REST sender id, so each test is a new citizen."""
     return unique("test")
+
+
+@pytest.fixture
+async def chat(stack: Stack) -> AsyncIterator[Any]:
+    """A new web chat citizen: a fresh socket that said hello without a session."""
+    from tests.integration.test_webchat import open_chat
+
+    async with open_chat(stack) as client:
+        await client.hello()
+        yield client

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -28,13 +28,6 @@ PHONE = "13698765432"
 @pytest.fixture(scope="module")
 def supervisor(stack: Stack) -> str:
     return create_staff(stack, "supervisor", display_name="回访王")
-
-
-@pytest.fixture
-async def chat(stack: Stack) -> AsyncIterator[ChatClient]:
-    async with open_chat(stack) as client:
-        await client.hello()
-        yield client
 
 
 async def file_case(chat: ChatClient, problem: str, location: str) -> str:

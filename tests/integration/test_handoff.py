@@ -10,7 +10,7 @@ against the duty rule of `crm_backend.duty`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -100,13 +100,6 @@ def staff_reply(stack: Stack, cid: int, text: str, staff_name: str) -> bool:
 
 def marker(label: str) -> str:
     return f"{label} {suffix()}"
-
-
-@pytest.fixture
-async def chat(stack: Stack) -> AsyncIterator[ChatClient]:
-    async with open_chat(stack) as client:
-        await client.hello()
-        yield client
 
 
 # --- the triggers ---------------------------------------------------------------------------

@@ -135,14 +135,6 @@ async def open_chat(stack: Stack, **connect_kwargs: Any) -> AsyncIterator[ChatCl
         yield ChatClient(ws)
 
 
-@pytest.fixture
-async def chat(stack: Stack) -> AsyncIterator[ChatClient]:
-    """A new citizen: a fresh socket that said hello without a session."""
-    async with open_chat(stack) as client:
-        await client.hello()
-        yield client
-
-
 # --- looking at what was stored -------------------------------------------------------------
 
 
