@@ -112,13 +112,28 @@ def main() -> None:
     print("\n".join(histogram(scored)))
     ranked = sorted(scored, key=lambda item: (item.quality.total, item.msg_id))
     print()
-    print(f"== the {args.examples} lowest ==")
-    for item in ranked[: args.examples]:
+    print(f"== the {args.examples} lowest (one of each reply text) ==")
+    for item in distinct(ranked, args.examples):
         print("\n".join(show(item, args.width)))
     print()
-    print(f"== the {args.examples} highest ==")
-    for item in reversed(ranked[len(ranked) - args.examples :]):
+    print(f"== the {args.examples} highest (one of each reply text) ==")
+    for item in distinct(list(reversed(ranked)), args.examples):
         print("\n".join(show(item, args.width)))
+
+
+def distinct(ranked: list[Scored], count: int) -> list[Scored]:
+    """The first `count` items whose reply text (whitespace aside) was not shown yet: the board
+    sent 「网友：您好！留言已收悉」 word for word dozens of times."""
+    seen: set[str] = set()
+    chosen = []
+    for item in ranked:
+        key = "".join(item.reply.split())
+        if key not in seen:
+            seen.add(key)
+            chosen.append(item)
+        if len(chosen) == count:
+            break
+    return chosen
 
 
 if __name__ == "__main__":

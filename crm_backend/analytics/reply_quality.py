@@ -11,7 +11,8 @@ Relevance (相关性): does the reply talk about what the citizen wrote? The mes
   reply)). Text the reply quotes back from the message (“…” 「…」 found verbatim in it) is
   removed first: repeating the citizen's title is not an answer.
 Completeness (完整性): 40 points for saying what was done or will be done (已…处理/安排/责令/
-  整改…, 将…, 责令, 督促, 约谈…: 20 per distinct signal, at most 40), 20 for telling the
+  整改…, 进行了…, 将…, 正在…, 责令, 督促, 约谈…: 20 per distinct signal, at most 40; a question in the
+  message that the reply answers counts as one), 20 for telling the
   citizen whom to contact (a phone number, 联系电话, 窗口, 可向…咨询), 20 for answering (a
   decision or explanation: 符合/不符合, 可以/不能, 应当, 需要, a date), 20 for substance
   (the reply's own text, greetings and thanks left out, 10 points per 100 characters).
@@ -69,13 +70,18 @@ _NOISE = re.compile(r"_x000D_|x000D|https?://\S*?(?:baidu\.com/?|(?=\s|$))")
 _DONE = re.compile(
     r"已(?:经)?[^，。；！？,;]{0,8}?(?:处理|安排|责令|督促|要求|整改|维修|修复|修缮|清理|清除|拆除|落实|解决|完成|协调|约谈|"
     r"立案|查处|办理|发放|补发|退还|更换|恢复|疏通|下发|制定|启动|开展|组织|联系|沟通|纳入|批复|审批|核发|处罚|罚款|"
-    r"转交|移交|派员|到场|封堵|关停|取缔|暂停|停止|改正|整治|规范|告知|通知|答复了)"
+    r"转交|移交|派员|到场|封堵|关停|取缔|暂停|停止|改正|整治|规范|告知|通知|答复了|安装|设置|增设|铺设|建成|修建|改造|翻新|"
+    r"硬化|批评教育|拆除|核实|调查|检查)"
+)
+# What was done, said without 已: 进行了批评教育, 作出了…处罚, 给予…处理.
+_DID = re.compile(
+    r"(?:进行了|作出了|做出了|给予了?|开展了|组织了)[^，。；]{0,8}?(?:批评教育|处罚|处理|整改|清理|维修|修复|调查|检查|核查|执法|整治)"
 )
 # What will be done (将…; not 现将, the greeting's "herewith"), or is being done (正在…).
 _WILL = re.compile(
     r"(?<![现并])将(?:于|在|会|继续|尽快|加快|进一步|按|对|组织|安排|督促|协调|加强|适时|积极|及时|认真|结合|依法|逐步|"
     r"[^，。；“”]{0,8}?(?:纳入|列入|建设|改造|实施|推进|停放|处理|解决|考虑|研究|修复|维修|整治|增设|设置|安装|调整))|"
-    r"(?:拟|计划|预计|争取|力争)(?:于|在|年|月|\d)|正在(?:进行|开展|组织|实施|建设|推进|制定|办理|处理|协调|整改|修复|施工)"
+    r"(?:拟|计划|预计|争取|力争|决定)(?:于|在|年|月|\d)|正在(?:进行|开展|组织|实施|建设|推进|制定|办理|处理|协调|整改|修复|施工)"
 )
 _ENFORCE = re.compile(r"责令|督促|约谈|立案|查处|行政处罚|罚款|下达[^，。]{0,6}通知书|限期|整改")
 _PHONE = re.compile(
@@ -85,6 +91,7 @@ _CONTACT = re.compile(
     r"联系电话|咨询电话|举报电话|办公电话|服务热线|热线|窗口|联系人|来电|致电|拨打|"
     r"(?:可|请|建议)(?:您)?(?:直接)?(?:向|与|到|至|前往|联系|咨询)"
 )
+_QUESTION = re.compile(r"？|\?|吗|是否|能否|可否|何时|什么时候|怎么|怎样|如何|为什么|请问|咨询|多少")
 _ANSWER = re.compile(
     r"不符合|符合|不可以|可以|不能|不予|无法|应当|应该|需要|须|必须|不属于|属于|标准为|标准是|有效期|期限|"
     r"\d{1,2}月(?:\d{1,2}日)?|年底|月底|近期|目前|现已|已于"
@@ -143,7 +150,7 @@ def score_reply(
         due: the case's deadline; None means `DEFAULT_DEADLINE_WORKING_DAYS` after `asked_at`.
     """
     relevance, relevance_why = _relevance(message, reply)
-    completeness, completeness_why = _completeness(reply)
+    completeness, completeness_why = _completeness(message, reply)
     interpretability, interpretability_why = _interpretability(reply)
     timeliness, timeliness_why = _timeliness(asked_at, replied_at, due)
     parts = {
@@ -272,17 +279,23 @@ def substance(reply: str) -> str:
     return _DATE_LINE.sub("", _COURTESY.sub("", reply)).strip()
 
 
-def _completeness(reply: str) -> tuple[int, str]:
-    actions = {m.group(0) for m in _DONE.finditer(reply)} | {m.group(0) for m in _WILL.finditer(reply)}
-    actions |= {m.group(0) for m in _ENFORCE.finditer(reply)}
-    action_points = min(40, 20 * len(actions))
-    contact = bool(_PHONE.search(reply) or _CONTACT.search(reply))
-    answer = bool(_ANSWER.search(substance(reply)))
+def _completeness(message: str, reply: str) -> tuple[int, str]:
+    actions = {m.group(0) for pattern in (_DONE, _DID, _WILL, _ENFORCE) for m in pattern.finditer(reply)}
     own = substance(reply)
+    answer = bool(_ANSWER.search(own))
+    # A question answered is what was done for it (a 咨询 has nothing else to do).
+    answered_question = answer and bool(_QUESTION.search(message)) and len(own) >= 20
+    action_points = min(40, 20 * (len(actions) + answered_question))
+    contact = bool(_PHONE.search(reply) or _CONTACT.search(reply))
     substance_points = min(20, 10 * len(own) // 100)
     score = action_points + (20 if contact else 0) + (20 if answer else 0) + substance_points
     said = []
-    said.append(f"说明了办理措施（{'、'.join(sorted(actions)[:3])}）" if actions else "没有说明做了什么")
+    if actions:
+        said.append(f"说明了办理措施（{'、'.join(sorted(actions)[:3])}）")
+    elif answered_question:
+        said.append("答复了所问")
+    else:
+        said.append("没有说明做了什么")
     said.append("留了联系方式" if contact else "没有联系方式")
     if not answer:
         said.append("没有明确答复")

@@ -69,8 +69,8 @@ def _waited(value: datetime | None) -> str:
 
 
 def _score_band(total: int) -> str:
-    """The colour class of a 答复质量 total: below 40 low, below 70 middling, else high."""
-    return "score-low" if total < 40 else "score-mid" if total < 70 else "score-high"
+    """The colour class of a 答复质量 total: below 30 low, below 70 middling, else high (see the calibration)."""
+    return "score-low" if total < 30 else "score-mid" if total < 70 else "score-high"
 
 
 def _status_label(value: str) -> str:
