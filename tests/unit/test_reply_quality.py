@@ -3,8 +3,13 @@ the department averages, the rescoring command and the case page that shows it."
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -25,6 +30,7 @@ from crm_backend.services.conversations import current_conversation, resolve_ide
 from crm_backend.services.intake import Report, file_case
 
 Sessions = async_sessionmaker[AsyncSession]
+ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "correct horse battery"
 
 MESSAGE = "A1区解放路路灯坏了一个多月，晚上漆黑一片，老人小孩出行很危险。请问什么时候能修好？"
@@ -203,6 +209,31 @@ async def test_score_replies_scores_replies_written_without_a_score_once(session
     assert (await reply_scores.rescore(sessions, everything=True)).scored == 3
     async with sessions() as session:
         assert len((await session.scalars(select(ReplyScore))).all()) == 3
+
+
+async def test_the_score_replies_command_scores_unscored_replies_and_then_has_nothing_to_do(
+    sessions: Sessions, agent: StaffUser, tmp_path: Path
+) -> None:
+    number = await housing_case(sessions)
+    async with sessions.begin() as session:
+        case = await casework.visible_case(session, agent, number)
+        session.add(CaseEvent(case_id=case.id, to_status=case.status, kind="reply", note=GOOD, actor="李"))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("DATABASE_URL")}
+        env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'crm.db'}"  # the `sessions` fixture's database
+        command = [sys.executable, "-m", "crm_backend", "score-replies", *args]
+        return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+    first = await asyncio.to_thread(run)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == "scored 1 replies in 1 batches"
+    again = await asyncio.to_thread(run)
+    assert again.stdout.strip() == "scored 0 replies in 0 batches"
+    everything = await asyncio.to_thread(run, "--all")
+    assert everything.stdout.strip() == "scored 1 replies in 1 batches"
+    async with sessions() as session:
+        assert len((await session.scalars(select(ReplyScore))).all()) == 1
 
 
 # --- the case page --------------------------------------------------------------------
