@@ -51,7 +51,7 @@ SCORER_VERSION = "1"
 DEFAULT_DEADLINE_WORKING_DAYS = 10
 
 # How the total weighs the four dimensions; chosen after reading the real replies (see
-# docs/benchmarks.md): completeness and relevance say most about whether the citizen was helped.
+# docs/reply-quality.md): completeness and relevance say most about whether the citizen was helped.
 WEIGHTS: dict[str, float] = {"relevance": 0.3, "completeness": 0.35, "interpretability": 0.15, "timeliness": 0.2}
 
 KEY_TERMS = 12
