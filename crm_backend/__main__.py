@@ -1,6 +1,6 @@
 """Operator commands: ``python -m crm_backend COMMAND``.
 
-Commands: migrate, stats, create-user, create-api-client, revoke-api-client, classify-types.
+Commands: migrate, stats, create-user, create-api-client, revoke-api-client, classify-types, score-replies.
 
 ``create-user`` reads the password from a prompt (twice) or, when standard input is not a
 terminal, from its first line, never from an argument that would land in shell history.
@@ -8,6 +8,9 @@ terminal, from its first line, never from an argument that would land in shell h
 capture it) and a note on standard error; the key is not stored and cannot be shown again.
 ``classify-types`` gives the cases filed before case types existed their recognised type
 (the model at ``CASE_TYPE_MODEL_PATH``); cases that have a type are left alone.
+``score-replies`` gives staff replies and 办结 results their 答复质量 score, in batches: those
+without one (written before scoring existed, or imported) or scored by an older scorer;
+``--all`` rescores every one.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from crm_backend.dispatch.classifier import ModelLoadError
 from crm_backend.dispatch.routing import seed_routing
 from crm_backend.errors import CrmError
 from crm_backend.lifecycle import STATUS_LABELS, CaseStatus, Role
-from crm_backend.services import api_clients, audit, cases, staff
+from crm_backend.services import api_clients, audit, cases, reply_scores, staff
 from crm_backend.services.api_clients import ApiScope
 from crm_backend.services.stats import collect_stats
 from crm_backend.settings import case_type_model_path_from_env, database_url_from_env
@@ -88,6 +91,14 @@ async def _classify_types(database_url: str) -> int:
         await engine.dispose()
 
 
+async def _score_replies(database_url: str, everything: bool) -> reply_scores.RescoreResult:
+    engine = create_engine(database_url)
+    try:
+        return await reply_scores.rescore(create_sessionmaker(engine), everything=everything)
+    finally:
+        await engine.dispose()
+
+
 def _read_password() -> str:
     if not sys.stdin.isatty():
         return sys.stdin.readline().rstrip("\r\n")
@@ -126,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     revoke = commands.add_parser("revoke-api-client", help="refuse an /api/v1 client's key from now on")
     revoke.add_argument("--name", required=True)
     commands.add_parser("classify-types", help="give cases filed before case types their recognised type")
+    score = commands.add_parser("score-replies", help="score replies and 办结 results that have no 答复质量 score")
+    score.add_argument("--all", action="store_true", help="rescore every reply, not only unscored or outdated ones")
     args = parser.parse_args(argv)
 
     database_url = database_url_from_env()
@@ -172,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 1
         print(f"classified {count} cases")
+        return 0
+    if args.command == "score-replies":
+        upgrade_database(database_url)
+        done = asyncio.run(_score_replies(database_url, args.all))
+        print(f"scored {done.scored} replies in {done.batches} batches")
         return 0
     upgrade_database(database_url)
     result = asyncio.run(_stats(database_url))

@@ -554,3 +554,35 @@ class KnowledgeMiss(Base):
     evidence: Mapped[float] = mapped_column(Float, default=0.0)
     conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversation.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ReplyScore(Base):
+    """答复质量: the score of one staff reply or 办结 result (a `CaseEvent`), kept for averages.
+
+    Written with the reply (``crm_backend.services.reply_scores``); ``department_id`` is the
+    case's department when the reply was scored, so a department's average is one indexed
+    aggregate over (department, time). ``reasons`` says why, one short line per dimension.
+    """
+
+    __tablename__ = "reply_score"
+    __table_args__ = (
+        Index("ix_reply_score_department_id_replied_at", "department_id", "replied_at"),
+        Index("ix_reply_score_replied_at", "replied_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("case_event.id"), unique=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("service_case.id"), index=True)
+    department_id: Mapped[int | None] = mapped_column(ForeignKey("department.id"))
+    kind: Mapped[str] = mapped_column(String(8))  # reply | result (the 办结 note)
+    relevance: Mapped[int] = mapped_column(Integer)
+    completeness: Mapped[int] = mapped_column(Integer)
+    interpretability: Mapped[int] = mapped_column(Integer)
+    timeliness: Mapped[int] = mapped_column(Integer)
+    total: Mapped[int] = mapped_column(Integer)
+    reasons: Mapped[list[str]] = mapped_column(JSON)
+    scorer_version: Mapped[str] = mapped_column(String(16))
+    replied_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    scored_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    event: Mapped[CaseEvent] = relationship(lazy="raise_on_sql")

@@ -17,7 +17,7 @@ from crm_backend.errors import InvalidInput, InvalidTransition, NotFound
 from crm_backend.http import client_address
 from crm_backend.lifecycle import CASE_ACTIONS, CaseAction, CaseStatus, Role, available_actions
 from crm_backend.models import Department, ExtensionRequest, RoutingDecision, StaffUser
-from crm_backend.services import audit, casework
+from crm_backend.services import audit, casework, reply_scores
 from crm_backend.services.conversations import OutgoingMessage
 from crm_backend.services.moves import CaseNotices
 from crm_backend.validation import mask_phone
@@ -104,6 +104,7 @@ class CaseViews(ConsoleBase):
         async with self.sessions.begin() as session:
             case = await casework.visible_case(session, member.user, request.match_info["case_number"])
             events = await casework.timeline(session, case)
+            scores = await reply_scores.scores_for(session, events)
             related = await casework.related_cases(session, case)
             decisions = list(
                 (
@@ -133,6 +134,7 @@ class CaseViews(ConsoleBase):
             case=case,
             phone=case.contact_phone if reveal_phone else mask_phone(case.contact_phone),
             events=events,
+            scores=scores,
             related=related,
             decision=decisions[-1] if decisions else None,
             extension=extension,
@@ -179,7 +181,7 @@ class CaseViews(ConsoleBase):
                 raise InvalidInput("bad_text", f"回复内容为 1-{MAX_REPLY_CHARS} 个字符")
             async with self.sessions.begin() as session:
                 case = await casework.visible_case(session, member.user, number)
-                casework.record_reply(session, member.user, case, text, address=address)
+                await casework.record_reply(session, member.user, case, text, address=address)
                 identity_id = case.identity_id
             # To the citizen's current conversation on the case's channel, which may be newer than
             # the one the case was filed in.

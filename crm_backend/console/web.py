@@ -68,6 +68,11 @@ def _waited(value: datetime | None) -> str:
     return f"{hours // 24} 天 {hours % 24} 小时"
 
 
+def _score_band(total: int) -> str:
+    """The colour class of a 答复质量 total: below 30 low, below 70 middling, else high (see the calibration)."""
+    return "score-low" if total < 30 else "score-mid" if total < 70 else "score-high"
+
+
 def _status_label(value: str) -> str:
     try:
         return CaseStatus(value).label
@@ -83,7 +88,9 @@ def build_templates() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(beijing=_beijing, waited=_waited, status_label=_status_label, mask=mask_phone)
+    env.filters.update(
+        beijing=_beijing, waited=_waited, status_label=_status_label, mask=mask_phone, score_band=_score_band
+    )
     env.filters.update(
         action_label=labels.action_label,
         actor_label=labels.actor_label,

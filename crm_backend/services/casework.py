@@ -26,7 +26,7 @@ from crm_backend.models import (
     StaffUser,
     utcnow,
 )
-from crm_backend.services import audit
+from crm_backend.services import audit, reply_scores
 from crm_backend.services.moves import Actor, CaseNotices, Move, move_case, parse_action
 
 MAX_NOTE_CHARS = 2000
@@ -217,10 +217,15 @@ async def set_case_type(
     return True
 
 
-def record_reply(session: AsyncSession, user: StaffUser, case: ServiceCase, text: str, *, address: str = "") -> None:
-    """Put a reply sent to the citizen on the case's timeline."""
-    session.add(_event(case, user, "reply", text))
+async def record_reply(
+    session: AsyncSession, user: StaffUser, case: ServiceCase, text: str, *, address: str = ""
+) -> CaseEvent:
+    """Put a reply sent to the citizen on the case's timeline, with its 答复质量 score."""
+    event = _event(case, user, "reply", text)
+    session.add(event)
     audit.record(session, user, "case.reply", case.case_number, address=address)
+    await reply_scores.record(session, case, event)
+    return event
 
 
 async def set_supervised(

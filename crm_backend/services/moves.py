@@ -22,7 +22,7 @@ from crm_backend.dispatch.deadlines import due_at
 from crm_backend.errors import InvalidInput, InvalidTransition, NotFound
 from crm_backend.lifecycle import CaseAction, CaseStatus, Role, check_action
 from crm_backend.models import CaseEvent, CategoryPolicy, Department, ServiceCase, StaffUser, utcnow
-from crm_backend.services import audit
+from crm_backend.services import audit, reply_scores
 
 MAX_NOTE_CHARS = 2000
 
@@ -180,6 +180,8 @@ async def move_case(
         actor_name=actor.name,
     )
     await session.flush()
+    if operation is CaseAction.RESOLVE:  # the result the citizen is sent: scored for 答复质量
+        await reply_scores.record(session, case, event, at=now)
     notice = await notices.record(session, case, event) if notices is not None else None
     return Move(case, event, notice)
 

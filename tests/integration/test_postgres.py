@@ -46,6 +46,13 @@ from tests.unit.test_console_services import (  # noqa: F401  (run again on Post
 from tests.unit.test_limits import *  # noqa: F403  (run again on PostgreSQL)
 from tests.unit.test_notifier import *  # noqa: F403  (run again on PostgreSQL)
 from tests.unit.test_replay import *  # noqa: F403  (run again on PostgreSQL)
+from tests.unit.test_reply_quality import (  # noqa: F401  (run again on PostgreSQL: the averages are its SQL)
+    agent,
+    test_a_staff_reply_through_the_console_service_is_stored_with_its_score,
+    test_department_averages_are_one_aggregate_and_an_agent_sees_only_their_department,
+    test_score_replies_scores_replies_written_without_a_score_once,
+    test_the_result_of_a_resolve_is_scored_and_other_moves_are_not,
+)
 from tests.unit.test_services import *  # noqa: F403  (run again on PostgreSQL)
 
 

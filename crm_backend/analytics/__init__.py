@@ -1,0 +1,1 @@
+"""Decision support: figures computed from the cases, replies and history the CRM holds."""
