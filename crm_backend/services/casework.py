@@ -28,7 +28,7 @@ from crm_backend.models import (
 )
 from crm_backend.services import audit
 from crm_backend.services.moves import Actor, CaseNotices, Move, move_case, parse_action
-from crm_backend.services.segments import Segment, segment_citizen_ids
+from crm_backend.services.segments import Segment, case_in_segment
 
 MAX_NOTE_CHARS = 2000
 MAX_EXTENSION_DAYS = 30
@@ -131,7 +131,7 @@ async def list_cases(
     if filters.supervised:
         stmt = stmt.where(ServiceCase.supervised == true())
     if filters.segment is not None:
-        stmt = stmt.where(ServiceCase.citizen_id.in_(segment_citizen_ids(filters.segment, now)))
+        stmt = stmt.where(case_in_segment(filters.segment, now))
     if after is not None:
         older = ServiceCase.id < after.case_id
         if after.supervised:

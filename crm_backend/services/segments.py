@@ -1,6 +1,6 @@
 """Segments of citizens (民众关系管理), computed from what the CRM holds, in SQL.
 
-Each segment is a set of citizen ids, built as a subquery that the case list
+Each segment is one SQL predicate on a citizen (`in_segment`), which the case list
 (`/console/cases?segment=...`), the dashboard's counts and the citizen page all use:
 
 - 企业 (enterprise): one of the citizen's case descriptions names 企业, 公司, 个体户, 商户 or 厂;
@@ -17,11 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import Select, case, false, func, or_, select
+from sqlalchemy import ColumnElement, Select, case, false, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
-from crm_backend.models import Citizen, Satisfaction, ServiceCase, utcnow
+from crm_backend.models import Satisfaction, ServiceCase, utcnow
 
 
 class Segment(StrEnum):
@@ -60,33 +62,8 @@ def parse_segment(raw: str | None) -> Segment | None:
         return None
 
 
-def enterprise_citizen_ids() -> Select[tuple[int]]:
-    """Citizens with a case whose description names a business (企业/公司/个体户/商户/厂)."""
-    named = or_(*(ServiceCase.description.contains(word, autoescape=True) for word in ENTERPRISE_WORDS))
-    return select(ServiceCase.citizen_id).where(named)
-
-
-def repeat_citizen_ids(as_of: datetime) -> Select[tuple[int]]:
-    """Citizens who filed at least `REPEAT_MIN_CASES` cases in the 90 days up to `as_of`."""
-    return (
-        select(ServiceCase.citizen_id)
-        .where(ServiceCase.created_at > as_of - SEGMENT_WINDOW, ServiceCase.created_at <= as_of)
-        .group_by(ServiceCase.citizen_id)
-        .having(func.count(ServiceCase.id) >= REPEAT_MIN_CASES)
-    )
-
-
-def dissatisfied_citizen_ids(as_of: datetime) -> Select[tuple[int]]:
-    """Citizens who rated a case 1 or 2 in the 90 days up to `as_of`."""
-    return (
-        select(ServiceCase.citizen_id)
-        .join(Satisfaction, Satisfaction.case_id == ServiceCase.id)
-        .where(
-            Satisfaction.rating <= DISSATISFIED_MAX_RATING,
-            Satisfaction.created_at > as_of - SEGMENT_WINDOW,
-            Satisfaction.created_at <= as_of,
-        )
-    )
+def _named_business(cases: type[ServiceCase] | Any) -> ColumnElement[bool]:
+    return or_(*(cases.description.contains(word, autoescape=True) for word in ENTERPRISE_WORDS))
 
 
 def hot_issue_citizen_ids(as_of: datetime) -> Select[tuple[int]]:
@@ -99,17 +76,53 @@ def hot_issue_citizen_ids(as_of: datetime) -> Select[tuple[int]]:
     return select(ServiceCase.citizen_id).where(false())
 
 
-def segment_citizen_ids(segment: Segment, as_of: datetime) -> Select[tuple[int]]:
-    """The citizen ids of one segment, as a subquery to filter or count with."""
-    if segment is Segment.ENTERPRISE:
-        return enterprise_citizen_ids()
-    if segment is Segment.RESIDENT:
-        return select(Citizen.id).where(Citizen.id.not_in(enterprise_citizen_ids()))
+def in_segment(segment: Segment, citizen_id: ColumnElement[int] | Any, as_of: datetime) -> ColumnElement[bool]:
+    """Whether the citizen `citizen_id` (a column or a value) is in `segment` at `as_of`.
+
+    Correlated on ``service_case.citizen_id`` (indexed), so its cost grows with the citizens
+    asked about, not with the whole table.
+    """
+    if segment is Segment.HOT_ISSUE:
+        return citizen_id.in_(hot_issue_citizen_ids(as_of))
+    cases = aliased(ServiceCase)
+    if segment in (Segment.ENTERPRISE, Segment.RESIDENT):
+        named = select(cases.id).where(cases.citizen_id == citizen_id, _named_business(cases)).exists()
+        return named if segment is Segment.ENTERPRISE else ~named
     if segment is Segment.REPEAT:
-        return repeat_citizen_ids(as_of)
-    if segment is Segment.DISSATISFIED:
-        return dissatisfied_citizen_ids(as_of)
-    return hot_issue_citizen_ids(as_of)
+        recent = (
+            select(func.count(cases.id))
+            .where(
+                cases.citizen_id == citizen_id,
+                cases.created_at > as_of - SEGMENT_WINDOW,
+                cases.created_at <= as_of,
+            )
+            .scalar_subquery()
+        )
+        return recent >= REPEAT_MIN_CASES
+    return (
+        select(Satisfaction.id)
+        .join(cases, cases.id == Satisfaction.case_id)
+        .where(
+            cases.citizen_id == citizen_id,
+            Satisfaction.rating <= DISSATISFIED_MAX_RATING,
+            Satisfaction.created_at > as_of - SEGMENT_WINDOW,
+            Satisfaction.created_at <= as_of,
+        )
+        .exists()
+    )
+
+
+def case_in_segment(segment: Segment, as_of: datetime) -> ColumnElement[bool]:
+    """The case list's filter: cases whose citizen is in `segment` at `as_of`.
+
+    The list reads cases newest first and stops at a page, so a per-row test is cheap for a
+    common segment; 企业 may be rare (a per-row test could read the whole table to fill a
+    page), so its citizens are found in one pass over the descriptions instead.
+    """
+    if segment is Segment.ENTERPRISE:
+        cases = aliased(ServiceCase)
+        return ServiceCase.citizen_id.in_(select(cases.citizen_id).where(_named_business(cases)))
+    return in_segment(segment, ServiceCase.citizen_id, as_of)
 
 
 @dataclass(frozen=True)
@@ -138,20 +151,24 @@ async def segment_counts(
         population = population.where(ServiceCase.department_id.in_(department_ids))
     people = population.distinct().subquery()
     citizen = people.c.citizen_id
+    # 居民 is everyone who is not 企业: counted by subtraction, not by a second scan.
+    counted_segments: list[Segment] = [segment for segment in Segment if segment is not Segment.RESIDENT]
     counted = [
-        func.coalesce(func.sum(case((citizen.in_(segment_citizen_ids(segment, until)), 1), else_=0)), 0)
-        for segment in Segment
+        func.coalesce(func.sum(case((in_segment(segment, citizen, until), 1), else_=0)), 0)
+        for segment in counted_segments
     ]
     row = (await session.execute(select(func.count(citizen), *counted).select_from(people))).one()
-    return SegmentCounts(int(row[0]), {segment: int(value) for segment, value in zip(Segment, row[1:], strict=True)})
+    total = int(row[0])
+    by_segment: dict[Segment, int] = {
+        segment: int(value) for segment, value in zip(counted_segments, row[1:], strict=True)
+    }
+    by_segment[Segment.RESIDENT] = total - by_segment[Segment.ENTERPRISE]
+    return SegmentCounts(total, {segment: by_segment[segment] for segment in Segment})
 
 
 async def segments_of(session: AsyncSession, citizen_id: int, *, as_of: datetime | None = None) -> list[Segment]:
     """The segments one citizen belongs to."""
     as_of = as_of or utcnow()
-    found = []
-    for segment in Segment:
-        ids = segment_citizen_ids(segment, as_of).subquery()
-        if await session.scalar(select(func.count()).select_from(ids).where(ids.c[0] == citizen_id)):
-            found.append(segment)
-    return found
+    who = literal(citizen_id)
+    row = (await session.execute(select(*(in_segment(segment, who, as_of) for segment in Segment)))).one()
+    return [segment for segment, member in zip(Segment, row, strict=True) if member]
