@@ -7,10 +7,15 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
-from tests.integration.test_console import department_option, signed_in
+from tests.integration.test_browser import CHROMIUM
+from tests.integration.test_console import citizen_with_cases, department_option, run_now, signed_in
+from tests.integration.test_console_browser import new_page, sign_in
 from tests.integration.test_dispatch_conversation import answer_until_readback, case_number_in
 from tests.integration.test_followup import act, case_json, file_case, notice
 from tests.integration.test_webchat import ChatClient, open_chat
@@ -92,3 +97,22 @@ async def test_a_linked_web_chat_citizen_is_told_the_lead_case_s_result_once(
     missing = await asyncio.to_thread(agent.get, "/citizens/999999999")
     assert refused.status_code == missing.status_code == 404
     assert refused.text == missing.text
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is not installed (bin/test installs chromium)")
+def test_the_citizen_page_in_a_browser(stack: Stack, browser: Any, artifacts_dir: Path) -> None:
+    numbers, _ = run_now(citizen_with_cases(stack, "citizen-page-browser", ["A-housing", "A-transport"]))
+    username = create_staff(stack, "supervisor", display_name="档案王")
+    problems: list[str] = []
+    page = new_page(browser, problems)
+    sign_in(page, stack, username)
+    page.goto(f"{stack.app_url}/console/cases/{numbers[0]}")
+    page.click("#citizen-link")
+    page.wait_for_url(re.compile(r"/console/citizens/\d+$"))
+    for number in numbers:
+        expect(page.locator("#citizen-cases")).to_contain_text(number)
+    expect(page.locator("#identities")).to_contain_text("网页")
+    assert "citizen-page-browser" not in page.content()  # the channel id is masked
+    page.screenshot(path=str(artifacts_dir / "citizen_page.png"), full_page=True)
+    assert problems == []
