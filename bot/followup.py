@@ -128,6 +128,29 @@ class CaseFollowup:
         delivery = await self._notifier.write(session, conversation, messages)
         return CaseNotice(case_id=case.id, delivery=delivery, messages=messages, resolved=False)
 
+    async def record_linked(
+        self, session: AsyncSession, case: ServiceCase, lead: ServiceCase, result: str
+    ) -> CaseNotice:
+        """In the transaction of 「通知关联市民」: tell the citizen of a linked case the lead case's result.
+
+        Written, like a status notice, to the current conversation of the channel the linked case
+        came from (`utter_linked_case_resolved_notice`) and pushed by `deliver`; no 回访 question
+        follows, since the citizen's own case has not moved. The caller has checked that the
+        citizen wants notices.
+        """
+        identity = await session.get(ChannelIdentity, case.identity_id)
+        assert identity is not None
+        text = self._responses.text("utter_linked_case_resolved_notice").format(
+            case_number=case.case_number,
+            lead_case_number=lead.case_number,
+            department=lead.department or "承办部门",
+            result=result,
+        )
+        messages = [OutgoingMessage(text, sender_kind="system")]
+        conversation = await current_conversation(session, identity)
+        delivery = await self._notifier.write(session, conversation, messages)
+        return CaseNotice(case_id=case.id, delivery=delivery, messages=messages, resolved=False)
+
     def deliver(self, notice: CaseNotice) -> None:
         """After the commit: push the notice and, for 已办结, put the 回访 question; in order, off the request."""
         self._changes.put_nowait(notice)

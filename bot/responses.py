@@ -32,6 +32,7 @@ APP_RESPONSES = (
     "utter_too_many_sessions",
     "utter_replay_intro",
     "utter_case_resolved_notice",
+    "utter_linked_case_resolved_notice",
     *STATUS_RESPONSES.values(),
 )
 

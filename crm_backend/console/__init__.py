@@ -9,14 +9,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_backend.console.admin import AdminViews
 from crm_backend.console.api_clients import ApiClientViews
-from crm_backend.console.cases import CaseViews
+from crm_backend.console.cases import CaseViews, ConsoleNotices
+from crm_backend.console.citizens import CitizenViews
 from crm_backend.console.conversations import ChannelNotifier, ConversationViews, SlotReader
 from crm_backend.console.feed import LiveFeed
 from crm_backend.console.knowledge import KnowledgeViews
 from crm_backend.console.web import ConsoleBase, build_templates
 from crm_backend.dispatch.service import Dispatcher
 from crm_backend.knowledge.facts import CityFacts
-from crm_backend.services.moves import CaseNotices
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -29,7 +29,7 @@ def add_console(
     notifier: ChannelNotifier,
     engine: SlotReader,
     desk: Dispatcher,
-    watcher: CaseNotices,
+    watcher: ConsoleNotices,
     city_facts: CityFacts,
     secure_cookies: bool,
 ) -> None:
@@ -38,6 +38,7 @@ def add_console(
     districts = desk.districts
     ConversationViews(base, feed, notifier, engine, desk).add_routes(app)
     CaseViews(base, notifier, districts, watcher).add_routes(app)
+    CitizenViews(**base.share()).add_routes(app)
     AdminViews(base, districts).add_routes(app)
     ApiClientViews(base).add_routes(app)
     KnowledgeViews(base, city_facts).add_routes(app)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from aiohttp import web
@@ -17,9 +17,10 @@ from crm_backend.errors import InvalidInput, InvalidTransition, NotFound
 from crm_backend.http import client_address
 from crm_backend.lifecycle import CASE_ACTIONS, CaseAction, CaseStatus, Role, available_actions
 from crm_backend.models import Department, ExtensionRequest, RoutingDecision, StaffUser
-from crm_backend.services import audit, casework, reply_scores
+from crm_backend.services import audit, casework, citizens, reply_scores
 from crm_backend.services.conversations import OutgoingMessage
 from crm_backend.services.moves import CaseNotices
+from crm_backend.services.segments import SEGMENT_LABELS, parse_segment
 from crm_backend.validation import mask_phone
 
 MAX_REPLY_CHARS = 4000
@@ -30,11 +31,27 @@ def _case_type_filter(value: str | None) -> str | None:
     return value if value in CASE_TYPES or value == casework.UNCLASSIFIED else None
 
 
+class ConsoleNotices(CaseNotices, citizens.LinkedNotices, Protocol):
+    """Who tells citizens about what staff do to cases: status notices and 「通知关联市民」."""
+
+
+def linked_summary(outcome: citizens.LinkedNotification) -> str:
+    """What staff read after 「通知关联市民」."""
+    if not outcome.told and not outcome.opted_out:
+        return f"已通知：关联工单（{'、'.join(outcome.already)}）的市民此前已收到通知"
+    text = f"已通知 {len(outcome.told)} 件关联工单的市民" if outcome.told else "没有发送新的通知"
+    if outcome.opted_out:
+        text += f"；{'、'.join(outcome.opted_out)} 的市民已关闭通知，未发送"
+    if outcome.already:
+        text += f"；{'、'.join(outcome.already)} 此前已通知"
+    return text
+
+
 class CaseViews(ConsoleBase):
     """Cases through their life cycle."""
 
     def __init__(
-        self, base: ConsoleBase, notifier: ChannelNotifier, districts: list[str], watcher: CaseNotices
+        self, base: ConsoleBase, notifier: ChannelNotifier, districts: list[str], watcher: ConsoleNotices
     ) -> None:
         super().__init__(**base.share())
         self.notifier = notifier
@@ -65,6 +82,7 @@ class CaseViews(ConsoleBase):
             district=(query.get("district") or None),
             overdue=query.get("overdue") == "1",
             supervised=query.get("supervised") == "1",
+            segment=parse_segment(query.get("segment")),
         )
         cursor = casework.Cursor.decode(query.get("after"))
         async with self.sessions() as session:
@@ -85,6 +103,7 @@ class CaseViews(ConsoleBase):
             departments=departments,
             districts=self.districts,
             is_overdue=casework.is_overdue,
+            segments=SEGMENT_LABELS,
         )
 
     @signed_in()
@@ -146,6 +165,7 @@ class CaseViews(ConsoleBase):
             can_supervise=member.at_least(Role.SUPERVISOR),
             open_case=CaseStatus(case.status) in casework.OPEN_STATUSES,
             case_types=CASE_TYPES,
+            can_notify_linked=bool(related.later) and CaseStatus(case.status) in citizens.RESOLVED_STATUSES,
         )
 
     @signed_in()
@@ -190,6 +210,14 @@ class CaseViews(ConsoleBase):
             )
             live = await self.notifier.notify_identity(identity_id, [reply])
             return "已回复市民" if live else "已回复；市民当前不在线，下次打开对话时会看到"
+        if operation == "notify-linked":
+            async with self.sessions.begin() as session:
+                outcome = await citizens.notify_linked_citizens(
+                    session, member.user, number, self.watcher, address=address
+                )
+            for notice in outcome.notices:
+                self.watcher.deliver(notice)
+            return linked_summary(outcome)
         if operation == "action":
             async with self.sessions.begin() as session:
                 move = await casework.perform(

@@ -64,6 +64,8 @@ ACTION_LABELS: dict[str, str] = {
     "case.list": "查询工单列表",
     "case.note": "添加内部备注",
     "case.reply": "回复市民（工单）",
+    "case.notify_linked": "通知关联市民",
+    "citizen.view": "查看市民档案",
     "case.supervise": "督办",
     "case.unsupervise": "取消督办",
     "case.case_type": "更正类型",

@@ -28,6 +28,7 @@ from crm_backend.models import (
 )
 from crm_backend.services import audit, reply_scores
 from crm_backend.services.moves import Actor, CaseNotices, Move, move_case, parse_action
+from crm_backend.services.segments import Segment, case_in_segment
 
 MAX_NOTE_CHARS = 2000
 MAX_EXTENSION_DAYS = 30
@@ -74,6 +75,7 @@ class CaseFilters:
     district: str | None = None
     overdue: bool = False
     supervised: bool = False
+    segment: Segment | None = None  # cases of the citizens in this segment (as of now)
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,8 @@ async def list_cases(
         stmt = stmt.where(ServiceCase.due_at < now, ServiceCase.status.in_([s.value for s in OPEN_STATUSES]))
     if filters.supervised:
         stmt = stmt.where(ServiceCase.supervised == true())
+    if filters.segment is not None:
+        stmt = stmt.where(case_in_segment(filters.segment, now))
     if after is not None:
         older = ServiceCase.id < after.case_id
         if after.supervised:

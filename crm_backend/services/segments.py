@@ -1,0 +1,174 @@
+"""Segments of citizens (民众关系管理), computed from what the CRM holds, in SQL.
+
+Each segment is one SQL predicate on a citizen (`in_segment`), which the case list
+(`/console/cases?segment=...`), the dashboard's counts and the citizen page all use:
+
+- 企业 (enterprise): one of the citizen's case descriptions names 企业, 公司, 个体户, 商户 or 厂;
+  every other citizen is a 居民 (resident).
+- 重复反映 (repeat reporter): at least two cases filed in the 90 days up to the reference time.
+- 不满意 (dissatisfied): a 回访 rating of 1 or 2 given in the 90 days up to the reference time.
+- 热点问题相关 (affected by an open hot issue): filled by the hot-issue work; empty until then.
+
+The reference time is the end of the period asked about (the dashboard's `until`), or now.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, case, false, func, literal, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from crm_backend.models import Satisfaction, ServiceCase, utcnow
+
+
+class Segment(StrEnum):
+    """The groups of citizens the console counts and filters by."""
+
+    ENTERPRISE = "enterprise"
+    RESIDENT = "resident"
+    REPEAT = "repeat"
+    DISSATISFIED = "dissatisfied"
+    HOT_ISSUE = "hot_issue"
+
+    @property
+    def label(self) -> str:
+        return SEGMENT_LABELS[self]
+
+
+SEGMENT_LABELS: dict[Segment, str] = {
+    Segment.ENTERPRISE: "企业",
+    Segment.RESIDENT: "居民",
+    Segment.REPEAT: "重复反映",
+    Segment.DISSATISFIED: "不满意",
+    Segment.HOT_ISSUE: "热点问题相关",
+}
+# Words in a case description that say the citizen writes for a business.
+ENTERPRISE_WORDS = ("企业", "公司", "个体户", "商户", "厂")
+SEGMENT_WINDOW = timedelta(days=90)
+REPEAT_MIN_CASES = 2
+DISSATISFIED_MAX_RATING = 2
+
+
+def parse_segment(raw: str | None) -> Segment | None:
+    """A segment from a query parameter; None (no filter) for anything else."""
+    try:
+        return Segment(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def _named_business(cases: type[ServiceCase] | Any) -> ColumnElement[bool]:
+    return or_(*(cases.description.contains(word, autoescape=True) for word in ENTERPRISE_WORDS))
+
+
+def hot_issue_citizen_ids(as_of: datetime) -> Select[tuple[int]]:
+    """Citizens with a case in a hot issue that is still open at `as_of`.
+
+    TODO(lead): hot issues are built in parallel (issue 14, 热点问题); replace this with the
+    citizen ids of the cases grouped into open hot issues. Until then it selects no one, so the
+    segment counts 0 and its filter lists no case: it is empty, not made up.
+    """
+    return select(ServiceCase.citizen_id).where(false())
+
+
+def in_segment(segment: Segment, citizen_id: ColumnElement[int] | Any, as_of: datetime) -> ColumnElement[bool]:
+    """Whether the citizen `citizen_id` (a column or a value) is in `segment` at `as_of`.
+
+    Correlated on ``service_case.citizen_id`` (indexed), so its cost grows with the citizens
+    asked about, not with the whole table.
+    """
+    if segment is Segment.HOT_ISSUE:
+        return citizen_id.in_(hot_issue_citizen_ids(as_of))
+    cases = aliased(ServiceCase)
+    if segment in (Segment.ENTERPRISE, Segment.RESIDENT):
+        named = select(cases.id).where(cases.citizen_id == citizen_id, _named_business(cases)).exists()
+        return named if segment is Segment.ENTERPRISE else ~named
+    if segment is Segment.REPEAT:
+        recent = (
+            select(func.count(cases.id))
+            .where(
+                cases.citizen_id == citizen_id,
+                cases.created_at > as_of - SEGMENT_WINDOW,
+                cases.created_at <= as_of,
+            )
+            .scalar_subquery()
+        )
+        return recent >= REPEAT_MIN_CASES
+    return (
+        select(Satisfaction.id)
+        .join(cases, cases.id == Satisfaction.case_id)
+        .where(
+            cases.citizen_id == citizen_id,
+            Satisfaction.rating <= DISSATISFIED_MAX_RATING,
+            Satisfaction.created_at > as_of - SEGMENT_WINDOW,
+            Satisfaction.created_at <= as_of,
+        )
+        .exists()
+    )
+
+
+def case_in_segment(segment: Segment, as_of: datetime) -> ColumnElement[bool]:
+    """The case list's filter: cases whose citizen is in `segment` at `as_of`.
+
+    The list reads cases newest first and stops at a page, so a per-row test is cheap for a
+    common segment; 企业 may be rare (a per-row test could read the whole table to fill a
+    page), so its citizens are found in one pass over the descriptions instead.
+    """
+    if segment is Segment.ENTERPRISE:
+        cases = aliased(ServiceCase)
+        return ServiceCase.citizen_id.in_(select(cases.citizen_id).where(_named_business(cases)))
+    return in_segment(segment, ServiceCase.citizen_id, as_of)
+
+
+@dataclass(frozen=True)
+class SegmentCounts:
+    """How many citizens who filed a case in the period belong to each segment."""
+
+    citizens: int
+    by_segment: dict[Segment, int]
+
+
+async def segment_counts(
+    session: AsyncSession, *, since: datetime, until: datetime, department_ids: list[int] | None = None
+) -> SegmentCounts:
+    """Count the segments among the citizens with a case filed in [since, until), in one query.
+
+    Args:
+        session: any session.
+        since: start of the period (inclusive).
+        until: end of the period (exclusive); the 90-day windows of 重复反映 and 不满意 end here.
+        department_ids: only citizens with a case of these departments in the period (an agent's
+            dashboard); None for all. A citizen in the population is placed in a segment by all
+            their cases, whichever department handled them.
+    """
+    population = select(ServiceCase.citizen_id).where(ServiceCase.created_at >= since, ServiceCase.created_at < until)
+    if department_ids is not None:
+        population = population.where(ServiceCase.department_id.in_(department_ids))
+    people = population.distinct().subquery()
+    citizen = people.c.citizen_id
+    # 居民 is everyone who is not 企业: counted by subtraction, not by a second scan.
+    counted_segments: list[Segment] = [segment for segment in Segment if segment is not Segment.RESIDENT]
+    counted = [
+        func.coalesce(func.sum(case((in_segment(segment, citizen, until), 1), else_=0)), 0)
+        for segment in counted_segments
+    ]
+    row = (await session.execute(select(func.count(citizen), *counted).select_from(people))).one()
+    total = int(row[0])
+    by_segment: dict[Segment, int] = {
+        segment: int(value) for segment, value in zip(counted_segments, row[1:], strict=True)
+    }
+    by_segment[Segment.RESIDENT] = total - by_segment[Segment.ENTERPRISE]
+    return SegmentCounts(total, {segment: by_segment[segment] for segment in Segment})
+
+
+async def segments_of(session: AsyncSession, citizen_id: int, *, as_of: datetime | None = None) -> list[Segment]:
+    """The segments one citizen belongs to."""
+    as_of = as_of or utcnow()
+    who = literal(citizen_id)
+    row = (await session.execute(select(*(in_segment(segment, who, as_of) for segment in Segment)))).one()
+    return [segment for segment, member in zip(Segment, row, strict=True) if member]
