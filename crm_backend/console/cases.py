@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
 from sqlalchemy import select
 
+from crm_backend.analytics.kpi import CHANNELS
 from crm_backend.console.conversations import ChannelNotifier
 from crm_backend.console.web import ConsoleBase, Staff, form, int_or_none, secure, signed_in
 from crm_backend.dispatch.case_type import CASE_TYPES
@@ -28,6 +30,14 @@ MAX_REPLY_CHARS = 4000
 def _case_type_filter(value: str | None) -> str | None:
     """The list's 类型 filter: a type, 未分类, or None (any) for anything else."""
     return value if value in CASE_TYPES or value == casework.UNCLASSIFIED else None
+
+
+def _day_or_none(value: str | None) -> date | None:
+    """A 受理日期 bound (YYYY-MM-DD), or None (any) for anything else."""
+    try:
+        return date.fromisoformat(value) if value else None
+    except ValueError:
+        return None
 
 
 class CaseViews(ConsoleBase):
@@ -65,6 +75,9 @@ class CaseViews(ConsoleBase):
             district=(query.get("district") or None),
             overdue=query.get("overdue") == "1",
             supervised=query.get("supervised") == "1",
+            since=_day_or_none(query.get("since")),
+            until=_day_or_none(query.get("until")),
+            channel=query.get("channel") if query.get("channel") in CHANNELS else None,
         )
         cursor = casework.Cursor.decode(query.get("after"))
         async with self.sessions() as session:
@@ -84,6 +97,7 @@ class CaseViews(ConsoleBase):
             unclassified=casework.UNCLASSIFIED,
             departments=departments,
             districts=self.districts,
+            channels=CHANNELS,
             is_overdue=casework.is_overdue,
         )
 
