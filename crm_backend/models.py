@@ -177,7 +177,7 @@ class ServiceCase(Base):
     case_number: Mapped[str] = mapped_column(String(20), unique=True)
     citizen_id: Mapped[int] = mapped_column(ForeignKey("citizen.id"), index=True)
     identity_id: Mapped[int] = mapped_column(ForeignKey("channel_identity.id"), index=True)
-    conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversation.id"))
+    conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversation.id"), index=True)
     description: Mapped[str] = mapped_column(Text)
     location: Mapped[str] = mapped_column(String(200))
     district: Mapped[str | None] = mapped_column(String(32))
@@ -544,7 +544,7 @@ class KnowledgeFeedback(Base):
     entry_id: Mapped[int] = mapped_column(ForeignKey("knowledge_entry.id"))
     helpful: Mapped[bool] = mapped_column(Boolean)
     question: Mapped[str] = mapped_column(Text, default="")
-    conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversation.id"))
+    conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversation.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

@@ -21,7 +21,7 @@ case list showing the cases behind it. The figures:
   days (the working days after the start day up to and including the end day, holidays and
   adjusted weekends as `crm_backend.dispatch.deadlines` counts them).
 - **Satisfaction**, per department: 回访率 (办结 or later cases with a rating), 满意率 (ratings
-  4–5 of all ratings), 不满意重办率 (cases rated 1–2 that were then 重办).
+  4–5 of all ratings), 不满意重办率 (cases rated 1–2 that were 重办: the 回访 reopens them itself).
 - **Repeat demand**, per department: 重复投诉率 (cases with an earlier case within 30 days from the
   same citizen, or at the same place in the same category) and linked duplicates.
 - **The bot**: conversations the bot settled alone (a helpful answer marked, no hand-off, no
@@ -43,7 +43,8 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
-from functools import lru_cache
+from functools import lru_cache, partial
+from operator import is_not
 from typing import Any
 from urllib.parse import urlencode
 
@@ -317,9 +318,21 @@ STAGES = (
 )
 
 
-@dataclass(frozen=True)
+MOMENTS = ("created", "dispatched", "accepted", "resolved", "reviewed")
+_MOMENT_INDEX = {name: index for index, name in enumerate(MOMENTS)}
+_STAGE_SPANS = tuple((_MOMENT_INDEX[start], _MOMENT_INDEX[end]) for _, start, end in STAGES)
+assert _STAGE_SPANS == ((0, 1), (1, 2), (2, 3), (3, 4), (0, 3)), "_working is unrolled in this order"
+FILING_TO_RESOLUTION = len(STAGES) - 1  # 受理→办结, the "from 10 days to 3" figure
+_present_values = partial(is_not, None)
+
+
+@dataclass(frozen=True, slots=True)
 class CaseTimes:
-    """One case of the period with the moments (China-time days) and durations of its stages."""
+    """One case of the period with the days (China time) and durations of its stages.
+
+    ``days`` follows MOMENTS (``YYYY-MM-DD`` or None); ``calendar`` (calendar days) and
+    ``working`` (working days) follow STAGES, None where the stage has not happened.
+    """
 
     case_id: int
     category: str | None
@@ -328,23 +341,29 @@ class CaseTimes:
     status: str
     urgent: bool
     week: str
-    days: dict[str, str | None]  # created, dispatched, accepted, resolved, reviewed → YYYY-MM-DD
-    calendar: dict[str, float | None]  # stage label → calendar days
+    days: tuple[str | None, ...]
+    calendar: tuple[float | None, ...]
+    working: tuple[int | None, ...]
     resolved_in_time: bool | None  # None: no 办结 (or no deadline)
     open_late: bool
-
-    def working(self, stage: str) -> int | None:
-        """The stage's duration in working days, None if the stage has not happened."""
-        for label, start, end in STAGES:
-            if label == stage:
-                first, last = self.days[start], self.days[end]
-                return working_days_between(first, last) if first and last else None
-        raise KeyError(stage)
 
     @property
     def late(self) -> bool:
         """办结 after its deadline, or open past it now."""
         return self.open_late or self.resolved_in_time is False
+
+
+def _working(stamps: Sequence[str | None]) -> tuple[int | None, ...]:
+    """Each stage's working days (in STAGES order) from the days of MOMENTS; unrolled, as it runs per case."""
+    created, dispatched, accepted, resolved, reviewed = stamps
+    between = working_days_between
+    return (
+        between(created, dispatched) if created and dispatched else None,
+        between(dispatched, accepted) if dispatched and accepted else None,
+        between(accepted, resolved) if accepted and resolved else None,
+        between(resolved, reviewed) if resolved and reviewed else None,
+        between(created, resolved) if created and resolved else None,
+    )
 
 
 async def case_times(session: AsyncSession, filters: Filters, scope: Scope, now: datetime) -> list[CaseTimes]:
@@ -397,43 +416,44 @@ async def case_times(session: AsyncSession, filters: Filters, scope: Scope, now:
         .where(*case_conditions(filters, scope))
     )
     rows = (await session.execute(stmt)).all()
-    names = list(moments)
-    out = []
-    for row in rows:
-        day_values = row[7:12]
-        spans = row[12:17]
-        in_time = row[17]
-        out.append(
-            CaseTimes(
-                case_id=row[0],
-                category=row[1],
-                district=row[2],
-                department_id=row[3],
-                status=row[4],
-                urgent=bool(row[5]),
-                week=row[6],
-                days=dict(zip(names, day_values, strict=True)),
-                calendar={
-                    label: (max(0.0, float(span)) if span is not None else None)
-                    for (label, _, _), span in zip(STAGES, spans, strict=True)
-                },
-                resolved_in_time=None if in_time is None else bool(in_time),
-                open_late=bool(row[18]),
-            )
+    return [
+        CaseTimes(
+            case_id=row[0],
+            category=row[1],
+            district=row[2],
+            department_id=row[3],
+            status=row[4],
+            urgent=bool(row[5]),
+            week=row[6],
+            days=(stamps := tuple(row[7:12])),
+            calendar=tuple(max(0.0, float(span)) if span is not None else None for span in row[12:17]),
+            working=_working(stamps),
+            resolved_in_time=None if row[17] is None else bool(row[17]),
+            open_late=bool(row[18]),
         )
-    return out
+        for row in rows
+    ]
 
 
-def signed_in_time(times: CaseTimes, today: date) -> bool | None:
-    """Whether a dispatched case was signed for by its sign-for deadline; None while it still may be."""
-    dispatched = times.days["dispatched"]
+@lru_cache(maxsize=4096)
+def sign_for_deadline(dispatched: str, urgent: bool) -> str:
+    """The last day (``YYYY-MM-DD``) a case dispatched that day may be signed for on time."""
+    day = date.fromisoformat(dispatched)
+    return (day if urgent else add_working_days(day, 1)).isoformat()
+
+
+def signed_in_time(times: CaseTimes, today: str) -> bool | None:
+    """Whether a dispatched case was signed for by its sign-for deadline; None while it still may be.
+
+    Days are compared as ``YYYY-MM-DD`` text, which orders as the dates do.
+    """
+    dispatched = times.days[1]
     if dispatched is None:
         return None
-    day = date.fromisoformat(dispatched)
-    deadline = day if times.urgent else add_working_days(day, 1)
-    accepted = times.days["accepted"]
+    deadline = sign_for_deadline(dispatched, times.urgent)
+    accepted = times.days[2]
     if accepted is not None:
-        return date.fromisoformat(accepted) <= deadline
+        return accepted <= deadline
     return False if today > deadline else None
 
 
@@ -561,8 +581,9 @@ async def timeliness(ctx: Context) -> Table:
     names = await ctx.departments()
     signed: dict[int | None, list[int]] = defaultdict(lambda: [0, 0])
     resolved: dict[int | None, list[int]] = defaultdict(lambda: [0, 0])
+    today = ctx.today.isoformat()
     for times in await ctx.times():
-        on_time = signed_in_time(times, ctx.today)
+        on_time = signed_in_time(times, today)
         if on_time is not None:
             signed[times.department_id][0] += on_time
             signed[times.department_id][1] += 1
@@ -578,6 +599,12 @@ async def timeliness(ctx: Context) -> Table:
     ):
         if value is not None:
             overdue_filters.append(column == value)
+    if ctx.filters.channel:
+        overdue_filters.append(
+            ServiceCase.identity_id.in_(
+                select(ChannelIdentity.id).where(ChannelIdentity.channel == ctx.filters.channel)
+            )
+        )
     late = days_between(ServiceCase.due_at, literal(ctx.now, ServiceCase.due_at.type))
     overdue = await _grouped(
         ctx.session,
@@ -622,18 +649,29 @@ async def timeliness(ctx: Context) -> Table:
 
 def _overdue_params(filters: Filters, department: int | None) -> dict[str, str]:
     params = {"overdue": "1"}
-    for key, value in (("district", filters.district), ("category", filters.category), ("department", department)):
+    for key, value in (
+        ("district", filters.district),
+        ("category", filters.category),
+        ("department", department),
+        ("channel", filters.channel),
+    ):
         if value is not None:
             params[key] = str(value)
     return params
 
 
-def _stage_rows(group: str, members: Iterable[CaseTimes], link: str | None) -> list[list[Cell]]:
-    members = list(members)
+def _sorted_present(values: Iterable[float | int | None]) -> list[float]:
+    """The values that are not None, sorted (filtered and sorted in C: this runs over every case)."""
+    return sorted(filter(_present_values, values))  # type: ignore[arg-type]
+
+
+def _stage_rows(group: str, members: Sequence[CaseTimes], link: str | None) -> list[list[Cell]]:
+    calendar_columns = list(zip(*(t.calendar for t in members), strict=True)) or [()] * len(STAGES)
+    working_columns = list(zip(*(t.working for t in members), strict=True)) or [()] * len(STAGES)
     rows = []
-    for label, _, _ in STAGES:
-        calendar = sorted(v for t in members if (v := t.calendar[label]) is not None)
-        working = sorted(float(v) for t in members if (v := t.working(label)) is not None)
+    for (label, _, _), calendar_column, working_column in zip(STAGES, calendar_columns, working_columns, strict=True):
+        calendar = _sorted_present(calendar_column)
+        working = _sorted_present(working_column)
         rows.append(
             [
                 Cell(group, href=link),
@@ -662,8 +700,8 @@ async def stage_trend(ctx: Context) -> Table:
         weeks[times.week].append(times)
     rows = []
     for week in sorted(weeks):
-        calendar = sorted(v for t in weeks[week] if (v := t.calendar["受理→办结"]) is not None)
-        working = sorted(float(v) for t in weeks[week] if (v := t.working("受理→办结")) is not None)
+        calendar = _sorted_present(t.calendar[FILING_TO_RESOLUTION] for t in weeks[week])
+        working = _sorted_present(t.working[FILING_TO_RESOLUTION] for t in weeks[week])
         until = min(date.fromisoformat(week) + timedelta(days=6), ctx.filters.until)
         since = max(date.fromisoformat(week), ctx.filters.since)
         rows.append(
@@ -722,7 +760,6 @@ async def satisfaction(ctx: Context) -> Table:
         CaseEvent.case_id == ServiceCase.id,
         CaseEvent.from_status == CaseStatus.RESOLVED.value,
         CaseEvent.to_status == CaseStatus.IN_PROGRESS.value,
-        CaseEvent.created_at >= Satisfaction.created_at,
     )
     unhappy = Satisfaction.rating <= DISSATISFIED_UP_TO
     ratings = await _grouped(
@@ -939,7 +976,7 @@ async def shortfalls(ctx: Context) -> Table:
     rows = []
     for (district, category), members in sorted(cells.items(), key=lambda item: (-len(item[1]), item[0])):
         with_deadline = [t for t in members if t.late or t.resolved_in_time is not None]
-        handling = sorted(v for t in members if (v := t.calendar["受理→办结"]) is not None)
+        handling = _sorted_present(t.calendar[FILING_TO_RESOLUTION] for t in members)
         flagged = (district, category) in worst
         link = ctx.filters.case_link(
             district=district if district != "未知" else None, category=category if category in CATEGORIES else None
