@@ -415,7 +415,7 @@ async def case_times(session: AsyncSession, filters: Filters, scope: Scope, now:
         .outerjoin(stages, stages.c.case_id == ServiceCase.id)
         .where(*case_conditions(filters, scope))
     )
-    rows = (await session.execute(stmt)).all()
+    rows = await _rows(session, stmt)
     return [
         CaseTimes(
             case_id=row[0],
@@ -440,6 +440,12 @@ def sign_for_deadline(dispatched: str, urgent: bool) -> str:
     """The last day (``YYYY-MM-DD``) a case dispatched that day may be signed for on time."""
     day = date.fromisoformat(dispatched)
     return (day if urgent else add_working_days(day, 1)).isoformat()
+
+
+async def _rows(session: AsyncSession, stmt: Any) -> Sequence[Any]:
+    """Every row of a statement, run on the session's connection: Core rows, no ORM bookkeeping."""
+    connection = await session.connection()
+    return (await connection.execute(stmt)).all()
 
 
 def signed_in_time(times: CaseTimes, today: str) -> bool | None:
@@ -503,7 +509,7 @@ class Context:
 
 async def _grouped(session: AsyncSession, stmt: Any) -> dict[Any, tuple[Any, ...]]:
     """Rows of an aggregate query keyed by their first column."""
-    return {row[0]: tuple(row[1:]) for row in (await session.execute(stmt)).all()}
+    return {row[0]: tuple(row[1:]) for row in await _rows(session, stmt)}
 
 
 async def volume_day(ctx: Context) -> Table:
@@ -544,7 +550,7 @@ async def _day_pivot(
     stmt = select(day, key, func.count()).select_from(ServiceCase).where(*ctx.cases()).group_by(day, key)
     if join_identity:
         stmt = stmt.join(ChannelIdentity, ChannelIdentity.id == ServiceCase.identity_id)
-    counts = {(row[0], row[1]): row[2] for row in (await ctx.session.execute(stmt)).all()}
+    counts = {(row[0], row[1]): row[2] for row in await _rows(ctx.session, stmt)}
     rows = []
     for d in ctx.period_days():
         row = [text(d)]
@@ -562,7 +568,7 @@ async def volume_channel(ctx: Context) -> Table:
 
 async def _present(ctx: Context, column: Any) -> list[str]:
     stmt = select(distinct(column)).where(*ctx.cases(), column.is_not(None)).order_by(column)
-    return [value for (value,) in (await ctx.session.execute(stmt)).all()]
+    return [value for (value,) in await _rows(ctx.session, stmt)]
 
 
 async def volume_category(ctx: Context) -> Table:
@@ -917,7 +923,7 @@ async def bot_misses(ctx: Context) -> Table:
                 select(Conversation.id).where(*conversation_conditions(ctx.filters, ctx.scope))
             )
         )
-    rows = [[text(question), count(times)] for question, times in (await ctx.session.execute(stmt)).all()]
+    rows = [[text(question), count(times)] for question, times in await _rows(ctx.session, stmt)]
     return Table("bot_misses", "未能回答的问题（前 20）", ["问题", "次数"], rows)
 
 
