@@ -39,7 +39,7 @@ and working days are not portable SQL.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
@@ -474,6 +474,7 @@ class Context:
     filters: Filters
     scope: Scope
     now: datetime = field(default_factory=utcnow)
+    volume: list[tuple[Any, ...]] | None = None  # see volume_counts
     _times: list[CaseTimes] | None = None
     _departments: dict[int, str] | None = None
 
@@ -512,9 +513,32 @@ async def _grouped(session: AsyncSession, stmt: Any) -> dict[Any, tuple[Any, ...
     return {row[0]: tuple(row[1:]) for row in await _rows(session, stmt)}
 
 
+VOLUME_DAY, VOLUME_CHANNEL, VOLUME_CATEGORY, VOLUME_DISTRICT, VOLUME_COUNT = range(5)
+
+
+async def volume_counts(ctx: Context) -> list[tuple[Any, ...]]:
+    """The period's cases counted per (day, channel, category, district): one query for every volume table.
+
+    At most days × 3 × categories × districts rows, whatever the number of cases.
+    """
+    if ctx.volume is None:
+        day = china_day(ServiceCase.created_at)
+        keys = (day, ChannelIdentity.channel, ServiceCase.category, ServiceCase.district)
+        stmt = (
+            select(*keys, func.count())
+            .select_from(ServiceCase)
+            .join(ChannelIdentity, ChannelIdentity.id == ServiceCase.identity_id)
+            .where(*ctx.cases())
+            .group_by(*keys)
+        )
+        ctx.volume = [tuple(row) for row in await _rows(ctx.session, stmt)]
+    return ctx.volume
+
+
 async def volume_day(ctx: Context) -> Table:
-    day = china_day(ServiceCase.created_at)
-    cases = await _grouped(ctx.session, select(day, func.count()).where(*ctx.cases()).group_by(day))
+    cases: Counter[str] = Counter()
+    for row in await volume_counts(ctx):
+        cases[row[VOLUME_DAY]] += row[VOLUME_COUNT]
     started = china_day(Conversation.started_at)
     conversations = await _grouped(
         ctx.session,
@@ -534,7 +558,7 @@ async def volume_day(ctx: Context) -> Table:
     rows = [
         [
             text(d),
-            count(cases.get(d, (0,))[0], ctx.filters.case_link(since=d, until=d)),
+            count(cases[d], ctx.filters.case_link(since=d, until=d)),
             count(conversations.get(d, (0,))[0]),
             count(messages.get(d, (0,))[0]),
         ]
@@ -543,43 +567,37 @@ async def volume_day(ctx: Context) -> Table:
     return Table("volume_day", "每日工单、对话与消息量", ["日期", "工单", "对话", "消息"], rows, chart="line")
 
 
-async def _day_pivot(
-    ctx: Context, key: Any, keys: Mapping[str, str], link_key: str, join_identity: bool = False
-) -> list[list[Cell]]:
-    day = china_day(ServiceCase.created_at)
-    stmt = select(day, key, func.count()).select_from(ServiceCase).where(*ctx.cases()).group_by(day, key)
-    if join_identity:
-        stmt = stmt.join(ChannelIdentity, ChannelIdentity.id == ServiceCase.identity_id)
-    counts = {(row[0], row[1]): row[2] for row in await _rows(ctx.session, stmt)}
-    rows = []
-    for d in ctx.period_days():
-        row = [text(d)]
-        for value in keys:
-            row.append(count(counts.get((d, value), 0), ctx.filters.case_link(since=d, until=d, **{link_key: value})))
-        rows.append(row)
-    return rows
+async def _day_pivot(ctx: Context, index: int, keys: Iterable[str], link_key: str) -> list[list[Cell]]:
+    counts: Counter[tuple[str, str]] = Counter()
+    for row in await volume_counts(ctx):
+        counts[(row[VOLUME_DAY], row[index])] += row[VOLUME_COUNT]
+    keys = list(keys)
+    return [
+        [text(d)]
+        + [count(counts[(d, value)], ctx.filters.case_link(since=d, until=d, **{link_key: value})) for value in keys]
+        for d in ctx.period_days()
+    ]
+
+
+async def _present(ctx: Context, index: int) -> list[str]:
+    return sorted({row[index] for row in await volume_counts(ctx) if row[index] is not None})
 
 
 async def volume_channel(ctx: Context) -> Table:
     channels = {key: label for key, label in CHANNELS.items() if ctx.filters.channel in (None, key)}
-    rows = await _day_pivot(ctx, ChannelIdentity.channel, channels, "channel", join_identity=True)
+    rows = await _day_pivot(ctx, VOLUME_CHANNEL, channels, "channel")
     return Table("volume_channel", "每日工单：按渠道", ["日期", *channels.values()], rows, chart="stack")
 
 
-async def _present(ctx: Context, column: Any) -> list[str]:
-    stmt = select(distinct(column)).where(*ctx.cases(), column.is_not(None)).order_by(column)
-    return [value for (value,) in await _rows(ctx.session, stmt)]
-
-
 async def volume_category(ctx: Context) -> Table:
-    categories = await _present(ctx, ServiceCase.category)
-    rows = await _day_pivot(ctx, ServiceCase.category, {c: c for c in categories}, "category")
+    categories = await _present(ctx, VOLUME_CATEGORY)
+    rows = await _day_pivot(ctx, VOLUME_CATEGORY, categories, "category")
     return Table("volume_category", "每日工单：按分类", ["日期", *categories], rows, chart="stack")
 
 
 async def volume_district(ctx: Context) -> Table:
-    districts = await _present(ctx, ServiceCase.district)
-    rows = await _day_pivot(ctx, ServiceCase.district, {d: d for d in districts}, "district")
+    districts = await _present(ctx, VOLUME_DISTRICT)
+    rows = await _day_pivot(ctx, VOLUME_DISTRICT, districts, "district")
     return Table("volume_district", "每日工单：按区县", ["日期", *districts], rows, chart="stack")
 
 
@@ -895,12 +913,11 @@ async def bot_overview(ctx: Context) -> Table:
 
 
 async def bot_handoffs(ctx: Context) -> Table:
-    reason = func.coalesce(Conversation.handoff_reason, "")
     grouped = await _grouped(
         ctx.session,
-        select(reason, func.count())
+        select(Conversation.handoff_reason, func.count())
         .where(*conversation_conditions(ctx.filters, ctx.scope), Conversation.handoff_requested_at.is_not(None))
-        .group_by(reason),
+        .group_by(Conversation.handoff_reason),
     )
     rows = [
         [text(HANDOFF_REASONS.get(key, key or "未注明")), count(value[0])]
@@ -940,7 +957,9 @@ async def routing(ctx: Context) -> Table:
         CaseEvent.from_status == CaseStatus.DISPATCHED.value,
         CaseEvent.to_status == CaseStatus.DISPATCHED.value,
     )
-    category = func.coalesce(ServiceCase.category, "")
+    # Grouped on the bare column: PostgreSQL will not match a GROUP BY expression whose literal is a
+    # separate bind parameter from the SELECT's.
+    category = ServiceCase.category
     grouped = await _grouped(
         ctx.session,
         select(
@@ -953,7 +972,7 @@ async def routing(ctx: Context) -> Table:
         .group_by(category),
     )
     rows = []
-    for name in sorted(grouped):
+    for name in sorted(grouped, key=lambda value: value or ""):
         total, manual, moved = (int(v or 0) for v in grouped[name])
         link = ctx.filters.case_link(category=name) if name in CATEGORIES else None
         rows.append([Cell(name or "未分类", href=link), count(total), rate(manual, total), rate(moved, total)])
