@@ -351,6 +351,9 @@ def render(results: dict[str, Any]) -> str:
         "",
         "## The dashboard for 30 days (budget < 500 ms)",
         "",
+        "Wall time to the last byte, and this process's CPU time per request (server and client share the "
+        "process; CPU time does not grow with the other processes' load, wall time does).",
+        "",
         table(
             ["who", "n", "p50 ms", "p95 ms", "max ms", "CPU p50 ms"],
             [
@@ -368,7 +371,13 @@ def render(results: dict[str, Any]) -> str:
         table(
             ["format", "seconds", "CPU seconds", "bytes", "rows"],
             [
-                [ext, value["seconds"], value["bytes"], value["rows"] if value["rows"] is not None else "–"]
+                [
+                    ext,
+                    value["seconds"],
+                    value["cpu_seconds"],
+                    value["bytes"],
+                    value["rows"] if value["rows"] is not None else "–",
+                ]
                 for ext, value in exports.items()
             ],
         ),

@@ -241,13 +241,14 @@ def text(value: str) -> Cell:
 
 
 def count(value: int, href: str | None = None) -> Cell:
-    return Cell(str(value), value, href)
+    """A count, linked to the cases behind it when there are any."""
+    return Cell(str(value), value, href if value else None)
 
 
 def rate(numerator: int, denominator: int, href: str | None = None) -> Cell:
-    """A percentage; "–" when nothing was counted."""
+    """A percentage; "–" (and no link) when nothing was counted."""
     if not denominator:
-        return Cell("–", None, href)
+        return Cell("–")
     share = round(100.0 * numerator / denominator, 1)
     return Cell(f"{share:.1f}%", share, href)
 
@@ -643,9 +644,8 @@ async def timeliness(ctx: Context) -> Table:
         .where(*ctx.cases(), ExtensionRequest.status == "approved")
         .group_by(ServiceCase.department_id),
     )
-    departments = sorted(
-        set(signed) | set(resolved) | set(overdue) | set(extended), key=lambda d: (d is None, names.get(d or 0, ""))
-    )
+    filed = {times.department_id for times in await ctx.times()}  # every department with cases in the period
+    departments = sorted(filed | set(overdue) | set(extended), key=lambda d: (d is None, names.get(d or 0, "")))
     rows = []
     for department in departments:
         link = ctx.filters.case_link(department=department) if department is not None else None
