@@ -28,6 +28,19 @@ from crm_backend.services import audit
 
 CSV_FLUSH_ROWS = 1000
 XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+# A text cell starting with one of these is a formula to a spreadsheet program (CSV/formula injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def as_text(value: Any) -> Any:
+    """A cell value safe to open in a spreadsheet: text that would start a formula gets a leading quote."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def safe_row(row: Iterable[Any]) -> list[Any]:
+    return [as_text(value) for value in row]
 
 
 def write_xlsx(title: str, columns: list[str], rows: Iterable[list[Any]]) -> bytes:
@@ -38,7 +51,7 @@ def write_xlsx(title: str, columns: list[str], rows: Iterable[list[Any]]) -> byt
     sheet = workbook.create_sheet(title=title[:31])
     sheet.append(columns)
     for row in rows:
-        sheet.append(row)
+        sheet.append(safe_row(row))
     buffer = io.BytesIO()
     workbook.save(buffer)
     return buffer.getvalue()
@@ -144,7 +157,7 @@ class DashboardViews(ConsoleBase):
         writer.writerow(columns)
         pending = 0
         async for row in rows:
-            writer.writerow(row)
+            writer.writerow(safe_row(row))
             pending += 1
             if pending >= CSV_FLUSH_ROWS:
                 await response.write(buffer.getvalue().encode("utf-8"))

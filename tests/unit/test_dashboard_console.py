@@ -115,3 +115,18 @@ async def test_unknown_export_and_no_session_are_refused(
     bad = await client.get("/console/dashboard?period=custom&since=2026-10-11&until=2026-09-01", headers=headers)
     assert bad.status == 422
     assert "结束日期早于开始日期" in await bad.text()
+
+
+async def test_citizen_text_in_an_export_is_never_a_spreadsheet_formula(
+    sessions: Sessions, world: World, client: TestClient[web.Request, web.Application]
+) -> None:
+    """A question a citizen typed is exported as text: a leading = + - @ gets a quote, so Excel will not run it."""
+    from crm_backend.models import KnowledgeMiss
+    from tests.support.dashboard import at
+
+    async with sessions.begin() as session:
+        session.add(KnowledgeMiss(question='=HYPERLINK("http://evil.example","点我")', created_at=at(10, 3, 9)))
+    headers = await signed_in(sessions, world.supervisor)
+    response = await client.get(f"/console/dashboard/export/bot_misses.csv?{PERIOD_QUERY}", headers=headers)
+    rows = list(csv.reader(io.StringIO((await response.read()).decode("utf-8-sig"))))
+    assert ['\'=HYPERLINK("http://evil.example","点我")', "1"] in rows
