@@ -226,7 +226,11 @@ class Cell:
 
 @dataclass(frozen=True)
 class Table:
-    """One figure: a titled table, optionally drawn as a chart (``line``, ``bar`` or ``stack``)."""
+    """One figure: a titled table, optionally drawn as a chart (``line``, ``bar`` or ``stack``).
+
+    Only tables whose columns after the first share one unit are charted (every such column is a
+    series); tables mixing counts, rates and days are tables only.
+    """
 
     id: str
     title: str
@@ -666,7 +670,6 @@ async def timeliness(ctx: Context) -> Table:
         "时效：按承办部门",
         ["承办部门", "按时签收率", "按时办结率", "当前超期", "平均超期天数", "最长超期天数", "延期批准"],
         rows,
-        chart="bar",
         note="按时签收：派单后下一个工作日结束前签收（紧急件当天）；按时办结：在办理期限（含批准的延期）前办结；当前超期不限时间段。",
     )
 
@@ -735,13 +738,12 @@ async def stage_trend(ctx: Context) -> Table:
                 days(percentile(calendar, 0.9)),
                 days(percentile(working, 0.5)),
                 days(percentile(working, 0.9)),
-                count(len(calendar)),
             ]
         )
     return Table(
         "stage_trend",
         "受理→办结时长趋势（按受理周）",
-        ["周（周一）", "中位数（自然日）", "P90（自然日）", "中位数（工作日）", "P90（工作日）", "已办结件数"],
+        ["周（周一）", "中位数（自然日）", "P90（自然日）", "中位数（工作日）", "P90（工作日）"],
         rows,
         chart="line",
         note="「从 10 天到 3 天」：每周受理的工单从受理到办结的中位天数。",
@@ -820,7 +822,6 @@ async def satisfaction(ctx: Context) -> Table:
         "满意度：按承办部门",
         ["承办部门", "办结件数", "回访率", "评价数", "满意率（4–5 分）", "不满意件数", "不满意重办率"],
         rows,
-        chart="bar",
     )
 
 
@@ -865,7 +866,6 @@ async def repeats(ctx: Context) -> Table:
         "重复诉求：按承办部门",
         ["承办部门", "工单数", "重复投诉", "重复投诉率", "关联重复件"],
         rows,
-        chart="bar",
         note=f"重复投诉：{REPEAT_WINDOW_DAYS} 天内同一市民，或同一地点同一分类已有工单。",
     )
 
@@ -981,7 +981,6 @@ async def routing(ctx: Context) -> Table:
         "派单：按分类",
         ["分类", "已派单", "人工派单占比", "改派率"],
         rows,
-        chart="bar",
         note="人工派单：由值班长从待派单队列派出；改派率高说明自动分派在这类问题上常出错。",
     )
 

@@ -88,7 +88,7 @@ async def test_stage_times_in_calendar_and_working_days_across_the_holiday(sessi
     assert stages["派单→签收"][0] == "3"
     assert stages["派单→签收"][3] == "1.0"
     trend = texts(tables["stage_trend"])
-    assert trend[0] == ["2026-09-28", "9.0", "9.0", "2.0", "2.0", "1"]
+    assert trend[0] == ["2026-09-28", "9.0", "9.0", "2.0", "2.0"]
 
 
 async def test_satisfaction_per_department(sessions: Sessions, world: World) -> None:
