@@ -106,6 +106,7 @@ class Conversation(Base):
     """A continuous exchange between one channel identity and the service."""
 
     __tablename__ = "conversation"
+    __table_args__ = (Index("ix_conversation_started_at", "started_at"),)  # the dashboard's period
 
     id: Mapped[int] = mapped_column(primary_key=True)
     identity_id: Mapped[int] = mapped_column(ForeignKey("channel_identity.id"), index=True)
@@ -129,6 +130,7 @@ class Message(Base):
     __table_args__ = (
         UniqueConstraint("conversation_id", "client_msg_id"),
         Index("ix_message_conversation_id_id", "conversation_id", "id"),
+        Index("ix_message_created_at", "created_at"),  # the dashboard's messages per day
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -165,13 +167,17 @@ class ServiceCase(Base):
         Index("ix_service_case_department_supervised_id", "department_id", "supervised", "id"),
         # The case list's 类型 filter.
         Index("ix_service_case_case_type_id", "case_type", "id"),
+        # The dashboard: a period's cases, and 重复投诉 (same citizen, or same place and category).
+        Index("ix_service_case_created_at", "created_at"),
+        Index("ix_service_case_category_location_created_at", "category", "location", "created_at"),
+        Index("ix_service_case_citizen_id_created_at", "citizen_id", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     case_number: Mapped[str] = mapped_column(String(20), unique=True)
     citizen_id: Mapped[int] = mapped_column(ForeignKey("citizen.id"), index=True)
     identity_id: Mapped[int] = mapped_column(ForeignKey("channel_identity.id"), index=True)
-    conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversation.id"))
+    conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversation.id"), index=True)
     description: Mapped[str] = mapped_column(Text)
     location: Mapped[str] = mapped_column(String(200))
     district: Mapped[str | None] = mapped_column(String(32))
@@ -538,7 +544,7 @@ class KnowledgeFeedback(Base):
     entry_id: Mapped[int] = mapped_column(ForeignKey("knowledge_entry.id"))
     helpful: Mapped[bool] = mapped_column(Boolean)
     question: Mapped[str] = mapped_column(Text, default="")
-    conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversation.id"))
+    conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversation.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

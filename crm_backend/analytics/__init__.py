@@ -1,1 +1,1 @@
-"""Decision support: figures computed from the cases, replies and history the CRM holds."""
+"""Decision support: the figures a 12345 centre is judged on, hot issues and reply quality."""

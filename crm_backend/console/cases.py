@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any, Protocol
 from urllib.parse import quote
 
 from aiohttp import web
 from sqlalchemy import select
 
+from crm_backend.analytics.kpi import CHANNELS
 from crm_backend.console.conversations import ChannelNotifier
 from crm_backend.console.web import ConsoleBase, Staff, form, int_or_none, secure, signed_in
 from crm_backend.dispatch.case_type import CASE_TYPES
@@ -47,6 +49,14 @@ def linked_summary(outcome: citizens.LinkedNotification) -> str:
     return text
 
 
+def _day_or_none(value: str | None) -> date | None:
+    """A 受理日期 bound (YYYY-MM-DD), or None (any) for anything else."""
+    try:
+        return date.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+
+
 class CaseViews(ConsoleBase):
     """Cases through their life cycle."""
 
@@ -83,6 +93,9 @@ class CaseViews(ConsoleBase):
             overdue=query.get("overdue") == "1",
             supervised=query.get("supervised") == "1",
             segment=parse_segment(query.get("segment")),
+            since=_day_or_none(query.get("since")),
+            until=_day_or_none(query.get("until")),
+            channel=query.get("channel") if query.get("channel") in CHANNELS else None,
         )
         cursor = casework.Cursor.decode(query.get("after"))
         async with self.sessions() as session:
@@ -102,6 +115,7 @@ class CaseViews(ConsoleBase):
             unclassified=casework.UNCLASSIFIED,
             departments=departments,
             districts=self.districts,
+            channels=CHANNELS,
             is_overdue=casework.is_overdue,
             segments=SEGMENT_LABELS,
         )

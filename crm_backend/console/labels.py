@@ -73,6 +73,7 @@ ACTION_LABELS: dict[str, str] = {
     "case.extension_request": "申请延期",
     "case.extension_approved": "同意延期",
     "case.extension_refused": "驳回延期",
+    "dashboard.export": "导出数据看板",
     "conversation.view": "查看对话",
     "conversation.view_phone": "查看完整号码（对话）",
     "conversation.reply": "回复市民（对话）",

@@ -9,7 +9,7 @@ audit row in the caller's transaction, so both land together or not at all.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, time, timedelta
 
 from sqlalchemy import ColumnElement, and_, false, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,6 +20,7 @@ from crm_backend.errors import InvalidInput, InvalidTransition, NotFound
 from crm_backend.lifecycle import OPEN_STATUSES, CaseStatus, Role
 from crm_backend.models import (
     CaseEvent,
+    ChannelIdentity,
     ExtensionRequest,
     RoutingDecision,
     ServiceCase,
@@ -76,6 +77,9 @@ class CaseFilters:
     overdue: bool = False
     supervised: bool = False
     segment: Segment | None = None  # cases of the citizens in this segment (as of now)
+    since: date | None = None  # filed on or after this China-time day (the dashboard's links)
+    until: date | None = None  # filed on or before this China-time day
+    channel: str | None = None  # filed through this channel (web, telegram, rest)
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,15 @@ async def list_cases(
         stmt = stmt.where(ServiceCase.supervised == true())
     if filters.segment is not None:
         stmt = stmt.where(case_in_segment(filters.segment, now))
+    if filters.since is not None:
+        stmt = stmt.where(ServiceCase.created_at >= datetime.combine(filters.since, time(0), tzinfo=CHINA_TZ))
+    if filters.until is not None:
+        next_day = filters.until + timedelta(days=1)
+        stmt = stmt.where(ServiceCase.created_at < datetime.combine(next_day, time(0), tzinfo=CHINA_TZ))
+    if filters.channel:
+        stmt = stmt.where(
+            ServiceCase.identity_id.in_(select(ChannelIdentity.id).where(ChannelIdentity.channel == filters.channel))
+        )
     if after is not None:
         older = ServiceCase.id < after.case_id
         if after.supervised:

@@ -43,6 +43,7 @@ from tests.unit.test_console_services import (  # noqa: F401  (run again on Post
     people,
     test_concurrent_wrong_passwords_never_get_more_tries_than_the_limit,
 )
+from tests.unit.test_dashboard_kpi import *  # noqa: F403  (run again on PostgreSQL: its own SQL functions)
 from tests.unit.test_limits import *  # noqa: F403  (run again on PostgreSQL)
 from tests.unit.test_notifier import *  # noqa: F403  (run again on PostgreSQL)
 from tests.unit.test_replay import *  # noqa: F403  (run again on PostgreSQL)
