@@ -34,14 +34,17 @@ The method, on plain records (`HotRecord`: key, citizen, title, text, time, like
 How the parameters were chosen (``python -m benchmarks.hot_issues_benchmark --sweep``): on
 the 4,326 real messages, six issues were marked by keywords a reader can check (伊景园滨河苑
 车位捆绑, 丽发新城搅拌站, 魅力之城油烟/夜宵, 58车贷, 魅力之城开裂, 泉星公园), and every
-setting was scored by the mean F1 of the issue holding most of each. Titles alone
-(F1 0.80 at best) miss messages with generic titles (「投诉小区附近搅拌站噪音扰民」) and
-join different places with the same complaint; titles and 200 characters of text with
-w = 0.5 and threshold 0.2 give 0.80 with both big issues at 0.93–0.98 precision and recall;
-0.15 starts chaining (precision 0.82), 0.25–0.3 cut the big issues apart (recall 0.42–0.86).
-Linking across 60 days scores higher on those six (0.86) but chains restaurant smoke at
-five different places into one issue; 7–14 days split the issues that lasted a month
-(F1 0.67–0.73); 30 days is the compromise. `MAX_DF` between 0.02 and 0.1 changes little.
+setting was scored by the mean F1 of the issue holding most of each. Titles alone reach
+0.79 at best (threshold 0.3): they miss messages with generic titles (「投诉小区附近搅拌站噪音
+扰民」, 「环境污染」) and at lower thresholds join different places with the same complaint.
+Titles and 200 characters of text with w = 0.5 and threshold 0.2 score 0.815, the two big
+issues at 0.93–0.98 recall and precision; 0.15 starts chaining (丽发新城 precision 0.82),
+0.25–0.3 cut the big issues apart (丽发新城 recall 0.82, then 0.40). Linking across 60
+days scores higher on those six (0.856) but chains restaurant smoke at five different
+places into one issue; 7–14 days split issues that lasted a month (0.60–0.73); 30 days is
+the compromise. `MAX_DF` from 0.02 to 0.1 scores 0.812–0.815; 0.02 is the fastest (the
+common n-grams are what makes the products expensive). The cells of the sweep are in the
+benchmark's report.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ TITLE_WEIGHT = 0.5
 DETAIL_CHARS = 200
 THRESHOLD = 0.2
 LINK_DAYS = 30
-MAX_DF = 0.05
+MAX_DF = 0.02
 # Below this many messages the document-frequency cut is off: in a handful of messages
 # every n-gram is "frequent".
 MAX_DF_MIN_MESSAGES = 1000
@@ -248,12 +251,12 @@ def _tfidf(texts: Sequence[str], max_df: float) -> sp.csr_matrix:
     """TF-IDF rows of hashed character 2- and 3-grams, each row of unit length (or zero).
 
     Equivalent to scikit-learn's ``TfidfVectorizer(analyzer="char", ngram_range=(2, 3),
-    sublinear_tf=True, max_df=max_df)`` with the n-grams hashed into `HASH_BUCKETS`
+    sublinear_tf=True, min_df=2, max_df=max_df)`` with the n-grams hashed into `HASH_BUCKETS`
     buckets, but the n-grams are computed with numpy over the whole corpus at once: 100,000
     messages take about a second instead of a minute and a half of Python string slicing.
     """
     n = len(texts)
-    joined = "\x00".join(texts) + "\x00"
+    joined = "\x00".join(texts).lower() + "\x00"
     chars = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
     doc = np.repeat(np.arange(n, dtype=np.int32), [len(text) + 1 for text in texts])
     rows: list[np.ndarray] = []
@@ -277,8 +280,8 @@ def _tfidf(texts: Sequence[str], max_df: float) -> sp.csr_matrix:
     counts = sp.csr_matrix((np.ones(len(row), dtype=np.float32), (row, col)), shape=(n, HASH_BUCKETS))
     counts.sum_duplicates()
     df = np.bincount(counts.indices, minlength=HASH_BUCKETS)
-    too_common = df > max_df * n
-    counts.data[too_common[counts.indices]] = 0
+    uninformative = (df > max_df * n) | (df < 2)  # in (nearly) every message, or in one only
+    counts.data[uninformative[counts.indices]] = 0
     counts.eliminate_zeros()
     transformer = TfidfTransformer(sublinear_tf=True)
     result: sp.csr_matrix = transformer.fit_transform(counts).astype(np.float32)
