@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -26,7 +27,9 @@ from crm_backend.hotissues.core import (
 )
 from crm_backend.hotissues.sources import history_file, in_window, read_board_csv
 from crm_backend.lifecycle import CaseStatus
-from crm_backend.models import ChannelIdentity, Citizen, HotIssueSnapshot, ServiceCase
+from crm_backend.models import ChannelIdentity, Citizen, HotIssueSnapshot, ServiceCase, utcnow
+from crm_backend.settings import Settings, SettingsError
+from tests.unit.test_settings_and_cli import make_env
 
 Sessions = async_sessionmaker[AsyncSession]
 REAL_UNTIL = date(2020, 1, 8)  # the real file's last message
@@ -257,3 +260,24 @@ def test_cli_refuses_a_window_that_ends_before_it_starts(capsys: pytest.CaptureF
         main([*board_file(), "--since", "2019-09-01", "--until", "2019-08-01"])
     assert refused.value.code == 2
     assert "--until" in capsys.readouterr().err
+
+
+async def test_the_job_caches_the_ranking_of_the_last_days_for_the_dashboard(sessions: Sessions) -> None:
+    now = utcnow()
+    recent = [replace(item, key=f"j{item.key}", time=now - timedelta(hours=1 + i)) for i, item in enumerate(HAND_MADE)]
+    await add_cases(sessions, recent)
+    snapshot = await service.HotIssueJob(sessions, window_days=30, interval_seconds=0).run_once()
+    since, until = service.default_window(30)
+    async with sessions() as session:
+        issues = await service.top_issues(session, since=since, until=until, limit=1)
+    assert (snapshot.since, snapshot.until, snapshot.message_count) == (since, until, len(HAND_MADE))
+    assert [sorted(m.key for m in issue.members) for issue in issues] == [["ja1", "ja2", "ja3"]]
+
+
+def test_the_job_runs_every_fifteen_minutes_over_thirty_days_unless_told_otherwise() -> None:
+    defaults = Settings.from_env(make_env())
+    tuned = Settings.from_env(make_env(HOT_ISSUES_REFRESH_SECONDS="0", HOT_ISSUES_WINDOW_DAYS="7"))
+    assert (defaults.hot_issues_refresh_seconds, defaults.hot_issues_window_days) == (900.0, 30)
+    assert (tuned.hot_issues_refresh_seconds, tuned.hot_issues_window_days) == (0.0, 7)
+    with pytest.raises(SettingsError):
+        Settings.from_env(make_env(HOT_ISSUES_WINDOW_DAYS="0"))
