@@ -33,7 +33,7 @@ from crm_backend.hotissues import core
 from crm_backend.hotissues.core import Decisions, HotRecord, find_groups, hot_issues
 from crm_backend.hotissues.sources import gazetteer_locate, history_file, read_board_csv
 
-REAL_UNTIL = date(2020, 1, 8)  # the last message of the real file
+REAL_UNTIL = date(2020, 1, 26)  # the last message of the real file
 LETTERS = "BCDEFGHJKLMNPQRSTUVWXYZ"
 # Issues a reader can check in the file: (name, a place or subject pattern, a problem pattern).
 MARKED_ISSUES = (
@@ -79,15 +79,20 @@ def grown(records: list[HotRecord], size: int) -> list[HotRecord]:
     return out
 
 
+def where(issue: core.HotIssue) -> str:
+    """The issue's place, else its key terms (an issue about a group of people has no place)."""
+    return issue.place or "、".join(issue.terms) or "—"
+
+
 def top_table(issues: list[core.HotIssue]) -> list[str]:
     lines = [
-        "| # | heat | messages | citizens | likes | from | to | place | description | 预警 |",
+        "| # | heat | messages | citizens | likes | from | to | place (or key terms) | description | 预警 |",
         "| ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- | --- |",
     ]
     for rank, issue in enumerate(issues, 1):
         lines.append(
             f"| {rank} | {issue.heat} | {issue.messages} | {issue.citizens} | {issue.likes} "
-            f"| {issue.first_at:%Y-%m-%d} | {issue.last_at:%Y-%m-%d} | {issue.place or '—'} "
+            f"| {issue.first_at:%Y-%m-%d} | {issue.last_at:%Y-%m-%d} | {where(issue)} "
             f"| {issue.description} | {'预警' if issue.alert else ''} |"
         )
     return lines

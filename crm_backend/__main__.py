@@ -140,11 +140,12 @@ def _hot_issues(args: argparse.Namespace, database_url: str) -> int:
         json.dump(result, sys.stdout, ensure_ascii=False)
         sys.stdout.write("\n")
         return 0
-    print("rank  heat  messages  citizens  likes  from        to          place  description")
+    print("rank  heat  messages  citizens  likes  from        to          place/terms  description")
     for rank, issue in enumerate(issues, 1):
+        where = issue.place or "、".join(issue.terms) or "-"
         print(
             f"{rank:>4}  {issue.heat:>6.2f}  {issue.messages:>4}  {issue.citizens:>4}  {issue.likes:>5}  "
-            f"{issue.first_at:%Y-%m-%d}  {issue.last_at:%Y-%m-%d}  {issue.place or '-'}  {issue.description}"
+            f"{issue.first_at:%Y-%m-%d}  {issue.last_at:%Y-%m-%d}  {where}  {issue.description}"
             + ("  [预警]" if issue.alert else "")
         )
     return 0

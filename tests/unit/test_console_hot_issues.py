@@ -30,7 +30,12 @@ async def client(sessions: Sessions) -> AsyncIterator[TestClient[web.Request, we
         await seed_routing(session)
         await staff.create_user(session, username="wang", display_name="王", password=PASSWORD, role="supervisor")
         await staff.create_user(
-            session, username="li.housing", display_name="李", password=PASSWORD, role="agent", department_code="A-housing"
+            session,
+            username="li.housing",
+            display_name="李",
+            password=PASSWORD,
+            role="agent",
+            department_code="A-housing",
         )
     await add_cases(sessions, HAND_MADE)
     await service.refresh_snapshot(sessions, SINCE, UNTIL)

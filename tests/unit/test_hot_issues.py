@@ -32,7 +32,7 @@ from crm_backend.settings import Settings, SettingsError
 from tests.unit.test_settings_and_cli import make_env
 
 Sessions = async_sessionmaker[AsyncSession]
-REAL_UNTIL = date(2020, 1, 8)  # the real file's last message
+REAL_UNTIL = date(2020, 1, 26)  # the real file's last message
 # Messages a reader can open in citizen_messages_hot_issues.csv: the concrete mixing plant
 # built beside 丽发新城 (Nov 2019 – Jan 2020) ...
 MIXING_PLANT = ("267050", "264944", "189950", "281943", "225217", "243692", "203393")
