@@ -13,7 +13,11 @@ Prints, in Markdown:
    year), its user id is suffixed with k (a different citizen), every 9th character of its
    text is dropped from a different offset, and its city letter changed (A市 → B市 ...), so
    copies of a complaint resemble each other as re-posts do without being identical;
-3. with ``--sweep``, how the linking parameters score on six issues marked by keywords a
+3. with ``--database``, the background job's own path: the same messages bulk-inserted as
+   cases into a fresh, migrated SQLite database, then `refresh_snapshot` timed (one query
+   for the window's cases, the ranking off the event loop, the snapshot stored) and the
+   dashboard's `top_issues` read of the cache;
+4. with ``--sweep``, how the linking parameters score on six issues marked by keywords a
    reader can check (mean F1 of the issue holding most of each), the measurement behind
    the parameters in `crm_backend.hotissues.core`.
 """
@@ -21,17 +25,25 @@ Prints, in Markdown:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import re
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import replace
 from datetime import date, timedelta
 
-from crm_backend.hotissues import core
+import sqlalchemy as sa
+
+from crm_backend.db import create_engine, create_sessionmaker, upgrade_database
+from crm_backend.dispatch.deadlines import CHINA_TZ
+from crm_backend.hotissues import core, service
 from crm_backend.hotissues.core import Decisions, HotRecord, find_groups, hot_issues
 from crm_backend.hotissues.sources import gazetteer_locate, history_file, read_board_csv
+from crm_backend.models import ChannelIdentity, Citizen, ServiceCase
+from crm_backend.settings import normalise_database_url
 
 REAL_UNTIL = date(2020, 1, 26)  # the last message of the real file
 LETTERS = "BCDEFGHJKLMNPQRSTUVWXYZ"
@@ -77,6 +89,59 @@ def grown(records: list[HotRecord], size: int) -> list[HotRecord]:
                 )
             )
     return out
+
+
+def insert_cases(database: str, records: list[HotRecord]) -> float:
+    """The records as cases (one citizen and web identity per writer); returns the seconds taken."""
+    started = time.perf_counter()
+    writers = sorted({r.citizen for r in records})
+    number = {citizen: index + 1 for index, citizen in enumerate(writers)}
+    engine = sa.create_engine(f"sqlite:///{database}")
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.insert(Citizen), [{"id": number[c]} for c in writers])
+            conn.execute(
+                sa.insert(ChannelIdentity),
+                [{"id": number[c], "channel": "web", "external_id": c, "citizen_id": number[c]} for c in writers],
+            )
+            conn.execute(
+                sa.insert(ServiceCase),
+                [
+                    {
+                        "case_number": r.key,
+                        "citizen_id": number[r.citizen],
+                        "identity_id": number[r.citizen],
+                        "description": f"{r.title}\n{r.text}",
+                        "location": "",
+                        "contact_phone": "13800000000",
+                        "status": "received",
+                        "created_at": r.time,
+                        "updated_at": r.time,
+                    }
+                    for r in records
+                ],
+            )
+    finally:
+        engine.dispose()
+    return time.perf_counter() - started
+
+
+async def time_job(database: str, since: date, until: date, locate: core.Locate) -> tuple[float, float, int]:
+    """Seconds for the job's refresh and for the dashboard's read of the cache, and the cases ranked."""
+    engine = create_engine(normalise_database_url(f"sqlite:///{database}"))
+    try:
+        sessions = create_sessionmaker(engine)
+        started = time.perf_counter()
+        snapshot = await service.refresh_snapshot(sessions, since, until, locate=locate)
+        refresh = time.perf_counter() - started
+        started = time.perf_counter()
+        async with sessions() as session:
+            top = await service.top_issues(session, since=since, until=until)
+        read = time.perf_counter() - started
+        assert top, "the cache holds the ranking"
+        return refresh, read, snapshot.message_count
+    finally:
+        await engine.dispose()
 
 
 def where(issue: core.HotIssue) -> str:
@@ -141,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.hot_issues_benchmark")
     parser.add_argument("--size", type=int, default=100_000, help="messages for the timing run")
     parser.add_argument("--sweep", action="store_true", help="also score the linking parameters")
+    parser.add_argument("--database", action="store_true", help="also time the job on the messages as cases")
     args = parser.parse_args(argv)
 
     records = read_board_csv(history_file())
@@ -165,6 +231,19 @@ def main(argv: list[str] | None = None) -> int:
         f"on {os.cpu_count()} cores).\n"
     )
     print("\n".join(top_table(top_many)))
+    if args.database:
+        with tempfile.TemporaryDirectory() as directory:
+            database = f"{directory}/crm.db"
+            upgrade_database(normalise_database_url(f"sqlite:///{database}"))
+            log(f"inserting {len(many):,} cases")
+            inserted = insert_cases(database, many)
+            first = min(r.time for r in many).astimezone(CHINA_TZ).date()
+            last = max(r.time for r in many).astimezone(CHINA_TZ).date()
+            refresh, read, count = asyncio.run(time_job(database, first, last, locate))
+        print(f"\n## The background job on {count:,} cases\n")
+        print(f"- cases bulk-inserted in {inserted:.1f} s (set-up, not timed below)")
+        print(f"- `refresh_snapshot` ({first} … {last}: read the cases, rank, store): **{refresh:.1f} s**")
+        print(f"- `top_issues` (the dashboard's read of the cache, decisions applied): **{read * 1000:.0f} ms**")
     if args.sweep:
         print("\n## Parameters, scored on the marked issues of the real messages\n")
         print("\n".join(sweep(records)))
