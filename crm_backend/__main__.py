@@ -96,7 +96,9 @@ async def _classify_types(database_url: str) -> int:
         await engine.dispose()
 
 
-async def _hot_issues_of_cases(database_url: str, since: date, until: date, places: bool, top: int) -> list[HotIssue]:
+async def _hot_issues_of_cases(
+    database_url: str, since: date, until: date, places: bool, top: int
+) -> tuple[list[HotIssue], int]:
     engine = create_engine(database_url)
     try:
         sessions = create_sessionmaker(engine)
@@ -104,7 +106,7 @@ async def _hot_issues_of_cases(database_url: str, since: date, until: date, plac
             sessions, since, until, locate=gazetteer_locate() if places else None
         )
         async with sessions() as session:
-            return await hot_service.snapshot_issues(session, snapshot, limit=top)
+            return await hot_service.snapshot_issues(session, snapshot, limit=top), snapshot.message_count
     finally:
         await engine.dispose()
 
@@ -127,8 +129,7 @@ def _hot_issues(args: argparse.Namespace, database_url: str) -> int:
         count = len(records)
     else:
         upgrade_database(database_url)
-        issues = asyncio.run(_hot_issues_of_cases(database_url, since, args.until, args.places, args.top))
-        count = sum(issue.messages for issue in issues)
+        issues, count = asyncio.run(_hot_issues_of_cases(database_url, since, args.until, args.places, args.top))
     if args.json:
         result = {
             "since": since.isoformat(),

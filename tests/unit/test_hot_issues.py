@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import replace
 from datetime import date, datetime, timedelta
@@ -12,6 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_backend.__main__ import main
+from crm_backend.db import create_engine, create_sessionmaker
 from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.errors import InvalidInput
 from crm_backend.hotissues import service
@@ -25,10 +27,10 @@ from crm_backend.hotissues.core import (
     hot_issues,
     summarise,
 )
-from crm_backend.hotissues.sources import history_file, in_window, read_board_csv
+from crm_backend.hotissues.sources import gazetteer_locate, history_file, in_window, read_board_csv
 from crm_backend.lifecycle import CaseStatus
 from crm_backend.models import ChannelIdentity, Citizen, HotIssueSnapshot, ServiceCase, utcnow
-from crm_backend.settings import Settings, SettingsError
+from crm_backend.settings import Settings, SettingsError, normalise_database_url
 from tests.unit.test_settings_and_cli import make_env
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -281,3 +283,37 @@ def test_the_job_runs_every_fifteen_minutes_over_thirty_days_unless_told_otherwi
     assert (tuned.hot_issues_refresh_seconds, tuned.hot_issues_window_days) == (0.0, 7)
     with pytest.raises(SettingsError):
         Settings.from_env(make_env(HOT_ISSUES_WINDOW_DAYS="0"))
+
+
+def test_cli_ranks_the_cases_of_the_database_and_caches_the_ranking_for_the_page(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'crm.db'}"
+    monkeypatch.setenv("DATABASE_URL", url)
+    assert main(["migrate"]) == 0
+
+    async def fill_then_read_cache(fill: bool) -> list[HotIssue]:
+        engine = create_engine(normalise_database_url(url))
+        try:
+            sessions = create_sessionmaker(engine)
+            if fill:
+                await add_cases(sessions, HAND_MADE)
+            async with sessions() as session:
+                return await service.top_issues(session, since=date(2026, 3, 1), until=date(2026, 3, 7))
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(fill_then_read_cache(True)) == []
+    code = main(["hot-issues", "--since", "2026-03-01", "--until", "2026-03-07", "--json", "--no-places"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["source"], printed["messages"]) == ("cases", len(HAND_MADE))
+    assert [issue["messages"] for issue in printed["issues"]] == [3, 2]
+    assert [issue.messages for issue in asyncio.run(fill_then_read_cache(False))] == [3, 2]
+
+
+def test_an_issue_is_placed_by_the_gazetteer(board: list[HotRecord]) -> None:
+    plant = [record for record in board if record.time.date() >= date(2019, 10, 25)]
+    top = hot_issues(plant, until=REAL_UNTIL, limit=1, locate=gazetteer_locate())[0]
+    assert top.place is not None and "丽发新城" in top.place
+    assert "搅拌站" in top.terms
