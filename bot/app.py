@@ -41,6 +41,7 @@ from crm_backend.dispatch.routing import DATA_DIR as ROUTING_DATA_DIR
 from crm_backend.dispatch.routing import seed_routing
 from crm_backend.dispatch.service import Dispatcher
 from crm_backend.duty import DutyHours
+from crm_backend.hotissues.service import HotIssueJob
 from crm_backend.http import error_middleware, json_response, trusted_proxies_key
 from crm_backend.knowledge.entries import DATA_FILE as KNOWLEDGE_DATA_FILE
 from crm_backend.knowledge.facts import load_city_facts
@@ -172,6 +173,12 @@ async def init_app(settings: Settings) -> web.Application:
         interval_seconds=settings.engine_replay_seconds,
         settle_seconds=settings.engine_timeout_seconds + 1,
     )
+    hot_issues = HotIssueJob(
+        sessions,
+        window_days=settings.hot_issues_window_days,
+        interval_seconds=settings.hot_issues_refresh_seconds,
+        locate=desk.place_of,
+    )
     add_console(
         app,
         sessions,
@@ -187,6 +194,7 @@ async def init_app(settings: Settings) -> web.Application:
     async def start_followups(_app: web.Application) -> None:
         followups.start()
         replay.start()
+        hot_issues.start()
 
     app.on_startup.append(start_followups)
 
@@ -198,6 +206,7 @@ async def init_app(settings: Settings) -> web.Application:
     async def close(_app: web.Application) -> None:
         await followups.stop()
         await replay.stop()
+        await hot_issues.stop()
         await hub.close_all()
         await http.close()
         await db_engine.dispose()

@@ -1,6 +1,7 @@
 """Operator commands: ``python -m crm_backend COMMAND``.
 
-Commands: migrate, stats, create-user, create-api-client, revoke-api-client, classify-types, score-replies.
+Commands: migrate, stats, create-user, create-api-client, revoke-api-client, classify-types,
+score-replies, hot-issues.
 
 ``create-user`` reads the password from a prompt (twice) or, when standard input is not a
 terminal, from its first line, never from an argument that would land in shell history.
@@ -11,6 +12,10 @@ capture it) and a note on standard error; the key is not stored and cannot be sh
 ``score-replies`` gives staff replies and 办结 results their 答复质量 score, in batches: those
 without one (written before scoring existed, or imported) or scored by an older scorer;
 ``--all`` rescores every one.
+
+``hot-issues`` ranks the hot issues of a window of China dates: of the cases (and stores
+the ranking as the dashboard's cache for that window), or of a message-board CSV (``--file``,
+no database needed).
 """
 
 from __future__ import annotations
@@ -20,11 +25,15 @@ import asyncio
 import getpass
 import json
 import sys
+from datetime import date, timedelta
 
 from crm_backend.db import create_engine, create_sessionmaker, upgrade_database
 from crm_backend.dispatch.classifier import ModelLoadError
 from crm_backend.dispatch.routing import seed_routing
 from crm_backend.errors import CrmError
+from crm_backend.hotissues import service as hot_service
+from crm_backend.hotissues.core import Decisions, HotIssue
+from crm_backend.hotissues.sources import BoardFileError, gazetteer_locate, in_window, read_board_csv
 from crm_backend.lifecycle import STATUS_LABELS, CaseStatus, Role
 from crm_backend.services import api_clients, audit, cases, reply_scores, staff
 from crm_backend.services.api_clients import ApiScope
@@ -99,6 +108,62 @@ async def _score_replies(database_url: str, everything: bool) -> reply_scores.Re
         await engine.dispose()
 
 
+async def _hot_issues_of_cases(
+    database_url: str, since: date, until: date, places: bool, top: int
+) -> tuple[list[HotIssue], int]:
+    engine = create_engine(database_url)
+    try:
+        sessions = create_sessionmaker(engine)
+        snapshot = await hot_service.refresh_snapshot(
+            sessions, since, until, locate=gazetteer_locate() if places else None
+        )
+        async with sessions() as session:
+            return await hot_service.snapshot_issues(session, snapshot, limit=top), snapshot.message_count
+    finally:
+        await engine.dispose()
+
+
+def _hot_issues(args: argparse.Namespace, database_url: str) -> int:
+    since: date = args.since or args.until - timedelta(days=29)
+    if args.file:
+        try:
+            records = in_window(read_board_csv(args.file), since, args.until)
+        except BoardFileError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        issues = hot_service.rank_records(
+            records,
+            Decisions(),
+            until=args.until,
+            locate=gazetteer_locate() if args.places else None,
+            limit=args.top,
+        )
+        count = len(records)
+    else:
+        upgrade_database(database_url)
+        issues, count = asyncio.run(_hot_issues_of_cases(database_url, since, args.until, args.places, args.top))
+    if args.json:
+        result = {
+            "since": since.isoformat(),
+            "until": args.until.isoformat(),
+            "source": str(args.file) if args.file else "cases",
+            "messages": count,
+            "issues": [issue.to_json() for issue in issues],
+        }
+        json.dump(result, sys.stdout, ensure_ascii=False)
+        sys.stdout.write("\n")
+        return 0
+    print("rank  heat  messages  citizens  likes  from        to          place/terms  description")
+    for rank, issue in enumerate(issues, 1):
+        where = issue.place or "、".join(issue.terms) or "-"
+        print(
+            f"{rank:>4}  {issue.heat:>6.2f}  {issue.messages:>4}  {issue.citizens:>4}  {issue.likes:>5}  "
+            f"{issue.first_at:%Y-%m-%d}  {issue.last_at:%Y-%m-%d}  {where}  {issue.description}"
+            + ("  [预警]" if issue.alert else "")
+        )
+    return 0
+
+
 def _read_password() -> str:
     if not sys.stdin.isatty():
         return sys.stdin.readline().rstrip("\r\n")
@@ -139,7 +204,20 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("classify-types", help="give cases filed before case types their recognised type")
     score = commands.add_parser("score-replies", help="score replies and 办结 results that have no 答复质量 score")
     score.add_argument("--all", action="store_true", help="rescore every reply, not only unscored or outdated ones")
+    hot = commands.add_parser("hot-issues", help="rank the hot issues of a window (cases, or a board CSV)")
+    hot.add_argument("--since", type=date.fromisoformat, help="first China date, YYYY-MM-DD (default: 30 days)")
+    hot.add_argument("--until", type=date.fromisoformat, help="last China date, YYYY-MM-DD (default: today)")
+    hot.add_argument("--top", type=int, default=10, help="how many issues to print (default 10)")
+    hot.add_argument("--json", action="store_true", help="print one JSON object, every message of each issue")
+    hot.add_argument("--file", help="a message-board CSV (msg_id,user,title,time,detail[,likes]) instead of cases")
+    hot.add_argument("--no-places", dest="places", action="store_false", help="skip the gazetteer (faster)")
     args = parser.parse_args(argv)
+    if args.command == "hot-issues":
+        args.until = args.until or hot_service.default_window(1)[1]
+        if args.since is not None and args.since > args.until:
+            parser.error("--until is before --since")
+        if args.top < 1:
+            parser.error("--top must be at least 1")
 
     database_url = database_url_from_env()
     if args.command == "migrate":
@@ -177,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"revoked API client {args.name}")
         return 0
+    if args.command == "hot-issues":
+        return _hot_issues(args, database_url)
     if args.command == "classify-types":
         upgrade_database(database_url)
         try:

@@ -592,3 +592,40 @@ class ReplyScore(Base):
     scored_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     event: Mapped[CaseEvent] = relationship(lazy="raise_on_sql")
+
+
+class HotIssueDecision(Base):
+    """A supervisor's correction of the hot-issue grouping, kept for every recomputation.
+
+    ``merge``: the issues holding messages ``message_key`` and ``other_key`` are one.
+    ``unrelated``: message ``message_key`` belongs to no issue. Messages are named by their
+    keys (a case number, or a message-board msg_id).
+    """
+
+    __tablename__ = "hot_issue_decision"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # merge | unrelated
+    message_key: Mapped[str] = mapped_column(String(64))
+    other_key: Mapped[str | None] = mapped_column(String(64))
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("staff_user.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class HotIssueSnapshot(Base):
+    """A computed hot-issue ranking for one window of China dates, cached for the dashboard.
+
+    ``issues`` holds the top issues as `crm_backend.hotissues.core.HotIssue.to_json` gives
+    them, with every message behind each; decisions made since are applied when it is read.
+    """
+
+    __tablename__ = "hot_issue_snapshot"
+    __table_args__ = (Index("ix_hot_issue_snapshot_since_until_id", "since", "until", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    since: Mapped[date] = mapped_column(Date)
+    until: Mapped[date] = mapped_column(Date)
+    message_count: Mapped[int] = mapped_column(Integer)
+    seconds: Mapped[float] = mapped_column(Float)  # how long the computation took
+    issues: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    computed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

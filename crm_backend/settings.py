@@ -86,6 +86,8 @@ class Settings:
     followup_archive_hours: float = 48.0  # reminder unanswered this long: archived as 未回访
     followup_check_seconds: float = 60.0  # how often the 回访 loop looks
     engine_replay_seconds: float = 5.0  # how often messages the engine missed are replayed (0: loop off)
+    hot_issues_refresh_seconds: float = 900.0  # how often the hot-issue ranking is recomputed (0: job off)
+    hot_issues_window_days: int = 30  # the job ranks the cases of this many days up to today
     max_message_chars: int = 2000
     max_logged_chars: int = 10000
     proof_failures_alert_per_hour: int = 100  # failed proofs city-wide in an hour that alert supervisors
@@ -142,6 +144,8 @@ class Settings:
             followup_check_seconds=number("FOLLOWUP_CHECK_SECONDS", "60"),
             proof_failures_alert_per_hour=positive_int("PROOF_FAILURES_ALERT_PER_HOUR", "100"),
             engine_replay_seconds=number("ENGINE_REPLAY_SECONDS", "5"),
+            hot_issues_refresh_seconds=number("HOT_ISSUES_REFRESH_SECONDS", "900"),
+            hot_issues_window_days=positive_int("HOT_ISSUES_WINDOW_DAYS", "30"),
             category_model_path=Path(
                 env.get("CATEGORY_MODEL_PATH", str(PROJECT_ROOT / "models" / "category_classifier.joblib"))
             ),

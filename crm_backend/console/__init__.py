@@ -14,6 +14,7 @@ from crm_backend.console.citizens import CitizenViews
 from crm_backend.console.conversations import ChannelNotifier, ConversationViews, SlotReader
 from crm_backend.console.dashboard import DashboardViews
 from crm_backend.console.feed import LiveFeed
+from crm_backend.console.hot_issues import HotIssueViews
 from crm_backend.console.knowledge import KnowledgeViews
 from crm_backend.console.web import ConsoleBase, build_templates
 from crm_backend.dispatch.service import Dispatcher
@@ -44,4 +45,5 @@ def add_console(
     ApiClientViews(base).add_routes(app)
     KnowledgeViews(base, city_facts).add_routes(app)
     DashboardViews(base, districts).add_routes(app)
+    HotIssueViews(base).add_routes(app)
     app.router.add_static("/console/static/", STATIC_DIR, append_version=False)

@@ -108,6 +108,11 @@ class Dispatcher:
     def locate(self, text: str, district_hint: str | None = None) -> LocationResult:
         return self.locator.extract(text, hint_district=district_hint)
 
+    def place_of(self, text: str, district_hint: str | None = None) -> str | None:
+        """The most specific place a text names (address, else street, else district), for hot issues."""
+        found = self.locate(text, district_hint)
+        return found.address or found.street or found.district
+
     async def preview(
         self,
         session: AsyncSession,

@@ -298,10 +298,11 @@ def test_an_agent_cannot_read_another_departments_case_or_conversation(stack: St
 
 def test_pages_are_kept_to_their_roles(stack: Stack, accounts: dict[str, str]) -> None:
     agent = signed_in(stack, accounts["housing"])
-    for path in ("/queue", "/audit", "/admin/users", "/admin/routing"):
+    for path in ("/queue", "/audit", "/admin/users", "/admin/routing", "/hot-issues"):
         assert agent.get(path).status_code == 404, path
     supervisor = signed_in(stack, accounts["supervisor"])
     assert supervisor.get("/queue").status_code == 200
+    assert "热点问题" in supervisor.get("/hot-issues").text
     assert supervisor.get("/audit").status_code == 200
     assert supervisor.get("/admin/users").status_code == 404
     admin = signed_in(stack, accounts["admin"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
+from actions.dispatch import readback_description
 from tests.integration.test_console import signed_in
 from tests.integration.test_followup import RESULT, act, case_json, dispatched, notice, supervisor
 from tests.integration.test_webchat import CASE_NUMBER, ChatClient, texts
@@ -86,7 +87,10 @@ async def test_a_question_letter_no_guide_answers_is_filed_as_a_consultation_fro
     # No offer to accept first: the intake starts at once and asks only what the letter lacks.
     assert texts(await chat.say(LETTER)) == [utter("utter_kb_consultation_started"), utter("utter_ask_contact_phone")]
     summary, preview = await chat.say(LETTER_PHONE)
-    assert summary["text"] == utter("utter_consultation_summary", description=LETTER, contact_phone=LETTER_PHONE)
+    # Read back as one paragraph (the letter's line break is a space there).
+    assert summary["text"] == utter(
+        "utter_consultation_summary", description=readback_description(LETTER), contact_phone=LETTER_PHONE
+    )
     assert preview["text"].startswith("将为您登记「咨询」工单")
     confirm = next(button for button in preview["buttons"] if button["payload"] == "/affirm")
     [filed] = await chat.click(confirm)

@@ -47,12 +47,15 @@ def test_a_complaint_naming_a_policy_is_a_report_not_a_knowledge_answer(stack: S
     assert replies and replies[0] in (utter("utter_ask_location"), utter("utter_ask_contact_phone")), replies
 
 
-def test_a_policy_question_letter_is_answered_or_told_no_guide_matches(stack: Stack, sender: str) -> None:
+def test_a_policy_question_letter_is_answered_or_filed_as_a_consultation(stack: Stack, sender: str) -> None:
     letter = heldout_letter("139400")  # 「咨询M2县儿童入学年龄要求 请问上级领导义务教育法规定…」
     replies = texts(stack.rest(sender, letter))
     assert not any(dead_end in reply for reply in replies for dead_end in DEAD_ENDS), replies
-    # No guide: the offer of a consultation case (never 「换个说法」 alone).
-    assert "——依据：《" in replies[0] or replies[0] == utter("utter_kb_offer_consultation"), replies
+    # No guide: the letter is filed as a consultation at once, asking only for the phone.
+    assert "——依据：《" in replies[0] or replies == [
+        utter("utter_kb_consultation_started"),
+        utter("utter_ask_contact_phone"),
+    ], replies
 
 
 def test_a_long_description_written_into_the_form_is_the_forms_answer(stack: Stack, sender: str) -> None:

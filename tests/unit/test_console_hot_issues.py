@@ -1,0 +1,121 @@
+"""The console's hot-issue page: supervisors only, CSRF on the corrections, decisions kept."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import date
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from crm_backend.console.hot_issues import HotIssueViews
+from crm_backend.console.web import SESSION_COOKIE, ConsoleBase, build_templates
+from crm_backend.dispatch.routing import seed_routing
+from crm_backend.hotissues import service
+from crm_backend.models import AuditEntry, HotIssueDecision
+from crm_backend.services import staff
+from tests.unit.test_hot_issues import HAND_MADE, add_cases
+
+Sessions = async_sessionmaker[AsyncSession]
+PASSWORD = "correct horse battery staple"
+SINCE, UNTIL = date(2026, 3, 1), date(2026, 3, 7)
+
+
+@pytest.fixture
+async def client(sessions: Sessions) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    async with sessions.begin() as session:
+        await seed_routing(session)
+        await staff.create_user(session, username="wang", display_name="王", password=PASSWORD, role="supervisor")
+        await staff.create_user(
+            session,
+            username="li.housing",
+            display_name="李",
+            password=PASSWORD,
+            role="agent",
+            department_code="A-housing",
+        )
+    await add_cases(sessions, HAND_MADE)
+    await service.refresh_snapshot(sessions, SINCE, UNTIL)
+    app = web.Application()
+    HotIssueViews(ConsoleBase(sessions, build_templates(), secure_cookies=False)).add_routes(app)
+    async with TestClient(TestServer(app)) as test_client:
+        yield test_client
+
+
+async def signed_in_as(sessions: Sessions, client: TestClient[web.Request, web.Application], username: str) -> str:
+    """Sign `username` in on the client; returns the session's CSRF token."""
+    signed = await staff.sign_in(sessions, username, PASSWORD, "127.0.0.1")
+    assert signed is not None
+    client.session.cookie_jar.update_cookies({SESSION_COOKIE: signed.token})
+    return signed.session.csrf_token
+
+
+WINDOW = {"since": SINCE.isoformat(), "until": UNTIL.isoformat()}
+
+
+async def test_an_agent_cannot_see_or_correct_hot_issues(
+    sessions: Sessions, client: TestClient[web.Request, web.Application]
+) -> None:
+    csrf = await signed_in_as(sessions, client, "li.housing")
+    page = await client.get("/console/hot-issues", params=WINDOW)
+    merge = await client.post("/console/hot-issues/merge", data={"csrf": csrf, "issue": "a1", "into": "b1"})
+    unrelated = await client.post("/console/hot-issues/unrelated", data={"csrf": csrf, "message": "a3"})
+    assert (page.status, merge.status, unrelated.status) == (404, 404, 404)
+    async with sessions() as session:
+        assert (await session.scalars(select(HotIssueDecision))).all() == []
+
+
+async def test_a_supervisor_sees_the_cached_top_issues_with_their_messages(
+    sessions: Sessions, client: TestClient[web.Request, web.Application]
+) -> None:
+    await signed_in_as(sessions, client, "wang")
+    page = await client.get("/console/hot-issues", params=WINDOW)
+    html = await page.text()
+    assert page.status == 200
+    assert html.index("幸福路菜市场") < html.index("光明小区电梯")  # three citizens before two
+    for key in ("a1", "a2", "a3", "b1", "b2"):
+        assert f'href="/console/cases/{key}"' in html
+    assert "居住证" not in html  # a lone question is no issue
+
+
+async def test_a_correction_without_the_csrf_token_is_refused(
+    sessions: Sessions, client: TestClient[web.Request, web.Application]
+) -> None:
+    await signed_in_as(sessions, client, "wang")
+    refused = await client.post("/console/hot-issues/unrelated", data={"message": "a3"})
+    assert refused.status == 403
+    async with sessions() as session:
+        assert (await session.scalars(select(HotIssueDecision))).all() == []
+
+
+async def test_a_supervisor_merges_two_issues_and_takes_a_message_out(
+    sessions: Sessions, client: TestClient[web.Request, web.Application]
+) -> None:
+    csrf = await signed_in_as(sessions, client, "wang")
+    merged = await client.post(
+        "/console/hot-issues/merge", data={"csrf": csrf, "issue": "b1", "into": "a1", **WINDOW}, allow_redirects=False
+    )
+    out = await client.post(
+        "/console/hot-issues/unrelated", data={"csrf": csrf, "message": "a3", **WINDOW}, allow_redirects=False
+    )
+    assert (merged.status, out.status) == (303, 303)
+    assert out.headers["Location"] == "/console/hot-issues?since=2026-03-01&until=2026-03-07"
+    async with sessions() as session:
+        issues = await service.top_issues(session, since=SINCE, until=UNTIL)
+        actions = (await session.scalars(select(AuditEntry.action).order_by(AuditEntry.id))).all()
+    assert [sorted(m.key for m in issue.members) for issue in issues] == [["a1", "a2", "b1", "b2"]]
+    assert actions[-2:] == ["hot_issue.merge", "hot_issue.unrelated"]
+    page = await (await client.get("/console/hot-issues", params=WINDOW)).text()
+    assert "光明小区电梯" in page and 'href="/console/cases/a3"' not in page
+
+
+async def test_merging_an_issue_into_itself_shows_an_error(
+    sessions: Sessions, client: TestClient[web.Request, web.Application]
+) -> None:
+    csrf = await signed_in_as(sessions, client, "wang")
+    answer = await client.post("/console/hot-issues/merge", data={"csrf": csrf, "issue": "a1", "into": "a1", **WINDOW})
+    assert answer.status == 422
+    assert "另一个问题" in await answer.text()
