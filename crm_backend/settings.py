@@ -142,9 +142,7 @@ class Settings:
             followup_check_seconds=number("FOLLOWUP_CHECK_SECONDS", "60"),
             proof_failures_alert_per_hour=positive_int("PROOF_FAILURES_ALERT_PER_HOUR", "100"),
             engine_replay_seconds=number("ENGINE_REPLAY_SECONDS", "5"),
-            category_model_path=Path(
-                env.get("CATEGORY_MODEL_PATH", str(PROJECT_ROOT / "models" / "category_classifier.joblib"))
-            ),
+            category_model_path=category_model_path_from_env(env),
             case_type_model_path=case_type_model_path_from_env(env),
             city_facts_path=Path(env.get("CITY_FACTS_FILE", "").strip() or PROJECT_ROOT / "city.yml"),
             trusted_proxies=parse_trusted_proxies(env.get("TRUSTED_PROXIES", "")),
@@ -261,6 +259,12 @@ def database_url_from_env(env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     default_db = f"sqlite:///{PROJECT_ROOT / 'var' / 'crm.db'}"
     return normalise_database_url(env.get("DATABASE_URL") or default_db)
+
+
+def category_model_path_from_env(env: Mapping[str, str] | None = None) -> Path:
+    """Where the category classifier is: ``CATEGORY_MODEL_PATH``, else ``models/category_classifier.joblib``."""
+    env = os.environ if env is None else env
+    return Path(env.get("CATEGORY_MODEL_PATH", str(PROJECT_ROOT / "models" / "category_classifier.joblib")))
 
 
 def case_type_model_path_from_env(env: Mapping[str, str] | None = None) -> Path:
