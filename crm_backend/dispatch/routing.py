@@ -214,8 +214,7 @@ async def apply_dispatch(
         due_at=plan.due_at,
         created_at=now,
     )
-    session.add(decision)
-    await session.flush()
+    session.add(decision)  # written with the caller's next flush, query or commit
     return decision
 
 

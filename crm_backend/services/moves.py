@@ -131,6 +131,9 @@ async def move_case(
 ) -> Move:
     """Perform one life-cycle operation on a case, in the caller's transaction.
 
+    The case, its event and the audit row are added to the session, and written with the
+    caller's next flush, query or commit (flushed at once when a notice is recorded).
+
     Args:
         session: the caller's session; nothing is committed here.
         actor: who moves the case.
@@ -184,9 +187,10 @@ async def move_case(
         address=actor.address,
         actor_name=actor.name,
     )
-    await session.flush()
-    notice = await notices.record(session, case, event) if notices is not None else None
-    return Move(case, event, notice)
+    if notices is None:  # written with the caller's next flush or commit (bulk imports make thousands of moves)
+        return Move(case, event)
+    await session.flush()  # the notice is written from the case as it now stands
+    return Move(case, event, await notices.record(session, case, event))
 
 
 def parse_action(action: CaseAction | str) -> CaseAction:
