@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_backend.dispatch.routing import DispatchPlan, apply_dispatch, plan_dispatch, suggested_department
+from crm_backend.dispatch.routing import DispatchPlan, apply_dispatch, plan_dispatch, suggested_departments
 from crm_backend.errors import CrmError
 from crm_backend.lifecycle import CaseAction
 from crm_backend.models import (
@@ -387,34 +387,51 @@ async def _file_batch(
     return filed
 
 
-async def _route_and_resolve(session: AsyncSession, filed: _Filed, source: str, source_file: str) -> None:
-    """Route a filed case as a chat case would be and, if its message was answered, take it to 办结."""
-    actor = Actor.system(IMPORT_ACTOR)
-    message, case, plan = filed.message, filed.case, filed.plan
-    decision = await apply_dispatch(session, case, plan, now=message.posted_at)
-    session.add(
-        ImportedMessage(
-            source=source,
-            msg_id=message.msg_id,
-            case_id=case.id,
-            title=message.title,
-            likes=message.likes,
-            dislikes=message.dislikes,
-            source_file=source_file[:200],
+async def _route_batch(session: AsyncSession, batch: Sequence[_Filed], source: str, source_file: str) -> None:
+    """Route filed cases as chat cases would be and take the answered ones to 办结 (no query per case)."""
+    decisions = []
+    for filed in batch:
+        decisions.append(await apply_dispatch(session, filed.case, filed.plan, now=filed.message.posted_at))
+        message = filed.message
+        session.add(
+            ImportedMessage(
+                source=source,
+                msg_id=message.msg_id,
+                case_id=filed.case.id,
+                title=message.title,
+                likes=message.likes,
+                dislikes=message.dislikes,
+                source_file=source_file[:200],
+            )
         )
+    # Answered, so someone sent it on: a queued case goes where the console suggests.
+    suggested = await suggested_departments(
+        session,
+        [
+            (filed.case, decision)
+            for filed, decision in zip(batch, decisions, strict=True)
+            if filed.plan.queued and filed.message.reply is not None
+        ],
     )
-    if message.reply is None or message.reply_at is None:
-        return
-    if plan.queued:  # answered, so someone sent it on: where the console suggests
-        department_id = await suggested_department(session, case, decision)
-        if department_id is None:
-            raise CrmError(f"msg_id {message.msg_id}: no active department to send category {plan.category} to")
+    for filed in batch:
+        if filed.message.reply is not None:
+            await _resolve(session, filed, suggested.get(filed.case.id))
+
+
+async def _resolve(session: AsyncSession, filed: _Filed, suggested_department_id: int | None) -> None:
+    """An answered message's case, from where routing left it to 办结 with the reply as its result."""
+    actor = Actor.system(IMPORT_ACTOR)
+    message, case = filed.message, filed.case
+    assert message.reply is not None and message.reply_at is not None
+    if filed.plan.queued:
+        if suggested_department_id is None:
+            raise CrmError(f"msg_id {message.msg_id}: no active department to send category {case.category} to")
         await move_case(
             session,
             actor,
             case,
             CaseAction.DISPATCH,
-            department_id=department_id,
+            department_id=suggested_department_id,
             note="历史留言有答复：按建议部门派单",
             now=message.posted_at,
         )
@@ -470,8 +487,9 @@ async def import_messages(
     for start in range(0, len(fresh), batch_size):
         batch = fresh[start : start + batch_size]
         understood = await asyncio.to_thread(desk.understand_many, [message.text for message in batch])
-        for filed in await _file_batch(session, desk, identities, batch, understood, numbers):
-            await _route_and_resolve(session, filed, source, source_file)
+        filed_batch = await _file_batch(session, desk, identities, batch, understood, numbers)
+        await _route_batch(session, filed_batch, source, source_file)
+        for filed in filed_batch:
             categories[filed.plan.category] += 1
             summary.queued += filed.plan.queued and filed.message.reply is None
             summary.replies += filed.message.reply is not None
