@@ -38,6 +38,9 @@ from crm_backend.models import (
     ServiceCase,
 )
 from crm_backend.services import followup
+from crm_backend.services.conversations import resolve_identity
+from crm_backend.services.linking import LinkRefused, link_by_case
+from crm_backend.services.lookup import lookup_progress
 from crm_backend.services.moves import Actor, move_case
 from tests.support.models import case_type_model, category_model
 
@@ -340,3 +343,18 @@ async def test_both_real_files_import_once_with_their_own_timestamps(seeded: Ses
     assert (again.new_cases, again.skipped) == (0, 2816)
     async with seeded() as session:
         assert await count(session, ServiceCase.id) == 7142
+
+
+@pytest.mark.parametrize("digits", ["", "   "])
+async def test_a_case_with_no_phone_cannot_be_proven_by_digits(seeded: Sessions, desk: Dispatcher, digits: str) -> None:
+    """Imported cases have no phone: no digit proof, however empty, opens their progress or links to their citizen."""
+    async with seeded.begin() as session:
+        await import_messages(session, desk, parse_messages(SMALL_CSV), source_file="a.csv")
+    async with seeded.begin() as session:
+        stranger = await resolve_identity(session, "web", "stranger")
+        outcome = await lookup_progress(
+            session, sender_key="web:stranger", case_number="20190228-0001", phone_last4=digits, identity=stranger
+        )
+        assert outcome.progress is None
+        with pytest.raises(LinkRefused):
+            await link_by_case(session, stranger, "20190228-0001", digits)
