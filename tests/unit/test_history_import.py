@@ -289,6 +289,7 @@ def run_cli(*args: str, database: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_file_with_a_bad_time_on_line_n_imports_nothing_and_names_line_n(tmp_path: Path) -> None:
+    """Line 5, not row 4: the first message's body spans two lines."""
     broken = SMALL_CSV.replace("2019/06/20 20:38:47", "2019/06/31 20:38:47")
     path = write(tmp_path, broken)
     database = tmp_path / "crm.db"
@@ -299,6 +300,19 @@ def test_a_file_with_a_bad_time_on_line_n_imports_nothing_and_names_line_n(tmp_p
     with sqlite3.connect(database) as connection:
         assert connection.execute("SELECT count(*) FROM service_case").fetchone() == (0,)
         assert connection.execute("SELECT count(*) FROM imported_message").fetchone() == (0,)
+
+
+def test_the_command_imports_a_file_once_and_says_so_the_second_time(tmp_path: Path) -> None:
+    path = write(tmp_path, SMALL_CSV)
+    database = tmp_path / "crm.db"
+    first = run_cli("import-messages", str(path), database=database)
+    assert first.returncode == 0, first.stderr
+    assert "board.csv: 3 rows" in first.stdout and "resolved with reply  1" in first.stdout
+    again = run_cli("import-messages", str(path), database=database)
+    assert again.returncode == 0, again.stderr
+    assert "already imported     3  (nothing new: the file was imported before)" in again.stdout
+    with sqlite3.connect(database) as connection:
+        assert connection.execute("SELECT count(*) FROM service_case").fetchone() == (3,)
 
 
 # --- The real files -------------------------------------------------------------------------
