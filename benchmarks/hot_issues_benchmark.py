@@ -37,11 +37,12 @@ from datetime import date, timedelta
 
 import sqlalchemy as sa
 
+from crm_backend.data.history import HOT_ISSUES_FILE, history_file
 from crm_backend.db import create_engine, create_sessionmaker, upgrade_database
 from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.hotissues import core, service
 from crm_backend.hotissues.core import Decisions, HotRecord, find_groups, hot_issues
-from crm_backend.hotissues.sources import gazetteer_locate, history_file, read_board_csv
+from crm_backend.hotissues.sources import gazetteer_locate, read_board_csv
 from crm_backend.models import ChannelIdentity, Citizen, ServiceCase
 from crm_backend.settings import normalise_database_url
 
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database", action="store_true", help="also time the job on the messages as cases")
     args = parser.parse_args(argv)
 
-    records = read_board_csv(history_file())
+    records = read_board_csv(history_file(HOT_ISSUES_FILE))
     locate = gazetteer_locate()
     locate("A1区人民路", None)  # build the gazetteer pipeline before timing
     started = time.perf_counter()

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from crm_backend.analytics.history_data import history_file
 from crm_backend.analytics.reply_quality import DEFAULT_DEADLINE_WORKING_DAYS, ReplyQuality, score_reply, warm_up
+from crm_backend.data.history import history_file
 from crm_backend.dispatch.deadlines import CHINA_TZ
 
 SOURCE = "citizen_messages_with_replies.csv"

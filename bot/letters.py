@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from crm_backend.importer import letter_text as letter_text  # a letter as one message, as history imports it
+
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
@@ -55,11 +57,6 @@ _CASE_NUMBER = re.compile(r"\d{8}-\d{4}")
 _QUESTION_TITLE = re.compile(r"咨询|请问|询问|问一下")
 # A title with any of these asks something too; with neither cue, the letter is left unlabelled.
 _ASKING_TITLE = re.compile(r"[?？吗]|能否|可否|是否|如何|怎么|怎样|何时|什么|哪些|多少|为何|为什么")
-
-
-def letter_text(title: str, detail: str) -> str:
-    """A message-board letter as one message: its title, a line break, its body."""
-    return f"{title.strip()}\n{detail.strip()}" if title.strip() else detail.strip()
 
 
 def kind_by_title(title: str) -> Kind | None:

@@ -1,7 +1,7 @@
 """Operator commands: ``python -m crm_backend COMMAND``.
 
 Commands: migrate, stats, create-user, create-api-client, revoke-api-client, classify-types,
-score-replies, hot-issues.
+score-replies, hot-issues, import-messages.
 
 ``create-user`` reads the password from a prompt (twice) or, when standard input is not a
 terminal, from its first line, never from an argument that would land in shell history.
@@ -16,6 +16,11 @@ without one (written before scoring existed, or imported) or scored by an older 
 ``hot-issues`` ranks the hot issues of a window of China dates: of the cases (and stores
 the ranking as the dashboard's cache for that window), or of a message-board CSV (``--file``,
 no database needed).
+
+``import-messages FILE.csv`` loads a message-board file (``crm_backend/data/history/``) as
+historical cases (`crm_backend.importer`): the whole file is checked first, and a file with a
+bad row is refused with each bad row's line (exit code 2) and nothing imported; a message
+imported before is skipped. Exit code 1: the dispatch models cannot be loaded.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import getpass
 import json
 import sys
 from datetime import date, timedelta
+from pathlib import Path
 
 from crm_backend.db import create_engine, create_sessionmaker, upgrade_database
 from crm_backend.dispatch.classifier import ModelLoadError
@@ -34,11 +40,15 @@ from crm_backend.errors import CrmError
 from crm_backend.hotissues import service as hot_service
 from crm_backend.hotissues.core import Decisions, HotIssue
 from crm_backend.hotissues.sources import BoardFileError, gazetteer_locate, in_window, read_board_csv
+from crm_backend.importer import HistoryFileError, ImportSummary, import_messages, read_messages
 from crm_backend.lifecycle import STATUS_LABELS, CaseStatus, Role
 from crm_backend.services import api_clients, audit, cases, reply_scores, staff
 from crm_backend.services.api_clients import ApiScope
 from crm_backend.services.stats import collect_stats
-from crm_backend.settings import case_type_model_path_from_env, database_url_from_env
+from crm_backend.settings import case_type_model_path_from_env, category_model_path_from_env, database_url_from_env
+
+EXIT_BAD_FILE = 2
+MAX_PROBLEMS_SHOWN = 50
 
 
 async def _stats(database_url: str) -> dict[str, object]:
@@ -108,6 +118,29 @@ async def _score_replies(database_url: str, everything: bool) -> reply_scores.Re
         await engine.dispose()
 
 
+async def _import_messages(database_url: str, path: Path) -> ImportSummary:
+    """Check the file, then load the desk's models and import it in one transaction.
+
+    Raises:
+        HistoryFileError: the file is refused (nothing was imported).
+        ModelLoadError: a dispatch model is missing.
+    """
+    from crm_backend.dispatch.service import Dispatcher
+
+    messages = read_messages(path)
+    desk = await asyncio.to_thread(
+        Dispatcher.load, category_model_path_from_env(), case_type_model_path=case_type_model_path_from_env()
+    )
+    engine = create_engine(database_url)
+    try:
+        async with create_sessionmaker(engine).begin() as session:
+            await seed_routing(session)
+        async with create_sessionmaker(engine).begin() as session:
+            return await import_messages(session, desk, messages, source_file=path.name)
+    finally:
+        await engine.dispose()
+
+
 async def _hot_issues_of_cases(
     database_url: str, since: date, until: date, places: bool, top: int
 ) -> tuple[list[HotIssue], int]:
@@ -164,6 +197,18 @@ def _hot_issues(args: argparse.Namespace, database_url: str) -> int:
     return 0
 
 
+def _print_import(path: Path, summary: ImportSummary) -> None:
+    print(f"{path.name}: {summary.rows} rows in {summary.seconds:.1f} s")
+    print(f"  new cases            {summary.new_cases}")
+    again = "  (nothing new: the file was imported before)" if summary.rows == summary.skipped else ""
+    print(f"  already imported     {summary.skipped}{again}")
+    print(f"  resolved with reply  {summary.replies}")
+    print(f"  left in manual queue {summary.queued}")
+    print(f"  new citizens         {summary.new_citizens}")
+    for category, n in summary.by_category.items():
+        print(f"  {category}  {n}")
+
+
 def _read_password() -> str:
     if not sys.stdin.isatty():
         return sys.stdin.readline().rstrip("\r\n")
@@ -211,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     hot.add_argument("--json", action="store_true", help="print one JSON object, every message of each issue")
     hot.add_argument("--file", help="a message-board CSV (msg_id,user,title,time,detail[,likes]) instead of cases")
     hot.add_argument("--no-places", dest="places", action="store_false", help="skip the gazetteer (faster)")
+    history = commands.add_parser("import-messages", help="load a message-board CSV as historical cases")
+    history.add_argument(
+        "file", type=Path, help="columns msg_id,user,title,time,detail + likes,dislikes or reply,reply_time"
+    )
     args = parser.parse_args(argv)
     if args.command == "hot-issues":
         args.until = args.until or hot_service.default_window(1)[1]
@@ -270,6 +319,22 @@ def main(argv: list[str] | None = None) -> int:
         upgrade_database(database_url)
         done = asyncio.run(_score_replies(database_url, args.all))
         print(f"scored {done.scored} replies in {done.batches} batches")
+        return 0
+    if args.command == "import-messages":
+        upgrade_database(database_url)
+        try:
+            summary = asyncio.run(_import_messages(database_url, args.file))
+        except HistoryFileError as error:
+            for problem in error.problems[:MAX_PROBLEMS_SHOWN]:
+                print(f"{args.file}: {problem}", file=sys.stderr)
+            if len(error.problems) > MAX_PROBLEMS_SHOWN:
+                print(f"… and {len(error.problems) - MAX_PROBLEMS_SHOWN} more", file=sys.stderr)
+            print(f"error: {error}; nothing imported", file=sys.stderr)
+            return EXIT_BAD_FILE
+        except (ModelLoadError, CrmError) as error:
+            print(f"error: {error}; nothing imported", file=sys.stderr)
+            return 1
+        _print_import(args.file, summary)
         return 0
     upgrade_database(database_url)
     result = asyncio.run(_stats(database_url))

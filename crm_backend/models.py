@@ -629,3 +629,26 @@ class HotIssueSnapshot(Base):
     seconds: Mapped[float] = mapped_column(Float)  # how long the computation took
     issues: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     computed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ImportedMessage(Base):
+    """A message of a public message board imported as a historical case (``import-messages``).
+
+    One row per board message, keyed by the board (`source`, also its citizens' channel name)
+    and the board's own message number, so importing a file twice adds nothing. Keeps what the
+    case has no column for: the message's title, and the support other residents gave it
+    (likes and dislikes; None where the file had none), which hot issues count.
+    """
+
+    __tablename__ = "imported_message"
+    __table_args__ = (UniqueConstraint("source", "msg_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(String(16))
+    msg_id: Mapped[str] = mapped_column(String(64))
+    case_id: Mapped[int] = mapped_column(ForeignKey("service_case.id"), unique=True)
+    title: Mapped[str] = mapped_column(Text, default="")
+    likes: Mapped[int | None] = mapped_column(Integer)
+    dislikes: Mapped[int | None] = mapped_column(Integer)
+    source_file: Mapped[str] = mapped_column(String(200))  # the file's name, for the record
+    imported_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -146,9 +146,7 @@ class Settings:
             engine_replay_seconds=number("ENGINE_REPLAY_SECONDS", "5"),
             hot_issues_refresh_seconds=number("HOT_ISSUES_REFRESH_SECONDS", "900"),
             hot_issues_window_days=positive_int("HOT_ISSUES_WINDOW_DAYS", "30"),
-            category_model_path=Path(
-                env.get("CATEGORY_MODEL_PATH", str(PROJECT_ROOT / "models" / "category_classifier.joblib"))
-            ),
+            category_model_path=category_model_path_from_env(env),
             case_type_model_path=case_type_model_path_from_env(env),
             city_facts_path=Path(env.get("CITY_FACTS_FILE", "").strip() or PROJECT_ROOT / "city.yml"),
             trusted_proxies=parse_trusted_proxies(env.get("TRUSTED_PROXIES", "")),
@@ -265,6 +263,12 @@ def database_url_from_env(env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     default_db = f"sqlite:///{PROJECT_ROOT / 'var' / 'crm.db'}"
     return normalise_database_url(env.get("DATABASE_URL") or default_db)
+
+
+def category_model_path_from_env(env: Mapping[str, str] | None = None) -> Path:
+    """Where the category classifier is: ``CATEGORY_MODEL_PATH``, else ``models/category_classifier.joblib``."""
+    env = os.environ if env is None else env
+    return Path(env.get("CATEGORY_MODEL_PATH", str(PROJECT_ROOT / "models" / "category_classifier.joblib")))
 
 
 def case_type_model_path_from_env(env: Mapping[str, str] | None = None) -> Path:

@@ -99,7 +99,7 @@ def build_templates() -> jinja2.Environment:
     )
     env.globals.update(
         role_labels={role.value: label for role, label in ROLE_LABELS.items()},
-        channel_labels={"web": "网页", "telegram": "Telegram", "rest": "接口"},
+        channel_labels={"web": "网页", "telegram": "Telegram", "rest": "接口", "board": "留言板"},
         action_labels=labels.ACTION_LABELS,
     )
     return env

@@ -182,15 +182,22 @@ async def plan_dispatch(
     )
 
 
-async def apply_dispatch(session: AsyncSession, case: ServiceCase, plan: DispatchPlan) -> RoutingDecision:
-    """Route a freshly filed case by its plan and record the decision, in the caller's transaction."""
+async def apply_dispatch(
+    session: AsyncSession, case: ServiceCase, plan: DispatchPlan, *, now: datetime | None = None
+) -> RoutingDecision:
+    """Route a freshly filed case by its plan and record the decision, in the caller's transaction.
+
+    `now` (default: the clock) is when it happens: it stamps the 派单 and the decision (history
+    imported with its own times passes the message's time).
+    """
+    now = now or utcnow()
     case.category = plan.category
     case.district = case.district or plan.district
     case.urgent = plan.urgent
     if not plan.queued:
         case.due_at = plan.due_at
         await move_case(
-            session, Actor.system(DISPATCH_ACTOR), case, CaseAction.DISPATCH, department_id=plan.department_id
+            session, Actor.system(DISPATCH_ACTOR), case, CaseAction.DISPATCH, department_id=plan.department_id, now=now
         )
     decision = RoutingDecision(
         case_id=case.id,
@@ -205,9 +212,9 @@ async def apply_dispatch(session: AsyncSession, case: ServiceCase, plan: Dispatc
         queued=plan.queued,
         urgent=plan.urgent,
         due_at=plan.due_at,
+        created_at=now,
     )
-    session.add(decision)
-    await session.flush()
+    session.add(decision)  # written with the caller's next flush, query or commit
     return decision
 
 

@@ -7,6 +7,7 @@ gazetteer are loaded then, never on the message path.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -104,6 +105,26 @@ class Dispatcher:
             urgent=is_urgent(description, self.urgent_keywords),
             case_type=self.case_types.predict(description) if self.case_types is not None else None,
         )
+
+    def understand_many(self, descriptions: Sequence[str]) -> list[Understanding]:
+        """`understand` for many reports with no separate place text, each model run once on all of them.
+
+        For bulk work (``import-messages``): the same answers as `understand(description, "")`,
+        in a fraction of the time.
+        """
+        if not descriptions:
+            return []
+        predictions = self.classifier.predict_many(descriptions)
+        kinds = self.case_types.predict_many(descriptions) if self.case_types is not None else None
+        return [
+            Understanding(
+                prediction=prediction,
+                location=self.locator.extract(f" {description}"),
+                urgent=is_urgent(description, self.urgent_keywords),
+                case_type=kinds[index] if kinds is not None else None,
+            )
+            for index, (description, prediction) in enumerate(zip(descriptions, predictions, strict=True))
+        ]
 
     def locate(self, text: str, district_hint: str | None = None) -> LocationResult:
         return self.locator.extract(text, hint_district=district_hint)

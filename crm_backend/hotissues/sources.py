@@ -1,7 +1,7 @@
 """Where hot-issue records come from: a message-board CSV, or the CRM's cases.
 
-The real history (`citizen_messages_hot_issues.csv`) is found through `history_file`, the
-one place that knows where the project keeps it.
+The real history (`citizen_messages_hot_issues.csv`) is the project's copy, found through
+`crm_backend.data.history.history_file`.
 """
 
 from __future__ import annotations
@@ -18,25 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.hotissues.core import TITLE_CHARS, HotRecord, Locate, window_bounds
 from crm_backend.models import ServiceCase
-from crm_backend.settings import PROJECT_ROOT
 
-HOT_ISSUES_FILE = "citizen_messages_hot_issues.csv"
-# The project's copy (made by the import of the history) first, else the shared folder.
-HISTORY_DIRS = (PROJECT_ROOT / "crm_backend" / "data" / "history", PROJECT_ROOT.parent / "shared" / "data")
 BOARD_COLUMNS = ("msg_id", "user", "title", "time", "detail")
 TIME_FORMATS = ("%Y/%m/%d %H:%M:%S", "%Y-%m-%d %H:%M:%S")
 
 
 class BoardFileError(ValueError):
     """A message-board CSV cannot be read; the message names the file and the line."""
-
-
-def history_file(name: str = HOT_ISSUES_FILE) -> Path:
-    """The real message-board file `name`, from the project's history folder if it has it."""
-    for directory in HISTORY_DIRS:
-        if (directory / name).is_file():
-            return directory / name
-    return HISTORY_DIRS[0] / name
 
 
 def parse_board_time(raw: str) -> datetime:

@@ -11,12 +11,12 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_backend.errors import CrmError
 from crm_backend.lifecycle import CaseAction, CaseStatus
-from crm_backend.models import Citizen, Satisfaction, ServiceCase
+from crm_backend.models import Citizen, ImportedMessage, Satisfaction, ServiceCase
 from crm_backend.services.moves import Actor, move_case
 
 FOLLOWUP_ACTOR = "回访"
@@ -127,8 +127,10 @@ async def due_followups(
     """What the follow-up loop has to do now: ask, remind once, or archive as 未回访."""
     resolved = ServiceCase.status == CaseStatus.RESOLVED.value
     not_asked = (ServiceCase.followup_asked_at.is_(None), ServiceCase.followup_reminded_at.is_(None))
+    # History imported from a message board (`crm_backend.importer`) is nobody's to ask.
+    imported = exists().where(ImportedMessage.case_id == ServiceCase.id)
     to_ask = await session.scalars(
-        select(ServiceCase).where(resolved, *not_asked).order_by(ServiceCase.id).limit(limit)
+        select(ServiceCase).where(resolved, *not_asked, ~imported).order_by(ServiceCase.id).limit(limit)
     )
     unanswered = ServiceCase.followup_reminded_at.is_(None), ServiceCase.followup_asked_at < now - remind_after
     to_remind = await session.scalars(

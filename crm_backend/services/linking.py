@@ -25,6 +25,7 @@ from crm_backend.services.lookup import (
     case_filed_by,
     check_digit_proof,
     check_sender,
+    digits_prove,
     record_proof_failure,
 )
 
@@ -113,7 +114,7 @@ async def link_by_case(
     if not await case_filed_by(session, case_number, identity):
         await check_digit_proof(session, case_number, now)
     case = await session.scalar(select(ServiceCase).where(ServiceCase.case_number == case_number))
-    if case is None or case.contact_phone[-4:] != phone_last4:
+    if case is None or not digits_prove(case, phone_last4):
         failure = await record_proof_failure(session, sender_key=identity.sender_id, case_number=case_number, now=now)
         raise LinkRefused("invalid", failure)
     if case.citizen_id == identity.citizen_id:

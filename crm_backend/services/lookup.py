@@ -16,6 +16,7 @@ beyond it leaves one audit row (`PROOF_CEILING_ACTION`) that the console shows s
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -82,6 +83,18 @@ class LookupOutcome:
 
     progress: CaseProgress | None
     failure: ProofFailure | None = None
+
+
+def digits_prove(case: ServiceCase, phone_last4: str | None) -> bool:
+    """Whether four digits are the last four of the case's phone; never for a case without one
+    (history imported from a message board has none), never for anything but four digits."""
+    phone = case.contact_phone or ""
+    return (
+        phone_last4 is not None
+        and len(phone) >= 4
+        and re.fullmatch(r"\d{4}", phone_last4) is not None
+        and (phone[-4:] == phone_last4)
+    )
 
 
 async def case_filed_by(session: AsyncSession, case_number: str, identity: ChannelIdentity | None) -> bool:
@@ -221,7 +234,7 @@ async def lookup_progress(
         await check_digit_proof(session, case_number, now)
 
     case = await session.scalar(select(ServiceCase).where(ServiceCase.case_number == case_number))
-    allowed = case is not None and (owner or (phone_last4 is not None and case.contact_phone[-4:] == phone_last4))
+    allowed = case is not None and (owner or digits_prove(case, phone_last4))
     if not allowed or case is None:
         failure = await record_proof_failure(session, sender_key=sender_key, case_number=case_number, now=now)
         return LookupOutcome(None, failure)

@@ -97,12 +97,13 @@ class Move:
     notice: Any = None
 
 
-def open_case(session: AsyncSession, actor: Actor, case: ServiceCase) -> CaseEvent:
+def open_case(session: AsyncSession, actor: Actor, case: ServiceCase, *, now: datetime | None = None) -> CaseEvent:
     """Give a new case its first status (已受理) and its first event, in the caller's transaction.
 
-    The case and its event are added to the session; the caller flushes.
+    The case and its event are added to the session; the caller flushes. `now` (default: the
+    clock) stamps the event, as in `move_case`.
     """
-    event = _set_status(case, actor, CaseStatus.RECEIVED, "", from_status=None)
+    event = _set_status(case, actor, CaseStatus.RECEIVED, "", from_status=None, now=now or utcnow())
     event.case = case
     session.add_all([case, event])
     audit.record(
@@ -130,6 +131,9 @@ async def move_case(
 ) -> Move:
     """Perform one life-cycle operation on a case, in the caller's transaction.
 
+    The case, its event and the audit row are added to the session, and written with the
+    caller's next flush, query or commit (flushed at once when a notice is recorded).
+
     Args:
         session: the caller's session; nothing is committed here.
         actor: who moves the case.
@@ -139,7 +143,10 @@ async def move_case(
         department_id: the department for 派单 and 改派.
         notices: given, the citizen's notice is written with the move; the caller passes
             `Move.notice` to `notices.deliver` after the commit.
-        now: the clock, for tests.
+        now: the time of the move (default: the clock): it stamps the event and the case's
+            `updated_at`, and a 派单 counts the deadline from it. Given for tests and for
+            history imported with its own times (`crm_backend.importer`); the audit row keeps
+            the real time it was written.
 
     Raises:
         NotFound: an agent moving another department's case (never told apart from "no such case").
@@ -147,6 +154,7 @@ async def move_case(
         InvalidTransition: the case's status, the actor's role, or a system-only operation.
     """
     operation = parse_action(action)
+    now = now or utcnow()
     if not actor.may_touch(case):
         raise NotFound("case")
     spec = check_action(operation, CaseStatus(case.status), actor.role, system=actor.kind is ActorKind.SYSTEM)
@@ -163,12 +171,12 @@ async def move_case(
         detail = f"；部门 {case.department or '无'} → {department.name}"
         case.department_id, case.department = department.id, department.name
         if case.due_at is None:
-            case.due_at = await _due_for(session, case, now or utcnow())
+            case.due_at = await _due_for(session, case, now)
         note = f"{department.name}。{note}" if note else department.name
     elif operation is CaseAction.RETURN:
         detail = f"；部门 {case.department or '无'} → 无"
         case.department_id, case.department = None, None  # back to the dispatcher's queue
-    event = _set_status(case, actor, spec.target, note, from_status=case.status)
+    event = _set_status(case, actor, spec.target, note, from_status=case.status, now=now)
     session.add(event)
     audit.record(
         session,
@@ -179,11 +187,13 @@ async def move_case(
         address=actor.address,
         actor_name=actor.name,
     )
-    await session.flush()
     if operation is CaseAction.RESOLVE:  # the result the citizen is sent: scored for 答复质量
+        await session.flush()
         await reply_scores.record(session, case, event, at=now)
-    notice = await notices.record(session, case, event) if notices is not None else None
-    return Move(case, event, notice)
+    if notices is None:  # written with the caller's next flush or commit (bulk imports make thousands of moves)
+        return Move(case, event)
+    await session.flush()  # the notice is written from the case as it now stands
+    return Move(case, event, await notices.record(session, case, event))
 
 
 def parse_action(action: CaseAction | str) -> CaseAction:
@@ -199,11 +209,11 @@ def parse_action(action: CaseAction | str) -> CaseAction:
 
 
 def _set_status(
-    case: ServiceCase, actor: Actor, target: CaseStatus, note: str, *, from_status: str | None
+    case: ServiceCase, actor: Actor, target: CaseStatus, note: str, *, from_status: str | None, now: datetime
 ) -> CaseEvent:
-    """The one assignment of a case's status, with the event that records it."""
+    """The one assignment of a case's status, with the event that records it (stamped `now`)."""
     case.status = target.value
-    case.updated_at = utcnow()
+    case.updated_at = now
     return CaseEvent(
         case_id=case.id,
         from_status=from_status,
@@ -212,6 +222,7 @@ def _set_status(
         note=note[:MAX_NOTE_CHARS],
         actor=actor.name[:64],
         actor_id=actor.user.id if actor.user is not None else None,
+        created_at=now,
     )
 
 

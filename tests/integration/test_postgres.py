@@ -44,6 +44,15 @@ from tests.unit.test_console_services import (  # noqa: F401  (run again on Post
     test_concurrent_wrong_passwords_never_get_more_tries_than_the_limit,
 )
 from tests.unit.test_dashboard_kpi import *  # noqa: F403  (run again on PostgreSQL: its own SQL functions)
+from tests.unit.test_history_import import (  # noqa: F401  (run again on PostgreSQL)
+    desk,
+    seeded,
+    test_a_case_with_no_phone_cannot_be_proven_by_digits,
+    test_a_message_of_a_known_user_joins_their_citizen,
+    test_a_small_file_becomes_cases_citizens_and_a_resolved_case_field_by_field,
+    test_importing_the_same_file_twice_adds_nothing,
+    test_likes_and_dislikes_are_kept,
+)
 from tests.unit.test_limits import *  # noqa: F403  (run again on PostgreSQL)
 from tests.unit.test_notifier import *  # noqa: F403  (run again on PostgreSQL)
 from tests.unit.test_replay import *  # noqa: F403  (run again on PostgreSQL)

@@ -20,3 +20,18 @@ def case_type_model(scratch: Path) -> Path:
             [sys.executable, "-m", "crm_backend.dispatch", "train-types", "--out", str(model)], cwd=ROOT, check=True
         )
     return model
+
+
+CATEGORY_MODEL = ROOT / "models" / "category_classifier.joblib"
+
+
+def category_model(scratch: Path) -> Path:
+    """The category classifier `bin/setup` trained, else one trained now into `scratch` (about a minute)."""
+    if CATEGORY_MODEL.exists():
+        return CATEGORY_MODEL
+    model = scratch / "category_classifier.joblib"
+    if not model.exists():
+        subprocess.run(
+            [sys.executable, "-m", "crm_backend.dispatch", "train", "--out", str(model)], cwd=ROOT, check=True
+        )
+    return model

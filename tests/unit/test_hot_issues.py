@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_backend.__main__ import main
+from crm_backend.data.history import HOT_ISSUES_FILE, history_file
 from crm_backend.db import create_engine, create_sessionmaker
 from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.errors import InvalidInput
@@ -27,7 +28,7 @@ from crm_backend.hotissues.core import (
     hot_issues,
     summarise,
 )
-from crm_backend.hotissues.sources import gazetteer_locate, history_file, in_window, read_board_csv
+from crm_backend.hotissues.sources import gazetteer_locate, in_window, read_board_csv
 from crm_backend.lifecycle import CaseStatus
 from crm_backend.models import ChannelIdentity, Citizen, HotIssueSnapshot, ServiceCase, utcnow
 from crm_backend.settings import Settings, SettingsError, normalise_database_url
@@ -44,7 +45,7 @@ BUNDLED_PARKING = ("289950", "283879", "223247", "224767", "188801", "285897")
 
 @pytest.fixture(scope="module")
 def board() -> list[HotRecord]:
-    return read_board_csv(history_file())
+    return read_board_csv(history_file(HOT_ISSUES_FILE))
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +230,7 @@ async def test_merging_an_issue_with_itself_is_refused(sessions: Sessions) -> No
 
 
 def board_file() -> list[str]:
-    return ["hot-issues", "--file", str(history_file())]
+    return ["hot-issues", "--file", str(history_file(HOT_ISSUES_FILE))]
 
 
 def test_cli_prints_the_ranking_of_a_board_file_as_json(

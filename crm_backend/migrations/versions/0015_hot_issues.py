@@ -1,7 +1,7 @@
 """hot_issue_decision and hot_issue_snapshot: supervisors' corrections of hot issues, and the cached ranking
 
 Revision ID: 0015
-Revises: 0013
+Revises: 0014
 Create Date: 2026-12-04
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0015"
-down_revision = "0013"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 

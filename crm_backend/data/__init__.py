@@ -1,0 +1,1 @@
+"""Data files the CRM ships with (not code): see each folder's PROVENANCE.md."""
