@@ -631,6 +631,21 @@ class HotIssueSnapshot(Base):
     computed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class HotIssueMember(Base):
+    """A case in an issue of a stored hot-issue ranking, written with its `HotIssueSnapshot`.
+
+    The snapshot's JSON names every message behind each issue; this table holds the same
+    membership as rows, so "the citizens of a hot issue" (the 热点问题相关 segment, the
+    citizen page) is a join on indexed columns instead of a JSON scan, which is not portable SQL.
+    """
+
+    __tablename__ = "hot_issue_member"
+
+    snapshot_id: Mapped[int] = mapped_column(ForeignKey("hot_issue_snapshot.id"), primary_key=True)
+    case_number: Mapped[str] = mapped_column(String(64), primary_key=True)  # the message's key
+    issue_id: Mapped[str] = mapped_column(String(64))  # the key of the issue's earliest message
+
+
 class ImportedMessage(Base):
     """A message of a public message board imported as a historical case (``import-messages``).
 

@@ -3,7 +3,9 @@
 The ranking of 100,000 cases takes tens of seconds of CPU, so it is never computed on a
 request: `HotIssueJob` (or ``python -m crm_backend hot-issues``) computes it off the event
 loop and stores a `HotIssueSnapshot`; pages read the newest snapshot of their window with
-`top_issues`, which applies the decisions made since, so a merge shows at once.
+`top_issues`, which applies the decisions made since, so a merge shows at once. Each
+snapshot's cases are also stored as `HotIssueMember` rows (the 热点问题相关 segment and the
+citizen page join on them).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.errors import InvalidInput
 from crm_backend.hotissues.core import Decisions, HotIssue, HotRecord, Locate, hot_issues, rerank
 from crm_backend.hotissues.sources import records_from_cases
-from crm_backend.models import HotIssueDecision, HotIssueSnapshot, StaffUser, utcnow
+from crm_backend.models import HotIssueDecision, HotIssueMember, HotIssueSnapshot, StaffUser, utcnow
 from crm_backend.services import audit
 
 logger = logging.getLogger(__name__)
@@ -106,12 +108,25 @@ async def refresh_snapshot(
         computed_at=utcnow(),
     )
     async with sessions.begin() as session:
+        replaced = select(HotIssueSnapshot.id).where(HotIssueSnapshot.since == since, HotIssueSnapshot.until == until)
+        await session.execute(delete(HotIssueMember).where(HotIssueMember.snapshot_id.in_(replaced)))
         await session.execute(
             delete(HotIssueSnapshot).where(HotIssueSnapshot.since == since, HotIssueSnapshot.until == until)
         )
         session.add(snapshot)
+        await session.flush()
+        session.add_all(members_of(snapshot.id, issues))
     logger.info("hot issues of %s..%s: %s cases ranked in %.1fs", since, until, len(records), seconds)
     return snapshot
+
+
+def members_of(snapshot_id: int, issues: list[HotIssue]) -> list[HotIssueMember]:
+    """The membership rows of a snapshot's issues: one per message (a case number for cases)."""
+    return [
+        HotIssueMember(snapshot_id=snapshot_id, case_number=member.key, issue_id=issue.issue_id)
+        for issue in issues
+        for member in issue.members
+    ]
 
 
 async def cached_snapshot(

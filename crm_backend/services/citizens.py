@@ -6,10 +6,11 @@ The segments themselves are in `crm_backend.services.segments`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Protocol
+from urllib.parse import urlencode
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_backend.errors import InvalidTransition, NotFound
@@ -19,6 +20,8 @@ from crm_backend.models import (
     ChannelIdentity,
     Citizen,
     Conversation,
+    HotIssueMember,
+    HotIssueSnapshot,
     Satisfaction,
     ServiceCase,
     StaffUser,
@@ -27,12 +30,68 @@ from crm_backend.models import (
 from crm_backend.services import audit
 from crm_backend.services.casework import case_scope, visible_case
 from crm_backend.services.followup import notices_enabled
-from crm_backend.services.segments import Segment, segments_of
+from crm_backend.services.segments import Segment, hot_issue_case_numbers, latest_snapshot_id, segments_of
 
 # The statuses after 办结 in which the 办结 result still stands (重办 makes it stale).
 RESOLVED_STATUSES = frozenset({CaseStatus.RESOLVED, CaseStatus.REVIEWED, CaseStatus.ARCHIVED})
 LINKED_NOTICE_EVENT = "linked_notice"
 MAX_LISTED = 100
+
+
+@dataclass(frozen=True)
+class CitizenHotIssue:
+    """A hot issue of the newest ranking that one of the citizen's cases is in."""
+
+    issue_id: str
+    description: str
+    since: date  # the ranking's window
+    until: date
+    alert: bool
+
+    @property
+    def link(self) -> str:
+        """The issue on the console's hot-issue page (supervisors and admins)."""
+        window = urlencode({"since": self.since.isoformat(), "until": self.until.isoformat()})
+        return f"/console/hot-issues?{window}#issue-{self.issue_id}"
+
+
+async def citizen_hot_issues(
+    session: AsyncSession, citizen_id: int, scope: ColumnElement[bool]
+) -> list[CitizenHotIssue]:
+    """The issues of the newest hot-issue ranking holding a case of this citizen within `scope`, hottest first.
+
+    Two indexed lookups (the citizen's case numbers in the ranking's members) and one read of
+    the stored ranking for the descriptions.
+    """
+    snapshot_id = await session.scalar(select(latest_snapshot_id()))
+    if snapshot_id is None:
+        return []
+    issue_ids = set(
+        (
+            await session.scalars(
+                select(HotIssueMember.issue_id)
+                .join(ServiceCase, ServiceCase.case_number == HotIssueMember.case_number)
+                .where(
+                    HotIssueMember.snapshot_id == snapshot_id,
+                    HotIssueMember.case_number.in_(hot_issue_case_numbers()),
+                    ServiceCase.citizen_id == citizen_id,
+                    scope,
+                )
+            )
+        ).all()
+    )
+    if not issue_ids:
+        return []
+    snapshot = await session.get(HotIssueSnapshot, snapshot_id)
+    if snapshot is None:  # replaced between the two reads
+        return []
+    return [
+        CitizenHotIssue(
+            str(data["issue_id"]), str(data["description"]), snapshot.since, snapshot.until, bool(data["alert"])
+        )
+        for data in snapshot.issues
+        if data["issue_id"] in issue_ids
+    ]
 
 
 @dataclass(frozen=True)
@@ -46,7 +105,7 @@ class CitizenProfile:
     ratings: list[tuple[Satisfaction, str]]  # each with its case number
     open_cases: list[ServiceCase]  # not yet 办结 (or reopened)
     segments: list[Segment]
-    hot_issues: list[Any]  # TODO(lead): the open hot issues of the citizen's cases
+    hot_issues: list[CitizenHotIssue]  # the hot issues the citizen's (visible) cases are in
 
 
 async def citizen_profile(
@@ -113,8 +172,9 @@ async def citizen_profile(
     ]
     open_cases = [one for one in cases if CaseStatus(one.status) not in RESOLVED_STATUSES]  # 受理 to 办理中, 退回
     segments = await segments_of(session, citizen_id, as_of=now)
+    hot_issues = await citizen_hot_issues(session, citizen_id, scope)
     audit.record(session, user, "citizen.view", f"citizen:{citizen_id}", address=address)
-    return CitizenProfile(citizen, identities, conversations, cases, ratings, open_cases, segments, [])
+    return CitizenProfile(citizen, identities, conversations, cases, ratings, open_cases, segments, hot_issues)
 
 
 # --- proactive service: telling the citizens of linked cases ------------------------------

@@ -7,7 +7,8 @@ Each segment is one SQL predicate on a citizen (`in_segment`), which the case li
   every other citizen is a 居民 (resident).
 - 重复反映 (repeat reporter): at least two cases filed in the 90 days up to the reference time.
 - 不满意 (dissatisfied): a 回访 rating of 1 or 2 given in the 90 days up to the reference time.
-- 热点问题相关 (affected by an open hot issue): filled by the hot-issue work; empty until then.
+- 热点问题相关 (affected by a hot issue): a case of theirs is in an issue of the newest stored
+  hot-issue ranking (`HotIssueMember`); no one until the ranking has been computed once.
 
 The reference time is the end of the period asked about (the dashboard's `until`), or now.
 """
@@ -19,11 +20,11 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, case, false, func, literal, or_, select
+from sqlalchemy import ColumnElement, ScalarSelect, Select, case, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from crm_backend.models import Satisfaction, ServiceCase, utcnow
+from crm_backend.models import HotIssueDecision, HotIssueMember, HotIssueSnapshot, Satisfaction, ServiceCase, utcnow
 
 
 class Segment(StrEnum):
@@ -52,6 +53,7 @@ ENTERPRISE_WORDS = ("企业", "公司", "个体户", "商户", "厂")
 SEGMENT_WINDOW = timedelta(days=90)
 REPEAT_MIN_CASES = 2
 DISSATISFIED_MAX_RATING = 2
+UNRELATED_DECISION = "unrelated"  # crm_backend.hotissues.service.UNRELATED (not imported: it pulls in numpy)
 
 
 def parse_segment(raw: str | None) -> Segment | None:
@@ -66,14 +68,29 @@ def _named_business(cases: type[ServiceCase] | Any) -> ColumnElement[bool]:
     return or_(*(cases.description.contains(word, autoescape=True) for word in ENTERPRISE_WORDS))
 
 
-def hot_issue_citizen_ids(as_of: datetime) -> Select[tuple[int]]:
-    """Citizens with a case in a hot issue that is still open at `as_of`.
+def latest_snapshot_id() -> ScalarSelect[int | None]:
+    """The id of the newest stored hot-issue ranking (any window): the city's current hot issues."""
+    return select(func.max(HotIssueSnapshot.id)).scalar_subquery()
 
-    TODO(lead): hot issues are built in parallel (issue 14, 热点问题); replace this with the
-    citizen ids of the cases grouped into open hot issues. Until then it selects no one, so the
-    segment counts 0 and its filter lists no case: it is empty, not made up.
+
+def hot_issue_case_numbers() -> Select[tuple[str]]:
+    """The case numbers in an issue of the newest hot-issue ranking, less those marked unrelated since."""
+    unrelated = select(HotIssueDecision.message_key).where(HotIssueDecision.kind == UNRELATED_DECISION)
+    return select(HotIssueMember.case_number).where(
+        HotIssueMember.snapshot_id == latest_snapshot_id(), HotIssueMember.case_number.not_in(unrelated)
+    )
+
+
+def hot_issue_citizen_ids(as_of: datetime) -> Select[tuple[int]]:
+    """Citizens with a case in an issue of the newest stored hot-issue ranking.
+
+    The ranking is the job's (the last `HOT_ISSUES_WINDOW_DAYS` days, recomputed every few
+    minutes) or the ``hot-issues`` command's, whichever was stored last; its cases are the
+    `HotIssueMember` rows written with it. A message a supervisor marked 不属于此问题 after the
+    ranking was stored leaves at once. `as_of` is not used: the ranking is the current one.
     """
-    return select(ServiceCase.citizen_id).where(false())
+    del as_of
+    return select(ServiceCase.citizen_id).where(ServiceCase.case_number.in_(hot_issue_case_numbers()))
 
 
 def in_segment(segment: Segment, citizen_id: ColumnElement[int] | Any, as_of: datetime) -> ColumnElement[bool]:
