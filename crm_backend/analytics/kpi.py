@@ -29,6 +29,11 @@ case list showing the cases behind it. The figures:
   dispatched by a person and the 改派 rate.
 - **Where resources fall short**: district × category volume, late share and median handling
   time; the worst cells flagged.
+- **Hot issues** (supervisors and admins): the top 10 of the ranking stored for exactly the
+  period's dates (the background job's last 30 days is the "近 30 天" period), 预警 marked;
+  never computed on the request.
+- **Reply quality**, per department: the average 答复质量 scores of the period's replies.
+- **Segments**: how many of the period's citizens are 企业, 居民, 重复反映, 不满意, 热点问题相关.
 
 The period picks the cases filed in it (China-time days, both ends included). Counts, rates
 and sums are SQL aggregates; durations come from one query returning, for the period's cases
@@ -56,6 +61,7 @@ from crm_backend.analytics.sql import china_day, china_week, days_between
 from crm_backend.dispatch.classifier import CATEGORIES
 from crm_backend.dispatch.deadlines import CHINA_TZ, add_working_days, is_working_day
 from crm_backend.errors import InvalidInput, NotFound
+from crm_backend.hotissues import service as hot_service
 from crm_backend.lifecycle import OPEN_STATUSES, CaseStatus, Role
 from crm_backend.models import (
     CaseEvent,
@@ -71,6 +77,8 @@ from crm_backend.models import (
     StaffUser,
     utcnow,
 )
+from crm_backend.services import reply_scores
+from crm_backend.services import segments as segment_service
 
 PERIODS = {"week": "本周", "30d": "近 30 天", "custom": "自定义"}
 CHANNELS = {"web": "网页", "telegram": "Telegram", "rest": "接口"}
@@ -196,6 +204,10 @@ class Scope:
         """The filters this scope allows: an agent's department replaces whatever the URL asked for."""
         return filters if self.everything else replace(filters, department_id=self.department_id)
 
+    def shows(self, table_id: str) -> bool:
+        """Whether this scope sees a figure: agents do not see the city-wide `SUPERVISOR_TABLES`."""
+        return self.everything or table_id not in SUPERVISOR_TABLES
+
     def cases(self) -> ColumnElement[bool]:
         if self.everything:
             return true()
@@ -238,6 +250,7 @@ class Table:
     rows: list[list[Cell]]
     chart: str | None = None
     note: str = ""
+    empty: str = "这段时间没有数据"  # shown in place of the rows when there are none
 
 
 def text(value: str) -> Cell:
@@ -1027,6 +1040,115 @@ async def shortfalls(ctx: Context) -> Table:
     )
 
 
+HOT_ISSUES_SHOWN = 10
+HOT_ISSUES_PAGE = "/console/hot-issues"
+
+
+def _china_date(moment: datetime) -> str:
+    return moment.astimezone(CHINA_TZ).date().isoformat()
+
+
+async def hot_issues(ctx: Context) -> Table:
+    """The top hot issues of the period, read from the ranking the background job stored (never computed here).
+
+    City-wide: the district, category, department and channel filters do not apply, and only
+    supervisors and admins see the table (`SUPERVISOR_TABLES`).
+    """
+    since, until = ctx.filters.since, ctx.filters.until
+    snapshot = await hot_service.cached_snapshot(ctx.session, since=since, until=until)
+    issues = await hot_service.snapshot_issues(ctx.session, snapshot, limit=HOT_ISSUES_SHOWN) if snapshot else []
+    page = HOT_ISSUES_PAGE + "?" + urlencode({"since": since.isoformat(), "until": until.isoformat()})
+    rows = [
+        [
+            Cell(issue.description, href=f"{page}#issue-{issue.issue_id}"),
+            text(issue.place or "、".join(issue.terms) or "—"),
+            text(f"{_china_date(issue.first_at)} 至 {_china_date(issue.last_at)}"),
+            count(issue.messages, f"{page}#issue-{issue.issue_id}"),
+            count(issue.citizens),
+            Cell(f"{issue.heat:g}", issue.heat),
+            Cell("预警" if issue.alert else "", 1 if issue.alert else 0, flag=issue.alert),
+        ]
+        for issue in issues
+    ]
+    if snapshot is None:
+        note, empty = (
+            "后台任务定时计算最近 30 天；其他时段可运行 python -m crm_backend hot-issues。",
+            "热点问题尚未计算",
+        )
+    else:
+        computed = snapshot.computed_at.astimezone(CHINA_TZ)
+        note = f"全市范围（不受区县、分类、部门、渠道筛选影响）；计算于 {computed:%Y-%m-%d %H:%M}。"
+        empty = "这段时间没有热点问题"
+    return Table(
+        "hot_issues",
+        f"热点问题（前 {HOT_ISSUES_SHOWN}）",
+        ["问题", "地点/群体", "时间范围", "件数", "人数", "热度", "预警"],
+        rows,
+        note=note + " 预警：近 7 天的件数是前 7 天的 2 倍以上。",
+        empty=empty,
+    )
+
+
+def _department_ids(ctx: Context) -> list[int] | None:
+    """The departments a per-department figure is limited to: the filter (an agent's own), or None for all."""
+    if ctx.filters.department_id is not None:
+        return [ctx.filters.department_id]
+    return None if ctx.scope.everything else []
+
+
+async def reply_quality(ctx: Context) -> Table:
+    averages = await reply_scores.reply_quality_by_department(
+        ctx.session, since=ctx.filters.start, until=ctx.filters.end, department_ids=_department_ids(ctx)
+    )
+    rows = [
+        [
+            ctx.department_cell({}, None)
+            if row.department_id is None
+            else Cell(row.department, href=ctx.filters.case_link(department=row.department_id)),
+            count(row.replies),
+            *(
+                Cell(f"{value:.1f}", value)
+                for value in (row.total, row.relevance, row.completeness, row.interpretability, row.timeliness)
+            ),
+        ]
+        for row in averages
+    ]
+    return Table(
+        "reply_quality",
+        "答复质量：按承办部门",
+        ["承办部门", "评分答复数", "平均总分", "相关", "完整", "可解释", "及时"],
+        rows,
+        note="这段时间写下的答复和办结结果的平均分（0–100），总分最低的部门在前；区县、分类、渠道筛选不适用。",
+    )
+
+
+async def segments(ctx: Context) -> Table:
+    departments = _department_ids(ctx)
+    counted = await segment_service.segment_counts(
+        ctx.session, since=ctx.filters.start, until=ctx.filters.end, department_ids=departments
+    )
+    params = {"since": ctx.filters.since.isoformat(), "until": ctx.filters.until.isoformat()}
+    if ctx.filters.department_id is not None:
+        params["department"] = str(ctx.filters.department_id)
+
+    def link(**extra: str) -> str:
+        return CASE_LIST + "?" + urlencode({**extra, **params})
+
+    rows = [[text("提交工单的市民"), count(counted.citizens, link())]]
+    rows += [
+        [text(segment.label), count(number, link(segment=segment.value))]
+        for segment, number in counted.by_segment.items()
+    ]
+    return Table(
+        "segments",
+        "市民分群",
+        ["分群", "市民数"],
+        rows,
+        note="这段时间提交过工单的市民中各分群的人数（一人可属多个分群）；点击数字列出他们这段时间的工单。"
+        "区县、分类、渠道筛选不适用。",
+    )
+
+
 TABLES: dict[str, Callable[[Context], Any]] = {
     "volume_day": volume_day,
     "volume_channel": volume_channel,
@@ -1044,13 +1166,21 @@ TABLES: dict[str, Callable[[Context], Any]] = {
     "bot_misses": bot_misses,
     "routing": routing,
     "shortfalls": shortfalls,
+    "hot_issues": hot_issues,
+    "reply_quality": reply_quality,
+    "segments": segments,
 }
+# City-wide figures an agent does not see (the hot issues span every department).
+SUPERVISOR_TABLES = frozenset({"hot_issues"})
 SECTIONS = (
     ("工单量", ("volume_day", "volume_channel", "volume_category", "volume_district")),
+    ("热点问题", ("hot_issues",)),
     ("时效", ("timeliness",)),
     ("办理时长", ("stage_trend", "stage_overall", "stage_category", "stage_department")),
     ("满意度", ("satisfaction",)),
+    ("答复质量", ("reply_quality",)),
     ("重复诉求", ("repeats",)),
+    ("市民分群", ("segments",)),
     ("机器人与派单", ("bot_overview", "bot_handoffs", "bot_misses", "routing")),
     ("资源短板", ("shortfalls",)),
 )
@@ -1059,10 +1189,10 @@ SECTIONS = (
 async def dashboard(
     session: AsyncSession, user: StaffUser, filters: Filters, *, now: datetime | None = None
 ) -> list[Table]:
-    """Every figure of the dashboard for this member of staff (an agent's filters narrowed to their department)."""
+    """Every figure of the dashboard this member of staff may see (an agent's filters narrowed to their department)."""
     scope = Scope.of(user)
     ctx = Context(session, scope.narrow(filters), scope, now or utcnow())
-    return [await TABLES[table_id](ctx) for _, ids in SECTIONS for table_id in ids]
+    return [await TABLES[table_id](ctx) for _, ids in SECTIONS for table_id in ids if scope.shows(table_id)]
 
 
 async def one_table(
@@ -1071,11 +1201,11 @@ async def one_table(
     """One figure by its id (for exports).
 
     Raises:
-        NotFound: no such figure.
+        NotFound: no such figure, or one this member of staff does not see.
     """
-    if table_id not in TABLES:
-        raise NotFound(f"table {table_id}")
     scope = Scope.of(user)
+    if table_id not in TABLES or not scope.shows(table_id):
+        raise NotFound(f"table {table_id}")
     return await TABLES[table_id](Context(session, scope.narrow(filters), scope, now or utcnow()))
 
 

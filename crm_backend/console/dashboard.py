@@ -91,7 +91,11 @@ class DashboardViews(ConsoleBase):
             "dashboard.html",
             status=status,
             error=error,
-            sections=[(title, [tables[table_id] for table_id in ids]) for title, ids in kpi.SECTIONS],
+            sections=[
+                (title, [tables[table_id] for table_id in ids if table_id in tables])
+                for title, ids in kpi.SECTIONS
+                if any(table_id in tables for table_id in ids)
+            ],
             filters=shown,
             query=urlencode(shown.params()),
             periods=kpi.PERIODS,
@@ -107,6 +111,8 @@ class DashboardViews(ConsoleBase):
         member: Staff = request["staff"]
         table_id, _, extension = request.match_info["name"].rpartition(".")
         if extension not in ("csv", "xlsx") or not (table_id in kpi.TABLES or table_id == kpi.DETAIL_TABLE):
+            raise NotFound("export")
+        if not kpi.Scope.of(member.user).shows(table_id):
             raise NotFound("export")
         filters = kpi.Scope.of(member.user).narrow(self._filters(request))
         async with self.sessions.begin() as session:
