@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from crm_backend.analytics import kpi
 from crm_backend.console.citizens import CitizenViews
@@ -29,7 +30,7 @@ from crm_backend.hotissues.core import Group, HotIssue, IssueMessage, summarise
 from crm_backend.http import error_middleware
 from crm_backend.models import CaseEvent, HotIssueSnapshot, ReplyScore, ServiceCase, StaffUser
 from crm_backend.services import citizens, staff
-from crm_backend.services.segments import Segment, case_in_segment, segments_of
+from crm_backend.services.segments import Segment, case_in_segment, in_segment, segments_of
 from tests.support.dashboard import NOW, PERIOD, Sessions, World, at, build_world
 from tests.unit.test_hot_issues import HAND_MADE, add_cases
 
@@ -335,3 +336,19 @@ async def test_an_agent_sees_only_the_hot_issues_of_their_department_s_cases(ses
         )
         profile = await citizens.citizen_profile(session, world.agent, await citizen_of(sessions, "C"), now=NOW)
     assert profile.hot_issues == []  # D is theirs now, but C (in the issue) is still 交通局's
+
+
+# --- 5. speed: the segment counts read indexes, not every description --------------------------
+
+
+async def test_the_enterprise_segment_reads_the_partial_index_of_cases_naming_a_business(sessions: Sessions) -> None:
+    """Counting 企业 among a period's citizens must not read every case of theirs (100,000 descriptions)."""
+    cases = aliased(ServiceCase)
+    per_citizen = select(ServiceCase.id).where(in_segment(Segment.ENTERPRISE, ServiceCase.citizen_id, NOW))
+    listed = select(cases.id).where(case_in_segment(Segment.ENTERPRISE, NOW))
+    async with sessions() as session:
+        connection = await session.connection()
+        for stmt in (per_citizen, listed):
+            compiled = stmt.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True})
+            plan = " ".join(str(row[3]) for row in await connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}"))
+            assert "ix_service_case_business_citizen_id" in plan, plan

@@ -1,4 +1,6 @@
-"""hot_issue_member: the cases in each stored hot-issue ranking, as rows (the 热点问题相关 segment)
+"""hot_issue_member: the cases in each stored hot-issue ranking, as rows (the 热点问题相关 segment);
+a partial index of the cases that name a business (the 企业 segment), so the dashboard's segment
+counts do not read every description
 
 Snapshots stored before this revision have no members until the job or ``hot-issues``
 computes their window again.
@@ -17,6 +19,10 @@ branch_labels = None
 depends_on = None
 
 
+# As crm_backend.models.BUSINESS_PREDICATE was when this revision was written.
+BUSINESS_PREDICATE = " OR ".join(f"description LIKE '%{word}%'" for word in ("企业", "公司", "个体户", "商户", "厂"))
+
+
 def upgrade() -> None:
     op.create_table(
         "hot_issue_member",
@@ -28,7 +34,15 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("snapshot_id", "case_number", name=op.f("pk_hot_issue_member")),
     )
+    op.create_index(
+        "ix_service_case_business_citizen_id",
+        "service_case",
+        ["citizen_id"],
+        sqlite_where=sa.text(BUSINESS_PREDICATE),
+        postgresql_where=sa.text(BUSINESS_PREDICATE),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_service_case_business_citizen_id", table_name="service_case")
     op.drop_table("hot_issue_member")
