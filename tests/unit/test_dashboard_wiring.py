@@ -348,6 +348,8 @@ async def test_the_enterprise_segment_reads_the_partial_index_of_cases_naming_a_
     listed = select(cases.id).where(case_in_segment(Segment.ENTERPRISE, NOW))
     async with sessions() as session:
         connection = await session.connection()
+        if connection.dialect.name != "sqlite":
+            pytest.skip("reads SQLite's query plan")
         for stmt in (per_citizen, listed):
             compiled = stmt.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True})
             plan = " ".join(str(row[3]) for row in await connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}"))
