@@ -29,8 +29,7 @@ from tests.integration.test_rest_channel import (  # noqa: F401  (run again on P
     test_malformed_requests_get_a_json_4xx,
     test_odd_text_gets_an_ordinary_reply,
 )
-from tests.integration.test_webchat import (  # noqa: F401  (run again on PostgreSQL)
-    chat,
+from tests.integration.test_webchat import (  # noqa: F401  (run again on PostgreSQL; `chat` is conftest's)
     test_control_characters_in_a_frame_are_dropped_and_answered,
     test_lone_surrogate_in_text_is_stored_replaced_and_answered,
 )
