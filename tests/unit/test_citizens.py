@@ -3,12 +3,18 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from crm_backend.console.cases import CaseViews
+from crm_backend.console.web import SESSION_COOKIE, ConsoleBase, build_templates
 from crm_backend.errors import InvalidTransition, NotFound
 from crm_backend.lifecycle import CaseStatus
 from crm_backend.models import (
@@ -23,7 +29,7 @@ from crm_backend.models import (
     ServiceCase,
     StaffUser,
 )
-from crm_backend.services import casework, citizens
+from crm_backend.services import casework, citizens, staff
 from crm_backend.services.conversations import current_conversation, resolve_identity
 from crm_backend.services.intake import Report, file_case
 from crm_backend.services.moves import Actor, move_case
@@ -443,3 +449,57 @@ async def test_a_case_told_about_another_lead_is_still_told_about_this_one(
         )
     assert outcome.told == [repeats[0]] and outcome.already == []
     assert [text for _chat, text, _status in await outbox_texts(sessions)][-1].endswith("已更换破裂的排水管")
+
+
+@pytest.fixture
+async def console(sessions: Sessions) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    """The console's case pages, in process, on the test database."""
+    app = web.Application()
+    base = ConsoleBase(sessions, build_templates(), secure_cookies=False)
+    CaseViews(base, cast(Any, None), [], cast(Any, None)).add_routes(app)  # showing a case sends nothing
+    async with TestClient(TestServer(app)) as client:
+        yield client
+
+
+async def notify_card(
+    sessions: Sessions, user: StaffUser, number: str, console: TestClient[web.Request, web.Application]
+) -> str | None:
+    """The case page's 通知关联市民 card, or None when the page shows none."""
+    async with sessions.begin() as session:
+        signed_in = await staff.open_session(session, user)
+    page = await console.get(
+        f"/console/cases/{number}", headers={"Accept": "text/html"}, cookies={SESSION_COOKIE: signed_in.token}
+    )
+    assert page.status == 200
+    html = await page.text()
+    if 'id="notify-linked-form"' not in html:
+        return None
+    start = html.rindex('<div class="card">', 0, html.index('id="notify-linked-form"'))
+    return html[start : html.index("</div>", start)]
+
+
+async def test_the_case_page_offers_to_notify_a_hot_issue_s_citizens_with_their_count(
+    sessions: Sessions,
+    people: dict[str, StaffUser],  # noqa: F811
+    console: TestClient[web.Request, web.Application],
+) -> None:
+    lead = await hand_made_case(sessions, "lead", "解放路口积水", days_ago=3, department_code=None)
+    alpha = await hand_made_case(sessions, "alpha", "解放路积水严重", days_ago=2, department_code=None)
+    beta = await hand_made_case(sessions, "beta", "解放路积水", days_ago=2, department_code=None)
+    await store_ranking(sessions, {lead: "I1", alpha: "I1", beta: "I1"})
+    assert await notify_card(sessions, people["supervisor"], lead, console) is None  # not yet 办结
+    await resolve(sessions, lead)
+    card = await notify_card(sessions, people["supervisor"], lead, console)
+    assert card is not None and "2 件关联工单" in card
+
+
+async def test_the_case_page_offers_no_notice_for_a_case_with_nothing_linked(
+    sessions: Sessions,
+    people: dict[str, StaffUser],  # noqa: F811
+    console: TestClient[web.Request, web.Application],
+) -> None:
+    lead = await hand_made_case(sessions, "lead", "解放路口积水", days_ago=3, department_code=None)
+    elsewhere = await hand_made_case(sessions, "delta", "滨河路施工噪音", days_ago=2, department_code=None)
+    await store_ranking(sessions, {lead: "I1", elsewhere: "I2"})
+    await resolve(sessions, lead)
+    assert await notify_card(sessions, people["supervisor"], lead, console) is None
