@@ -139,6 +139,8 @@ class CaseViews(ConsoleBase):
             events = await casework.timeline(session, case)
             scores = await reply_scores.scores_for(session, events)
             related = await casework.related_cases(session, case)
+            resolved = CaseStatus(case.status) in citizens.RESOLVED_STATUSES
+            linked_count = await citizens.linked_case_count(session, case) if resolved else 0
             decisions = list(
                 (
                     await session.scalars(
@@ -179,7 +181,8 @@ class CaseViews(ConsoleBase):
             can_supervise=member.at_least(Role.SUPERVISOR),
             open_case=CaseStatus(case.status) in casework.OPEN_STATUSES,
             case_types=CASE_TYPES,
-            can_notify_linked=bool(related.later) and CaseStatus(case.status) in citizens.RESOLVED_STATUSES,
+            can_notify_linked=linked_count > 0,
+            linked_count=linked_count,
         )
 
     @signed_in()

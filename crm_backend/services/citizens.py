@@ -10,7 +10,7 @@ from datetime import date, datetime
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_backend.errors import InvalidTransition, NotFound
@@ -30,7 +30,13 @@ from crm_backend.models import (
 from crm_backend.services import audit
 from crm_backend.services.casework import case_scope, visible_case
 from crm_backend.services.followup import notices_enabled
-from crm_backend.services.segments import Segment, hot_issue_case_numbers, latest_snapshot_id, segments_of
+from crm_backend.services.segments import (
+    Segment,
+    hot_issue_case_numbers,
+    latest_snapshot_id,
+    same_issue_case_numbers,
+    segments_of,
+)
 
 # The statuses after 办结 in which the 办结 result still stands (重办 makes it stale).
 RESOLVED_STATUSES = frozenset({CaseStatus.RESOLVED, CaseStatus.REVIEWED, CaseStatus.ARCHIVED})
@@ -215,15 +221,46 @@ async def resolution_result(session: AsyncSession, case: ServiceCase) -> str | N
     return note.strip() if note and note.strip() else None
 
 
+def linked_cases(lead: ServiceCase) -> Select[tuple[ServiceCase]]:
+    """The cases whose citizens 「通知关联市民」 tells of `lead`'s result, oldest first.
+
+    Two kinds, each case once: those filed as repeats of the lead (the citizen chose
+    「仍然提交」), and the other cases in the lead's issue of the newest hot-issue ranking (less
+    the messages marked 不属于此问题 since). Never the lead itself. The case page's card counts
+    these and the action tells them, so both always agree.
+    """
+    return (
+        select(ServiceCase)
+        .where(
+            or_(
+                ServiceCase.duplicate_of_id == lead.id,
+                ServiceCase.case_number.in_(same_issue_case_numbers(lead.case_number)),
+            ),
+            ServiceCase.id != lead.id,
+        )
+        .order_by(ServiceCase.id)
+    )
+
+
+async def linked_case_count(session: AsyncSession, lead: ServiceCase) -> int:
+    """How many cases `linked_cases` gives for `lead` (the case page's card)."""
+    return await session.scalar(select(func.count()).select_from(linked_cases(lead).order_by(None).subquery())) or 0
+
+
 async def notify_linked_citizens(
     session: AsyncSession, user: StaffUser, case_number: str, notices: LinkedNotices, *, address: str = ""
 ) -> LinkedNotification:
-    """「通知关联市民」: tell the citizen of every case filed as a repeat of this 办结 case its result.
+    """「通知关联市民」: tell the citizen of every case linked to this 办结 case its result.
 
-    Each linked case's citizen is told once, on that case's channel (their current conversation),
-    with `utter_linked_case_resolved_notice`; the linked case's timeline records it, which is
-    what makes a second click tell no one again. A citizen with several linked cases gets one
-    notice. Runs in the caller's transaction; the caller pushes `notices` after the commit.
+    Linked are the cases filed as repeats of it and the other cases in its issue of the newest
+    hot-issue ranking (`linked_cases`). Cases of the issue still open are told too, since the
+    problem is solved, but their own case stays as it is: telling is not closing, and a case's
+    status changes only through `move_case`. Each linked case's citizen is told once, on that
+    case's channel (their current conversation), with `utter_linked_case_resolved_notice`; the
+    linked case's timeline records it against this lead, which is what makes a second click tell
+    no one again (a case told of another lead's result is still told of this one). A citizen
+    with several linked cases gets one notice. Runs in the caller's transaction; the caller
+    pushes `notices` after the commit.
 
     Raises:
         NotFound: the case is not visible to this member of staff.
@@ -233,20 +270,16 @@ async def notify_linked_citizens(
     result = await resolution_result(session, lead)
     if CaseStatus(lead.status) not in RESOLVED_STATUSES or result is None:
         raise InvalidTransition("只有已办结并填写了办理结果的工单才能通知关联市民")
-    linked = list(
-        (
-            await session.scalars(
-                select(ServiceCase).where(ServiceCase.duplicate_of_id == lead.id).order_by(ServiceCase.id)
-            )
-        ).all()
-    )
+    linked = list((await session.scalars(linked_cases(lead))).all())
     if not linked:
         raise InvalidTransition("这个工单没有关联工单")
     told_before = set(
         (
             await session.scalars(
                 select(CaseEvent.case_id).where(
-                    CaseEvent.case_id.in_([one.id for one in linked]), CaseEvent.kind == LINKED_NOTICE_EVENT
+                    CaseEvent.case_id.in_([one.id for one in linked]),
+                    CaseEvent.kind == LINKED_NOTICE_EVENT,
+                    CaseEvent.note.contains(_resolved_mark(lead), autoescape=True),
                 )
             )
         ).all()
@@ -259,13 +292,13 @@ async def notify_linked_citizens(
             continue
         if not await notices_enabled(session, one.citizen_id):
             outcome.opted_out.append(one.case_number)
-            note = f"工单 {lead.case_number} 已办结；市民已关闭通知，未发送"
+            note = f"{_resolved_mark(lead)}；市民已关闭通知，未发送"
         else:
             if one.citizen_id not in citizens_told:
                 outcome.notices.append(await notices.record_linked(session, one, lead, result))
                 citizens_told.add(one.citizen_id)
             outcome.told.append(one.case_number)
-            note = f"已告知市民：工单 {lead.case_number} 已办结"
+            note = f"已告知市民：{_resolved_mark(lead)}"
         session.add(_linked_event(one, user, note))
     if outcome.told or outcome.opted_out:
         session.add(
@@ -281,6 +314,11 @@ async def notify_linked_citizens(
         address=address,
     )
     return outcome
+
+
+def _resolved_mark(lead: ServiceCase) -> str:
+    """What a linked case's 通知关联市民 event says of its lead: how a second click knows it was told."""
+    return f"工单 {lead.case_number} 已办结"
 
 
 def _skipped(numbers: list[str]) -> str:

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, ScalarSelect, Select, case, func, literal, literal_column, or_, select
+from sqlalchemy import ColumnElement, ScalarSelect, Select, and_, case, func, literal, literal_column, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -86,11 +86,26 @@ def latest_snapshot_id() -> ScalarSelect[int | None]:
     return select(func.max(HotIssueSnapshot.id)).scalar_subquery()
 
 
+def _current_member() -> ColumnElement[bool]:
+    """A `HotIssueMember` row of the newest ranking whose message was not marked unrelated since."""
+    unrelated = select(HotIssueDecision.message_key).where(HotIssueDecision.kind == UNRELATED_DECISION)
+    return and_(HotIssueMember.snapshot_id == latest_snapshot_id(), HotIssueMember.case_number.not_in(unrelated))
+
+
 def hot_issue_case_numbers() -> Select[tuple[str]]:
     """The case numbers in an issue of the newest hot-issue ranking, less those marked unrelated since."""
-    unrelated = select(HotIssueDecision.message_key).where(HotIssueDecision.kind == UNRELATED_DECISION)
+    return select(HotIssueMember.case_number).where(_current_member())
+
+
+def same_issue_case_numbers(case_number: str) -> Select[tuple[str]]:
+    """The other case numbers in the issue holding `case_number` in the newest hot-issue ranking.
+
+    Empty when the case is in no current issue (or was marked unrelated); the messages marked
+    unrelated since the ranking was stored are left out, as in `hot_issue_case_numbers`.
+    """
+    issue = select(HotIssueMember.issue_id).where(_current_member(), HotIssueMember.case_number == case_number)
     return select(HotIssueMember.case_number).where(
-        HotIssueMember.snapshot_id == latest_snapshot_id(), HotIssueMember.case_number.not_in(unrelated)
+        _current_member(), HotIssueMember.issue_id.in_(issue), HotIssueMember.case_number != case_number
     )
 
 

@@ -3,16 +3,33 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from crm_backend.console.cases import CaseViews
+from crm_backend.console.web import SESSION_COOKIE, ConsoleBase, build_templates
 from crm_backend.errors import InvalidTransition, NotFound
 from crm_backend.lifecycle import CaseStatus
-from crm_backend.models import AuditEntry, CaseEvent, Citizen, Message, Satisfaction, ServiceCase, StaffUser
-from crm_backend.services import casework, citizens
+from crm_backend.models import (
+    AuditEntry,
+    CaseEvent,
+    Citizen,
+    HotIssueDecision,
+    HotIssueMember,
+    HotIssueSnapshot,
+    Message,
+    Satisfaction,
+    ServiceCase,
+    StaffUser,
+)
+from crm_backend.services import casework, citizens, staff
 from crm_backend.services.conversations import current_conversation, resolve_identity
 from crm_backend.services.intake import Report, file_case
 from crm_backend.services.moves import Actor, move_case
@@ -228,6 +245,15 @@ async def resolved_lead_with_repeats(sessions: Sessions, *, result: str = RESULT
             repeat = await session.scalar(select(ServiceCase).where(ServiceCase.case_number == number))
             assert repeat is not None
             repeat.duplicate_of_id = lead_case.id
+    await resolve(sessions, lead, result)
+    return lead, repeats
+
+
+async def resolve(sessions: Sessions, number: str, result: str = RESULT) -> None:
+    """Take the case through to 办结 by A1区住房和城乡建设局 with `result`."""
+    async with sessions.begin() as session:
+        lead_case = await session.scalar(select(ServiceCase).where(ServiceCase.case_number == number))
+        assert lead_case is not None
         department = await department_named(session, "A1区住房和城乡建设局")
         for action in ("dispatch", "accept", "start", "resolve"):
             await move_case(
@@ -238,7 +264,6 @@ async def resolved_lead_with_repeats(sessions: Sessions, *, result: str = RESULT
                 note=result if action == "resolve" else "",
                 department_id=department,
             )
-    return lead, repeats
 
 
 async def web_notices(sessions: Sessions, sender: str) -> list[str]:
@@ -329,3 +354,152 @@ async def test_an_agent_cannot_notify_for_another_department_s_case(
         with pytest.raises(NotFound):
             await citizens.notify_linked_citizens(session, people["transport"], lead, case_followup(sessions))
     assert CaseStatus.RESOLVED in citizens.RESOLVED_STATUSES
+
+
+# --- 通知关联市民: the lead's hot issue ----------------------------------------------------------
+
+
+async def store_ranking(sessions: Sessions, members: dict[str, str]) -> None:
+    """A hand-made hot-issue ranking stored as the job stores one: `members` maps case number → issue."""
+    async with sessions.begin() as session:
+        snapshot = HotIssueSnapshot(
+            since=(NOW - timedelta(days=30)).date(),
+            until=NOW.date(),
+            message_count=len(members),
+            seconds=0.1,
+            issues=[],
+            computed_at=NOW,
+        )
+        session.add(snapshot)
+        await session.flush()
+        session.add_all(
+            HotIssueMember(snapshot_id=snapshot.id, case_number=number, issue_id=issue)
+            for number, issue in members.items()
+        )
+
+
+async def case_status(sessions: Sessions, number: str) -> str:
+    async with sessions() as session:
+        status = await session.scalar(select(ServiceCase.status).where(ServiceCase.case_number == number))
+    assert status is not None
+    return status
+
+
+async def test_notify_linked_tells_the_citizens_of_the_lead_s_hot_issue_once(
+    sessions: Sessions,
+    people: dict[str, StaffUser],  # noqa: F811
+) -> None:
+    lead = await hand_made_case(sessions, "lead", "解放路口积水", days_ago=3, department_code=None)
+    alpha = await hand_made_case(sessions, "alpha", "解放路积水严重", days_ago=2, department_code=None)
+    beta = await hand_made_case(sessions, "4243", "解放路积水", days_ago=2, department_code=None, channel="telegram")
+    unrelated = await hand_made_case(sessions, "gamma", "解放路修车铺", days_ago=2, department_code=None)
+    elsewhere = await hand_made_case(sessions, "delta", "滨河路施工噪音", days_ago=2, department_code=None)
+    stale = await hand_made_case(sessions, "epsilon", "解放路积水", days_ago=9, department_code=None)
+    await store_ranking(sessions, {lead: "I1", stale: "I1"})  # an older ranking: not the current one
+    await store_ranking(sessions, {lead: "I1", alpha: "I1", beta: "I1", unrelated: "I1", elsewhere: "I2"})
+    async with sessions.begin() as session:
+        session.add(HotIssueDecision(kind="unrelated", message_key=unrelated))
+    await resolve(sessions, lead)
+    async with sessions() as session:
+        lead_case = await casework.visible_case(session, people["supervisor"], lead)
+        assert await citizens.linked_case_count(session, lead_case) == 2
+    watcher = case_followup(sessions)
+
+    async with sessions.begin() as session:
+        outcome = await citizens.notify_linked_citizens(session, people["supervisor"], lead, watcher)
+    assert outcome.told == [alpha, beta] and len(outcome.notices) == 2
+    assert len(await web_notices(sessions, "alpha")) == 1 and len(await outbox_texts(sessions)) == 1
+    for untold in ("gamma", "delta", "epsilon", "lead"):
+        assert await web_notices(sessions, untold) == []
+    assert await case_status(sessions, alpha) == CaseStatus.RECEIVED.value  # told, but its own case stays open
+
+    async with sessions.begin() as session:
+        again = await citizens.notify_linked_citizens(session, people["supervisor"], lead, watcher)
+    assert again.told == [] and again.already == [alpha, beta] and again.notices == []
+    assert len(await web_notices(sessions, "alpha")) == 1 and len(await outbox_texts(sessions)) == 1
+
+
+async def test_a_citizen_with_a_repeat_and_a_same_issue_case_gets_one_notice(
+    sessions: Sessions,
+    people: dict[str, StaffUser],  # noqa: F811
+) -> None:
+    lead, repeats = await resolved_lead_with_repeats(sessions)
+    same_issue = await hand_made_case(sessions, "second", "解放路又积水了", days_ago=1, department_code=None)
+    # repeats[1] is both a repeat and in the issue; same_issue only in the issue.
+    await store_ranking(sessions, {lead: "I1", repeats[1]: "I1", same_issue: "I1"})
+    async with sessions.begin() as session:
+        outcome = await citizens.notify_linked_citizens(session, people["supervisor"], lead, case_followup(sessions))
+    assert outcome.told == [*repeats, same_issue] and len(outcome.notices) == 2  # two citizens
+    assert len(await web_notices(sessions, "second")) == 1
+
+
+async def test_a_case_told_about_another_lead_is_still_told_about_this_one(
+    sessions: Sessions,
+    people: dict[str, StaffUser],  # noqa: F811
+) -> None:
+    lead, repeats = await resolved_lead_with_repeats(sessions)
+    async with sessions.begin() as session:
+        await citizens.notify_linked_citizens(session, people["supervisor"], lead, case_followup(sessions))
+    other_lead = await hand_made_case(sessions, "other", "解放路排水管破裂", days_ago=1, department_code=None)
+    await store_ranking(sessions, {other_lead: "I1", repeats[0]: "I1"})
+    await resolve(sessions, other_lead, "已更换破裂的排水管")
+    async with sessions.begin() as session:
+        outcome = await citizens.notify_linked_citizens(
+            session, people["supervisor"], other_lead, case_followup(sessions)
+        )
+    assert outcome.told == [repeats[0]] and outcome.already == []
+    assert [text for _chat, text, _status in await outbox_texts(sessions)][-1].endswith("已更换破裂的排水管")
+
+
+@pytest.fixture
+async def console(sessions: Sessions) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    """The console's case pages, in process, on the test database."""
+    app = web.Application()
+    base = ConsoleBase(sessions, build_templates(), secure_cookies=False)
+    CaseViews(base, cast(Any, None), [], cast(Any, None)).add_routes(app)  # showing a case sends nothing
+    async with TestClient(TestServer(app)) as client:
+        yield client
+
+
+async def notify_card(
+    sessions: Sessions, user: StaffUser, number: str, console: TestClient[web.Request, web.Application]
+) -> str | None:
+    """The case page's 通知关联市民 card, or None when the page shows none."""
+    async with sessions.begin() as session:
+        signed_in = await staff.open_session(session, user)
+    page = await console.get(
+        f"/console/cases/{number}", headers={"Accept": "text/html"}, cookies={SESSION_COOKIE: signed_in.token}
+    )
+    assert page.status == 200
+    html = await page.text()
+    if 'id="notify-linked-form"' not in html:
+        return None
+    start = html.rindex('<div class="card">', 0, html.index('id="notify-linked-form"'))
+    return html[start : html.index("</div>", start)]
+
+
+async def test_the_case_page_offers_to_notify_a_hot_issue_s_citizens_with_their_count(
+    sessions: Sessions,
+    people: dict[str, StaffUser],  # noqa: F811
+    console: TestClient[web.Request, web.Application],
+) -> None:
+    lead = await hand_made_case(sessions, "lead", "解放路口积水", days_ago=3, department_code=None)
+    alpha = await hand_made_case(sessions, "alpha", "解放路积水严重", days_ago=2, department_code=None)
+    beta = await hand_made_case(sessions, "beta", "解放路积水", days_ago=2, department_code=None)
+    await store_ranking(sessions, {lead: "I1", alpha: "I1", beta: "I1"})
+    assert await notify_card(sessions, people["supervisor"], lead, console) is None  # not yet 办结
+    await resolve(sessions, lead)
+    card = await notify_card(sessions, people["supervisor"], lead, console)
+    assert card is not None and "2 件关联工单" in card
+
+
+async def test_the_case_page_offers_no_notice_for_a_case_with_nothing_linked(
+    sessions: Sessions,
+    people: dict[str, StaffUser],  # noqa: F811
+    console: TestClient[web.Request, web.Application],
+) -> None:
+    lead = await hand_made_case(sessions, "lead", "解放路口积水", days_ago=3, department_code=None)
+    elsewhere = await hand_made_case(sessions, "delta", "滨河路施工噪音", days_ago=2, department_code=None)
+    await store_ranking(sessions, {lead: "I1", elsewhere: "I2"})
+    await resolve(sessions, lead)
+    assert await notify_card(sessions, people["supervisor"], lead, console) is None
