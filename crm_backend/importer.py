@@ -38,13 +38,14 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.dispatch.routing import DispatchPlan, apply_dispatch, plan_dispatch, suggested_departments
 from crm_backend.errors import CrmError
 from crm_backend.lifecycle import CaseAction
@@ -70,7 +71,6 @@ REPLY_AUTHOR = "承办部门"  # the reply's author when the case has no departm
 BATCH_SIZE = 256  # messages classified at once
 _IN_CHUNK = 500  # values per SQL IN (...), well inside every database's limit
 
-CHINA_TZ = timezone(timedelta(hours=8))
 COMMON_COLUMNS = ("msg_id", "user", "title", "time", "detail")
 SUPPORT_COLUMNS = ("likes", "dislikes")
 REPLY_COLUMNS = ("reply", "reply_time")

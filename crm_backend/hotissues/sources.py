@@ -17,10 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.hotissues.core import TITLE_CHARS, HotRecord, Locate, window_bounds
+from crm_backend.importer import parse_time
 from crm_backend.models import ServiceCase
 
 BOARD_COLUMNS = ("msg_id", "user", "title", "time", "detail")
-TIME_FORMATS = ("%Y/%m/%d %H:%M:%S", "%Y-%m-%d %H:%M:%S")
 
 
 class BoardFileError(ValueError):
@@ -28,17 +28,15 @@ class BoardFileError(ValueError):
 
 
 def parse_board_time(raw: str) -> datetime:
-    """A board time in either of the source's formats, as China time.
+    """A board time as China time, read by the importer's parser (`crm_backend.importer.parse_time`).
 
     Raises:
-        ValueError: neither format fits.
+        ValueError: not a time of the source's formats.
     """
-    for pattern in TIME_FORMATS:
-        try:
-            return datetime.strptime(raw.strip(), pattern).replace(tzinfo=CHINA_TZ)
-        except ValueError:
-            continue
-    raise ValueError(f"unreadable time {raw!r}")
+    moment = parse_time(raw)
+    if moment is None:
+        raise ValueError(f"unreadable time {raw!r}")
+    return moment.astimezone(CHINA_TZ)
 
 
 def read_board_csv(path: Path | str) -> list[HotRecord]:
