@@ -10,7 +10,6 @@ staff held the conversation), reminds once, and archives cases nobody rated as �
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,6 +21,7 @@ from bot.engine import EngineClient, EngineUnavailable
 from bot.notifier import Delivery
 from bot.pipeline import to_outgoing
 from bot.responses import Responses
+from crm_backend import periodic
 from crm_backend.lifecycle import CaseStatus
 from crm_backend.models import CaseEvent, ChannelIdentity, Citizen, Conversation, ServiceCase, utcnow
 from crm_backend.services import followup
@@ -221,13 +221,15 @@ class CaseFollowup:
         """Start telling changes, and the loop unless its interval is 0 (off)."""
         self._tasks = [asyncio.create_task(self._tell_changes(), name="case-notices")]
         if self._interval > 0:
-            self._tasks.append(asyncio.create_task(self._loop(), name="followup-loop"))
+            self._tasks.append(
+                asyncio.create_task(
+                    periodic.every(self._interval, self.run_once, "回访 loop pass"), name="followup-loop"
+                )
+            )
 
     async def stop(self) -> None:
         for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await periodic.cancel(task)
 
     async def _tell_changes(self) -> None:
         while True:
@@ -236,11 +238,3 @@ class CaseFollowup:
                 await self._tell(notice)
             except Exception:  # one failed push must not stop the others (the notice is logged)
                 logger.exception("notice for case id %s failed", notice.case_id)
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception:  # the loop must survive a bad pass (database blip, engine restart)
-                logger.exception("回访 loop pass failed")
-            await asyncio.sleep(self._interval)

@@ -11,7 +11,6 @@ an open web chat (the log shows it on the next visit otherwise), to Telegram thr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import timedelta
 
@@ -20,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.engine import EngineClient, EngineUnavailable
 from bot.notifier import ChannelNotifier
 from bot.pipeline import MessagePipeline
+from crm_backend import periodic
 from crm_backend.models import utcnow
 from crm_backend.services.conversations import identities_with_pending_messages
 
@@ -81,18 +81,9 @@ class EngineReplay:
 
     def start(self) -> None:
         if self._interval > 0:
-            self._task = asyncio.create_task(self._loop(), name="engine-replay")
+            self._task = asyncio.create_task(
+                periodic.every(self._interval, self.run_once, "engine replay pass"), name="engine-replay"
+            )
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception:  # a database blip must not end the replay
-                logger.exception("engine replay pass failed")
-            await asyncio.sleep(self._interval)
+        await periodic.cancel(self._task)

@@ -11,7 +11,6 @@ citizen page join on them).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from datetime import date, timedelta
@@ -19,6 +18,7 @@ from datetime import date, timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from crm_backend import periodic
 from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.errors import InvalidInput
 from crm_backend.hotissues.core import Decisions, HotIssue, HotRecord, Locate, hot_issues, rerank
@@ -182,18 +182,9 @@ class HotIssueJob:
 
     def start(self) -> None:
         if self._interval > 0:
-            self._task = asyncio.create_task(self._loop(), name="hot-issues")
+            self._task = asyncio.create_task(
+                periodic.every(self._interval, self.run_once, "hot-issue ranking"), name="hot-issues"
+            )
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception:  # a database blip must not end the job
-                logger.exception("hot-issue ranking failed")
-            await asyncio.sleep(self._interval)
+        await periodic.cancel(self._task)
