@@ -203,7 +203,7 @@ def _print_import(path: Path, summary: ImportSummary) -> None:
     again = "  (nothing new: the file was imported before)" if summary.rows == summary.skipped else ""
     print(f"  already imported     {summary.skipped}{again}")
     print(f"  resolved with reply  {summary.replies}")
-    print(f"  left in manual queue {summary.queued}")
+    print(f"  unanswered, no dept  {summary.queued}  (history: not put in 待派单)")
     print(f"  new citizens         {summary.new_citizens}")
     for category, n in summary.by_category.items():
         print(f"  {category}  {n}")

@@ -21,7 +21,9 @@ in through a channel named ``board``:
   department's reply, and 办结 carries it as the result. Every status move goes through
   `crm_backend.services.moves.move_case` with the historical time as its ``now``;
 * likes and dislikes (support, for hot issues) and the title are kept in `ImportedMessage`,
-  which also makes the import idempotent: a (board, msg_id) already imported is skipped.
+  which also makes the import idempotent: a (board, msg_id) already imported is skipped, and
+  marks the case as history: counted as past demand, never as anyone's work today (not in
+  待派单, not overdue; `crm_backend.services.history`).
 
 A file is checked whole before anything is written (`read_messages`): any bad row (no msg_id
 or user, a time that is not one, no text, a msg_id twice, a reply without its time or before
@@ -50,6 +52,7 @@ from crm_backend.dispatch.routing import DispatchPlan, apply_dispatch, plan_disp
 from crm_backend.errors import CrmError
 from crm_backend.lifecycle import CaseAction
 from crm_backend.models import (
+    HISTORY_CHANNEL,
     CaseEvent,
     CategoryPolicy,
     ChannelIdentity,
@@ -65,7 +68,7 @@ from crm_backend.services.moves import Actor, move_case, open_case
 if TYPE_CHECKING:
     from crm_backend.dispatch.service import Dispatcher, Understanding
 
-SOURCE_CHANNEL = "board"
+SOURCE_CHANNEL = HISTORY_CHANNEL
 IMPORT_ACTOR = "历史导入"
 REPLY_AUTHOR = "承办部门"  # the reply's author when the case has no department name
 BATCH_SIZE = 256  # messages classified at once
@@ -264,7 +267,7 @@ class ImportSummary:
     skipped: int = 0  # already imported (same board, same msg_id)
     replies: int = 0  # new cases taken to 办结 with their reply
     new_citizens: int = 0
-    queued: int = 0  # new cases left in the manual dispatch queue (unsure category, no reply)
+    queued: int = 0  # new unanswered cases with an unsure category: no department (history stays out of 待派单)
     by_category: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 

@@ -88,6 +88,12 @@ class Citizen(Base):
     identities: Mapped[list[ChannelIdentity]] = relationship(back_populates="citizen", lazy="raise_on_sql")
 
 
+# The channels a citizen reaches us through, as staff read them. ``board`` is a public message
+# board's past messages imported as history (`crm_backend.importer`): nobody can be reached there.
+HISTORY_CHANNEL = "board"
+CHANNEL_LABELS = {"web": "网页", "telegram": "Telegram", "rest": "接口", HISTORY_CHANNEL: "留言板（历史导入）"}
+
+
 class ChannelIdentity(Base):
     """One way of reaching a citizen: a channel and that channel's id for them."""
 

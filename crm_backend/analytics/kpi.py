@@ -3,6 +3,8 @@
 Every figure is a `Table` (title, columns, rows of `Cell`s); a cell may carry a link to the
 case list showing the cases behind it. The figures:
 
+- **Headline** (概览): 工单量, 按时签收率, 按时办结率, 当前超期, 回访率, 满意率, 机器人独立解决率,
+  each the total of the table that details it (computed once per request, `Context.once`).
 - **Volume**: cases per day by channel, category and district; conversations and messages.
 - **Timeliness**, per department (the department a case is with now; 未派单 for none):
   - 按时签收率: of the dispatched cases whose outcome is known, the share signed for (签收) by
@@ -13,14 +15,14 @@ case list showing the cases behind it. The figures:
     share 办结 by ``due_at``. An approved 延期 moves ``due_at``, so it is judged against the
     extended deadline. 办结 is the latest 办结 event of a case that is 办结 or later now.
   - 当前超期: open cases (已派单, 已签收, 办理中) past ``due_at`` now, whatever the period, and
-    how late in calendar days (mean and worst).
+    how late in calendar days (mean and worst); never imported history.
   - 延期批准: approved extension requests of the period's cases.
 - **Handling time per stage** from the status events: 受理→派单 (filing to the first 派单),
   派单→签收 (to the first 签收), 签收→办结 (to the last 办结), 办结→回访 (to the first 回访) and
   受理→办结; median and 90th percentile (nearest rank) in calendar days (exact) and in working
   days (the working days after the start day up to and including the end day, holidays and
   adjusted weekends as `crm_backend.dispatch.deadlines` counts them).
-- **Satisfaction**, per department: 回访率 (办结 or later cases with a rating), 满意率 (ratings
+- **Satisfaction**, per department: 回访率 (cases ever 办结 that have a rating), 满意率 (ratings
   4–5 of all ratings), 不满意重办率 (cases rated 1–2 that were 重办: the 回访 reopens them itself).
 - **Repeat demand**, per department: 重复投诉率 (cases with an earlier case within 30 days from the
   same citizen, or at the same place in the same category) and linked duplicates.
@@ -35,6 +37,9 @@ case list showing the cases behind it. The figures:
 - **Reply quality**, per department: the average 答复质量 scores of the period's replies.
 - **Segments**: how many of the period's citizens are 企业, 居民, 重复反映, 不满意, 热点问题相关.
 
+Imported history (`crm_backend.services.history`) counts as demand; of its stages only 受理 and
+办结 are known, it is never overdue and never asked for a 回访.
+
 The period picks the cases filed in it (China-time days, both ends included). Counts, rates
 and sums are SQL aggregates; durations come from one query returning, for the period's cases
 only, each case's stage durations (bounded by the period), summarised here because medians
@@ -45,12 +50,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache, partial
 from operator import is_not
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from sqlalchemy import ColumnElement, and_, case, distinct, exists, false, func, literal, or_, select, true
@@ -64,6 +69,8 @@ from crm_backend.errors import InvalidInput, NotFound
 from crm_backend.hotissues import service as hot_service
 from crm_backend.lifecycle import OPEN_STATUSES, CaseStatus, Role
 from crm_backend.models import (
+    CHANNEL_LABELS,
+    HISTORY_CHANNEL,
     CaseEvent,
     ChannelIdentity,
     Conversation,
@@ -77,11 +84,11 @@ from crm_backend.models import (
     StaffUser,
     utcnow,
 )
-from crm_backend.services import reply_scores
+from crm_backend.services import history, reply_scores
 from crm_backend.services import segments as segment_service
 
 PERIODS = {"week": "本周", "30d": "近 30 天", "custom": "自定义"}
-CHANNELS = {"web": "网页", "telegram": "Telegram", "rest": "接口"}
+CHANNELS = CHANNEL_LABELS
 HANDOFF_REASONS = {"request": "要求人工", "fallback": "多次未理解", "complaint": "投诉", "rejected": "否定回答"}
 MAX_RANGE_DAYS = 400
 REPEAT_WINDOW_DAYS = 30
@@ -429,28 +436,34 @@ async def case_times(session: AsyncSession, filters: Filters, scope: Scope, now:
                 else_=literal(None),
             ),
             and_(ServiceCase.status.in_(OPEN_VALUES), ServiceCase.due_at < now),
+            history.imported(),
         )
         .outerjoin(stages, stages.c.case_id == ServiceCase.id)
         .where(*case_conditions(filters, scope))
     )
-    rows = await _rows(session, stmt)
-    return [
-        CaseTimes(
-            case_id=row[0],
-            category=row[1],
-            district=row[2],
-            department_id=row[3],
-            status=row[4],
-            urgent=bool(row[5]),
-            week=row[6],
-            days=(stamps := tuple(row[7:12])),
-            calendar=tuple(max(0.0, float(span)) if span is not None else None for span in row[12:17]),
-            working=_working(stamps),
-            resolved_in_time=None if row[17] is None else bool(row[17]),
-            open_late=bool(row[18]),
-        )
-        for row in rows
-    ]
+    return [_case_times(row) for row in await _rows(session, stmt)]
+
+
+def _case_times(row: Sequence[Any]) -> CaseTimes:
+    days, calendar = tuple(row[7:12]), tuple(max(0.0, float(span)) if span is not None else None for span in row[12:17])
+    imported = bool(row[19])
+    if imported:  # the source shows 受理 and 办结 only (`crm_backend.services.history`)
+        days = (days[0], None, None, days[3], days[4])
+        calendar = (None, None, None, *calendar[3:])
+    return CaseTimes(
+        case_id=row[0],
+        category=row[1],
+        district=row[2],
+        department_id=row[3],
+        status=row[4],
+        urgent=bool(row[5]),
+        week=row[6],
+        days=days,
+        calendar=calendar,
+        working=_working(days),
+        resolved_in_time=None if row[17] is None else bool(row[17]),
+        open_late=bool(row[18]) and not imported,
+    )
 
 
 @lru_cache(maxsize=4096)
@@ -484,6 +497,9 @@ def signed_in_time(times: CaseTimes, today: str) -> bool | None:
 # --- building the tables -------------------------------------------------------------------------
 
 
+T = TypeVar("T")
+
+
 @dataclass
 class Context:
     """What every table of one dashboard request shares: the session, filters, scope, clock and caches."""
@@ -495,6 +511,7 @@ class Context:
     volume: list[tuple[Any, ...]] | None = None  # see volume_counts
     _times: list[CaseTimes] | None = None
     _departments: dict[int, str] | None = None
+    _shared: dict[Callable[..., Any], Any] = field(default_factory=dict)
 
     @property
     def today(self) -> date:
@@ -504,6 +521,12 @@ class Context:
         if self._times is None:
             self._times = await case_times(self.session, self.filters, self.scope, self.now)
         return self._times
+
+    async def once(self, compute: Callable[[Context], Awaitable[T]]) -> T:
+        """What `compute` gives for this request, computed the first time a table asks for it."""
+        if compute not in self._shared:
+            self._shared[compute] = await compute(self)
+        return self._shared[compute]
 
     async def departments(self) -> dict[int, str]:
         if self._departments is None:
@@ -602,7 +625,12 @@ async def _present(ctx: Context, index: int) -> list[str]:
 
 
 async def volume_channel(ctx: Context) -> Table:
-    channels = {key: label for key, label in CHANNELS.items() if ctx.filters.channel in (None, key)}
+    present = set(await _present(ctx, VOLUME_CHANNEL))
+    channels = {
+        key: label
+        for key, label in CHANNELS.items()
+        if ctx.filters.channel in (None, key) and (key != HISTORY_CHANNEL or key in present)
+    }
     rows = await _day_pivot(ctx, VOLUME_CHANNEL, channels, "channel")
     return Table("volume_channel", "每日工单：按渠道", ["日期", *channels.values()], rows, chart="stack")
 
@@ -619,8 +647,38 @@ async def volume_district(ctx: Context) -> Table:
     return Table("volume_district", "每日工单：按区县", ["日期", *districts], rows, chart="stack")
 
 
-async def timeliness(ctx: Context) -> Table:
-    names = await ctx.departments()
+@dataclass(frozen=True)
+class TimelinessCounts:
+    """The timeliness figures per department (None: no department): the timeliness table and the headline."""
+
+    signed: Mapping[int | None, tuple[int, int]]  # (signed for in time, judged)
+    resolved: Mapping[int | None, tuple[int, int]]  # (办结 in time, judged)
+    overdue: Mapping[int | None, tuple[int, float | None, float | None]]  # (open past due now, mean, worst days)
+    extended: Mapping[int | None, int]  # approved 延期
+    filed: frozenset[int | None]  # departments with cases in the period
+
+
+def overdue_conditions(ctx: Context) -> list[ColumnElement[bool]]:
+    """Open cases past their deadline now, whatever the period (the case list's 已超期); never imported history."""
+    conditions = [ctx.scope.cases(), ServiceCase.status.in_(OPEN_VALUES), ServiceCase.due_at < ctx.now]
+    for column, value in (
+        (ServiceCase.district, ctx.filters.district),
+        (ServiceCase.category, ctx.filters.category),
+        (ServiceCase.department_id, ctx.filters.department_id),
+    ):
+        if value is not None:
+            conditions.append(column == value)
+    if ctx.filters.channel:
+        conditions.append(
+            ServiceCase.identity_id.in_(
+                select(ChannelIdentity.id).where(ChannelIdentity.channel == ctx.filters.channel)
+            )
+        )
+    conditions.append(history.live())
+    return conditions
+
+
+async def timeliness_counts(ctx: Context) -> TimelinessCounts:
     signed: dict[int | None, list[int]] = defaultdict(lambda: [0, 0])
     resolved: dict[int | None, list[int]] = defaultdict(lambda: [0, 0])
     today = ctx.today.isoformat()
@@ -632,26 +690,11 @@ async def timeliness(ctx: Context) -> Table:
         if times.resolved_in_time is not None or times.open_late:
             resolved[times.department_id][0] += bool(times.resolved_in_time)
             resolved[times.department_id][1] += 1
-    # Overdue now: every open case past its deadline, whatever the period (the case list's 已超期).
-    overdue_filters = [ctx.scope.cases(), ServiceCase.status.in_(OPEN_VALUES), ServiceCase.due_at < ctx.now]
-    for column, value in (
-        (ServiceCase.district, ctx.filters.district),
-        (ServiceCase.category, ctx.filters.category),
-        (ServiceCase.department_id, ctx.filters.department_id),
-    ):
-        if value is not None:
-            overdue_filters.append(column == value)
-    if ctx.filters.channel:
-        overdue_filters.append(
-            ServiceCase.identity_id.in_(
-                select(ChannelIdentity.id).where(ChannelIdentity.channel == ctx.filters.channel)
-            )
-        )
     late = days_between(ServiceCase.due_at, literal(ctx.now, ServiceCase.due_at.type))
     overdue = await _grouped(
         ctx.session,
         select(ServiceCase.department_id, func.count(), func.avg(late), func.max(late))
-        .where(*overdue_filters)
+        .where(*overdue_conditions(ctx))
         .group_by(ServiceCase.department_id),
     )
     extended = await _grouped(
@@ -661,21 +704,34 @@ async def timeliness(ctx: Context) -> Table:
         .where(*ctx.cases(), ExtensionRequest.status == "approved")
         .group_by(ServiceCase.department_id),
     )
-    filed = {times.department_id for times in await ctx.times()}  # every department with cases in the period
-    departments = sorted(filed | set(overdue) | set(extended), key=lambda d: (d is None, names.get(d or 0, "")))
+    return TimelinessCounts(
+        signed={key: (value[0], value[1]) for key, value in signed.items()},
+        resolved={key: (value[0], value[1]) for key, value in resolved.items()},
+        overdue={key: (value[0], value[1], value[2]) for key, value in overdue.items()},
+        extended={key: value[0] for key, value in extended.items()},
+        filed=frozenset(times.department_id for times in await ctx.times()),
+    )
+
+
+async def timeliness(ctx: Context) -> Table:
+    names = await ctx.departments()
+    counts = await ctx.once(timeliness_counts)
+    departments = sorted(
+        counts.filed | set(counts.overdue) | set(counts.extended), key=lambda d: (d is None, names.get(d or 0, ""))
+    )
     rows = []
     for department in departments:
         link = ctx.filters.case_link(department=department) if department is not None else None
-        overdue_count, mean_late, worst_late = overdue.get(department, (0, None, None))
+        overdue_count, mean_late, worst_late = counts.overdue.get(department, (0, None, None))
         rows.append(
             [
                 ctx.department_cell(names, department),
-                rate(signed[department][0], signed[department][1], href=link),
-                rate(resolved[department][0], resolved[department][1], href=link),
+                rate(*counts.signed.get(department, (0, 0)), href=link),
+                rate(*counts.resolved.get(department, (0, 0)), href=link),
                 count(overdue_count, CASE_LIST + "?" + urlencode(_overdue_params(ctx.filters, department))),
                 days(mean_late),
                 days(worst_late),
-                count(extended.get(department, (0,))[0], link),
+                count(counts.extended.get(department, 0), link),
             ]
         )
     return Table(
@@ -683,7 +739,8 @@ async def timeliness(ctx: Context) -> Table:
         "时效：按承办部门",
         ["承办部门", "按时签收率", "按时办结率", "当前超期", "平均超期天数", "最长超期天数", "延期批准"],
         rows,
-        note="按时签收：派单后下一个工作日结束前签收（紧急件当天）；按时办结：在办理期限（含批准的延期）前办结；当前超期不限时间段。",
+        note="按时签收：派单后下一个工作日结束前签收（紧急件当天）；按时办结：在办理期限（含批准的延期）前办结；"
+        "当前超期不限时间段，不含导入的历史留言。",
     )
 
 
@@ -787,12 +844,22 @@ async def stage_department(ctx: Context) -> Table:
     return Table("stage_department", "各环节办理时长：按承办部门", STAGE_COLUMNS, rows)
 
 
-async def satisfaction(ctx: Context) -> Table:
-    names = await ctx.departments()
+@dataclass(frozen=True)
+class SatisfactionCounts:
+    """Per department (None: no department): 办结 cases asked for a 回访, and what their ratings say."""
+
+    done: Mapping[int | None, int]  # cases ever 办结 (重办 ones too), imported history left out (never asked)
+    ratings: Mapping[int | None, tuple[int, int, int, int, int]]  # rated cases, ratings, 4–5, 1–2 cases, 重办
+
+
+async def satisfaction_counts(ctx: Context) -> SatisfactionCounts:
+    ever_resolved = exists().where(
+        CaseEvent.case_id == ServiceCase.id, CaseEvent.to_status == CaseStatus.RESOLVED.value
+    )
     done = await _grouped(
         ctx.session,
         select(ServiceCase.department_id, func.count())
-        .where(*ctx.cases(), ServiceCase.status.in_(DONE_STATUSES))
+        .where(*ctx.cases(), ever_resolved, history.live())
         .group_by(ServiceCase.department_id),
     )
     reopened = exists().where(
@@ -815,17 +882,26 @@ async def satisfaction(ctx: Context) -> Table:
         .where(*ctx.cases())
         .group_by(ServiceCase.department_id),
     )
+    return SatisfactionCounts(
+        done={key: value[0] for key, value in done.items()},
+        ratings={key: tuple(int(v or 0) for v in value) for key, value in ratings.items()},  # type: ignore[misc]
+    )
+
+
+async def satisfaction(ctx: Context) -> Table:
+    names = await ctx.departments()
+    counts = await ctx.once(satisfaction_counts)
     rows = []
-    for department in sorted(set(done) | set(ratings), key=lambda d: (d is None, names.get(d or 0, ""))):
-        resolved = done.get(department, (0,))[0]
-        rated_cases, rating_count, satisfied, unhappy_cases, redone = ratings.get(department, (0, 0, 0, 0, 0))
+    for department in sorted(set(counts.done) | set(counts.ratings), key=lambda d: (d is None, names.get(d or 0, ""))):
+        resolved = counts.done.get(department, 0)
+        rated_cases, rating_count, satisfied, unhappy_cases, redone = counts.ratings.get(department, (0, 0, 0, 0, 0))
         rows.append(
             [
                 ctx.department_cell(names, department),
                 count(resolved),
                 rate(rated_cases, resolved),
                 count(rating_count),
-                rate(int(satisfied or 0), rating_count),
+                rate(satisfied, rating_count),
                 count(unhappy_cases),
                 rate(redone, unhappy_cases),
             ]
@@ -835,6 +911,7 @@ async def satisfaction(ctx: Context) -> Table:
         "满意度：按承办部门",
         ["承办部门", "办结件数", "回访率", "评价数", "满意率（4–5 分）", "不满意件数", "不满意重办率"],
         rows,
+        note="办结件数含办结后因不满意重办的工单；回访率：其中有回访评价的比例；导入的历史留言没有回访，不计入。",
     )
 
 
@@ -883,9 +960,17 @@ async def repeats(ctx: Context) -> Table:
     )
 
 
-async def bot_overview(ctx: Context) -> Table:
-    conversation = ctx.filters
-    conditions = conversation_conditions(conversation, ctx.scope)
+@dataclass(frozen=True)
+class BotCounts:
+    conversations: int
+    settled: int  # by the bot alone
+    handoffs: int
+    with_case: int
+    misses: int  # questions the knowledge base could not answer
+
+
+async def bot_counts(ctx: Context) -> BotCounts:
+    conditions = conversation_conditions(ctx.filters, ctx.scope)
     helpful = exists().where(KnowledgeFeedback.conversation_id == Conversation.id, KnowledgeFeedback.helpful.is_(True))
     filed = exists().where(ServiceCase.conversation_id == Conversation.id)
     handed = Conversation.handoff_requested_at.is_not(None)
@@ -906,7 +991,18 @@ async def bot_overview(ctx: Context) -> Table:
     )
     if not ctx.scope.everything or ctx.filters.channel:
         miss_stmt = miss_stmt.where(KnowledgeMiss.conversation_id.in_(select(Conversation.id).where(*conditions)))
-    misses = int(await ctx.session.scalar(miss_stmt) or 0)
+    return BotCounts(total, settled, handoffs, with_case, int(await ctx.session.scalar(miss_stmt) or 0))
+
+
+async def bot_overview(ctx: Context) -> Table:
+    counted = await ctx.once(bot_counts)
+    total, settled, handoffs, with_case, misses = (
+        counted.conversations,
+        counted.settled,
+        counted.handoffs,
+        counted.with_case,
+        counted.misses,
+    )
     rows = [
         [text("对话数"), count(total)],
         [text("机器人独立解决"), count(settled)],
@@ -1149,7 +1245,45 @@ async def segments(ctx: Context) -> Table:
     )
 
 
+HEADLINE_TABLE = "headline"
+
+
+async def headline(ctx: Context) -> Table:
+    """The figures a 12345 centre is judged on first, each the total of the table that details it."""
+    filed = sum(row[VOLUME_COUNT] for row in await volume_counts(ctx))
+    imported = sum(row[VOLUME_COUNT] for row in await volume_counts(ctx) if row[VOLUME_CHANNEL] == HISTORY_CHANNEL)
+    timely = await ctx.once(timeliness_counts)
+    happy = await ctx.once(satisfaction_counts)
+    bot = await ctx.once(bot_counts)
+
+    def total(values: Iterable[tuple[Any, ...]], index: int) -> int:
+        return sum(value[index] for value in values)
+
+    overdue = total(timely.overdue.values(), 0)
+    overdue_link = CASE_LIST + "?" + urlencode(_overdue_params(ctx.filters, ctx.filters.department_id))
+    rows = [
+        [text("工单量"), count(filed, ctx.filters.case_link())],
+        [text("按时签收率"), rate(total(timely.signed.values(), 0), total(timely.signed.values(), 1))],
+        [text("按时办结率"), rate(total(timely.resolved.values(), 0), total(timely.resolved.values(), 1))],
+        [text("当前超期"), replace(count(overdue, overdue_link), flag=overdue > 0)],
+        [text("回访率"), rate(total(happy.ratings.values(), 0), sum(happy.done.values()))],
+        [text("满意率"), rate(total(happy.ratings.values(), 2), total(happy.ratings.values(), 1))],
+        [text("机器人独立解决率"), rate(bot.settled, bot.conversations)],
+    ]
+    if imported:
+        rows.append([text("其中历史导入"), count(imported, ctx.filters.case_link(channel=HISTORY_CHANNEL))])
+    return Table(
+        HEADLINE_TABLE,
+        "概览",
+        ["指标", "数值"],
+        rows,
+        note="时效、满意度、机器人各节的合计；当前超期不限时间段。导入的历史留言计入工单量，"
+        "不计入当前超期、按时签收和回访（来源没有这些记录）。",
+    )
+
+
 TABLES: dict[str, Callable[[Context], Any]] = {
+    "headline": headline,
     "volume_day": volume_day,
     "volume_channel": volume_channel,
     "volume_category": volume_category,
@@ -1173,6 +1307,7 @@ TABLES: dict[str, Callable[[Context], Any]] = {
 # City-wide figures an agent does not see (the hot issues span every department).
 SUPERVISOR_TABLES = frozenset({"hot_issues"})
 SECTIONS = (
+    ("概览", ("headline",)),
     ("工单量", ("volume_day", "volume_channel", "volume_category", "volume_district")),
     ("热点问题", ("hot_issues",)),
     ("时效", ("timeliness",)),

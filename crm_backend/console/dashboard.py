@@ -28,6 +28,7 @@ from crm_backend.services import audit
 
 CSV_FLUSH_ROWS = 1000
 XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+LONG_TABLE_ROWS = 12  # a longer table scrolls in a box of about this height, under its chart
 # A text cell starting with one of these is a formula to a spreadsheet program (CSV/formula injection).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -104,6 +105,8 @@ class DashboardViews(ConsoleBase):
             districts=self.districts,
             departments=departments if scope.everything else [d for d in departments if d.id == scope.department_id],
             detail_table=kpi.DETAIL_TABLE,
+            headline_table=kpi.HEADLINE_TABLE,
+            long_table_rows=LONG_TABLE_ROWS,
         )
 
     @signed_in()

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from crm_backend.console import labels
 from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.lifecycle import ROLE_LABELS, CaseStatus, Role
-from crm_backend.models import StaffSession, StaffUser, utcnow
+from crm_backend.models import CHANNEL_LABELS, StaffSession, StaffUser, utcnow
 from crm_backend.services import lookup, staff
 from crm_backend.validation import clean_text, mask_phone
 
@@ -99,7 +99,7 @@ def build_templates() -> jinja2.Environment:
     )
     env.globals.update(
         role_labels={role.value: label for role, label in ROLE_LABELS.items()},
-        channel_labels={"web": "网页", "telegram": "Telegram", "rest": "接口", "board": "留言板"},
+        channel_labels=CHANNEL_LABELS,
         action_labels=labels.ACTION_LABELS,
     )
     return env

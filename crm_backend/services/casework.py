@@ -27,7 +27,7 @@ from crm_backend.models import (
     StaffUser,
     utcnow,
 )
-from crm_backend.services import audit, reply_scores
+from crm_backend.services import audit, history, reply_scores
 from crm_backend.services.moves import Actor, CaseNotices, Move, move_case, parse_action
 from crm_backend.services.segments import Segment, case_in_segment
 
@@ -131,7 +131,9 @@ async def list_cases(
     if filters.district:
         stmt = stmt.where(ServiceCase.district == filters.district)
     if filters.overdue:
-        stmt = stmt.where(ServiceCase.due_at < now, ServiceCase.status.in_([s.value for s in OPEN_STATUSES]))
+        stmt = stmt.where(
+            ServiceCase.due_at < now, ServiceCase.status.in_([s.value for s in OPEN_STATUSES]), history.live()
+        )
     if filters.supervised:
         stmt = stmt.where(ServiceCase.supervised == true())
     if filters.segment is not None:
@@ -318,11 +320,11 @@ async def decide_extension(
 
 
 async def dispatch_queue(session: AsyncSession, limit: int = 100) -> list[tuple[ServiceCase, RoutingDecision | None]]:
-    """Cases waiting for a person to dispatch them (low-confidence or 退回), oldest first."""
+    """Cases waiting for a person to dispatch them (low-confidence or 退回), oldest first; never imported history."""
     cases = (
         await session.scalars(
             select(ServiceCase)
-            .where(ServiceCase.status.in_([CaseStatus.RECEIVED.value, CaseStatus.RETURNED.value]))
+            .where(ServiceCase.status.in_([CaseStatus.RECEIVED.value, CaseStatus.RETURNED.value]), history.live())
             .order_by(ServiceCase.id)
             .limit(limit)
         )

@@ -58,8 +58,15 @@ def test_supervisor_reads_the_dashboard_follows_a_figure_and_exports_csv(
     page.click("nav >> text=数据看板")
     page.wait_for_url(re.compile(r"/console/dashboard$"))
     expect(page.locator("h1")).to_have_text("数据看板")
-    # Each chart is declared right before its table, and the table is always there.
-    expect(page.locator("figure.chart[data-table=volume_day] + table#volume_day")).to_have_count(1)
+    # The headline first: the totals of the tables below.
+    filed = sum(int(n) for n in page.locator("table#volume_day tbody tr td:nth-child(2)").all_inner_texts())
+    overdue = sum(int(n) for n in page.locator("table#timeliness tbody tr td:nth-child(4)").all_inner_texts())
+    assert filed >= 2
+    expect(page.locator("#headline li[data-metric=工单量] strong")).to_have_text(str(filed))
+    expect(page.locator("#headline li[data-metric=当前超期] strong")).to_have_text(str(overdue))
+    # Each chart is declared right before its table, and the table is always there (a long one
+    # scrolls in its own box).
+    expect(page.locator("figure.chart[data-table=volume_day] + .table-scroll > table#volume_day")).to_have_count(1)
     expect(page.locator("table#timeliness")).to_contain_text("A市住房和城乡建设局")
     expect(page.locator("table#stage_overall")).to_contain_text("签收→办结")
     page.screenshot(path=str(artifacts_dir / "console-dashboard.png"), full_page=True)

@@ -19,6 +19,7 @@ from crm_backend.models import (
     Conversation,
     Department,
     ExtensionRequest,
+    ImportedMessage,
     KnowledgeEntry,
     KnowledgeFeedback,
     KnowledgeMiss,
@@ -198,3 +199,61 @@ async def build_world(sessions: Sessions) -> World:
             )
         )  # fmt: skip
     return w
+
+
+async def add_history(sessions: Sessions, world: World) -> None:
+    """Three cases imported from the message board (channel ``board``), as `import-messages` files them.
+
+    - G 交通局 交通运输 A2区: posted 10-02 09:00 and dispatched at once; the board's reply came
+      10-08 10:00, so 签收, 办理 and 办结 are all recorded then; due 10-16: 办结 on time.
+    - H 交通局: posted 10-03 09:00, dispatched, never answered on the board; due 10-09, so past it.
+    - Q no department: posted 10-04 09:00, left where an unsure classification goes (已受理).
+    """
+    async with sessions.begin() as session:
+        citizen = Citizen()
+        session.add(citizen)
+        await session.flush()
+        board = ChannelIdentity(channel="board", external_id="u-1", citizen_id=citizen.id)
+        session.add(board)
+        transport = await session.get(Department, world.transport)
+        assert transport is not None
+        await session.flush()
+
+        def board_case(number: str, **fields: object) -> ServiceCase:
+            values: dict[str, object] = {"case_number": number, "citizen_id": citizen.id, "identity_id": board.id}
+            values.update(description="留言", location="", contact_phone="", **fields)
+            return ServiceCase(**values)
+
+        routed = {
+            "category": "交通运输",
+            "district": "A2区",
+            "department_id": transport.id,
+            "department": transport.name,
+        }
+        cases = {
+            "G": board_case("G", **routed, status="resolved", created_at=at(10, 2, 9), due_at=at(10, 16, 18)),
+            "H": board_case("H", **routed, status="dispatched", created_at=at(10, 3, 9), due_at=at(10, 9, 18)),
+            "Q": board_case("Q", status="received", created_at=at(10, 4, 9)),
+        }
+        session.add_all(cases.values())
+        await session.flush()
+        posted, replied = at(10, 2, 9), at(10, 8, 10)
+        steps = {
+            "G": [
+                (None, "received", posted),
+                ("received", "dispatched", posted),
+                ("dispatched", "accepted", replied),
+                ("accepted", "in_progress", replied),
+                ("in_progress", "resolved", replied),
+            ],
+            "H": [(None, "received", at(10, 3, 9)), ("received", "dispatched", at(10, 3, 9))],
+            "Q": [(None, "received", at(10, 4, 9))],
+        }
+        for number, case in cases.items():
+            for source, target, moment in steps[number]:
+                session.add(
+                    CaseEvent(
+                        case_id=case.id, from_status=source, to_status=target, actor="历史导入", created_at=moment
+                    )
+                )
+            session.add(ImportedMessage(source="board", msg_id=number, case_id=case.id, source_file="board.csv"))

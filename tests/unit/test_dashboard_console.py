@@ -51,11 +51,14 @@ async def test_supervisor_sees_every_department_with_charts_before_their_tables(
     assert response.status == 200
     assert "script-src 'self'" in response.headers["Content-Security-Policy"]
     assert "住建局" in page and "交通局" in page
+    # 14 days: a long table, in a box that scrolls, right under its chart.
     assert re.search(
         r'<figure class="chart" data-chart="line" data-table="volume_day"></figure>\s*'
-        r'<table class="list dashboard" id="volume_day">',
+        r'<div class="table-scroll"[^>]*>\s*<table class="list dashboard" id="volume_day">',
         page,
     )
+    overdue_tile = r'<li class="flag" data-metric="当前超期" data-value="\d+"><a href="/console/cases\?overdue=1">'
+    assert re.search(overdue_tile, page)
     assert 'data-value="50.0"' in page
     assert f'href="/console/dashboard/export/timeliness.csv?{PERIOD_QUERY}"'.replace("&", "&amp;") in page
 

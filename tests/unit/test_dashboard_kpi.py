@@ -30,7 +30,7 @@ from crm_backend.analytics import kpi
 from crm_backend.errors import InvalidInput
 from crm_backend.models import StaffUser
 from crm_backend.services import casework
-from tests.support.dashboard import NOW, PERIOD, Sessions, World, build_world
+from tests.support.dashboard import NOW, PERIOD, Sessions, World, add_history, build_world
 
 
 @pytest.fixture
@@ -94,7 +94,8 @@ async def test_stage_times_in_calendar_and_working_days_across_the_holiday(sessi
 async def test_satisfaction_per_department(sessions: Sessions, world: World) -> None:
     rows = {row[0]: row[1:] for row in texts((await figures(sessions, world.supervisor))["satisfaction"])}
     assert rows["住建局"] == ["1", "100.0%", "1", "100.0%", "0", "–"]
-    assert rows["交通局"] == ["0", "–", "1", "0.0%", "1", "100.0%"]
+    # D was 办结, rated 1 and 重办: it was asked, so it counts for 回访率 though it is open again.
+    assert rows["交通局"] == ["1", "100.0%", "1", "0.0%", "1", "100.0%"]
 
 
 async def test_repeat_demand_and_linked_duplicates(sessions: Sessions, world: World) -> None:
@@ -165,6 +166,55 @@ async def test_case_rows_for_export(sessions: Sessions, world: World) -> None:
         rows = [row async for row in kpi.case_rows(session, world.supervisor, PERIOD, now=NOW)]
     assert [row[0] for row in rows] == ["A", "B", "C", "D", "E"]
     assert rows[1] == ["B", "2026-10-09", "网页", "未分类", "城乡建设", "A1区", "住建局", "已签收", "2026-10-10", "是"]
+
+
+async def test_headline_totals_the_tables_below(sessions: Sessions, world: World) -> None:
+    table = (await figures(sessions, world.supervisor))["headline"]
+    assert dict(texts(table)) == {
+        "工单量": "5",
+        "按时签收率": "50.0%",  # A on time, B and C late, D on time
+        "按时办结率": "50.0%",  # A on time, B open past its deadline
+        "当前超期": "1",  # B
+        "回访率": "100.0%",  # A and D, both rated
+        "满意率": "50.0%",  # 5 and 1
+        "机器人独立解决率": "33.3%",
+    }
+    cells = dict((row[0].text, row[1]) for row in table.rows)
+    assert cells["工单量"].href == PERIOD.case_link()
+    assert cells["当前超期"].href == "/console/cases?overdue=1" and cells["当前超期"].flag
+    assert table.rows == (await one(sessions, world.supervisor, "headline")).rows  # the export's figures
+
+
+async def one(sessions: Sessions, user: StaffUser, table_id: str) -> kpi.Table:
+    async with sessions() as session:
+        return await kpi.one_table(session, user, PERIOD, table_id, now=NOW)
+
+
+async def test_imported_history_counts_as_demand_but_not_as_work_or_unmeasured_stages(
+    sessions: Sessions, world: World
+) -> None:
+    await add_history(sessions, world)
+    tables = await figures(sessions, world.supervisor)
+    headline = dict(texts(tables["headline"]))
+    assert headline["工单量"] == "8"
+    assert headline["其中历史导入"] == "3"
+    assert parse_qs(tables["headline"].rows[-1][1].href.partition("?")[2])["channel"] == ["board"]  # type: ignore[union-attr]
+    assert headline["当前超期"] == "1"  # H is past its deadline, but nobody's work: B only
+    assert headline["按时签收率"] == "50.0%"  # the board does not say when G or H was signed for
+    assert headline["按时办结率"] == "66.7%"  # G's reply came before its deadline; H is not judged
+    assert headline["回访率"] == "100.0%"  # G was never asked
+    assert tables["volume_channel"].columns == ["日期", "网页", "Telegram", "接口", "留言板（历史导入）"]
+    transport = {row[0]: row[1:] for row in texts(tables["timeliness"])}["交通局"]
+    assert transport == ["50.0%", "100.0%", "0", "–", "–", "0"]
+    stages = {row[1]: row[2] for row in texts(tables["stage_overall"])}
+    assert stages == {"受理→派单": "4", "派单→签收": "3", "签收→办结": "1", "办结→回访": "1", "受理→办结": "2"}
+    async with sessions() as session:
+        queue = await casework.dispatch_queue(session)
+        overdue, _ = await casework.list_cases(session, world.supervisor, casework.CaseFilters(overdue=True), now=NOW)
+        history, _ = await casework.list_cases(session, world.supervisor, casework.CaseFilters(channel="board"))
+    assert [case.case_number for case, _ in queue] == ["E"]  # Q stays out of 待派单
+    assert [case.case_number for case in overdue] == ["B"]
+    assert sorted(case.case_number for case in history) == ["G", "H", "Q"]
 
 
 def test_filters_periods_and_bad_ranges() -> None:
