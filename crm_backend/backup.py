@@ -73,6 +73,7 @@ CRM = "crm"
 TRACKER = "tracker"
 SQLITE = "sqlite"
 PG_DUMP = "pg_dump"
+ENGINES = {SQLITE: "SQLite", PG_DUMP: "PostgreSQL"}
 
 
 # --- keys ----------------------------------------------------------------------------------
@@ -703,7 +704,8 @@ async def restore_backup(
         for part, target in zip(manifest.parts, targets, strict=True):
             if part.kind != target.kind:
                 raise BackupRefused(
-                    f"the {part.name} part is {part.kind}; its target {target.describe()} is {target.kind}"
+                    f"the {part.name} part is {ENGINES[part.kind]}; its target {target.describe()} is "
+                    f"{ENGINES[target.kind]}"
                 )
             if force:
                 continue

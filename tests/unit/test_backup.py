@@ -1,0 +1,312 @@
+"""Backups on SQLite (`crm_backend/backup.py`): taken under load, restored, and refused.
+
+The tracker store is a SQLite file with Rasa's ``events`` table made by the test
+(`tests/support/backups.py`), written to by the load beside the CRM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import sqlite3
+import struct
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from alembic import command
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from crm_backend.backup import MAGIC, create_backup, head_revision, key_id, read_manifest, restore_backup
+from crm_backend.db import _alembic_config, create_engine
+from crm_backend.errors import BackupRefused
+from crm_backend.settings import SettingsError, backup_key_from_env, normalise_database_url
+from tests.support.backups import Load, assert_restored_rows_are_the_sources, create_tracker_store, table_rows
+from tests.support.stack import APP_PYTHON, ROOT
+
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+KEY_HEX = KEY.hex()
+TRACKER_CONVERSATIONS = 600
+TRACKER_PADDING = 1000  # ~3 kB an event: the tracker alone is a few 1 MiB chunks
+
+
+@dataclass
+class Place:
+    """A CRM database and a tracker store, as URLs the CLI reads."""
+
+    crm: Path
+    tracker: Path
+
+    @property
+    def crm_url(self) -> str:
+        return f"sqlite:///{self.crm}"
+
+    @property
+    def tracker_url(self) -> str:
+        return f"sqlite:///{self.tracker}"
+
+    def exists(self) -> bool:
+        return self.crm.exists() or self.tracker.exists()
+
+
+def engine_of(path: Path) -> AsyncEngine:
+    return create_engine(normalise_database_url(f"sqlite:///{path}"))
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Place:
+    """The conftest's `sessions` database and a tracker store beside it."""
+    return Place(tmp_path / "crm.db", tmp_path / "tracker.db")
+
+
+@pytest.fixture
+def empty(tmp_path: Path) -> Place:
+    return Place(tmp_path / "restored" / "crm.db", tmp_path / "restored" / "tracker.db")
+
+
+@pytest.fixture
+async def tracker(live: Place) -> AsyncIterator[AsyncEngine]:
+    engine = engine_of(live.tracker)
+    await create_tracker_store(engine, TRACKER_CONVERSATIONS, TRACKER_PADDING)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def backup_file(
+    tmp_path: Path, live: Place, sessions: async_sessionmaker[AsyncSession], tracker: AsyncEngine
+) -> Path:
+    """A backup of a CRM with three cases and a tracker store of several chunks."""
+    await Load().run(sessions, tracker, cases=3)
+    out = tmp_path / "crm.backup"
+    await create_backup(live.crm_url, live.tracker_url, KEY, out)
+    return out
+
+
+def chunks(data: bytes) -> list[tuple[int, int]]:
+    """(offset, length) of each encrypted chunk, read as the format in `crm_backend.backup` says."""
+    (manifest_length,) = struct.unpack(">I", data[len(MAGIC) : len(MAGIC) + 4])
+    position = len(MAGIC) + 4 + manifest_length + 32
+    found = []
+    while position < len(data):
+        (length,) = struct.unpack(">I", data[position : position + 4])
+        found.append((position, 4 + 12 + length))
+        position += 4 + 12 + length
+    return found
+
+
+# --- a backup under load, restored ---------------------------------------------------------
+
+
+async def test_a_backup_taken_under_load_restores_every_row_committed_before_it(
+    tmp_path: Path, live: Place, empty: Place, sessions: async_sessionmaker[AsyncSession], tracker: AsyncEngine
+) -> None:
+    load = Load()
+    writer = asyncio.create_task(load.run(sessions, tracker))
+    try:
+        await load.until(30)
+        cases_before, events_before = list(load.committed_cases), load.committed_events
+        made = await create_backup(live.crm_url, live.tracker_url, KEY, tmp_path / "crm.backup")
+        await load.until(len(load.committed_cases) + 10)  # the citizens went on after the backup
+    finally:
+        load.stop.set()
+        await writer
+
+    restored = await restore_backup(made.path, KEY, empty.crm_url, empty.tracker_url)
+
+    assert restored.manifest.payload_sha256 == made.manifest.payload_sha256
+    source_crm, source_tracker = engine_of(live.crm), engine_of(live.tracker)
+    restored_crm, restored_tracker = engine_of(empty.crm), engine_of(empty.tracker)
+    try:
+        crm_rows, crm_restored = await table_rows(source_crm), await table_rows(restored_crm)
+        tracker_rows, tracker_restored = await table_rows(source_tracker), await table_rows(restored_tracker)
+    finally:
+        for engine in (source_crm, source_tracker, restored_crm, restored_tracker):
+            await engine.dispose()
+    grown = assert_restored_rows_are_the_sources(crm_rows, crm_restored)
+    assert "service_case" in grown  # the load wrote after the backup, and that is not in it
+    assert assert_restored_rows_are_the_sources(tracker_rows, tracker_restored) == ["events"]
+    crm = sqlite3.connect(empty.crm)
+    try:
+        numbers = [row[0] for row in crm.execute("SELECT case_number FROM service_case ORDER BY id")]
+        cases_without_events = crm.execute(
+            "SELECT count(*) FROM service_case WHERE id NOT IN (SELECT case_id FROM case_event)"
+        ).fetchone()[0]
+        assert crm.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert crm.execute("PRAGMA foreign_key_check").fetchall() == []
+    finally:
+        crm.close()
+    # one moment of the source: the cases committed in order up to it, each with its first event
+    assert numbers == load.committed_cases[: len(numbers)]
+    assert set(cases_before) <= set(numbers)
+    assert cases_without_events == 0
+    tracker_events = len(tracker_restored["events"])
+    assert TRACKER_CONVERSATIONS + events_before <= tracker_events == made.manifest.parts[1].tables["events"]
+    assert made.manifest.parts[0].tables["service_case"] == len(numbers)
+    assert made.manifest.schema_revision == head_revision()
+
+
+async def test_the_file_shows_its_manifest_but_no_citizen_data(backup_file: Path) -> None:
+    data = backup_file.read_bytes()
+    manifest = read_manifest(backup_file)
+    assert manifest.key_id == key_id(KEY)
+    assert [part.holds for part in manifest.parts] == [["crm"], ["tracker"]]
+    assert manifest.parts[0].tables["service_case"] == 3
+    assert len(chunks(data)) == -(-manifest.payload_bytes // manifest.chunk_bytes) >= 3
+    for plain in ("朝阳区建国路".encode(), "路灯不亮".encode(), b"13800000001", b"SQLite format 3"):
+        assert plain not in data
+    assert backup_file.stat().st_mode & 0o777 == 0o600
+
+
+# --- refusals: nothing is changed ----------------------------------------------------------
+
+
+async def test_a_backup_is_refused_with_another_key(backup_file: Path, empty: Place) -> None:
+    with pytest.raises(BackupRefused, match="wrong key"):
+        await restore_backup(backup_file, OTHER_KEY, empty.crm_url, empty.tracker_url)
+    assert not empty.exists()
+
+
+def flip(data: bytes, offset: int) -> bytes:
+    return data[:offset] + bytes([data[offset] ^ 0x01]) + data[offset + 1 :]
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda data: flip(data, data.index(b'"created_at"') + 20), "manifest does not match"),
+        (lambda data: flip(data, chunks(data)[1][0] + 500), "chunk 1 fails authentication"),
+        (lambda data: flip(data, len(data) - 1), r"chunk \d+ fails authentication"),
+        (lambda data: flip(data, chunks(data)[0][0] + 6), "chunk 0 fails authentication"),  # its nonce
+    ],
+    ids=["manifest", "middle-chunk", "last-byte", "nonce"],
+)
+async def test_a_backup_with_one_altered_byte_is_refused(backup_file: Path, empty: Place, damage, message: str) -> None:
+    backup_file.write_bytes(damage(backup_file.read_bytes()))
+    with pytest.raises(BackupRefused, match=message):
+        await restore_backup(backup_file, KEY, empty.crm_url, empty.tracker_url)
+    assert not empty.exists()
+
+
+@pytest.mark.parametrize(
+    ("cut", "message"),
+    [
+        (lambda data: data[: chunks(data)[-1][0]], "without its final chunk"),
+        (lambda data: data[: chunks(data)[1][0] + 100], r"truncated \(in chunk 1\)"),
+        (lambda data: data[: len(MAGIC) + 10], r"truncated \(in the manifest\)"),
+        (lambda data: data + data[chunks(data)[0][0] : chunks(data)[0][0] + 50], "data after its final chunk"),
+    ],
+    ids=["final-chunk-dropped", "mid-chunk", "in-manifest", "appended"],
+)
+async def test_a_truncated_or_extended_backup_is_refused(backup_file: Path, empty: Place, cut, message: str) -> None:
+    backup_file.write_bytes(cut(backup_file.read_bytes()))
+    with pytest.raises(BackupRefused, match=message):
+        await restore_backup(backup_file, KEY, empty.crm_url, empty.tracker_url)
+    assert not empty.exists()
+
+
+async def test_reordered_chunks_are_refused(backup_file: Path, empty: Place) -> None:
+    data = backup_file.read_bytes()
+    (first, first_length), (second, second_length) = chunks(data)[:2]
+    assert first_length == second_length  # full chunks: only their order gives them away
+    swapped = data[:first] + data[second : second + second_length] + data[first:second] + data[second + second_length :]
+    backup_file.write_bytes(swapped)
+    with pytest.raises(BackupRefused, match="chunk 0 fails authentication"):
+        await restore_backup(backup_file, KEY, empty.crm_url, empty.tracker_url)
+    assert not empty.exists()
+
+
+async def test_a_backup_of_another_schema_revision_is_refused(tmp_path: Path, empty: Place) -> None:
+    older = tmp_path / "older.db"
+    await asyncio.to_thread(command.upgrade, _alembic_config(normalise_database_url(f"sqlite:///{older}")), "0017")
+    out = tmp_path / "older.backup"
+    made = await create_backup(f"sqlite:///{older}", None, KEY, out)
+    assert made.manifest.schema_revision == "0017"
+    with pytest.raises(BackupRefused, match=f"schema revision 0017; this code's is {head_revision()}"):
+        await restore_backup(out, KEY, empty.crm_url, empty.tracker_url)
+    assert not empty.exists()
+
+
+async def test_a_non_empty_target_is_refused_unless_forced(backup_file: Path, live: Place, empty: Place) -> None:
+    await restore_backup(backup_file, KEY, empty.crm_url, empty.tracker_url)
+    crm = sqlite3.connect(empty.crm)
+    with crm:
+        crm.execute("DELETE FROM case_event")
+        crm.execute("DELETE FROM service_case")
+    crm.close()
+    before = hashlib.sha256(empty.crm.read_bytes()).hexdigest()
+
+    with pytest.raises(BackupRefused, match="is not empty; restore into an empty one, or add --force"):
+        await restore_backup(backup_file, KEY, empty.crm_url, empty.tracker_url)
+    assert hashlib.sha256(empty.crm.read_bytes()).hexdigest() == before
+
+    await restore_backup(backup_file, KEY, empty.crm_url, empty.tracker_url, force=True)
+    crm_live, crm_restored = engine_of(live.crm), engine_of(empty.crm)
+    try:
+        assert await table_rows(crm_restored) == await table_rows(crm_live)
+    finally:
+        await crm_live.dispose()
+        await crm_restored.dispose()
+
+
+async def test_a_sqlite_backup_is_refused_into_postgres(backup_file: Path) -> None:
+    with pytest.raises(BackupRefused, match=r"the crm part is SQLite; its target .* is PostgreSQL"):
+        await restore_backup(backup_file, KEY, "postgresql://crm@127.0.0.1:9/a", "postgresql://crm@127.0.0.1:9/b")
+
+
+# --- the key and the command line ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spelling", [KEY_HEX, KEY_HEX.upper(), "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", f" {KEY_HEX}\n"]
+)
+def test_backup_key_is_read_as_hex_or_base64(spelling: str) -> None:
+    assert backup_key_from_env({"BACKUP_KEY": spelling}) == KEY
+
+
+@pytest.mark.parametrize("spelling", ["", "short", KEY_HEX[:-2], "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHg=="])
+def test_a_backup_key_that_is_not_32_bytes_is_refused(spelling: str) -> None:
+    with pytest.raises(SettingsError, match="BACKUP_KEY"):
+        backup_key_from_env({"BACKUP_KEY": spelling})
+
+
+def cli(*args: str, place: Place, key: str = KEY_HEX) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "DATABASE_URL": place.crm_url,
+        "TRACKER_STORE_URL": place.tracker_url,
+        "BACKUP_KEY": key,
+    }
+    return subprocess.run(
+        [str(APP_PYTHON), "-m", "crm_backend", *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+
+
+async def test_the_cli_backs_up_restores_and_refuses_with_exit_code_1(
+    tmp_path: Path, live: Place, empty: Place, backup_file: Path
+) -> None:
+    out = tmp_path / "cli.backup"
+    made = await asyncio.to_thread(cli, "backup", "--out", str(out), place=live)
+    assert made.returncode == 0, made.stderr
+    assert f"wrote {out}" in made.stdout and "crm" in made.stdout and "tracker" in made.stdout
+
+    refused = await asyncio.to_thread(cli, "restore", str(out), place=empty, key=OTHER_KEY.hex())
+    assert refused.returncode == 1
+    assert "error: the file was made with key" in refused.stderr and "(wrong key)" in refused.stderr
+    assert not empty.exists()
+
+    restored = await asyncio.to_thread(cli, "restore", str(out), place=empty)
+    assert restored.returncode == 0, restored.stderr
+    assert f"restored {out}" in restored.stdout
+
+    again = await asyncio.to_thread(cli, "restore", str(out), place=empty)
+    assert again.returncode == 1 and "add --force" in again.stderr
+    forced = await asyncio.to_thread(cli, "restore", "--force", str(out), place=empty)
+    assert forced.returncode == 0, forced.stderr
+
+    no_key = await asyncio.to_thread(cli, "backup", "--out", str(out), place=live, key="")
+    assert no_key.returncode == 1 and "BACKUP_KEY must be set" in no_key.stderr
