@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from crm_backend.backup import MAGIC, create_backup, head_revision, key_id, read_manifest, restore_backup
 from crm_backend.db import _alembic_config, create_engine
 from crm_backend.errors import BackupRefused
-from crm_backend.settings import SettingsError, backup_key_from_env, normalise_database_url
+from crm_backend.settings import SettingsError, backup_key_from_env, normalise_database_url, tracker_store_url_from_env
 from tests.support.backups import Load, assert_restored_rows_are_the_sources, create_tracker_store, table_rows
 from tests.support.stack import APP_PYTHON, ROOT
 
@@ -274,6 +274,19 @@ def test_a_backup_key_that_is_not_32_bytes_is_refused(spelling: str) -> None:
         backup_key_from_env({"BACKUP_KEY": spelling})
 
 
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, f"sqlite:///{ROOT / 'var' / 'tracker.db'}"),
+        ({"DATABASE_URL": "sqlite:////srv/crm.db"}, f"sqlite:///{ROOT / 'var' / 'tracker.db'}"),
+        ({"DATABASE_URL": "postgres://crm:pw@db/crm"}, "postgresql://crm:pw@db/crm"),
+        ({"DATABASE_URL": "postgresql://crm@db/crm", "TRACKER_STORE_URL": "sqlite:////t.db"}, "sqlite:////t.db"),
+    ],
+)
+def test_the_tracker_store_is_found_as_bin_env_sh_derives_it(env: dict[str, str], expected: str) -> None:
+    assert tracker_store_url_from_env(env) == expected
+
+
 def cli(*args: str, place: Place, key: str = KEY_HEX) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -310,3 +323,40 @@ async def test_the_cli_backs_up_restores_and_refuses_with_exit_code_1(
 
     no_key = await asyncio.to_thread(cli, "backup", "--out", str(out), place=live, key="")
     assert no_key.returncode == 1 and "BACKUP_KEY must be set" in no_key.stderr
+
+
+# --- bin/setup gives the embedded default a key --------------------------------------------
+
+
+def setup_secrets_lines() -> str:
+    """The block of bin/setup that writes var/secrets.env, from its comment to the blank line after it."""
+    lines = (ROOT / "bin" / "setup").read_text().splitlines()
+    start = lines.index("# Local secrets for the embedded default; production sets them in the environment.")
+    end = lines.index("", start)
+    return "\n".join(lines[start:end])
+
+
+def run_setup_secrets(project: Path) -> dict[str, str]:
+    (project / ".venv" / "bin").mkdir(parents=True, exist_ok=True)
+    python = project / ".venv" / "bin" / "python"
+    if not python.exists():
+        python.symlink_to(APP_PYTHON)
+    (project / "var").mkdir(exist_ok=True)
+    subprocess.run(
+        ["bash", "-c", f"set -euo pipefail\nlog() {{ :; }}\n{setup_secrets_lines()}"], cwd=project, check=True
+    )
+    return dict(line.split("=", 1) for line in (project / "var" / "secrets.env").read_text().splitlines())
+
+
+def test_setup_writes_a_backup_key_once_also_into_an_older_secrets_file(tmp_path: Path) -> None:
+    fresh = run_setup_secrets(tmp_path / "fresh")
+    assert set(fresh) == {"ENGINE_TOKEN", "ACTION_TOKEN", "REST_CHANNEL_TOKEN", "BACKUP_KEY"}
+    assert len(backup_key_from_env(fresh)) == 32
+    assert run_setup_secrets(tmp_path / "fresh") == fresh  # a second run changes nothing
+
+    older = tmp_path / "older"
+    (older / "var").mkdir(parents=True)
+    (older / "var" / "secrets.env").write_text("ENGINE_TOKEN=e\nACTION_TOKEN=a\nREST_CHANNEL_TOKEN=r\n")
+    upgraded = run_setup_secrets(older)
+    assert upgraded["ENGINE_TOKEN"] == "e" and upgraded["REST_CHANNEL_TOKEN"] == "r"
+    assert len(backup_key_from_env(upgraded)) == 32
