@@ -3,7 +3,7 @@
 Run from the project root::
 
     .venv/bin/python -m benchmarks.backup_benchmark [--cases 100000] [--events 200000] \\
-        [--out results/backup_benchmark.json] > results/backup_benchmark.md
+        [--postgres] [--out results/backup_benchmark.json] > results/backup_benchmark.md
 
 In a temporary directory it migrates a CRM database, bulk-inserts ``--cases`` cases with
 20,000 citizens (the console benchmark's generator, `benchmarks.console_benchmark.insert_cases`,
@@ -11,6 +11,10 @@ seeded) and a tracker store of ``--events`` engine events (Rasa's ``events`` tab
 300 bytes of JSON each), then times the two commands as an operator runs them (a fresh
 process each, wall-clock): the backup, and the restore into empty files, and reports the
 sizes of the databases and of the encrypted file. Nothing else runs meanwhile.
+
+With ``--postgres`` the same rows are then copied into a throwaway PostgreSQL server
+(`tests/support/postgres.py`; CRM and tracker store in two databases) and the two commands
+timed there too, restoring into two empty databases of the same server.
 """
 
 from __future__ import annotations
@@ -28,14 +32,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from benchmarks.console_benchmark import insert_cases
 from benchmarks.run_benchmarks import log, machine_info, table, write_report
 from crm_backend.db import create_engine, create_sessionmaker, upgrade_database
 from crm_backend.dispatch.routing import seed_routing
+from crm_backend.models import Base
 from crm_backend.settings import normalise_database_url
+from tests.support.backups import tracker_metadata
+from tests.support.postgres import PostgresServer
 from tests.support.stack import APP_PYTHON, ROOT
 
 KEY_HEX = bytes(range(32)).hex()  # a benchmark key: the file is deleted afterwards
+COPY_BATCH = 5_000
 
 
 async def _seed(url: str) -> None:
@@ -84,6 +94,69 @@ def make_tracker(path: Path, count: int) -> None:
     connection.close()
 
 
+async def copy_rows(source: Path, target_url: str, metadata: sa.MetaData) -> None:
+    """Every row of `metadata`'s tables from a SQLite file into a PostgreSQL database (emptied first)."""
+    reader = sa.create_engine(f"sqlite:///{source}")
+    writer = create_engine(target_url)
+    try:
+        tables = [table for table in metadata.sorted_tables if table.name != "alembic_version"]
+        async with writer.begin() as conn:
+            await conn.execute(sa.text("TRUNCATE " + ", ".join(table.name for table in tables) + " CASCADE"))
+        for table in tables:
+            with reader.connect() as source_conn:
+                rows = [dict(row._mapping) for row in source_conn.execute(sa.select(table))]
+            for start in range(0, len(rows), COPY_BATCH):
+                async with writer.begin() as conn:
+                    await conn.execute(sa.insert(table), rows[start : start + COPY_BATCH])
+    finally:
+        reader.dispose()
+        await writer.dispose()
+
+
+async def tracker_on_postgres(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(tracker_metadata.create_all)
+    finally:
+        await engine.dispose()
+
+
+def postgres_figures(crm: Path, tracker: Path, work: Path) -> dict[str, Any]:
+    server = PostgresServer()
+    server.start()
+    try:
+        crm_url, tracker_url = server.create_database("crm"), server.create_database("tracker")
+        log("copying the rows into PostgreSQL")
+        upgrade_database(normalise_database_url(crm_url))
+        asyncio.run(copy_rows(crm, normalise_database_url(crm_url), Base.metadata))
+        asyncio.run(tracker_on_postgres(normalise_database_url(tracker_url)))
+        asyncio.run(copy_rows(tracker, normalise_database_url(tracker_url), tracker_metadata))
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "BACKUP_KEY": KEY_HEX,
+            "DATABASE_URL": crm_url,
+            "TRACKER_STORE_URL": tracker_url,
+        }
+        out = work / "pg.backup"
+        log("backup (PostgreSQL)")
+        backup_seconds = timed("backup", "--out", str(out), env=env)
+        restored = {
+            **env,
+            "DATABASE_URL": server.create_database("crm_restored"),
+            "TRACKER_STORE_URL": server.create_database("tracker_restored"),
+        }
+        log("restore into empty databases (PostgreSQL)")
+        restore_seconds = timed("restore", str(out), env=restored)
+        return {
+            "backup_seconds": backup_seconds,
+            "restore_seconds": restore_seconds,
+            "backup_file_bytes": out.stat().st_size,
+        }
+    finally:
+        server.stop()
+
+
 def timed(*args: str, env: dict[str, str]) -> float:
     started = time.perf_counter()
     result = subprocess.run(
@@ -128,6 +201,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["crm_db_bytes"] = crm.stat().st_size
         results["tracker_db_bytes"] = tracker.stat().st_size
         results["backup_file_bytes"] = out.stat().st_size
+        if args.postgres:
+            results["postgres"] = postgres_figures(crm, tracker, work)
     results["machine"]["loadavg_at_end"] = os.getloadavg()
     return results
 
@@ -148,14 +223,27 @@ def render(results: dict[str, Any]) -> str:
     return (
         f"## Backup and restore, SQLite: {results['cases']:,} cases, {results['events']:,} engine events\n\n"
         f"{m['nproc']} cores ({m['cpu_model']}), load {', '.join(f'{x:.2f}' for x in m['loadavg_at_start'])} "
-        f"at start; {m['date']}.\n\n" + table(["", ""], rows) + "\n"
+        f"at start; {m['date']}.\n\n" + table(["", ""], rows) + "\n" + render_postgres(results)
     )
+
+
+def render_postgres(results: dict[str, Any]) -> str:
+    if "postgres" not in results:
+        return ""
+    pg = results["postgres"]
+    rows = [
+        ["backup (pg_dump of both databases)", f"{pg['backup_seconds']} s"],
+        ["restore into empty databases (pg_restore)", f"{pg['restore_seconds']} s"],
+        ["encrypted backup file", mb(pg["backup_file_bytes"])],
+    ]
+    return "\n### The same rows on PostgreSQL\n\n" + table(["", ""], rows) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--cases", type=int, default=100_000)
     parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--postgres", action="store_true", help="also on a throwaway PostgreSQL server")
     parser.add_argument("--out", type=Path, default=Path("results/backup_benchmark.json"))
     args = parser.parse_args(argv)
     write_report(run(args), args.out, render)

@@ -11,7 +11,8 @@ The file (version 1)::
     magic        16 bytes  b"CRM12345-BACKUP" + b"\\x01"
     length        4 bytes  big-endian length of the manifest
     manifest     JSON, UTF-8: format, created_at, schema_revision, key_id, salt, chunk_bytes,
-                 payload_bytes, payload_sha256, parts [{name, kind, bytes, sha256, tables}]
+                 payload_bytes, payload_sha256, parts [{name, kind, holds, compression,
+                 bytes, sha256, tables}]
     manifest MAC 32 bytes  HMAC-SHA256(mac key, magic + length + manifest)
     chunks       each: 4-byte big-endian ciphertext length, 12-byte random nonce, AES-256-GCM
                  ciphertext of up to ``chunk_bytes`` of payload with its 16-byte tag; associated
@@ -19,12 +20,15 @@ The file (version 1)::
                  (1 byte). The last chunk, and only it, has the final flag; a payload of zero
                  bytes is one empty final chunk.
 
-The payload is the parts' bytes one after the other, in manifest order (a SQLite file, or a
-``pg_dump`` custom-format archive). The encryption and MAC keys are derived per file with
-HKDF-SHA256 from ``BACKUP_KEY`` and the file's random 16-byte salt; ``key_id`` is the first
-16 hex digits of HMAC-SHA256(BACKUP_KEY, "crm-backup key id"), naming the key without
-revealing it. The manifest can be read without the key (`read_manifest`) and cannot be
-altered without it; reordered, dropped, truncated or altered chunks fail their tag.
+The payload is the parts' bytes one after the other, in manifest order: a SQLite file
+compressed with zlib (level 1), or a ``pg_dump`` custom-format archive (compressed by
+``pg_dump``); ``bytes`` and ``sha256`` are those of the part as it is in the payload.
+
+The encryption and MAC keys are derived per file with HKDF-SHA256 from ``BACKUP_KEY`` and the
+file's random 16-byte salt; ``key_id`` is the first 16 hex digits of
+HMAC-SHA256(BACKUP_KEY, "crm-backup key id"), naming the key without revealing it. The
+manifest can be read without the key (`read_manifest`) and cannot be altered without it;
+reordered, dropped, truncated or altered chunks fail their tag.
 
 `restore` checks, before it changes anything: the key id, the manifest's MAC, the schema
 revision against the code's Alembic head, that the targets are empty (unless ``force``), and
@@ -44,6 +48,7 @@ import sqlite3
 import struct
 import tempfile
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -63,6 +68,7 @@ MAGIC = b"CRM12345-BACKUP\x01"
 FORMAT = "crm12345-backup"
 VERSION = 1
 CHUNK_BYTES = 1 << 20
+MAX_CHUNK_BYTES = 64 << 20
 NONCE_BYTES = 12
 TAG_BYTES = 16
 SALT_BYTES = 16
@@ -74,6 +80,9 @@ TRACKER = "tracker"
 SQLITE = "sqlite"
 PG_DUMP = "pg_dump"
 ENGINES = {SQLITE: "SQLite", PG_DUMP: "PostgreSQL"}
+NO_COMPRESSION = "none"
+ZLIB = "zlib"
+ZLIB_LEVEL = 1  # a SQLite file shrinks to about a third at ~100 MB/s; higher levels gain little
 
 
 # --- keys ----------------------------------------------------------------------------------
@@ -278,12 +287,14 @@ class Part:
     sha256: str = ""
     tables: dict[str, int] = field(default_factory=dict)
     holds: list[str] = field(default_factory=list)  # the stores in it: [crm], [tracker] or both
+    compression: str = NO_COMPRESSION  # ZLIB for SQLite files (pg_dump compresses its own archive)
 
     def to_json(self) -> dict[str, object]:
         return {
             "name": self.name,
             "kind": self.kind,
             "holds": self.holds,
+            "compression": self.compression,
             "bytes": self.bytes,
             "sha256": self.sha256,
             "tables": self.tables,
@@ -337,6 +348,7 @@ class Manifest:
                         sha256=str(p["sha256"]),
                         tables={str(k): int(v) for k, v in p["tables"].items()},
                         holds=[str(h) for h in p["holds"]],
+                        compression=str(p["compression"]),
                     )
                     for p in data["parts"]
                 ],
@@ -348,6 +360,16 @@ class Manifest:
             )
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise BackupRefused(f"the manifest is unreadable ({error})") from error
+
+    def check_parts(self) -> None:
+        """Refuse parts of a kind or compression this code does not know (a newer format).
+
+        Raises:
+            BackupRefused: such a part.
+        """
+        for part in self.parts:
+            if part.kind not in ENGINES or part.compression not in (NO_COMPRESSION, ZLIB):
+                raise BackupRefused(f"the {part.name} part is {part.kind}/{part.compression}, unknown to this code")
 
 
 def _header(manifest_bytes: bytes) -> bytes:
@@ -438,6 +460,34 @@ def _stores(database_url: str, tracker_url: str | None) -> list[tuple[Store, lis
     return [(crm, [CRM]), (tracker, [TRACKER])]
 
 
+def _compress(path: Path) -> Path:
+    """`path` compressed with zlib into ``path.zlib``, streamed; `path` is removed."""
+    packed = path.with_name(path.name + "." + ZLIB)
+    compressor = zlib.compressobj(ZLIB_LEVEL)
+    with path.open("rb") as source, packed.open("wb") as target:
+        while block := source.read(CHUNK_BYTES):
+            target.write(compressor.compress(block))
+        target.write(compressor.flush())
+    path.unlink()
+    return packed
+
+
+def _decompress(path: Path) -> Path:
+    """The zlib stream `path` (checked against its manifest checksum already) unpacked beside it."""
+    unpacked = path.with_suffix("")
+    decompressor = zlib.decompressobj()
+    with path.open("rb") as source, unpacked.open("wb") as target:
+        while block := source.read(CHUNK_BYTES):
+            target.write(decompressor.decompress(block, CHUNK_BYTES))
+            while decompressor.unconsumed_tail:
+                target.write(decompressor.decompress(decompressor.unconsumed_tail, CHUNK_BYTES))
+        target.write(decompressor.flush())
+    if not decompressor.eof:
+        raise BackupRefused(f"{path.name}: the compressed database ends early")
+    path.unlink()
+    return unpacked
+
+
 def _hash_file(path: Path, into: list["hashlib._Hash"]) -> int:
     size = 0
     with path.open("rb") as stream:
@@ -493,7 +543,9 @@ def _write_encrypted(out: Path, key: bytes, manifest: Manifest, salt: bytes, pat
     return out.stat().st_size
 
 
-async def create_backup(database_url: str, tracker_url: str | None, key: bytes, out: Path) -> BackupResult:
+async def create_backup(
+    database_url: str, tracker_url: str | None, key: bytes, out: Path, *, chunk_bytes: int = CHUNK_BYTES
+) -> BackupResult:
     """Back up the CRM database (and the tracker store, when given) into the encrypted file `out`.
 
     A SQLite tracker file that does not exist yet (the engine never ran) is left out.
@@ -518,6 +570,8 @@ async def create_backup(database_url: str, tracker_url: str | None, key: bytes, 
                 if CRM in holds:
                     found = await asyncio.to_thread(_sqlite_revision, staged)
                     revision.extend([found] if found else [])
+                staged = await asyncio.to_thread(_compress, staged)
+                part.compression = ZLIB
             else:
                 await _stage_pg(store, staged, part, revision)
             parts.append(part)
@@ -537,6 +591,7 @@ async def create_backup(database_url: str, tracker_url: str | None, key: bytes, 
             parts=parts,
             payload_bytes=sum(part.bytes for part in parts),
             payload_sha256=payload.hexdigest(),
+            chunk_bytes=chunk_bytes,
         )
         size = await asyncio.to_thread(_write_encrypted, out, key, manifest, salt, paths)
     return BackupResult(out, manifest, size, time.perf_counter() - started)
@@ -570,6 +625,9 @@ def _open_checked(stream: BinaryIO, key: bytes) -> tuple[Manifest, AESGCM, bytes
     cipher, mac_key = _file_keys(key, salt)
     if not hmac.compare_digest(mac, hmac.new(mac_key, header, hashlib.sha256).digest()):
         raise BackupRefused("the manifest does not match its MAC: the file was altered (or the key is wrong)")
+    manifest.check_parts()
+    if not 0 < manifest.chunk_bytes <= MAX_CHUNK_BYTES:
+        raise BackupRefused(f"chunks of {manifest.chunk_bytes} bytes are not a size this code reads")
     return manifest, cipher, hashlib.sha256(header).digest()
 
 
@@ -715,9 +773,11 @@ async def restore_backup(
                 empty = not await _pg_tables(target)
             if not empty:
                 raise BackupRefused(f"{target.describe()} is not empty; restore into an empty one, or add --force")
-        staged = [Path(staging) / f"{part.name}.{part.kind}" for part in manifest.parts]
+        staged = [Path(staging) / f"{part.name}.{part.kind}.{part.compression}" for part in manifest.parts]
         await asyncio.to_thread(_decrypt_payload, stream, manifest, cipher, digest, staged)
         for part, target, source in zip(manifest.parts, targets, staged, strict=True):
+            if part.compression == ZLIB:
+                source = await asyncio.to_thread(_decompress, source)
             if target.kind == SQLITE:
                 target.path.parent.mkdir(parents=True, exist_ok=True)
                 await asyncio.to_thread(_sqlite_copy, source, target.path)

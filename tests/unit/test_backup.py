@@ -31,7 +31,7 @@ KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
 KEY_HEX = KEY.hex()
 TRACKER_CONVERSATIONS = 600
-TRACKER_PADDING = 1000  # ~3 kB an event: the tracker alone is a few 1 MiB chunks
+CHUNK_BYTES = 4096  # small chunks, so that a small backup has several
 
 
 @dataclass
@@ -71,7 +71,7 @@ def empty(tmp_path: Path) -> Place:
 @pytest.fixture
 async def tracker(live: Place) -> AsyncIterator[AsyncEngine]:
     engine = engine_of(live.tracker)
-    await create_tracker_store(engine, TRACKER_CONVERSATIONS, TRACKER_PADDING)
+    await create_tracker_store(engine, TRACKER_CONVERSATIONS)
     yield engine
     await engine.dispose()
 
@@ -80,10 +80,10 @@ async def tracker(live: Place) -> AsyncIterator[AsyncEngine]:
 async def backup_file(
     tmp_path: Path, live: Place, sessions: async_sessionmaker[AsyncSession], tracker: AsyncEngine
 ) -> Path:
-    """A backup of a CRM with three cases and a tracker store of several chunks."""
+    """A backup of a CRM with three cases and a tracker store, in several chunks."""
     await Load().run(sessions, tracker, cases=3)
     out = tmp_path / "crm.backup"
-    await create_backup(live.crm_url, live.tracker_url, KEY, out)
+    await create_backup(live.crm_url, live.tracker_url, KEY, out, chunk_bytes=CHUNK_BYTES)
     return out
 
 
