@@ -236,7 +236,7 @@ def _backup_or_restore(args: argparse.Namespace, database_url: str) -> int:
             restored = asyncio.run(backup.restore_backup(args.file, key, database_url, tracker_url, force=args.force))
             manifest, seconds = restored.manifest, restored.seconds
             print(f"restored {args.file} (made {manifest.created_at}) in {seconds:.1f} s")
-    except (SettingsError, CrmError) as error:
+    except (SettingsError, CrmError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"  schema revision {manifest.schema_revision}, key {manifest.key_id}, sha256 {manifest.payload_sha256}")

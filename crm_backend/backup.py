@@ -554,6 +554,8 @@ async def create_backup(
         BackupRefused: a database is missing or has no schema revision, or a dump failed.
     """
     started = time.perf_counter()
+    if not out.parent.is_dir():
+        raise BackupRefused(f"no directory {out.parent} to write the backup in")
     stores = _stores(database_url, tracker_url)
     if len(stores) > 1 and stores[1][0].kind == SQLITE and not stores[1][0].path.exists():
         stores = stores[:1]
@@ -686,6 +688,16 @@ def _decrypt_payload(
             raise BackupRefused(f"the {part.name} part's SHA-256 does not match the manifest")
 
 
+def _create_private(path: Path) -> None:
+    """Make a new SQLite target (and its directory) readable by its owner only, as `bin/setup` makes var/.
+
+    SQLite gives its -wal and -shm files the database file's mode.
+    """
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
 def _sqlite_is_empty(path: Path) -> bool:
     if not path.exists() or path.stat().st_size == 0:
         return True
@@ -779,7 +791,7 @@ async def restore_backup(
             if part.compression == ZLIB:
                 source = await asyncio.to_thread(_decompress, source)
             if target.kind == SQLITE:
-                target.path.parent.mkdir(parents=True, exist_ok=True)
+                _create_private(target.path)
                 await asyncio.to_thread(_sqlite_copy, source, target.path)
                 counts = await asyncio.to_thread(_sqlite_counts, target.path)
             else:

@@ -360,3 +360,19 @@ def test_setup_writes_a_backup_key_once_also_into_an_older_secrets_file(tmp_path
     upgraded = run_setup_secrets(older)
     assert upgraded["ENGINE_TOKEN"] == "e" and upgraded["REST_CHANNEL_TOKEN"] == "r"
     assert len(backup_key_from_env(upgraded)) == 32
+
+
+async def test_a_restored_sqlite_file_is_private_whatever_the_umask(backup_file: Path, empty: Place) -> None:
+    previous = os.umask(0o022)
+    try:
+        await restore_backup(backup_file, KEY, empty.crm_url, empty.tracker_url)
+    finally:
+        os.umask(previous)
+    assert empty.crm.stat().st_mode & 0o777 == 0o600
+    assert empty.tracker.stat().st_mode & 0o777 == 0o600
+    assert empty.crm.parent.stat().st_mode & 0o777 == 0o700
+
+
+async def test_a_backup_into_a_missing_directory_is_refused_before_any_work(live: Place, tmp_path: Path) -> None:
+    with pytest.raises(BackupRefused, match="no directory"):
+        await create_backup(live.crm_url, None, KEY, tmp_path / "absent" / "crm.backup")
