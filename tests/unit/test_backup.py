@@ -8,19 +8,32 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
+import json
 import os
 import sqlite3
 import struct
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from crm_backend.backup import MAGIC, create_backup, head_revision, key_id, read_manifest, restore_backup
+from crm_backend.backup import (
+    MAGIC,
+    _associated_data,
+    _file_keys,
+    _header,
+    create_backup,
+    head_revision,
+    key_id,
+    read_manifest,
+    restore_backup,
+)
 from crm_backend.db import _alembic_config, create_engine
 from crm_backend.errors import BackupRefused
 from crm_backend.settings import SettingsError, backup_key_from_env, normalise_database_url, tracker_store_url_from_env
@@ -376,3 +389,47 @@ async def test_a_restored_sqlite_file_is_private_whatever_the_umask(backup_file:
 async def test_a_backup_into_a_missing_directory_is_refused_before_any_work(live: Place, tmp_path: Path) -> None:
     with pytest.raises(BackupRefused, match="no directory"):
         await create_backup(live.crm_url, None, KEY, tmp_path / "absent" / "crm.backup")
+
+
+def reseal(data: bytes, key: bytes, edit: Callable[[dict[str, Any]], None]) -> bytes:
+    """The file with its manifest edited by someone who holds the key: MAC and chunks made anew."""
+    header_end = len(MAGIC) + 4 + struct.unpack(">I", data[len(MAGIC) : len(MAGIC) + 4])[0]
+    manifest = json.loads(data[len(MAGIC) + 4 : header_end])
+    cipher, mac_key = _file_keys(key, bytes.fromhex(manifest["salt"]))
+    old_digest = hashlib.sha256(data[:header_end]).digest()
+    edit(manifest)
+    header = _header(json.dumps(manifest).encode())
+    new_digest = hashlib.sha256(header).digest()
+    out = [header, hmac.new(mac_key, header, hashlib.sha256).digest()]
+    found = chunks(data)
+    for index, (offset, length) in enumerate(found):
+        nonce, sealed = data[offset + 4 : offset + 16], data[offset + 16 : offset + length]
+        final = index == len(found) - 1
+        block = cipher.decrypt(nonce, sealed, _associated_data(old_digest, index, final))
+        resealed = cipher.encrypt(nonce, block, _associated_data(new_digest, index, final))
+        out.append(struct.pack(">I", len(resealed)) + nonce + resealed)
+    return b"".join(out)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m.update(payload_sha256="0" * 64), "payload's SHA-256 does not match the manifest's checksum"),
+        (lambda m: m.update(schema_revision="0017"), "the backup is of schema revision 0017"),
+        (lambda m: m["parts"][0].update(compression="zstd"), "crm part is sqlite/zstd, unknown to this code"),
+    ],
+    ids=["checksum", "revision", "compression"],
+)
+async def test_a_manifest_resealed_with_the_key_is_still_checked(
+    backup_file: Path, empty: Place, edit, message: str
+) -> None:
+    backup_file.write_bytes(reseal(backup_file.read_bytes(), KEY, edit))
+    with pytest.raises(BackupRefused, match=message):
+        await restore_backup(backup_file, KEY, empty.crm_url, empty.tracker_url)
+    assert not empty.exists()
+
+
+async def test_resealing_without_an_edit_keeps_the_file_restorable(backup_file: Path, empty: Place) -> None:
+    """The resealing helper above changes only what the edit changes."""
+    backup_file.write_bytes(reseal(backup_file.read_bytes(), KEY, lambda manifest: None))
+    await restore_backup(backup_file, KEY, empty.crm_url, empty.tracker_url)
