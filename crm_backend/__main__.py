@@ -1,7 +1,7 @@
 """Operator commands: ``python -m crm_backend COMMAND``.
 
 Commands: migrate, stats, create-user, create-api-client, revoke-api-client, classify-types,
-score-replies, hot-issues, import-messages.
+score-replies, hot-issues, import-messages, backup, restore.
 
 ``create-user`` reads the password from a prompt (twice) or, when standard input is not a
 terminal, from its first line, never from an argument that would land in shell history.
@@ -21,6 +21,13 @@ no database needed).
 historical cases (`crm_backend.importer`): the whole file is checked first, and a file with a
 bad row is refused with each bad row's line (exit code 2) and nothing imported; a message
 imported before is skipped. Exit code 1: the dispatch models cannot be loaded.
+
+``backup --out FILE`` writes the CRM database and the engine's tracker store
+(``TRACKER_STORE_URL``, else what ``bin/env.sh`` derives) into one file encrypted with
+``BACKUP_KEY`` (`crm_backend.backup`), from a running system. ``restore FILE [--force]``
+puts them back into empty databases (``--force``: over non-empty ones); a file with the wrong
+key, an altered or truncated byte, or another schema revision than the code's is refused with
+nothing changed (exit code 1).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import sys
 from datetime import date, timedelta
 from pathlib import Path
 
+from crm_backend import backup
 from crm_backend.db import create_engine, create_sessionmaker, upgrade_database
 from crm_backend.dispatch.classifier import ModelLoadError
 from crm_backend.dispatch.routing import seed_routing
@@ -45,7 +53,14 @@ from crm_backend.lifecycle import STATUS_LABELS, CaseStatus, Role
 from crm_backend.services import api_clients, audit, cases, reply_scores, staff
 from crm_backend.services.api_clients import ApiScope
 from crm_backend.services.stats import collect_stats
-from crm_backend.settings import case_type_model_path_from_env, category_model_path_from_env, database_url_from_env
+from crm_backend.settings import (
+    SettingsError,
+    backup_key_from_env,
+    case_type_model_path_from_env,
+    category_model_path_from_env,
+    database_url_from_env,
+    tracker_store_url_from_env,
+)
 
 EXIT_BAD_FILE = 2
 MAX_PROBLEMS_SHOWN = 50
@@ -209,6 +224,29 @@ def _print_import(path: Path, summary: ImportSummary) -> None:
         print(f"  {category}  {n}")
 
 
+def _backup_or_restore(args: argparse.Namespace, database_url: str) -> int:
+    try:
+        key = backup_key_from_env()
+        tracker_url = tracker_store_url_from_env()
+        if args.command == "backup":
+            done = asyncio.run(backup.create_backup(database_url, tracker_url, key, args.out))
+            manifest, seconds = done.manifest, done.seconds
+            print(f"wrote {done.path}: {done.file_bytes:,} bytes in {seconds:.1f} s")
+        else:
+            restored = asyncio.run(backup.restore_backup(args.file, key, database_url, tracker_url, force=args.force))
+            manifest, seconds = restored.manifest, restored.seconds
+            print(f"restored {args.file} (made {manifest.created_at}) in {seconds:.1f} s")
+    except (SettingsError, CrmError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"  schema revision {manifest.schema_revision}, key {manifest.key_id}, sha256 {manifest.payload_sha256}")
+    for part in manifest.parts:
+        rows = sum(part.tables.values())
+        holds = "+".join(part.holds)
+        print(f"  {holds:<12} {part.kind:<8} {len(part.tables):>3} tables {rows:>12,} rows {part.bytes:>14,} bytes")
+    return 0
+
+
 def _read_password() -> str:
     if not sys.stdin.isatty():
         return sys.stdin.readline().rstrip("\r\n")
@@ -260,6 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     history.add_argument(
         "file", type=Path, help="columns msg_id,user,title,time,detail + likes,dislikes or reply,reply_time"
     )
+    dump = commands.add_parser("backup", help="write an encrypted backup of the CRM database and the tracker store")
+    dump.add_argument("--out", required=True, type=Path, help="the file to write (BACKUP_KEY encrypts it)")
+    restore = commands.add_parser("restore", help="restore a backup into empty databases")
+    restore.add_argument("file", type=Path, help="a file written by backup")
+    restore.add_argument("--force", action="store_true", help="overwrite databases that are not empty")
     args = parser.parse_args(argv)
     if args.command == "hot-issues":
         args.until = args.until or hot_service.default_window(1)[1]
@@ -306,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "hot-issues":
         return _hot_issues(args, database_url)
+    if args.command in ("backup", "restore"):
+        return _backup_or_restore(args, database_url)
     if args.command == "classify-types":
         upgrade_database(database_url)
         try:

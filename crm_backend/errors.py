@@ -91,6 +91,12 @@ class CaseLimitReached(RateLimited):
     code = "case_limit_reached"
 
 
+class BackupRefused(CrmError):
+    """A backup file, or its target, that `restore` (or `backup`) will not use; nothing was changed."""
+
+    code = "backup_refused"
+
+
 def describe_error(error: BaseException) -> str:
     """An unexpected error for the log: its type and where it was raised, never its message.
 

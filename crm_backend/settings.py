@@ -7,6 +7,8 @@ development secrets into `var/secrets.env` for the embedded default.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 from collections.abc import Mapping
@@ -275,3 +277,45 @@ def case_type_model_path_from_env(env: Mapping[str, str] | None = None) -> Path:
     """Where the case-type recogniser is: ``CASE_TYPE_MODEL_PATH``, else ``models/case_type_classifier.joblib``."""
     env = os.environ if env is None else env
     return Path(env.get("CASE_TYPE_MODEL_PATH", "").strip() or PROJECT_ROOT / "models" / "case_type_classifier.joblib")
+
+
+def tracker_store_url_from_env(env: Mapping[str, str] | None = None) -> str:
+    """The engine's tracker store: ``TRACKER_STORE_URL``, else what ``bin/env.sh`` derives.
+
+    That is the CRM's own PostgreSQL database when ``DATABASE_URL`` names one, and
+    ``var/tracker.db`` beside the embedded SQLite default otherwise. Returned as given (the
+    engine's plain ``sqlite:///`` or ``postgresql://`` form), not with an async driver.
+    """
+    env = os.environ if env is None else env
+    explicit = env.get("TRACKER_STORE_URL", "").strip()
+    if explicit:
+        return explicit
+    database_url = env.get("DATABASE_URL", "").strip()
+    for prefix in ("postgresql://", "postgres://"):
+        if database_url.startswith(prefix):
+            return "postgresql://" + database_url.removeprefix(prefix)
+    return f"sqlite:///{PROJECT_ROOT / 'var' / 'tracker.db'}"
+
+
+BACKUP_KEY_BYTES = 32
+
+
+def backup_key_from_env(env: Mapping[str, str] | None = None) -> bytes:
+    """The 32-byte key of ``backup``/``restore``: ``BACKUP_KEY``, as 64 hex digits or base64.
+
+    Raises:
+        SettingsError: unset, or not 32 bytes in either spelling.
+    """
+    env = os.environ if env is None else env
+    raw = env.get("BACKUP_KEY", "").strip()
+    if not raw:
+        raise SettingsError("BACKUP_KEY must be set (32 random bytes as 64 hex digits or base64)")
+    if len(raw) == 2 * BACKUP_KEY_BYTES and all(c in "0123456789abcdefABCDEF" for c in raw):
+        return bytes.fromhex(raw)
+    try:
+        key = base64.b64decode(raw.replace("-", "+").replace("_", "/"), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != BACKUP_KEY_BYTES:
+        raise SettingsError("BACKUP_KEY must be 32 bytes as 64 hex digits or base64 (e.g. `openssl rand -base64 32`)")
+    return key
