@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from sqlalchemy import event
+from sqlalchemy import Connection, event
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -25,6 +25,7 @@ def create_engine(database_url: str) -> AsyncEngine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(database_url, connect_args={"timeout": 15})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "savepoint", _sqlite_begin_before_savepoint)
         return engine
     return create_async_engine(database_url, pool_size=10, max_overflow=10, pool_pre_ping=True)
 
@@ -35,6 +36,20 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _sqlite_begin_before_savepoint(connection: Connection, _name: str | None) -> None:
+    """Open the transaction before a savepoint that would otherwise be its first statement.
+
+    Python's sqlite3 module begins a transaction only before a data-changing statement, not
+    before ``SAVEPOINT``; a savepoint issued outside a transaction starts one of its own, which
+    ``RELEASE`` commits. A session whose first write sits in ``begin_nested()`` would then keep
+    that write though the session later rolls back. ``BEGIN IMMEDIATE``: a savepoint is there to
+    write, and taking the write lock now lets the busy timeout wait for another writer instead of
+    failing when the read lock cannot be upgraded.
+    """
+    if not connection.connection.driver_connection.in_transaction:  # type: ignore[union-attr]
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
