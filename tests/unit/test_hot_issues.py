@@ -292,6 +292,7 @@ def test_cli_ranks_the_cases_of_the_database_and_caches_the_ranking_for_the_page
     url = f"sqlite:///{tmp_path / 'crm.db'}"
     monkeypatch.setenv("DATABASE_URL", url)
     assert main(["migrate"]) == 0
+    assert capsys.readouterr().out.startswith("database at revision ")  # what migrate did, before the JSON
 
     async def fill_then_read_cache(fill: bool) -> list[HotIssue]:
         engine = create_engine(normalise_database_url(url))
