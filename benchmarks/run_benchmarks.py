@@ -919,7 +919,7 @@ def render_actions(ae: dict[str, Any]) -> str:
 def render_memory(results: dict[str, Any]) -> str:
     processes = [
         ("Engine (`rasa run`, model loaded)", results["memory"]["engine"]),
-        ("App (`python -m bot`, action executor included)", results["memory"]["app"]),
+        ("App (`python -m app`, action executor included)", results["memory"]["app"]),
         ("rasa_sdk server, if run separately", results["action_endpoint"]["rasa_sdk_server_memory"]),
     ]
     rows = [[name, m["main_rss_mb"], m["group_rss_mb"], m["group_pss_mb"], m["processes"]] for name, m in processes]

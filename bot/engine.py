@@ -8,6 +8,7 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -43,17 +44,34 @@ def engine_api_token(secret: str, now: float | None = None, lifetime_seconds: in
     return f"{signing_input}.{_base64url(signature)}"
 
 
+HttpSource = aiohttp.ClientSession | Callable[[], aiohttp.ClientSession]
+
+
 class EngineClient:
     """Sends citizens' messages to the engine's token-protected channel on loopback."""
 
-    def __init__(self, http: aiohttp.ClientSession, base_url: str, token: str, timeout_seconds: float) -> None:
-        self._http = http
+    def __init__(self, http: HttpSource, base_url: str, token: str, timeout_seconds: float) -> None:
+        """Build the client; nothing is sent until a method is called.
+
+        Args:
+            http: the client session, or (in the app) a function returning the one the HTTP
+                client context opens at start, so the client can be built before it exists.
+            base_url: the engine's address, e.g. ``http://127.0.0.1:5005``.
+            token: the engine secret (the channel's token and the API's JWT secret).
+            timeout_seconds: how long one message may take before the engine counts as down.
+        """
+        self._http_source = http
         self._base_url = base_url
         self._webhook = f"{base_url}/webhooks/app/webhook"
         self._status = f"{base_url}/status"
         self._headers = {"Authorization": f"Bearer {token}"}
         self._token = token
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+
+    @property
+    def _http(self) -> aiohttp.ClientSession:
+        source = self._http_source
+        return source if isinstance(source, aiohttp.ClientSession) else source()
 
     async def send(
         self, sender_id: str, text: str, *, channel: str, metadata: dict[str, Any] | None = None

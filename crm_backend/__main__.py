@@ -3,6 +3,11 @@
 Commands: migrate, stats, create-user, create-api-client, revoke-api-client, classify-types,
 score-replies, hot-issues, import-messages, backup, restore.
 
+``migrate`` brings the database to the code's schema: every pending Alembic migration, then the
+idempotent seeds (departments and routing rules, the knowledge base); run it before starting
+the app (`bin/run` does), which refuses a database that is not at the head revision. Running
+it again changes nothing.
+
 ``create-user`` reads the password from a prompt (twice) or, when standard input is not a
 terminal, from its first line, never from an argument that would land in shell history.
 ``create-api-client`` prints the new client's key, alone, on standard output (so a script can
@@ -36,11 +41,12 @@ import argparse
 import asyncio
 import getpass
 import json
+import os
 import sys
 from datetime import date, timedelta
 from pathlib import Path
 
-from crm_backend import backup
+from crm_backend import backup, schema
 from crm_backend.db import create_engine, create_sessionmaker, upgrade_database
 from crm_backend.dispatch.classifier import ModelLoadError
 from crm_backend.dispatch.routing import seed_routing
@@ -271,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one operator command; returns the process exit code."""
     parser = argparse.ArgumentParser(prog="python -m crm_backend")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("migrate", help="apply pending database migrations")
+    commands.add_parser("migrate", help="apply pending database migrations and load the seed data")
     stats = commands.add_parser("stats", help="count citizens, conversations, messages and cases")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     create = commands.add_parser("create-user", help="add a console user (password from a prompt or stdin)")
@@ -313,7 +319,12 @@ def main(argv: list[str] | None = None) -> int:
 
     database_url = database_url_from_env()
     if args.command == "migrate":
-        upgrade_database(database_url)
+        migrated = asyncio.run(schema.migrate(database_url))
+        print(
+            f"database at revision {migrated.after} (was {migrated.before or 'empty'}); "
+            f"routing {'loaded' if migrated.seeded_routing else 'kept'}, "
+            f"knowledge base {'loaded' if migrated.seeded_knowledge else 'kept'}"
+        )
         return 0
     if args.command == "create-user":
         upgrade_database(database_url)
@@ -392,4 +403,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # A database the command creates (SQLite) holds citizens' data: owner only, however it was started.
+    os.umask(0o077)
     sys.exit(main())

@@ -52,8 +52,13 @@ def _sqlite_begin_before_savepoint(connection: Connection, _name: str | None) ->
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """One session per request or task; objects stay usable after commit."""
+def create_sessionmaker(engine: AsyncEngine | None = None) -> async_sessionmaker[AsyncSession]:
+    """One session per request or task; objects stay usable after commit.
+
+    Args:
+        engine: the engine sessions use; None for a factory bound later with
+            ``configure(bind=engine)`` (the app builds its handlers before its database opens).
+    """
     return async_sessionmaker(engine, expire_on_commit=False)
 
 

@@ -44,6 +44,7 @@ from telegram.ext import (
 
 from bot.channels.telegram_delivery import KeyedSequencer, TelegramDelivery
 from bot.channels.telegram_format import is_stored_token, location_text
+from bot.channels.telegram_settings import TelegramSettings
 from bot.pipeline import Inbound, MessagePipeline
 from bot.responses import Responses
 from crm_backend.errors import TooManyMessages, describe_error
@@ -56,7 +57,6 @@ from crm_backend.services.conversations import (
     log_outgoing,
     resolve_identity,
 )
-from crm_backend.settings import TelegramSettings
 from crm_backend.validation import clean_text, parse_link_code
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import overload
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -23,6 +25,29 @@ from crm_backend.knowledge.facts import CityFacts
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
+class DeskDistricts(Sequence[str]):
+    """The desk's districts, read each time a page lists them.
+
+    The app registers the console's routes before its models context loads the desk (the
+    gazetteer comes with it), so the pages read the districts when they are drawn.
+    """
+
+    def __init__(self, desk: Dispatcher) -> None:
+        self._desk = desk
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
+        return self._desk.districts[index]
+
+    def __len__(self) -> int:
+        return len(self._desk.districts)
+
+
 def add_console(
     app: web.Application,
     sessions: async_sessionmaker[AsyncSession],
@@ -37,7 +62,7 @@ def add_console(
 ) -> None:
     """Register every console route on the app."""
     base = ConsoleBase(sessions, build_templates(), secure_cookies=secure_cookies)
-    districts = desk.districts
+    districts = DeskDistricts(desk)
     ConversationViews(base, feed, notifier, engine, desk).add_routes(app)
     CaseViews(base, notifier, districts, watcher).add_routes(app)
     CitizenViews(**base.share()).add_routes(app)

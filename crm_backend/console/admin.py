@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aiohttp import web
 
 from crm_backend.console.web import ConsoleBase, Staff, form, int_or_none, signed_in
@@ -15,7 +17,7 @@ from crm_backend.services import admin, audit, staff
 class AdminViews(ConsoleBase):
     """Pages only admins (and, for the audit log, supervisors) reach."""
 
-    def __init__(self, base: ConsoleBase, districts: list[str]) -> None:
+    def __init__(self, base: ConsoleBase, districts: Sequence[str]) -> None:
         super().__init__(**base.share())
         self.districts = districts
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -61,7 +62,7 @@ class CaseViews(ConsoleBase):
     """Cases through their life cycle."""
 
     def __init__(
-        self, base: ConsoleBase, notifier: ChannelNotifier, districts: list[str], watcher: ConsoleNotices
+        self, base: ConsoleBase, notifier: ChannelNotifier, districts: Sequence[str], watcher: ConsoleNotices
     ) -> None:
         super().__init__(**base.share())
         self.notifier = notifier

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -61,7 +61,7 @@ def write_xlsx(title: str, columns: list[str], rows: Iterable[list[Any]]) -> byt
 class DashboardViews(ConsoleBase):
     """The dashboard page and its exports."""
 
-    def __init__(self, base: ConsoleBase, districts: list[str]) -> None:
+    def __init__(self, base: ConsoleBase, districts: Sequence[str]) -> None:
         super().__init__(**base.share())
         self.districts = districts
 

@@ -6,6 +6,7 @@ or not at all. Refusals are `InvalidInput` with a sentence the admin can act on.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select
@@ -99,7 +100,7 @@ async def save_department(
     name: str,
     district: str | None,
     active: bool,
-    districts: list[str],
+    districts: Sequence[str],
     address: str = "",
 ) -> Department:
     """Add a department (no ``department_id``) or change one's name, district and state, audited.
@@ -157,7 +158,7 @@ async def change_routing(
     operation: str,
     category: str,
     *,
-    districts: list[str],
+    districts: Sequence[str],
     district: str = "",
     department_id: int | None = None,
     deadline_working_days: int | None = None,

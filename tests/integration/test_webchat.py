@@ -19,9 +19,9 @@ import aiohttp
 import pytest
 import requests
 
+from app.settings import Settings
 from bot.channels.webchat import external_id_for
 from crm_backend.models import utcnow
-from crm_backend.settings import Settings
 from tests.support.domain_text import day_text, expected_preview, handoff_texts, utter, utter_buttons
 from tests.support.naming import suffix, unique
 from tests.support.stack import Stack

@@ -2,7 +2,7 @@
 
 `FROZEN_NOW` (an ISO time with its offset) is the moment the web chat page is told staff
 are on duty or not, so a browser test sees the on-duty and the off-duty page whatever the
-hour it runs at. Everything else is the real app (`python -m bot`).
+hour it runs at. Everything else is the real app (`python -m app`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from datetime import datetime
 
 import bot.handoff_banner
-from bot.__main__ import main
+from app.__main__ import main
 
 if __name__ == "__main__":
     frozen = datetime.fromisoformat(os.environ["FROZEN_NOW"])

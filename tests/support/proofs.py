@@ -1,4 +1,4 @@
-"""The app's watcher of failed proofs, built as `bot.app` builds it, for tests of the actions."""
+"""The app's watcher of failed proofs, built as `app.factory` builds it, for tests of the actions."""
 
 from __future__ import annotations
 

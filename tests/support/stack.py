@@ -1,7 +1,9 @@
 """Start the real engine and the real app on free loopback ports, for tests and benchmarks.
 
 Each `Stack` has its own database, tracker store and secrets under a temporary
-directory, so it never touches `var/` and runs beside a developer's own instance.
+directory, so it never touches `var/` and runs beside a developer's own instance. As
+`bin/run` does, the database is migrated (``python -m crm_backend migrate``) before the
+app (``python -m app``) is started.
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ class Stack:
     # Settings for this stack beyond the defaults below (a test's small limits, say).
     app_env: dict[str, str] = field(default_factory=dict)
     # The module `python -m` runs as the app (tests.support.frozen_clock_app fixes its clock).
-    app_module: str = "bot"
+    app_module: str = "app"
+    migrated: bool = False  # `migrate()` ran (once per stack; siblings sharing the database run it again, a no-op)
     engine_proc: subprocess.Popen[bytes] | None = None
     app_proc: subprocess.Popen[bytes] | None = None
 
@@ -160,8 +163,30 @@ class Stack:
         resp = requests.get(f"{self.engine_url}/status", headers=self.engine_api_headers(), timeout=2)
         return resp.status_code == 200 and bool(resp.json().get("model_file"))
 
+    def migrate(self) -> str:
+        """``python -m crm_backend migrate`` on this stack's database, as `bin/run` runs it; returns its output.
+
+        Raises:
+            RuntimeError: the command failed (its output is in the message).
+        """
+        done = subprocess.run(
+            [str(APP_PYTHON), "-m", "crm_backend", "migrate"],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"migrate failed: {done.stdout}{done.stderr}")
+        self.migrated = True
+        return done.stdout
+
     def start_app(self, extra_env: dict[str, str] | None = None) -> float:
-        """Start the app and wait until it serves; returns start-up seconds."""
+        """Migrate the database (first time only), start the app and wait until it serves; returns start-up seconds."""
+        if not self.migrated:
+            self.migrate()
         log = open(self.workdir / "app.log", "ab")
         self.app_proc = subprocess.Popen(
             [str(APP_PYTHON), "-m", self.app_module],

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.settings import Settings
 from crm_backend.knowledge.entries import EntryData, InvalidEntry, load_file
 from crm_backend.knowledge.facts import (
     FACTS,
@@ -21,7 +22,7 @@ from crm_backend.knowledge.facts import (
 )
 from crm_backend.knowledge.followups import aspect_answer
 from crm_backend.services import knowledge
-from crm_backend.settings import PROJECT_ROOT, Settings
+from crm_backend.settings import PROJECT_ROOT
 
 Sessions = async_sessionmaker[AsyncSession]
 

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.settings import Settings
 from crm_backend.__main__ import main
 from crm_backend.data.history import HOT_ISSUES_FILE, history_file
 from crm_backend.db import create_engine, create_sessionmaker
@@ -31,7 +32,7 @@ from crm_backend.hotissues.core import (
 from crm_backend.hotissues.sources import gazetteer_locate, in_window, read_board_csv
 from crm_backend.lifecycle import CaseStatus
 from crm_backend.models import ChannelIdentity, Citizen, HotIssueSnapshot, ServiceCase, utcnow
-from crm_backend.settings import Settings, SettingsError, normalise_database_url
+from crm_backend.settings import SettingsError, normalise_database_url
 from tests.unit.test_settings_and_cli import make_env
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -292,6 +293,7 @@ def test_cli_ranks_the_cases_of_the_database_and_caches_the_ranking_for_the_page
     url = f"sqlite:///{tmp_path / 'crm.db'}"
     monkeypatch.setenv("DATABASE_URL", url)
     assert main(["migrate"]) == 0
+    assert capsys.readouterr().out.startswith("database at revision ")  # what migrate did, before the JSON
 
     async def fill_then_read_cache(fill: bool) -> list[HotIssue]:
         engine = create_engine(normalise_database_url(url))

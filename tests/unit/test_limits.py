@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from actions.common import reset_slots
 from actions.dispatch import ActionSubmitReport
 from actions.report import REPORT_SLOTS, ActionStartReport
+from app.settings import Settings
 from crm_backend.dispatch.service import Dispatcher
 from crm_backend.errors import CaseLimitReached
 from crm_backend.models import ChannelIdentity, RateEvent, ServiceCase
@@ -25,7 +26,7 @@ from crm_backend.services import limits
 from crm_backend.services.conversations import resolve_identity
 from crm_backend.services.intake import Report, check_daily_case_limit, file_case, next_case_number
 from crm_backend.services.limits import DatabaseRateLimiter, Limit
-from crm_backend.settings import LimitSettings, Settings, SettingsError
+from crm_backend.settings import LimitSettings, SettingsError
 from crm_backend.validation import parse_case_number
 from tests.unit.test_actions import (
     DOMAIN,

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.settings import Settings
 from crm_backend.services.conversations import current_conversation, log_incoming, resolve_identity
 from crm_backend.services.intake import Report, file_case
-from crm_backend.settings import PROJECT_ROOT, Settings, SettingsError, database_url_from_env, normalise_database_url
+from crm_backend.settings import PROJECT_ROOT, SettingsError, database_url_from_env, normalise_database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = ROOT / ".venv" / "bin" / "python"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from crm_backend.settings import TELEGRAM_DEFAULT_API_BASE_URL, SettingsError, TelegramSettings
+from bot.channels.telegram_settings import TELEGRAM_DEFAULT_API_BASE_URL, TelegramSettings
+from crm_backend.settings import SettingsError
 
 SECRET = "s3cret-token_of-20chars"
 

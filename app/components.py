@@ -1,0 +1,194 @@
+"""The app's resources, each opened and closed by one aiohttp cleanup context.
+
+`init_app` (`app/factory.py`) builds the object graph and registers the routes before the
+app starts; nothing in it connects or loads. What does connect, load or run is here, one
+async generator per resource, in the order the app enters them at start (and leaves them,
+reversed, at cleanup):
+
+1. `database`: the SQLAlchemy engine; checks the schema is at the head revision and refuses to
+   start otherwise (``python -m crm_backend migrate`` brings it there); binds the sessions.
+2. `http_client`: the aiohttp client session the engine client talks through.
+3. `models`: the dispatcher (category, case type, gazetteer), the letter gate, the knowledge
+   base's warm-up.
+4. `live_connections`: the shared state of this process (see `SharedState`); at cleanup it
+   closes the citizens' open web chats.
+5. `followup_loop`, `engine_replay_loop`, `hot_issue_job`: the background loops.
+
+The components built before start that need a resource opened here hold it indirectly: the
+session factory is bound when the engine exists; the engine client asks ``app[http_key]``
+for its session; the dispatcher and the letter gate are built empty (`StartupDesk`,
+`StartupLetterGate`) and given their models by `models`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.settings import Settings
+from bot.followup import CaseFollowup
+from bot.hub import ConversationHub
+from bot.letters import LetterGate, LetterKindModel
+from bot.replay import EngineReplay
+from crm_backend.console.feed import LiveFeed
+from crm_backend.db import create_engine
+from crm_backend.dispatch.service import Dispatcher
+from crm_backend.hotissues.service import HotIssueJob
+from crm_backend.schema import SchemaNotCurrent, ensure_current
+from crm_backend.services.knowledge import KnowledgeBase
+
+logger = logging.getLogger(__name__)
+
+
+class StartupDesk(Dispatcher):
+    """The dispatcher the actions, the console and the hot-issue job are built with.
+
+    It has no models until the `models` context loads them and calls `adopt` (the app
+    serves nothing before that); a call before then raises AttributeError.
+    """
+
+    def __init__(self) -> None:  # the models come at start, through `adopt`
+        pass
+
+    def adopt(self, loaded: Dispatcher) -> None:
+        """Take the loaded dispatcher's models, gazetteer and keywords."""
+        vars(self).update(vars(loaded))
+
+
+class StartupLetterGate(LetterGate):
+    """The letter gate the pipeline is built with; the `models` context trains its model."""
+
+    def __init__(self) -> None:  # the model comes at start, through `adopt`
+        pass
+
+    def adopt(self, loaded: LetterGate) -> None:
+        """Take the trained gate's model."""
+        vars(self).update(vars(loaded))
+
+
+@dataclass(frozen=True)
+class SharedState:
+    """What the app's handlers share in the moment: open web chats (`hub`) and the consoles' live feed.
+
+    Built by `shared_state`, the one place that chooses the implementations: in-process
+    for the embedded default (one app process). A Redis-backed hub and feed (and the
+    pipeline's per-sender locks) for several processes plug in there, selected by the
+    settings (``REDIS_URL``); a Redis client would be one more cleanup context, entered
+    before `live_connections`.
+    """
+
+    hub: ConversationHub
+    feed: LiveFeed
+
+
+def shared_state(settings: Settings) -> SharedState:
+    """The shared state for this process's settings (today: in-process, for one app process)."""
+    return SharedState(hub=ConversationHub(), feed=LiveFeed())
+
+
+settings_key = web.AppKey("settings", Settings)
+database_key = web.AppKey("database", AsyncEngine)
+sessions_key = web.AppKey("sessions", async_sessionmaker[AsyncSession])
+http_key = web.AppKey("http", aiohttp.ClientSession)
+desk_key = web.AppKey("desk", StartupDesk)
+letters_key = web.AppKey("letters", StartupLetterGate)
+knowledge_key = web.AppKey("knowledge", KnowledgeBase)
+shared_key = web.AppKey("shared_state", SharedState)
+followups_key = web.AppKey("followups", CaseFollowup)
+replay_key = web.AppKey("engine_replay", EngineReplay)
+hot_issues_key = web.AppKey("hot_issues", HotIssueJob)
+
+
+async def database(app: web.Application) -> AsyncIterator[None]:
+    """The database engine: refuses to start on a schema that is not at head; disposed at cleanup.
+
+    Raises:
+        SchemaNotCurrent: the database was not migrated (logged: run ``python -m crm_backend migrate``).
+    """
+    engine = create_engine(app[settings_key].database_url)
+    try:
+        revision = await ensure_current(engine)
+    except SchemaNotCurrent as error:
+        logger.error("refusing to start: %s", error)
+        await engine.dispose()
+        raise
+    except BaseException:
+        await engine.dispose()
+        raise
+    logger.info("database at schema revision %s", revision)
+    app[database_key] = engine
+    app[sessions_key].configure(bind=engine)
+    yield
+    await engine.dispose()
+
+
+async def http_client(app: web.Application) -> AsyncIterator[None]:
+    """The HTTP client session to the engine; closed at cleanup."""
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+    app[http_key] = http
+    yield
+    await http.close()
+
+
+async def models(app: web.Application) -> AsyncIterator[None]:
+    """Load the dispatcher's models and train the letter gate (in threads), then warm up the knowledge base.
+
+    Raises:
+        ModelLoadError: a dispatch model is missing (``bin/setup`` trains them).
+    """
+    settings = app[settings_key]
+    started = time.perf_counter()
+    desk = await asyncio.to_thread(
+        Dispatcher.load, settings.category_model_path, case_type_model_path=settings.case_type_model_path
+    )
+    app[desk_key].adopt(desk)
+    app[letters_key].adopt(LetterGate(await asyncio.to_thread(LetterKindModel.train)))
+    await app[knowledge_key].warm_up()
+    logger.info("models loaded in %.2fs", time.perf_counter() - started)
+    yield
+
+
+async def live_connections(app: web.Application) -> AsyncIterator[None]:
+    """Citizens' open web chats, closed at cleanup (the consoles' streams end earlier, at shutdown)."""
+    yield
+    await app[shared_key].hub.close_all()
+
+
+async def end_live_streams(app: web.Application) -> None:
+    """``on_shutdown``: end every console's event stream.
+
+    Not a cleanup context: cleanup runs after the server has waited for open requests, and an
+    open stream would hold the shutdown for its whole timeout.
+    """
+    app[shared_key].feed.close()
+
+
+async def followup_loop(app: web.Application) -> AsyncIterator[None]:
+    """The case notices and the 回访 loop (off when ``FOLLOWUP_CHECK_SECONDS`` is 0)."""
+    followups = app[followups_key]
+    followups.start()
+    yield
+    await followups.stop()
+
+
+async def engine_replay_loop(app: web.Application) -> AsyncIterator[None]:
+    """The replay of messages the engine missed (off when ``ENGINE_REPLAY_SECONDS`` is 0)."""
+    replay = app[replay_key]
+    replay.start()
+    yield
+    await replay.stop()
+
+
+async def hot_issue_job(app: web.Application) -> AsyncIterator[None]:
+    """The hot-issue ranking (off when ``HOT_ISSUES_REFRESH_SECONDS`` is 0)."""
+    job = app[hot_issues_key]
+    job.start()
+    yield
+    await job.stop()

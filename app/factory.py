@@ -1,0 +1,180 @@
+"""`init_app(settings)`: one aiohttp server for the web chat, the REST and Telegram channels, the
+action endpoint, the CRM API, the console and the health check.
+
+It builds every component with its collaborators and registers the routes, connecting to
+nothing and loading no model: the resources are opened at start by the cleanup contexts of
+`app.components`, one per resource, and closed by them in reverse order. The database must
+already be migrated (``python -m crm_backend migrate``); the `database` context refuses one
+that is not.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from aiohttp import web
+from rasa_sdk.executor import ActionExecutor
+
+from actions import build_actions
+from app import components
+from app.components import (
+    StartupDesk,
+    StartupLetterGate,
+    desk_key,
+    followups_key,
+    hot_issues_key,
+    http_key,
+    knowledge_key,
+    letters_key,
+    replay_key,
+    sessions_key,
+    settings_key,
+    shared_key,
+)
+from app.health import HealthCheck
+from app.settings import Settings
+from bot.action_endpoint import ActionEndpoint
+from bot.channels.rest import RestChannel
+from bot.channels.telegram import TelegramChannel
+from bot.channels.webchat import WebChat
+from bot.engine import EngineClient
+from bot.followup import CaseFollowup
+from bot.handoff_banner import HandoffBanner
+from bot.notifier import ChannelNotifier
+from bot.pipeline import MessagePipeline
+from bot.proof_alarm import ProofAlarm
+from bot.replay import EngineReplay
+from bot.responses import Responses
+from crm_backend.api import CrmApi
+from crm_backend.console import add_console
+from crm_backend.db import create_sessionmaker
+from crm_backend.duty import DutyHours
+from crm_backend.hotissues.service import HotIssueJob
+from crm_backend.http import error_middleware, trusted_proxies_key
+from crm_backend.knowledge.facts import load_city_facts
+from crm_backend.services.knowledge import KnowledgeBase
+from crm_backend.services.limits import DatabaseRateLimiter, Limit
+
+logger = logging.getLogger(__name__)
+
+
+def init_app(settings: Settings) -> web.Application:
+    """Build the app from its settings; it opens its resources when it starts.
+
+    Raises:
+        SettingsError: a file the app reads when built (the city's facts, the duty hours) is malformed.
+    """
+    responses = Responses.load(settings.domain_path)
+    city_facts = load_city_facts(settings.city_facts_path)
+    app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
+    app[settings_key] = settings
+    app[trusted_proxies_key] = settings.trusted_proxies
+
+    # Built now, opened by a cleanup context at start (see app.components).
+    sessions = app[sessions_key] = create_sessionmaker()
+    desk = app[desk_key] = StartupDesk()
+    letters = app[letters_key] = StartupLetterGate()
+    knowledge = app[knowledge_key] = KnowledgeBase(sessions, city_facts)
+    shared = app[shared_key] = components.shared_state(settings)
+    engine = EngineClient(
+        lambda: app[http_key], settings.rasa_url, settings.engine_token, settings.engine_timeout_seconds
+    )
+
+    limits = settings.limits
+    limiter = DatabaseRateLimiter(sessions)
+    message_limit = Limit("message", limits.messages_per_sender, timedelta(seconds=limits.messages_window_seconds))
+    session_limit = Limit(
+        "web_session", limits.web_sessions_per_address, timedelta(seconds=limits.web_sessions_window_seconds)
+    )
+    pipeline = MessagePipeline(
+        sessions,
+        engine,
+        responses,
+        max_message_chars=settings.max_message_chars,
+        max_logged_chars=settings.max_logged_chars,
+        feed=shared.feed,
+        limiter=limiter,
+        message_limit=message_limit,
+        letters=letters,
+    )
+    # The bound method, so aiohttp sees a coroutine function (an object with an async __call__ is deprecated).
+    app.router.add_get("/healthz", HealthCheck(sessions, engine).__call__)
+    # Read as the actions read it (a bad value stops the app at start).
+    banner = HandoffBanner(responses, DutyHours.from_env())
+    WebChat(
+        pipeline,
+        sessions,
+        shared.hub,
+        responses,
+        settings.allowed_origins,
+        settings.max_logged_chars,
+        banner,
+        limiter=limiter,
+        session_limit=session_limit,
+    ).add_routes(app)
+    RestChannel(pipeline, settings.rest_channel_token).add_routes(app)
+    telegram: TelegramChannel | None = None
+    if settings.telegram is not None:
+        telegram = TelegramChannel(settings.telegram, pipeline, sessions, responses, settings.max_logged_chars)
+        telegram.add_routes(app)
+        logger.info("telegram channel enabled (%s mode)", settings.telegram.mode)
+    notifier = ChannelNotifier(
+        sessions, shared.hub, responses, telegram.delivery if telegram is not None else None, banner=banner
+    )
+    followups = app[followups_key] = CaseFollowup(
+        sessions,
+        engine,
+        notifier,
+        responses,
+        remind_after=timedelta(hours=settings.followup_remind_hours),
+        archive_after=timedelta(hours=settings.followup_archive_hours),
+        interval_seconds=settings.followup_check_seconds,
+    )
+    proofs = ProofAlarm(followups, shared.feed, failures_per_hour=settings.proof_failures_alert_per_hour)
+    executor = ActionExecutor()
+    for action in build_actions(
+        sessions, desk, knowledge, proofs, responses.status, daily_case_limit=limits.cases_per_citizen_per_day
+    ):
+        executor.register_action(action)
+    ActionEndpoint(executor, settings.action_token).add_routes(app)
+    CrmApi(sessions, notifier, shared.feed, followups).add_routes(app)
+    app[replay_key] = EngineReplay(
+        sessions,
+        engine,
+        pipeline,
+        notifier,
+        interval_seconds=settings.engine_replay_seconds,
+        settle_seconds=settings.engine_timeout_seconds + 1,
+    )
+    app[hot_issues_key] = HotIssueJob(
+        sessions,
+        window_days=settings.hot_issues_window_days,
+        interval_seconds=settings.hot_issues_refresh_seconds,
+        locate=desk.place_of,
+    )
+    add_console(
+        app,
+        sessions,
+        feed=shared.feed,
+        notifier=notifier,
+        engine=engine,
+        desk=desk,
+        watcher=followups,
+        city_facts=city_facts,
+        secure_cookies=settings.console_secure_cookies,
+    )
+
+    app.cleanup_ctx.extend(
+        [
+            components.database,
+            components.http_client,
+            components.models,
+            components.live_connections,
+            components.followup_loop,
+            components.engine_replay_loop,
+            components.hot_issue_job,
+        ]
+    )
+    app.on_shutdown.append(components.end_live_streams)
+    return app

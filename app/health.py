@@ -1,0 +1,41 @@
+"""``GET /healthz``: is the app, its database and its engine up."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.engine import EngineClient, EngineUnavailable
+from crm_backend.http import json_response
+
+logger = logging.getLogger(__name__)
+
+
+class HealthCheck:
+    """``GET /healthz``: 200 when the app, the database and the engine all answer; 503 naming what is down."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], engine: EngineClient) -> None:
+        self._sessions = sessions
+        self._engine = engine
+
+    async def __call__(self, request: web.Request) -> web.Response:
+        checks: dict[str, str] = {"app": "ok"}
+        try:
+            async with self._sessions() as session:
+                await session.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as error:  # any failure means "down", whatever the driver raised
+            logger.warning("health: database down: %s", error)
+            checks["database"] = "down"
+        try:
+            await self._engine.status()
+            checks["engine"] = "ok"
+        except EngineUnavailable as error:
+            logger.debug("health: engine down: %s", error)  # polled often while it starts
+            checks["engine"] = "down"
+        down = [name for name, state in checks.items() if state != "ok"]
+        body = {"status": "ok" if not down else "down", "checks": checks, "down": down}
+        return json_response(body, status=503 if down else 200)
