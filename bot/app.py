@@ -24,6 +24,7 @@ from bot.channels.rest import RestChannel
 from bot.channels.telegram import TelegramChannel
 from bot.channels.webchat import WebChat
 from bot.engine import EngineClient, EngineUnavailable
+from bot.engine_pool import engine_for
 from bot.followup import CaseFollowup
 from bot.handoff_banner import HandoffBanner
 from bot.hub import ConversationHub
@@ -53,7 +54,10 @@ logger = logging.getLogger(__name__)
 
 
 class HealthCheck:
-    """``GET /healthz``: 200 when the app, the database and the engine all answer; 503 naming what is down."""
+    """``GET /healthz``: 200 when the app, the database and the engine all answer; 503 naming what is down.
+
+    With several engines, "engine" is ok while one answers, and ``engines_down`` names the others.
+    """
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], engine: EngineClient) -> None:
         self._sessions = sessions
@@ -68,14 +72,17 @@ class HealthCheck:
         except Exception as error:  # any failure means "down", whatever the driver raised
             logger.warning("health: database down: %s", error)
             checks["database"] = "down"
+        engine: dict[str, object] = {}
         try:
-            await self._engine.status()
-            checks["engine"] = "ok"
+            engine = await self._engine.status()
+            checks["engine"] = "ok"  # with several engines: at least one answers
         except EngineUnavailable as error:
             logger.debug("health: engine down: %s", error)  # polled often while it starts
             checks["engine"] = "down"
         down = [name for name, state in checks.items() if state != "ok"]
-        body = {"status": "ok" if not down else "down", "checks": checks, "down": down}
+        body: dict[str, object] = {"status": "ok" if not down else "down", "checks": checks, "down": down}
+        if "engines_down" in engine:  # an EnginePool names the engines that do not answer
+            body["engines_down"] = engine["engines_down"]
         return json_response(body, status=503 if down else 200)
 
 
@@ -111,7 +118,7 @@ async def init_app(settings: Settings) -> web.Application:
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
     hub = ConversationHub()
     feed = LiveFeed()
-    engine = EngineClient(http, settings.rasa_url, settings.engine_token, settings.engine_timeout_seconds)
+    engine = engine_for(http, settings.rasa_urls, settings.engine_token, settings.engine_timeout_seconds)
     pipeline = MessagePipeline(
         sessions,
         engine,
