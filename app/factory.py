@@ -38,7 +38,7 @@ from bot.action_endpoint import ActionEndpoint
 from bot.channels.rest import RestChannel
 from bot.channels.telegram import TelegramChannel
 from bot.channels.webchat import WebChat
-from bot.engine import EngineClient
+from bot.engine_pool import engine_for
 from bot.followup import CaseFollowup
 from bot.handoff_banner import HandoffBanner
 from bot.notifier import ChannelNotifier
@@ -77,8 +77,8 @@ def init_app(settings: Settings) -> web.Application:
     letters = app[letters_key] = StartupLetterGate()
     knowledge = app[knowledge_key] = KnowledgeBase(sessions, city_facts)
     shared = app[shared_key] = components.shared_state(settings)
-    engine = EngineClient(
-        lambda: app[http_key], settings.rasa_url, settings.engine_token, settings.engine_timeout_seconds
+    engine = engine_for(
+        lambda: app[http_key], settings.rasa_urls, settings.engine_token, settings.engine_timeout_seconds
     )
 
     limits = settings.limits

@@ -15,7 +15,10 @@ logger = logging.getLogger(__name__)
 
 
 class HealthCheck:
-    """``GET /healthz``: 200 when the app, the database and the engine all answer; 503 naming what is down."""
+    """``GET /healthz``: 200 when the app, the database and the engine all answer; 503 naming what is down.
+
+    With several engines, "engine" is ok while one answers, and ``engines_down`` names the others.
+    """
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], engine: EngineClient) -> None:
         self._sessions = sessions
@@ -30,12 +33,15 @@ class HealthCheck:
         except Exception as error:  # any failure means "down", whatever the driver raised
             logger.warning("health: database down: %s", error)
             checks["database"] = "down"
+        engine: dict[str, object] = {}
         try:
-            await self._engine.status()
-            checks["engine"] = "ok"
+            engine = await self._engine.status()
+            checks["engine"] = "ok"  # with several engines: at least one answers
         except EngineUnavailable as error:
             logger.debug("health: engine down: %s", error)  # polled often while it starts
             checks["engine"] = "down"
         down = [name for name, state in checks.items() if state != "ok"]
-        body = {"status": "ok" if not down else "down", "checks": checks, "down": down}
+        body: dict[str, object] = {"status": "ok" if not down else "down", "checks": checks, "down": down}
+        if "engines_down" in engine:  # an EnginePool names the engines that do not answer
+            body["engines_down"] = engine["engines_down"]
         return json_response(body, status=503 if down else 200)

@@ -65,6 +65,12 @@ class Settings:
     trusted_proxies: tuple[Network, ...] = ()
     telegram: TelegramSettings | None = None  # None: no TELEGRAM_BOT_TOKEN, the app runs without Telegram
     limits: LimitSettings = field(default_factory=lambda: LimitSettings())
+    # The engines the app spreads conversations over (RASA_URLS); just `rasa_url` unless it names several.
+    rasa_urls: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.rasa_urls:
+            object.__setattr__(self, "rasa_urls", (self.rasa_url,))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -95,6 +101,9 @@ class Settings:
             return int(value)
 
         rasa_port = int(number("RASA_PORT", "5005"))
+        rasa_urls = tuple(url.strip().rstrip("/") for url in env.get("RASA_URLS", "").split(",") if url.strip())
+        if len(set(rasa_urls)) != len(rasa_urls):
+            raise SettingsError(f"RASA_URLS names an engine twice: {env.get('RASA_URLS')!r}")
         origins = tuple(o.strip() for o in env.get("ALLOWED_ORIGINS", "").split(",") if o.strip())
         return cls(
             app_host=env.get("APP_HOST", "127.0.0.1"),
@@ -121,4 +130,5 @@ class Settings:
             trusted_proxies=parse_trusted_proxies(env.get("TRUSTED_PROXIES", "")),
             telegram=TelegramSettings.from_env(env),
             limits=LimitSettings.from_env(env),
+            rasa_urls=rasa_urls,
         )

@@ -24,6 +24,24 @@ class EngineUnavailable(Exception):
     """The engine did not answer in time, refused, or answered nonsense."""
 
 
+class EngineUnreachable(EngineUnavailable):
+    """No engine listens there, or it dropped the connection: the message was not handled there.
+
+    Unlike a timeout (the engine may still be working on the message), another engine may be
+    asked instead (see `bot.engine_pool.EnginePool`).
+    """
+
+
+# Failures that mean the engine is gone rather than slow (connection refused, reset or dropped).
+UNREACHABLE_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+
+
+def unavailable(error: Exception) -> EngineUnavailable:
+    """The domain error for a client-side failure talking to the engine."""
+    kind = EngineUnreachable if isinstance(error, UNREACHABLE_ERRORS) else EngineUnavailable
+    return kind(f"{type(error).__name__}: {error}")
+
+
 def _base64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
@@ -73,6 +91,11 @@ class EngineClient:
         source = self._http_source
         return source if isinstance(source, aiohttp.ClientSession) else source()
 
+    @property
+    def base_url(self) -> str:
+        """The engine's address (``http://host:port``)."""
+        return self._base_url
+
     async def send(
         self, sender_id: str, text: str, *, channel: str, metadata: dict[str, Any] | None = None
     ) -> list[dict[str, Any]]:
@@ -88,7 +111,7 @@ class EngineClient:
                     raise EngineUnavailable(f"engine answered HTTP {resp.status}")
                 replies = await resp.json()
         except (TimeoutError, aiohttp.ClientError, ValueError) as error:
-            raise EngineUnavailable(f"{type(error).__name__}: {error}") from error
+            raise unavailable(error) from error
         if not isinstance(replies, list):
             raise EngineUnavailable("engine reply is not a list")
         return [reply for reply in replies if isinstance(reply, dict)]
@@ -144,7 +167,7 @@ class EngineClient:
                     raise EngineUnavailable(f"engine answered HTTP {resp.status} on trigger_intent")
                 data = await resp.json()
         except (TimeoutError, aiohttp.ClientError, ValueError) as error:
-            raise EngineUnavailable(f"{type(error).__name__}: {error}") from error
+            raise unavailable(error) from error
         messages = data.get("messages") if isinstance(data, dict) else None
         return [message for message in messages or [] if isinstance(message, dict)]
 
@@ -162,7 +185,7 @@ class EngineClient:
                     raise EngineUnavailable(f"engine answered HTTP {resp.status} on {url}")
                 data = await resp.json()
         except (TimeoutError, aiohttp.ClientError, ValueError) as error:
-            raise EngineUnavailable(f"{type(error).__name__}: {error}") from error
+            raise unavailable(error) from error
         if not isinstance(data, dict):
             raise EngineUnavailable("engine answer is not a JSON object")
         return data

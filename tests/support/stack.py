@@ -76,6 +76,9 @@ class Stack:
     database_url: str | None = None
     tracker_store_url: str | None = None
     engine_timeout_seconds: float = 5.0
+    # Redis for the engines' lock store (and the app's shared state): several engines share conversations.
+    redis_url: str | None = None
+    engine_options: tuple[str, ...] = ()  # more `rasa run` options (a logging config, say)
     secrets: dict[str, str] = field(default_factory=lambda: dict(TEST_SECRETS))
     api_key: str | None = None  # a write client's key for `api()`, made on first use
     # Settings for this stack beyond the defaults below (a test's small limits, say).
@@ -121,6 +124,8 @@ class Stack:
             ENGINE_REPLAY_SECONDS="0",
             PYTHONPATH=str(ROOT),
         )
+        if self.redis_url is not None:
+            env["REDIS_URL"] = self.redis_url
         env.update(self.app_env)
         return env
 
@@ -141,10 +146,16 @@ class Stack:
             "endpoints.yml",
             "--credentials",
             "credentials.yml",
+            *self.engine_options,
         ]
 
     def start_engine(self) -> float:
         """Start the engine and wait until its model is loaded; returns start-up seconds."""
+        self.launch_engine()
+        return self.wait_for_engine()
+
+    def launch_engine(self) -> None:
+        """Start the engine without waiting (engines of several stacks load their models in parallel)."""
         log = open(self.workdir / "engine.log", "ab")
         self.engine_proc = subprocess.Popen(
             self.engine_command(),
@@ -154,6 +165,9 @@ class Stack:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+    def wait_for_engine(self) -> float:
+        """Wait until the launched engine has its model loaded; returns the seconds waited."""
         return wait_until(self.engine_ready, timeout=240, what="engine start")
 
     def engine_ready(self) -> bool:
@@ -217,6 +231,23 @@ class Stack:
             secrets=self.secrets,
             api_key=self.api_key,
             app_env=dict(self.app_env),
+        )
+
+    def engine_twin(self, name: str) -> Stack:
+        """Another engine for this stack's app (own port, own log), not started yet.
+
+        It shares the tracker store, the Redis lock store and the secrets, and calls its actions
+        on this stack's app; the app reaches both when ``RASA_URLS`` names them (`engine_urls`).
+        """
+        return Stack(
+            workdir=self.workdir / name,
+            app_port=self.app_port,
+            database_url=self.database_url,
+            tracker_store_url=self.tracker_store_url or f"sqlite:///{self.workdir / 'tracker.db'}",
+            engine_timeout_seconds=self.engine_timeout_seconds,
+            secrets=self.secrets,
+            redis_url=self.redis_url,
+            engine_options=self.engine_options,
         )
 
     def start(self) -> None:

@@ -128,6 +128,18 @@ def test_an_explicit_rasa_url_wins_without_its_trailing_slash() -> None:
     assert settings.rasa_url == "http://engine:5005"
 
 
+def test_one_engine_is_the_default_and_rasa_urls_names_several() -> None:
+    assert Settings.from_env(make_env(RASA_URL="http://engine:5005/")).rasa_urls == ("http://engine:5005",)
+    settings = Settings.from_env(make_env(RASA_URLS=" http://e1:5005/, http://e2:5005 ,,", RASA_URL="http://e0:5005"))
+    assert settings.rasa_urls == ("http://e1:5005", "http://e2:5005")
+    assert settings.rasa_url == "http://e0:5005"  # the single-engine setting is left as it was
+
+
+def test_an_engine_named_twice_in_rasa_urls_is_refused() -> None:
+    with pytest.raises(SettingsError, match="RASA_URLS"):
+        Settings.from_env(make_env(RASA_URLS="http://e1:5005,http://e1:5005/"))
+
+
 @pytest.mark.parametrize("name", ["APP_PORT", "RASA_PORT", "ENGINE_TIMEOUT_SECONDS", "ENGINE_REPLAY_SECONDS"])
 def test_a_malformed_number_is_refused(name: str) -> None:
     with pytest.raises(SettingsError, match=name):
