@@ -95,6 +95,10 @@ class Settings:
     # empty: the TCP peer is the client.
     trusted_proxies: tuple[Network, ...] = ()
     telegram: TelegramSettings | None = None  # None: no TELEGRAM_BOT_TOKEN, the app runs without Telegram
+    # What app processes share in the moment (sender locks, live fan-out, leases of background
+    # work): None keeps it in this process (the embedded default, one app process); a
+    # ``redis://`` URL shares it through Redis between several (`crm_backend.shared`).
+    redis_url: str | None = None
     limits: LimitSettings = field(default_factory=lambda: LimitSettings())
 
     @classmethod
@@ -151,6 +155,7 @@ class Settings:
             city_facts_path=Path(env.get("CITY_FACTS_FILE", "").strip() or PROJECT_ROOT / "city.yml"),
             trusted_proxies=parse_trusted_proxies(env.get("TRUSTED_PROXIES", "")),
             telegram=TelegramSettings.from_env(env),
+            redis_url=redis_url_from_env(env),
             limits=LimitSettings.from_env(env),
         )
 
@@ -256,6 +261,20 @@ class TelegramSettings:
             webhook_url=webhook_url,
             api_base_url=env.get("TELEGRAM_API_BASE_URL", "").strip() or TELEGRAM_DEFAULT_API_BASE_URL,
         )
+
+
+def redis_url_from_env(env: Mapping[str, str]) -> str | None:
+    """``REDIS_URL`` (``redis://``, ``rediss://`` or ``unix://``), or None when unset.
+
+    Raises:
+        SettingsError: a URL of another scheme.
+    """
+    url = env.get("REDIS_URL", "").strip()
+    if not url:
+        return None
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError(f"REDIS_URL must be a redis://, rediss:// or unix:// URL, got {url.split(':', 1)[0]!r}")
+    return url
 
 
 def database_url_from_env(env: Mapping[str, str] | None = None) -> str:
