@@ -48,6 +48,7 @@ from crm_backend.knowledge.facts import load_city_facts
 from crm_backend.services.knowledge import KnowledgeBase, seed_knowledge_once
 from crm_backend.services.limits import DatabaseRateLimiter, Limit
 from crm_backend.settings import Settings
+from crm_backend.shared import shared_state_from_settings
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +110,9 @@ async def init_app(settings: Settings) -> web.Application:
         "web_session", limits.web_sessions_per_address, timedelta(seconds=limits.web_sessions_window_seconds)
     )
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
-    hub = ConversationHub()
-    feed = LiveFeed()
+    shared = shared_state_from_settings(settings)  # in this process, or through Redis (REDIS_URL)
+    hub = ConversationHub(shared.fanout)
+    feed = LiveFeed(shared.fanout)
     engine = EngineClient(http, settings.rasa_url, settings.engine_token, settings.engine_timeout_seconds)
     pipeline = MessagePipeline(
         sessions,
@@ -122,6 +124,7 @@ async def init_app(settings: Settings) -> web.Application:
         limiter=limiter,
         message_limit=message_limit,
         letters=letters,
+        locks=shared.locks,
     )
     app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
     app[trusted_proxies_key] = settings.trusted_proxies
@@ -142,7 +145,9 @@ async def init_app(settings: Settings) -> web.Application:
     RestChannel(pipeline, settings.rest_channel_token).add_routes(app)
     telegram: TelegramChannel | None = None
     if settings.telegram is not None:
-        telegram = TelegramChannel(settings.telegram, pipeline, sessions, responses, settings.max_logged_chars)
+        telegram = TelegramChannel(
+            settings.telegram, pipeline, sessions, responses, settings.max_logged_chars, locks=shared.locks
+        )
         telegram.add_routes(app)
         logger.info("telegram channel enabled (%s mode)", settings.telegram.mode)
     notifier = ChannelNotifier(
@@ -156,6 +161,7 @@ async def init_app(settings: Settings) -> web.Application:
         remind_after=timedelta(hours=settings.followup_remind_hours),
         archive_after=timedelta(hours=settings.followup_archive_hours),
         interval_seconds=settings.followup_check_seconds,
+        leases=shared.leases,
     )
     proofs = ProofAlarm(followups, feed, failures_per_hour=settings.proof_failures_alert_per_hour)
     executor = ActionExecutor()
@@ -172,12 +178,14 @@ async def init_app(settings: Settings) -> web.Application:
         notifier,
         interval_seconds=settings.engine_replay_seconds,
         settle_seconds=settings.engine_timeout_seconds + 1,
+        leases=shared.leases,
     )
     hot_issues = HotIssueJob(
         sessions,
         window_days=settings.hot_issues_window_days,
         interval_seconds=settings.hot_issues_refresh_seconds,
         locate=desk.place_of,
+        leases=shared.leases,
     )
     add_console(
         app,
@@ -192,6 +200,7 @@ async def init_app(settings: Settings) -> web.Application:
     )
 
     async def start_followups(_app: web.Application) -> None:
+        await shared.start()
         followups.start()
         replay.start()
         hot_issues.start()
@@ -208,6 +217,7 @@ async def init_app(settings: Settings) -> web.Application:
         await replay.stop()
         await hot_issues.stop()
         await hub.close_all()
+        await shared.close()
         await http.close()
         await db_engine.dispose()
 
