@@ -18,7 +18,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from telegram import Update
+from telegram.ext import Application
 
+from bot.channels.telegram import TelegramChannel
 from bot.followup import CaseFollowup
 from bot.hub import ConversationHub
 from bot.notifier import ChannelNotifier
@@ -26,10 +29,10 @@ from bot.pipeline import Inbound, MessagePipeline
 from bot.responses import Responses
 from crm_backend.console.feed import LiveEvent, LiveFeed
 from crm_backend.lifecycle import CaseStatus
-from crm_backend.models import Message, ServiceCase
+from crm_backend.models import Message, ServiceCase, TelegramUpdate
 from crm_backend.services.conversations import resolve_identity
 from crm_backend.services.intake import Report, file_case
-from crm_backend.settings import PROJECT_ROOT
+from crm_backend.settings import PROJECT_ROOT, TelegramSettings
 from crm_backend.shared import SharedState
 from crm_backend.shared.local import LocalState
 from crm_backend.shared.redis_state import RedisState
@@ -296,3 +299,46 @@ async def test_redis_restarted_mid_run_is_survived(sessions: Sessions, prefix: s
         await first.close()
         await second.close()
         server.stop()
+
+
+# --- Telegram: an update stored by one process, recovered by another ---------------------------
+
+
+async def test_a_telegram_update_taken_up_by_two_processes_at_once_is_processed_once(
+    sessions: Sessions, two_processes: tuple[RedisState, RedisState], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process that stored it is still at work when another's recovery pass finds it unprocessed."""
+    settings = TelegramSettings(
+        bot_token="123456:TEST-token",
+        mode="webhook",
+        webhook_secret="s" * 16,
+        webhook_url=None,
+        api_base_url="http://127.0.0.1:9/bot",
+    )
+    processed: list[int] = []
+
+    async def slow_handlers(application: Any, update: Update) -> None:
+        processed.append(update.update_id)
+        await asyncio.sleep(0.3)
+
+    monkeypatch.setattr(Application, "process_update", slow_handlers)
+    channels = [
+        TelegramChannel(
+            settings, pipeline_on(sessions, TimedEngine(), state), sessions, RESPONSES, 10000, locks=state.locks
+        )
+        for state in two_processes
+    ]
+    for channel in channels:
+        channel._ready.set()  # as if the Bot API had answered getMe
+    payload = {
+        "update_id": 900001,
+        "message": {"message_id": 1, "date": 0, "chat": {"id": 77, "type": "private"}, "text": "你好"},
+    }
+    async with sessions.begin() as session:
+        row = TelegramUpdate(update_id=900001, chat_id="77", payload=payload)
+        session.add(row)
+    stored_by, recovered_by = channels
+    first = asyncio.create_task(stored_by._process(row.id, "77"))
+    await asyncio.sleep(0.05)
+    await asyncio.gather(first, recovered_by._process(row.id, "77"))
+    assert processed == [900001]
