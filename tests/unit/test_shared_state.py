@@ -27,6 +27,7 @@ from bot.hub import ConversationHub
 from bot.notifier import ChannelNotifier
 from bot.pipeline import Inbound, MessagePipeline
 from bot.responses import Responses
+from crm_backend import periodic
 from crm_backend.console.feed import LiveEvent, LiveFeed
 from crm_backend.lifecycle import CaseStatus
 from crm_backend.models import Message, ServiceCase, TelegramUpdate
@@ -342,3 +343,24 @@ async def test_a_telegram_update_taken_up_by_two_processes_at_once_is_processed_
     await asyncio.sleep(0.05)
     await asyncio.gather(first, recovered_by._process(row.id, "77"))
     assert processed == [900001]
+
+
+async def test_a_periodic_job_on_two_processes_runs_its_passes_in_one_of_them(
+    two_processes: tuple[RedisState, RedisState],
+) -> None:
+    passes: list[str] = []
+
+    def job(name: str) -> Any:
+        async def run_once() -> None:
+            passes.append(name)
+
+        return run_once
+
+    loops = [
+        asyncio.create_task(periodic.every(0.05, job(name), "hot-issue ranking", leases=state.leases, lease="hot"))
+        for name, state in zip("ab", two_processes, strict=True)
+    ]
+    await asyncio.sleep(0.6)
+    for loop in loops:
+        await periodic.cancel(loop)
+    assert len(passes) >= 5 and len(set(passes)) == 1
