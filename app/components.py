@@ -43,6 +43,8 @@ from crm_backend.dispatch.service import Dispatcher
 from crm_backend.hotissues.service import HotIssueJob
 from crm_backend.schema import SchemaNotCurrent, ensure_current
 from crm_backend.services.knowledge import KnowledgeBase
+from crm_backend.shared import SharedState as ProcessState
+from crm_backend.shared import open_shared_state
 
 logger = logging.getLogger(__name__)
 
@@ -75,22 +77,23 @@ class StartupLetterGate(LetterGate):
 
 @dataclass(frozen=True)
 class SharedState:
-    """What the app's handlers share in the moment: open web chats (`hub`) and the consoles' live feed.
+    """What the app's handlers share in the moment: open web chats (`hub`), the consoles' live
+    feed, and what app processes share (`across`: per-sender locks, fan-out, leases).
 
-    Built by `shared_state`, the one place that chooses the implementations: in-process
-    for the embedded default (one app process). A Redis-backed hub and feed (and the
-    pipeline's per-sender locks) for several processes plug in there, selected by the
-    settings (``REDIS_URL``); a Redis client would be one more cleanup context, entered
-    before `live_connections`.
+    Built by `shared_state`, the one place that chooses the implementations: in-process for the
+    embedded default (one app process), Redis when ``REDIS_URL`` is set (`crm_backend.shared`).
+    Redis is opened by the `processes` cleanup context, entered before `live_connections`.
     """
 
     hub: ConversationHub
     feed: LiveFeed
+    across: ProcessState  # sender locks, fan-out and leases: in this process, or through Redis
 
 
 def shared_state(settings: Settings) -> SharedState:
-    """The shared state for this process's settings (today: in-process, for one app process)."""
-    return SharedState(hub=ConversationHub(), feed=LiveFeed())
+    """The shared state for this process's settings: in-process, or through Redis when ``REDIS_URL`` is set."""
+    across = open_shared_state(settings.redis_url)
+    return SharedState(hub=ConversationHub(across.fanout), feed=LiveFeed(across.fanout), across=across)
 
 
 settings_key = web.AppKey("settings", Settings)
@@ -153,6 +156,15 @@ async def models(app: web.Application) -> AsyncIterator[None]:
     await app[knowledge_key].warm_up()
     logger.info("models loaded in %.2fs", time.perf_counter() - started)
     yield
+
+
+async def processes(app: web.Application) -> AsyncIterator[None]:
+    """What app processes share (Redis when ``REDIS_URL`` is set): listening starts once every
+    listener has subscribed, and stops after the last live connection has closed."""
+    across = app[shared_key].across
+    await across.start()
+    yield
+    await across.close()
 
 
 async def live_connections(app: web.Application) -> AsyncIterator[None]:

@@ -97,6 +97,7 @@ def init_app(settings: Settings) -> web.Application:
         limiter=limiter,
         message_limit=message_limit,
         letters=letters,
+        locks=shared.across.locks,
     )
     # The bound method, so aiohttp sees a coroutine function (an object with an async __call__ is deprecated).
     app.router.add_get("/healthz", HealthCheck(sessions, engine).__call__)
@@ -116,7 +117,9 @@ def init_app(settings: Settings) -> web.Application:
     RestChannel(pipeline, settings.rest_channel_token).add_routes(app)
     telegram: TelegramChannel | None = None
     if settings.telegram is not None:
-        telegram = TelegramChannel(settings.telegram, pipeline, sessions, responses, settings.max_logged_chars)
+        telegram = TelegramChannel(
+            settings.telegram, pipeline, sessions, responses, settings.max_logged_chars, locks=shared.across.locks
+        )
         telegram.add_routes(app)
         logger.info("telegram channel enabled (%s mode)", settings.telegram.mode)
     notifier = ChannelNotifier(
@@ -130,6 +133,7 @@ def init_app(settings: Settings) -> web.Application:
         remind_after=timedelta(hours=settings.followup_remind_hours),
         archive_after=timedelta(hours=settings.followup_archive_hours),
         interval_seconds=settings.followup_check_seconds,
+        leases=shared.across.leases,
     )
     proofs = ProofAlarm(followups, shared.feed, failures_per_hour=settings.proof_failures_alert_per_hour)
     executor = ActionExecutor()
@@ -146,12 +150,14 @@ def init_app(settings: Settings) -> web.Application:
         notifier,
         interval_seconds=settings.engine_replay_seconds,
         settle_seconds=settings.engine_timeout_seconds + 1,
+        leases=shared.across.leases,
     )
     app[hot_issues_key] = HotIssueJob(
         sessions,
         window_days=settings.hot_issues_window_days,
         interval_seconds=settings.hot_issues_refresh_seconds,
         locate=desk.place_of,
+        leases=shared.across.leases,
     )
     add_console(
         app,
@@ -170,6 +176,7 @@ def init_app(settings: Settings) -> web.Application:
             components.database,
             components.http_client,
             components.models,
+            components.processes,
             components.live_connections,
             components.followup_loop,
             components.engine_replay_loop,

@@ -26,6 +26,7 @@ from crm_backend.settings import (
     category_model_path_from_env,
     database_url_from_env,
     parse_trusted_proxies,
+    redis_url_from_env,
 )
 
 __all__ = ["PROJECT_ROOT", "Settings", "SettingsError"]
@@ -67,6 +68,9 @@ class Settings:
     limits: LimitSettings = field(default_factory=lambda: LimitSettings())
     # The engines the app spreads conversations over (RASA_URLS); just `rasa_url` unless it names several.
     rasa_urls: tuple[str, ...] = ()
+    # Where several app processes share locks, live delivery and leases; None: one process keeps
+    # them in memory (the embedded default). A ``redis://`` URL shares them (`crm_backend.shared`).
+    redis_url: str | None = None
 
     def __post_init__(self) -> None:
         if not self.rasa_urls:
@@ -131,4 +135,5 @@ class Settings:
             telegram=TelegramSettings.from_env(env),
             limits=LimitSettings.from_env(env),
             rasa_urls=rasa_urls,
+            redis_url=redis_url_from_env(env),
         )

@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import InstrumentedAttribute
 
 from bot.engine import EngineClient, EngineUnavailable
 from bot.notifier import Delivery
@@ -27,6 +29,7 @@ from crm_backend.models import CaseEvent, ChannelIdentity, Citizen, Conversation
 from crm_backend.services import followup
 from crm_backend.services.conversations import OutgoingMessage, current_conversation
 from crm_backend.services.handoff import BOT
+from crm_backend.shared import Leases
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +70,13 @@ class CaseFollowup:
         remind_after: timedelta,
         archive_after: timedelta,
         interval_seconds: float,
+        leases: Leases | None = None,
     ) -> None:
+        """
+        Args:
+            leases: with several app processes, the loop runs in the one holding its lease.
+        """
+        self._leases = leases
         self._sessions = sessions
         self._engine = engine
         self._notifier = notifier
@@ -162,7 +171,16 @@ class CaseFollowup:
             await self.ask(notice.case_id)
 
     async def ask(self, case_id: int, *, reminder: bool = False) -> bool:
-        """Put the satisfaction question (or its one reminder); False if it has to wait."""
+        """Put the satisfaction question (or its one reminder); False if it has to wait.
+
+        The question is marked asked, and committed, before the engine is called, by a
+        conditional update that only one worker can win: with several app processes, or the
+        loop and a resolution at once, a citizen is asked once. If the engine cannot put it
+        (down, or the citizen is in another form) the mark is taken back and the loop asks
+        later; a worker that dies between the mark and the engine leaves the case marked, so the
+        citizen is asked once at most (the reminder still comes).
+        """
+        column = ServiceCase.followup_reminded_at if reminder else ServiceCase.followup_asked_at
         async with self._sessions.begin() as session:
             case = await session.get(ServiceCase, case_id)
             identity = await session.get(ChannelIdentity, case.identity_id) if case else None
@@ -176,28 +194,45 @@ class CaseFollowup:
             conversation = await current_conversation(session, identity)
             if conversation.handoff_status != BOT:
                 return False  # staff hold the conversation; the loop asks later
+            claimed = await session.execute(
+                update(ServiceCase)
+                .where(
+                    ServiceCase.id == case_id,
+                    ServiceCase.status == CaseStatus.RESOLVED.value,
+                    column.is_(None),
+                )
+                .values({column: utcnow()})
+                .execution_options(synchronize_session=False)
+            )
+            if not claimed.rowcount:  # type: ignore[attr-defined]
+                return False  # another worker is asking it
             sender_id, number = identity.sender_id, case.case_number
         entities = {"case_number": number, **({"reminder": "yes"} if reminder else {})}
         try:
             busy = await self._engine.active_form(sender_id)
             if busy is not None and busy != FOLLOWUP_FORM:
                 logger.info("回访 for case %s waits: the citizen is in %s", number, busy)
+                await self._unmark(case_id, column)
                 return False
             raw = await self._engine.trigger_intent(sender_id, FOLLOWUP_INTENT, entities)
         except EngineUnavailable as error:
             logger.warning("回访 for case %s postponed: %s", number, error)
+            await self._unmark(case_id, column)
             return False
         messages = [message for message in map(to_outgoing, raw) if message is not None]
         await self._notifier.notify_identity(identity.id, messages)
-        async with self._sessions.begin() as session:
-            case = await session.get(ServiceCase, case_id)
-            if case is not None:
-                if reminder:
-                    case.followup_reminded_at = utcnow()
-                else:
-                    case.followup_asked_at = utcnow()
         logger.info("回访 %s for case %s", "reminder sent" if reminder else "asked", number)
         return True
+
+    async def _unmark(self, case_id: int, column: InstrumentedAttribute[datetime | None]) -> None:
+        """The question was not put after all: the loop asks it later."""
+        async with self._sessions.begin() as session:
+            await session.execute(
+                update(ServiceCase)
+                .where(ServiceCase.id == case_id)
+                .values({column: None})
+                .execution_options(synchronize_session=False)
+            )
 
     async def run_once(self) -> None:
         """One pass of the loop: ask, remind, archive."""
@@ -223,7 +258,10 @@ class CaseFollowup:
         if self._interval > 0:
             self._tasks.append(
                 asyncio.create_task(
-                    periodic.every(self._interval, self.run_once, "回访 loop pass"), name="followup-loop"
+                    periodic.every(
+                        self._interval, self.run_once, "回访 loop pass", leases=self._leases, lease="followup"
+                    ),
+                    name="followup-loop",
                 )
             )
 

@@ -1,4 +1,10 @@
-"""Live connections of citizens' web chats, so staff replies and handoff changes reach them."""
+"""Live connections of citizens' web chats, so staff replies and handoff changes reach them.
+
+The hub holds this process's open websockets. A frame for a conversation is published through
+the fan-out (`crm_backend.shared.FanOut`): every app process's hub hears it and sends it to the
+sockets of that conversation it holds, so a reply produced on one process reaches a page open
+on another. With the in-process fan-out (one app process) that is this hub alone.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +14,55 @@ from typing import Any
 
 from aiohttp import web
 
+from crm_backend.shared import FanOut
+from crm_backend.shared.local import LocalFanOut
+
 logger = logging.getLogger(__name__)
+
+TOPIC = "webchat"
 
 
 class ConversationHub:
-    """Which websockets are open for which conversation."""
+    """Which websockets are open for which conversation, here; frames for them from any process."""
 
-    def __init__(self) -> None:
+    def __init__(self, fanout: FanOut | None = None) -> None:
         self._sockets: defaultdict[int, set[web.WebSocketResponse]] = defaultdict(set)
+        self._fanout: FanOut = fanout if fanout is not None else LocalFanOut()
+        self._fanout.subscribe(TOPIC, self._receive)
 
     def register(self, conversation_id: int, ws: web.WebSocketResponse) -> None:
-        self._sockets[conversation_id].add(ws)
+        if ws not in self._sockets[conversation_id]:
+            self._sockets[conversation_id].add(ws)
+            self._fanout.join(TOPIC, str(conversation_id))
 
     def unregister(self, conversation_id: int, ws: web.WebSocketResponse) -> None:
         sockets = self._sockets.get(conversation_id)
-        if sockets is None:
+        if sockets is None or ws not in sockets:
             return
         sockets.discard(ws)
+        self._fanout.leave(TOPIC, str(conversation_id))
         if not sockets:
             del self._sockets[conversation_id]
 
     def connected(self, conversation_id: int) -> bool:
+        """Whether this process holds an open socket of the conversation."""
         return bool(self._sockets.get(conversation_id))
 
-    async def publish(self, conversation_id: int, frame: dict[str, Any]) -> int:
-        """Send a frame to every open socket of the conversation; returns how many got it."""
+    async def publish(self, conversation_id: int, frame: dict[str, Any]) -> bool:
+        """Send a frame to every open socket of the conversation, on whichever process holds it.
+
+        Returns:
+            Whether a page of the conversation is open somewhere (so the frame was delivered live).
+        """
+        online = await self._fanout.listening(TOPIC, str(conversation_id))
+        await self._fanout.publish(TOPIC, {"conversation_id": conversation_id, "frame": frame})
+        return online
+
+    async def _receive(self, message: dict[str, Any]) -> None:
+        await self.deliver_here(int(message["conversation_id"]), message["frame"])
+
+    async def deliver_here(self, conversation_id: int, frame: dict[str, Any]) -> int:
+        """Send a frame to this process's open sockets of the conversation; returns how many got it."""
         delivered = 0
         for ws in list(self._sockets.get(conversation_id, ())):
             if ws.closed:
@@ -47,7 +77,8 @@ class ConversationHub:
         return delivered
 
     async def close_all(self) -> None:
-        for sockets in list(self._sockets.values()):
+        for conversation_id, sockets in list(self._sockets.items()):
             for ws in list(sockets):
+                self.unregister(conversation_id, ws)
                 await ws.close()
         self._sockets.clear()

@@ -81,7 +81,7 @@ class ChannelNotifier:
         if not messages:
             return False
         frame = {"type": "reply", "in_reply_to": None, "messages": [serialise_outgoing(m) for m in messages]}
-        return await self._hub.publish(delivery.conversation_id, frame) > 0
+        return await self._hub.publish(delivery.conversation_id, frame)
 
     async def staff_reply(self, conversation_id: int, text: str, staff_name: str) -> bool:
         """Log and deliver a staff reply; True if it reached the citizen (or is on its way to Telegram)."""

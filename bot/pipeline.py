@@ -25,10 +25,8 @@ the engine's, and are never replayed.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -55,6 +53,8 @@ from crm_backend.services.conversations import (
 )
 from crm_backend.services.handoff import BOT
 from crm_backend.services.limits import Limit, RateLimiter
+from crm_backend.shared import SenderLocks
+from crm_backend.shared.local import LocalLocks
 from crm_backend.validation import clean_text
 
 logger = logging.getLogger(__name__)
@@ -126,6 +126,8 @@ class MessagePipeline:
     """Logging, handoff state and the engine, shared by every channel.
 
     `limiter` counts each sender's messages under `message_limit`; without both, no limit.
+    `locks` keeps each citizen's messages in order, one at a time (across every app process
+    when they are shared: `crm_backend.shared`); by default, within this process.
     """
 
     def __init__(
@@ -140,6 +142,7 @@ class MessagePipeline:
         limiter: RateLimiter | None = None,
         message_limit: Limit | None = None,
         letters: LetterGate | None = None,
+        locks: SenderLocks | None = None,
     ) -> None:
         self._sessions = sessions
         self._letters = letters
@@ -150,15 +153,7 @@ class MessagePipeline:
         self._responses = responses
         self._max_message_chars = max_message_chars
         self._max_logged_chars = max_logged_chars
-        # One lock per sender keeps each citizen's messages in order; unused locks vanish.
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-
-    def _lock(self, key: str) -> asyncio.Lock:
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[key] = lock
-        return lock
+        self._locks: SenderLocks = locks if locks is not None else LocalLocks()
 
     async def handle(self, inbound: Inbound, on_logged: Callable[[int], Awaitable[None]] | None = None) -> Outcome:
         """Take one citizen message all the way through.
@@ -180,7 +175,7 @@ class MessagePipeline:
         sender_key = f"{inbound.channel}:{inbound.external_id}"
         # Counted before waiting for the sender's lock: a flood is refused at once, not queued.
         await self.admit(inbound.channel, inbound.external_id)
-        async with self._lock(sender_key):
+        async with self._locks.hold(sender_key):
             accepted = await self._accept(inbound)
             if on_logged is not None:
                 await on_logged(accepted.conversation_id)
@@ -242,7 +237,7 @@ class MessagePipeline:
         Holds the citizen's ordering lock, so a message they send meanwhile waits behind these.
         Each answer is written by ``record`` in the transaction that marks its message answered.
         """
-        async with self._lock(identity.sender_id):
+        async with self._locks.hold(identity.sender_id):
             return await self._replay(identity.id, identity.sender_id, identity.channel, record=record)
 
     async def _replay(

@@ -22,6 +22,7 @@ from bot.pipeline import MessagePipeline
 from crm_backend import periodic
 from crm_backend.models import utcnow
 from crm_backend.services.conversations import identities_with_pending_messages
+from crm_backend.shared import Leases
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class EngineReplay:
         *,
         interval_seconds: float,
         settle_seconds: float,
+        leases: Leases | None = None,
     ) -> None:
         """
         Args:
@@ -45,7 +47,10 @@ class EngineReplay:
                 message still replays what waits before it).
             settle_seconds: a message waiting for less than this may still be on its way to
                 the engine (the engine's timeout and a little more); it is left alone.
+            leases: with several app processes, the loop runs in the one holding its lease
+                (each citizen's replay also holds their ordering lock, shared across processes).
         """
+        self._leases = leases
         self._sessions = sessions
         self._engine = engine
         self._pipeline = pipeline
@@ -82,7 +87,10 @@ class EngineReplay:
     def start(self) -> None:
         if self._interval > 0:
             self._task = asyncio.create_task(
-                periodic.every(self._interval, self.run_once, "engine replay pass"), name="engine-replay"
+                periodic.every(
+                    self._interval, self.run_once, "engine replay pass", leases=self._leases, lease="engine-replay"
+                ),
+                name="engine-replay",
             )
 
     async def stop(self) -> None:

@@ -120,6 +120,20 @@ class LimitSettings:
         )
 
 
+def redis_url_from_env(env: Mapping[str, str]) -> str | None:
+    """``REDIS_URL`` (``redis://``, ``rediss://`` or ``unix://``), or None when unset.
+
+    Raises:
+        SettingsError: a URL of another scheme.
+    """
+    url = env.get("REDIS_URL", "").strip()
+    if not url:
+        return None
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError(f"REDIS_URL must be a redis://, rediss:// or unix:// URL, got {url.split(':', 1)[0]!r}")
+    return url
+
+
 def database_url_from_env(env: Mapping[str, str] | None = None) -> str:
     """The async database URL alone, for tools that need nothing else (CLI, Alembic)."""
     env = os.environ if env is None else env

@@ -8,7 +8,10 @@ only then answers 200; if it cannot be stored the answer is 503 and Telegram tri
 A resent ``update_id`` is acknowledged and not processed again. Updates are processed from the
 stored rows in background tasks, one chat's in the order they came, and marked processed; rows
 left unprocessed (a restart, a database blip) are taken up again at start and every
-``RECOVERY_SECONDS``. Polling mode (a developer without a public URL): PTB's ``Updater`` asks
+``RECOVERY_SECONDS``. An update is processed under its chat's lock, shared by every app process
+when the locks are (`crm_backend.shared`), and skipped if found processed once the lock is held:
+the process that stored it and another's recovery pass never both handle it.
+Polling mode (a developer without a public URL): PTB's ``Updater`` asks
 Telegram for updates, which are stored the same way before they are processed.
 
 Every citizen message goes through the same `MessagePipeline` as the web chat. Rasa's buttons
@@ -57,6 +60,8 @@ from crm_backend.services.conversations import (
     log_outgoing,
     resolve_identity,
 )
+from crm_backend.shared import SenderLocks
+from crm_backend.shared.local import LocalLocks
 from crm_backend.validation import clean_text, parse_link_code
 
 logger = logging.getLogger(__name__)
@@ -95,8 +100,10 @@ class TelegramChannel:
         sessions: async_sessionmaker[AsyncSession],
         responses: Responses,
         max_logged_chars: int,
+        locks: SenderLocks | None = None,
     ) -> None:
         self._settings = settings
+        self._locks: SenderLocks = locks if locks is not None else LocalLocks()
         self._pipeline = pipeline
         self._sessions = sessions
         self._responses = responses
@@ -105,7 +112,7 @@ class TelegramChannel:
         if settings.mode == "webhook":
             builder = builder.updater(None)  # updates come from our own route
         self.application: Application[Any, Any, Any, Any, Any, Any] = builder.build()
-        self.delivery = TelegramDelivery(self.application.bot, sessions)
+        self.delivery = TelegramDelivery(self.application.bot, sessions, locks=self._locks)
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._sequencer = KeyedSequencer("telegram-update")
@@ -237,33 +244,38 @@ class TelegramChannel:
         if row_id in self._scheduled:
             return
         self._scheduled.add(row_id)
-        self._sequencer.submit(chat_id or "none", functools.partial(self._process, row_id))
+        self._sequencer.submit(chat_id or "none", functools.partial(self._process, row_id, chat_id or "none"))
 
-    async def _process(self, row_id: int) -> None:
+    async def _process(self, row_id: int, chat_id: str) -> None:
         """Run the handlers on a stored update, then mark it processed (unless a handler failed: retried later)."""
         try:
             await self._ready.wait()
-            async with self._sessions() as session:
-                row = await session.get(TelegramUpdate, row_id)
-            if row is None or row.processed_at is not None:
-                return
-            update = Update.de_json(row.payload, self.application.bot)
-            self._failed.discard(row.update_id)
-            await self.application.process_update(update)
-            failed = row.update_id in self._failed
-            self._failed.discard(row.update_id)
-            async with self._sessions.begin() as session:
-                stored = await session.get(TelegramUpdate, row_id)
-                assert stored is not None
-                stored.attempts += 1
-                if failed and stored.attempts < MAX_UPDATE_ATTEMPTS:
-                    logger.warning("telegram: update %s failed; it will be tried again", row.update_id)
-                    return
-                if failed:
-                    logger.error("telegram: update %s failed %s times, giving up", row.update_id, stored.attempts)
-                stored.processed_at = utcnow()
+            async with self._locks.hold(f"telegram-update:{chat_id}"):
+                await self._process_held(row_id)
         finally:
             self._scheduled.discard(row_id)
+
+    async def _process_held(self, row_id: int) -> None:
+        """`_process` with the chat's lock held."""
+        async with self._sessions() as session:
+            row = await session.get(TelegramUpdate, row_id)
+        if row is None or row.processed_at is not None:
+            return
+        update = Update.de_json(row.payload, self.application.bot)
+        self._failed.discard(row.update_id)
+        await self.application.process_update(update)
+        failed = row.update_id in self._failed
+        self._failed.discard(row.update_id)
+        async with self._sessions.begin() as session:
+            stored = await session.get(TelegramUpdate, row_id)
+            assert stored is not None
+            stored.attempts += 1
+            if failed and stored.attempts < MAX_UPDATE_ATTEMPTS:
+                logger.warning("telegram: update %s failed; it will be tried again", row.update_id)
+                return
+            if failed:
+                logger.error("telegram: update %s failed %s times, giving up", row.update_id, stored.attempts)
+            stored.processed_at = utcnow()
 
     async def _recover_updates(self) -> None:
         """At start and then periodically: queue stored updates that were never finished, oldest first."""

@@ -4,7 +4,10 @@ Each send is tried a few times at once (Telegram's 429 is waited out for its ``r
 network errors and 5xx back off). What still fails goes to the ``telegram_outbox`` table and a
 background task retries it with growing delays until it goes or has used ``max_attempts``;
 the final failure is logged as an error and the row stays as ``failed``. Messages to one chat
-leave in order: a chat with messages waiting in the outbox gets its new ones queued behind them.
+leave in order: a chat with messages waiting in the outbox gets its new ones queued behind them,
+and a chat's sends (now or from the outbox) hold the chat's lock, shared by every app process when
+the locks are (`crm_backend.shared.SenderLocks`). An outbox row is claimed before it is sent (its
+due time pushed past a send's duration by a conditional update), so one process sends it.
 
 What staff say and what the app tells a citizen by itself (case notices, hand-backs, replayed
 answers) is not sent from memory: `enqueue` writes it to the outbox in the same transaction as
@@ -18,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import warnings
-import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,6 +36,8 @@ from bot.channels.telegram_format import Chunk, callback_data_for, chunks_for, n
 from crm_backend.errors import describe_error
 from crm_backend.models import TelegramCallbackPayload, TelegramOutbox, utcnow
 from crm_backend.services.conversations import OutgoingMessage
+from crm_backend.shared import SenderLocks
+from crm_backend.shared.local import LocalLocks
 
 logger = logging.getLogger(__name__)
 
@@ -165,20 +169,17 @@ class TelegramDelivery:
         sessions: async_sessionmaker[AsyncSession],
         policy: RetryPolicy | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        locks: SenderLocks | None = None,
     ) -> None:
         self._bot = bot
         self._sessions = sessions
         self._policy = policy or RetryPolicy()
         self._sleep = sleep
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._locks: SenderLocks = locks if locks is not None else LocalLocks()
         self._wake = asyncio.Event()
 
-    def _lock(self, chat_id: str) -> asyncio.Lock:
-        lock = self._locks.get(chat_id)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[chat_id] = lock
-        return lock
+    def _lock(self, chat_id: str) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._locks.hold(f"telegram-send:{chat_id}")
 
     def kick(self) -> None:
         """After a commit that `enqueue`d messages: have the outbox task send them now."""

@@ -1,8 +1,10 @@
 """Live events for open consoles: new escalations, new citizen messages, claims and hand-backs.
 
-One app process, so an in-process fan-out is enough: each open console holds a bounded
-queue; a console too slow to keep up loses events, and its page then resyncs from the
-database on the next event it does get (the pages always re-read what they show).
+Each open console holds a bounded queue; a console too slow to keep up loses events, and its
+page then resyncs from the database on the next event it does get (the pages always re-read
+what they show). Given a fan-out (`crm_backend.shared.FanOut`), an event goes through it, so
+consoles held by every app process see what happened on any of them; without one, the events
+stay in this process (one app process).
 """
 
 from __future__ import annotations
@@ -10,11 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from crm_backend.shared import FanOut
 
 logger = logging.getLogger(__name__)
 
 QUEUE_SIZE = 256
+TOPIC = "console"
 SECURITY_EVENT = "security"  # failed proofs passed the hourly ceiling: for supervisors and admins only
 
 
@@ -30,8 +36,11 @@ class LiveEvent:
 class LiveFeed:
     """Fan-out of `LiveEvent`s to every subscribed console."""
 
-    def __init__(self) -> None:
+    def __init__(self, fanout: FanOut | None = None) -> None:
         self._queues: set[asyncio.Queue[LiveEvent | None]] = set()
+        self._fanout = fanout
+        if fanout is not None:
+            fanout.subscribe(TOPIC, self._receive)
 
     def subscribe(self) -> asyncio.Queue[LiveEvent | None]:
         """A queue of events; None in it means the app is shutting down."""
@@ -53,7 +62,17 @@ class LiveFeed:
         return len(self._queues)
 
     def publish(self, event: LiveEvent) -> None:
-        """Hand the event to every console; never blocks the message path."""
+        """Hand the event to every console (of every process, through the fan-out); never blocks the message path."""
+        if self._fanout is not None:
+            self._fanout.publish_soon(TOPIC, asdict(event))
+            return
+        self.deliver_here(event)
+
+    async def _receive(self, message: dict[str, Any]) -> None:
+        self.deliver_here(LiveEvent(str(message["kind"]), int(message["conversation_id"]), message["department_id"]))
+
+    def deliver_here(self, event: LiveEvent) -> None:
+        """Hand the event to this process's consoles."""
         for queue in self._queues:
             try:
                 queue.put_nowait(event)

@@ -7,11 +7,14 @@ only from /console/static, no inline code, no inline event handlers.
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -29,6 +32,8 @@ from crm_backend.validation import clean_text, mask_phone
 HERE = Path(__file__).resolve().parent
 SESSION_COOKIE = "console_session"
 LOGIN_CSRF_COOKIE = "console_login_csrf"
+NOTICE_COOKIE = "console_notice"
+NOTICE_MAX_AGE = 300  # seconds a notice waits for the page after its redirect
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -106,16 +111,50 @@ def build_templates() -> jinja2.Environment:
 
 
 class Flashes:
-    """One-shot messages carried across a POST → redirect → GET, per console session."""
+    """One-shot messages carried across a POST → redirect → GET, in a cookie.
 
-    def __init__(self) -> None:
-        self._pending: dict[int, str] = {}
+    The redirect may be served by another app process than the POST, so the notice travels
+    with the browser, not in a process's memory: a cookie holding the text (base64url) and an
+    HMAC of it keyed by the console session's secret CSRF token, so only a notice this session
+    was given is shown. The page that shows it expires the cookie.
+    """
 
-    def put(self, session_id: int, message: str) -> None:
-        self._pending[session_id] = message
+    def __init__(self, *, secure: bool = False) -> None:
+        self._secure = secure
 
-    def pop(self, session_id: int) -> str | None:
-        return self._pending.pop(session_id, None)
+    def put(self, response: web.StreamResponse | web.HTTPException, session: StaffSession, message: str) -> None:
+        """Set the notice on the response (or the redirect about to be raised)."""
+        encoded = base64.urlsafe_b64encode(message.encode()).decode().rstrip("=")
+        value = f"{encoded}.{_notice_signature(session, message)}"
+        cookie = SimpleCookie()
+        cookie[NOTICE_COOKIE] = value
+        morsel = cookie[NOTICE_COOKIE]
+        morsel["path"], morsel["samesite"], morsel["max-age"] = "/console", "Strict", str(NOTICE_MAX_AGE)
+        morsel["httponly"] = True
+        if self._secure:
+            morsel["secure"] = True
+        response.headers.add("Set-Cookie", morsel.OutputString())
+
+    def read(self, request: web.Request, session: StaffSession) -> str | None:
+        """The notice the request carries for this session, if its signature holds."""
+        raw = request.cookies.get(NOTICE_COOKIE, "")
+        encoded, _, signature = raw.partition(".")
+        try:
+            message = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if not signature or not hmac.compare_digest(signature, _notice_signature(session, message)):
+            return None
+        return message
+
+    def consume(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Expire the notice cookie the request carried, once its page is shown."""
+        if NOTICE_COOKIE in request.cookies:
+            response.del_cookie(NOTICE_COOKIE, path="/console")
+
+
+def _notice_signature(session: StaffSession, message: str) -> str:
+    return hmac.new(session.csrf_token.encode(), message.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 class ConsoleBase:
@@ -132,7 +171,7 @@ class ConsoleBase:
         self.sessions = sessions
         self.templates = templates
         self.secure_cookies = secure_cookies
-        self.flashes = flashes or Flashes()
+        self.flashes = flashes or Flashes(secure=secure_cookies)
 
     def share(self) -> dict[str, Any]:
         """What a view built on this one passes to `ConsoleBase.__init__`."""
@@ -145,8 +184,9 @@ class ConsoleBase:
 
     def done(self, request: web.Request, location: str, notice: str) -> NoReturn:
         """After a successful change: redirect to the page to show, with a notice (POST → redirect → GET)."""
-        self.flashes.put(request["staff"].session.id, notice)
-        raise web.HTTPSeeOther(location)
+        redirect = web.HTTPSeeOther(location)
+        self.flashes.put(redirect, request["staff"].session, notice)
+        raise redirect
 
     def render(
         self, request: web.Request, name: str, *, status: int = 200, fragment: bool = False, **context: Any
@@ -154,8 +194,9 @@ class ConsoleBase:
         """A page (or, with `fragment`, a piece of one fetched by the page's script)."""
         staff_member: Staff | None = request.get("staff")
         context.setdefault("error", None)
-        if context.get("notice") is None and staff_member is not None and request.method == "GET" and not fragment:
-            context["notice"] = self.flashes.pop(staff_member.session.id)
+        shows_notice = staff_member is not None and request.method == "GET" and not fragment
+        if context.get("notice") is None and staff_member is not None and shows_notice:
+            context["notice"] = self.flashes.read(request, staff_member.session)
         context.setdefault("notice", None)
         html = self.templates.get_template(name).render(
             staff=staff_member,
@@ -165,7 +206,10 @@ class ConsoleBase:
             Role=Role,
             **context,
         )
-        return secure(web.Response(text=html, status=status, content_type="text/html", charset="utf-8"))
+        response = secure(web.Response(text=html, status=status, content_type="text/html", charset="utf-8"))
+        if shows_notice:
+            self.flashes.consume(request, response)
+        return response
 
     def set_session_cookie(self, response: web.StreamResponse, token: str) -> None:
         response.set_cookie(

@@ -25,6 +25,7 @@ from crm_backend.hotissues.core import Decisions, HotIssue, HotRecord, Locate, h
 from crm_backend.hotissues.sources import records_from_cases
 from crm_backend.models import HotIssueDecision, HotIssueMember, HotIssueSnapshot, StaffUser, utcnow
 from crm_backend.services import audit
+from crm_backend.shared import Leases
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +161,10 @@ def default_window(days: int, today: date | None = None) -> tuple[date, date]:
 
 
 class HotIssueJob:
-    """Recomputes the ranking of the last `window_days` every `interval_seconds` (0: off)."""
+    """Recomputes the ranking of the last `window_days` every `interval_seconds` (0: off).
+
+    Given `leases`, only the app process holding the job's lease computes it (tens of seconds of CPU).
+    """
 
     def __init__(
         self,
@@ -169,8 +173,10 @@ class HotIssueJob:
         window_days: int,
         interval_seconds: float,
         locate: Locate | None = None,
+        leases: Leases | None = None,
     ) -> None:
         self._sessions = sessions
+        self._leases = leases
         self._window_days = window_days
         self._interval = interval_seconds
         self._locate = locate
@@ -183,7 +189,10 @@ class HotIssueJob:
     def start(self) -> None:
         if self._interval > 0:
             self._task = asyncio.create_task(
-                periodic.every(self._interval, self.run_once, "hot-issue ranking"), name="hot-issues"
+                periodic.every(
+                    self._interval, self.run_once, "hot-issue ranking", leases=self._leases, lease="hot-issues"
+                ),
+                name="hot-issues",
             )
 
     async def stop(self) -> None:

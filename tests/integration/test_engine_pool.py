@@ -69,7 +69,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             workdir=Path(tmp_path_factory.mktemp("pool")),
             database_url=postgres.create_database("crm"),
             tracker_store_url=postgres.create_database("tracker"),
-            redis_url=redis.url(),
+            redis_url=redis.url,
             engine_options=("--logging-config-file", str(LOCK_LOGGING)),
         )
         twin = app.engine_twin("second-engine")

@@ -63,6 +63,14 @@ from tests.unit.test_reply_quality import (  # noqa: F401  (run again on Postgre
     test_the_result_of_a_resolve_is_scored_and_other_moves_are_not,
 )
 from tests.unit.test_services import *  # noqa: F403  (run again on PostgreSQL)
+from tests.unit.test_shared_state import (  # noqa: F401  (run again on PostgreSQL: its row locks differ)
+    prefix,
+    redis_server,
+    test_a_followup_pass_run_by_two_workers_at_once_asks_each_citizen_once,
+    test_a_followup_question_is_marked_asked_before_the_engine_is_called,
+    test_one_senders_messages_are_handled_in_order_across_two_processes,
+    two_processes,
+)
 
 
 @pytest.fixture(scope="module")

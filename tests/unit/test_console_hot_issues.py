@@ -119,3 +119,40 @@ async def test_merging_an_issue_into_itself_shows_an_error(
     answer = await client.post("/console/hot-issues/merge", data={"csrf": csrf, "issue": "a1", "into": "a1", **WINDOW})
     assert answer.status == 422
     assert "另一个问题" in await answer.text()
+
+
+async def test_the_notice_after_a_correction_shows_once_on_whichever_app_process_serves_the_redirect(
+    sessions: Sessions, client: TestClient[web.Request, web.Application]
+) -> None:
+    csrf = await signed_in_as(sessions, client, "wang")
+    other_app = web.Application()  # a second app process behind the same proxy
+    HotIssueViews(ConsoleBase(sessions, build_templates(), secure_cookies=False)).add_routes(other_app)
+    async with TestClient(TestServer(other_app)) as other:
+        done = await client.post(
+            "/console/hot-issues/unrelated", data={"csrf": csrf, "message": "a3", **WINDOW}, allow_redirects=False
+        )
+        assert done.status == 303
+        # The browser follows the redirect with its cookies; the proxy sends it to the other process.
+        cookies = {name: morsel.value for name, morsel in done.cookies.items()}
+        cookies[SESSION_COOKIE] = client.session.cookie_jar.filter_cookies(client.make_url("/console/"))[
+            SESSION_COOKIE
+        ].value
+        header = {"Cookie": "; ".join(f"{name}={value}" for name, value in cookies.items())}
+        shown = await other.get(done.headers["Location"], headers=header)
+        assert "已将 a3 移出热点问题" in await shown.text()
+        consumed = {name: morsel.value for name, morsel in shown.cookies.items()}
+        assert set(consumed) == set(cookies) - {SESSION_COOKIE} and not any(consumed.values())  # once
+
+
+async def test_a_notice_cookie_not_signed_for_the_session_is_not_shown(
+    sessions: Sessions, client: TestClient[web.Request, web.Application]
+) -> None:
+    await signed_in_as(sessions, client, "wang")
+    session_cookie = client.session.cookie_jar.filter_cookies(client.make_url("/console/"))[SESSION_COOKIE].value
+    forged = "5bey5Yig6Zmk5omA5pyJ5bel5Y2V.0123456789abcdef0123456789abcdef"  # 「已删除所有工单」, made up
+    page = await client.get(
+        "/console/hot-issues",
+        params=WINDOW,
+        headers={"Cookie": f"{SESSION_COOKIE}={session_cookie}; console_notice={forged}"},
+    )
+    assert page.status == 200 and "已删除所有工单" not in await page.text()

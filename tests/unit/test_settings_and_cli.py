@@ -80,6 +80,13 @@ def test_trusted_proxies_are_read_and_a_bad_entry_refused() -> None:
         Settings.from_env(make_env(TRUSTED_PROXIES="localhost"))
 
 
+def test_redis_is_unset_by_default_read_from_redis_url_and_a_foreign_scheme_refused() -> None:
+    assert Settings.from_env(make_env()).redis_url is None  # one process: shared state stays in it
+    assert Settings.from_env(make_env(REDIS_URL=" redis://127.0.0.1:6379/0 ")).redis_url == "redis://127.0.0.1:6379/0"
+    with pytest.raises(SettingsError, match="REDIS_URL"):
+        Settings.from_env(make_env(REDIS_URL="http://127.0.0.1:6379"))
+
+
 @pytest.mark.parametrize("name", SECRET_NAMES)
 def test_a_missing_secret_is_refused(name: str) -> None:
     with pytest.raises(SettingsError, match=name):
