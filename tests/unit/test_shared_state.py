@@ -22,6 +22,7 @@ from telegram import Update
 from telegram.ext import Application
 
 from bot.channels.telegram import TelegramChannel
+from bot.channels.telegram_settings import TelegramSettings
 from bot.followup import CaseFollowup
 from bot.hub import ConversationHub
 from bot.notifier import ChannelNotifier
@@ -33,7 +34,7 @@ from crm_backend.lifecycle import CaseStatus
 from crm_backend.models import Message, ServiceCase, TelegramUpdate
 from crm_backend.services.conversations import resolve_identity
 from crm_backend.services.intake import Report, file_case
-from crm_backend.settings import PROJECT_ROOT, TelegramSettings
+from crm_backend.settings import PROJECT_ROOT
 from crm_backend.shared import SharedState
 from crm_backend.shared.local import LocalState
 from crm_backend.shared.redis_state import RedisState
