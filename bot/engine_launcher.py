@@ -141,6 +141,10 @@ def main() -> None:
     os.umask(0o077)  # the tracker store and the log hold citizens' messages
     from rasa.__main__ import main as rasa_main
 
+    from bot import engine_speedups
+
+    engine_speedups.apply()
+
     sys.argv = argv
     rasa_main()
 
