@@ -10,10 +10,18 @@ schema, large and fixed. Profiling the engine at 20 concurrent conversations
 Here the validator is built and the schema checked once; each answer is then validated exactly
 as ``validate`` does it (``best_match`` of the validator's errors), and an invalid answer
 raises the same ``ValidationError`` with Rasa's own hint appended.
+
+**The SQLite tracker store commits without waiting for the disk.** Rasa's ``SQLTrackerStore`` is
+synchronous: every turn's ``COMMIT`` runs on the engine's event loop, and SQLite's default
+rollback journal with ``synchronous=FULL`` waits for the disk on each. The engine's SQLite
+connections get the settings the app's own SQLite database has (`crm_backend.db`): write-ahead
+log and ``synchronous=NORMAL`` (a commit survives the process dying; only a power cut may lose
+the last turns before a checkpoint). PostgreSQL, the production tracker store, is untouched.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from functools import lru_cache
 from typing import Any
 
@@ -45,8 +53,20 @@ def _validate_action_result(self: Any, result: dict[str, Any]) -> bool:
     return True
 
 
+def _sqlite_without_waiting(dbapi_connection: Any, _record: Any) -> None:
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+
 def apply() -> None:
     """Install the changes (call before Rasa starts)."""
     from rasa.core.actions.action import RemoteAction
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
 
     RemoteAction._validate_action_result = _validate_action_result
+    if not event.contains(Engine, "connect", _sqlite_without_waiting):
+        event.listen(Engine, "connect", _sqlite_without_waiting)

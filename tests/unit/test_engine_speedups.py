@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,42 @@ def test_action_answers_are_judged_as_rasa_judges_them_with_the_schema_checked_o
     assert all("Failed to validate Action server response" in message for kind, message in figures["before"][3:])
     assert figures["again"] == figures["before"] * 20
     assert figures["schema_checks"] <= 1  # built once (before the counter, or at the first call)
+
+
+TRACKER_STORE = r"""
+import json, sys
+from rasa.core.tracker_store import SQLTrackerStore
+from rasa.shared.core.domain import Domain
+
+from bot import engine_speedups
+
+def store_settings(path):
+    store = SQLTrackerStore(Domain.empty(), dialect="sqlite", db=path)
+    with store.engine.connect() as connection:
+        mode = connection.exec_driver_sql("PRAGMA journal_mode").scalar()
+        sync = connection.exec_driver_sql("PRAGMA synchronous").scalar()
+    store.engine.dispose()
+    return [mode, sync]
+
+before = store_settings(sys.argv[1] + "/before.db")
+engine_speedups.apply()
+engine_speedups.apply()  # twice: one listener
+after = store_settings(sys.argv[1] + "/after.db")
+print(json.dumps({"before": before, "after": after}))
+"""
+
+
+@pytest.mark.skipif(not ENGINE_PYTHON.exists(), reason="the engine's venv is built by bin/setup")
+def test_the_sqlite_tracker_store_gets_the_write_ahead_log(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(ENGINE_PYTHON), "-c", TRACKER_STORE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+        cwd=PROJECT_ROOT,
+        env={"PYTHONPATH": str(PROJECT_ROOT), "RASA_TELEMETRY_ENABLED": "false", "PATH": "/usr/bin:/bin"},
+    )
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["before"] == ["delete", 2]  # Rasa's own: rollback journal, synchronous=FULL
+    assert figures["after"] == ["wal", 1]  # synchronous=NORMAL
