@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,3 +28,19 @@ def private_segmenter(*dictionaries: Path) -> jieba.Tokenizer:
         if dictionary.exists():
             segmenter.load_userdict(str(dictionary))
     return segmenter
+
+
+_shared_lock = threading.Lock()
+
+
+@cache
+def shared_segmenter() -> jieba.Tokenizer:
+    """The one jieba with jieba's own dictionary and nothing added, shared by every model that
+    needs no more (the category classifier, duplicates, reply quality, the start of the
+    gazetteer's segmenter): each copy of the dictionary costs about 60 MB per app process.
+
+    Read-only by convention: nothing may add words to it (a model that needs its own words
+    takes a `private_segmenter`, or a copy); `tests/unit/test_segmentation.py` checks that none does.
+    """
+    with _shared_lock:
+        return private_segmenter()

@@ -176,12 +176,10 @@ def score_reply(
 _load_lock = threading.Lock()
 
 
-@cache
 def _segmenter() -> jieba.Tokenizer:
-    from crm_backend.segmentation import private_segmenter
+    from crm_backend.segmentation import shared_segmenter
 
-    with _load_lock:
-        return private_segmenter()
+    return shared_segmenter()
 
 
 @cache

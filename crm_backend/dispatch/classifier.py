@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crm_backend.segmentation import private_segmenter
+from crm_backend.segmentation import shared_segmenter
 
 if TYPE_CHECKING:
     import jieba
@@ -234,8 +234,8 @@ def split_title(text: str) -> str:
 
 @functools.cache
 def _segmenter() -> jieba.Tokenizer:
-    """The classifier's own jieba (jieba's default dictionary only), built on first use."""
-    return private_segmenter()
+    """jieba's default dictionary only (the shared one: nothing adds words to it), built on first use."""
+    return shared_segmenter()
 
 
 def search_words(text: str) -> list[str]:

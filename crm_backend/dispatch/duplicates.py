@@ -15,19 +15,17 @@ would hide a different problem, and the citizen can still insist on a new case.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import lru_cache
 
-import jieba
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_backend.lifecycle import CaseStatus
 from crm_backend.models import ServiceCase, utcnow
+from crm_backend.segmentation import shared_segmenter
 
 DUPLICATE_THRESHOLD = 0.6
 LOOKBACK = timedelta(days=30)
@@ -60,17 +58,12 @@ class DuplicateMatch:
     similarity: float
 
 
-@lru_cache(maxsize=1)
-def _quiet_jieba() -> None:
-    jieba.setLogLevel(logging.WARNING)
-    jieba.initialize()
-
-
 def content_words(text: str) -> Counter[str]:
-    """Counts of the words that carry the complaint's content."""
-    _quiet_jieba()
+    """Counts of the words that carry the complaint's content (jieba's own dictionary)."""
     return Counter(
-        word for word in jieba.lcut(text[:2000]) if len(word) >= 2 and word not in _STOP_WORDS and not word.isdigit()
+        word
+        for word in shared_segmenter().lcut(text[:2000])
+        if len(word) >= 2 and word not in _STOP_WORDS and not word.isdigit()
     )
 
 

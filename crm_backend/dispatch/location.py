@@ -355,13 +355,14 @@ class LocationExtractor:
         import jieba
         import spacy
 
+        from crm_backend.segmentation import shared_segmenter
+
         nlp = spacy.blank("zh", config={"nlp": {"tokenizer": {"segmenter": "jieba"}}})
         # A jieba of our own, so the place names never change how the rest of the process
-        # (the category classifier) segments text; it starts as a copy of the shared
-        # dictionary, which spaCy's jieba segmenter has just loaded.
-        jieba.dt.check_initialized()
+        # (the category classifier) segments text; it starts as a copy of the shared dictionary.
+        shared = shared_segmenter()
         segmenter = jieba.Tokenizer()
-        segmenter.FREQ, segmenter.total = dict(jieba.dt.FREQ), jieba.dt.total
+        segmenter.FREQ, segmenter.total = dict(shared.FREQ), shared.total
         segmenter.initialized = True
         for word in self.gazetteer.jieba_words():
             segmenter.add_word(word, max(segmenter.suggest_freq(word, False), MIN_WORD_FREQ))
