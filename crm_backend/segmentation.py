@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import jieba
@@ -44,3 +45,51 @@ def shared_segmenter() -> jieba.Tokenizer:
     """
     with _shared_lock:
         return private_segmenter()
+
+
+class _Overlay(dict[str, int]):
+    """jieba's word table with words of our own on top of the shared one, which it never changes.
+
+    jieba reads its table with ``in``, ``[]`` and ``get``, and writes with ``[]=`` (adding a
+    word and its prefixes): reads look here first, then in the shared table; writes stay here.
+    """
+
+    __slots__ = ("base",)
+
+    def __init__(self, base: dict[str, int]) -> None:
+        super().__init__()
+        self.base = base
+
+    def __missing__(self, key: str) -> int:
+        return self.base[key]
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self, key) or key in self.base
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if dict.__contains__(self, key):
+            return dict.__getitem__(self, key)
+        return self.base.get(key, default)
+
+
+def layered_segmenter(*dictionaries: Path, words: Iterable[tuple[str, int | None]] = ()) -> jieba.Tokenizer:
+    """A jieba that segments exactly as `private_segmenter` with these dictionaries and words would,
+    holding only its own words: the rest is read from the shared dictionary (a copy would cost
+    about 60 MB per process).
+
+    Args:
+        dictionaries: jieba user dictionaries (missing ones skipped).
+        words: more words and their frequencies (None: jieba's suggestion, as ``add_word`` makes it).
+    """
+    import jieba
+
+    shared = shared_segmenter()
+    segmenter = jieba.Tokenizer()
+    segmenter.FREQ, segmenter.total = _Overlay(shared.FREQ), shared.total
+    segmenter.initialized = True
+    for dictionary in dictionaries:
+        if dictionary.exists():
+            segmenter.load_userdict(str(dictionary))
+    for word, frequency in words:
+        segmenter.add_word(word, frequency)
+    return segmenter

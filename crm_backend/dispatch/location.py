@@ -352,18 +352,14 @@ class LocationExtractor:
         return self._nlp
 
     def _build(self) -> Language:
-        import jieba
         import spacy
 
-        from crm_backend.segmentation import shared_segmenter
+        from crm_backend.segmentation import layered_segmenter
 
         nlp = spacy.blank("zh", config={"nlp": {"tokenizer": {"segmenter": "jieba"}}})
         # A jieba of our own, so the place names never change how the rest of the process
-        # (the category classifier) segments text; it starts as a copy of the shared dictionary.
-        shared = shared_segmenter()
-        segmenter = jieba.Tokenizer()
-        segmenter.FREQ, segmenter.total = dict(shared.FREQ), shared.total
-        segmenter.initialized = True
+        # (the category classifier) segments text: the place names on top of the shared dictionary.
+        segmenter = layered_segmenter()
         for word in self.gazetteer.jieba_words():
             segmenter.add_word(word, max(segmenter.suggest_freq(word, False), MIN_WORD_FREQ))
         tokenizer: Any = nlp.tokenizer

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from crm_backend.knowledge.text import normalise
-from crm_backend.segmentation import private_segmenter
+from crm_backend.segmentation import layered_segmenter
 
 if TYPE_CHECKING:
     import jieba
@@ -93,7 +93,7 @@ def verdict_of(probability: float, evidence: float) -> Verdict:
 @functools.cache
 def _segmenter() -> jieba.Tokenizer:
     """A jieba of our own with the service vocabulary the engine also uses."""
-    return private_segmenter(USER_DICTIONARY)
+    return layered_segmenter(USER_DICTIONARY)
 
 
 def words(text: str) -> list[str]:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import csv
+
 import jieba
 
 from crm_backend.analytics import reply_quality
 from crm_backend.dispatch import classifier, duplicates
-from crm_backend.dispatch.location import Gazetteer, LocationExtractor
+from crm_backend.dispatch.location import MIN_WORD_FREQ, Gazetteer, LocationExtractor
 from crm_backend.dispatch.service import GAZETTEER_DIR
 from crm_backend.knowledge import retrieval
-from crm_backend.segmentation import shared_segmenter
+from crm_backend.segmentation import layered_segmenter, private_segmenter, shared_segmenter
+from crm_backend.settings import PROJECT_ROOT
 
 
 def test_the_default_dictionary_models_share_one_segmenter() -> None:
@@ -31,3 +34,29 @@ def test_no_model_adds_words_to_the_shared_dictionary() -> None:
     reply_quality.warm_up()
     assert len(shared.FREQ) == len(fresh.FREQ) and shared.total == fresh.total
     assert shared.lcut("A1区解放路路灯坏了") == fresh.lcut("A1区解放路路灯坏了")
+
+
+def real_messages(limit: int = 400) -> list[str]:
+    path = PROJECT_ROOT / "crm_backend" / "dispatch" / "data" / "citizen_messages_train.csv"
+    with path.open(encoding="utf-8") as rows:
+        return [row["text"][:600] for row, _ in zip(csv.DictReader(rows), range(limit), strict=False)]
+
+
+def segmentations(segmenter: jieba.Tokenizer, texts: list[str]) -> list[list[list[str]]]:
+    return [[segmenter.lcut(t), segmenter.lcut(t, HMM=False), list(segmenter.cut_for_search(t))] for t in texts]
+
+
+def test_a_layered_segmenter_segments_as_a_full_copy_with_the_same_words() -> None:
+    texts = real_messages()
+    # The knowledge base's: the service vocabulary on top.
+    assert segmentations(layered_segmenter(retrieval.USER_DICTIONARY), texts) == segmentations(
+        private_segmenter(retrieval.USER_DICTIONARY), texts
+    )
+    # The locator's: place names added one by one, each at jieba's suggested frequency.
+    words = Gazetteer.load(GAZETTEER_DIR).jieba_words()
+    layered, copied = layered_segmenter(), private_segmenter()
+    for segmenter in (layered, copied):
+        for word in words:
+            segmenter.add_word(word, max(segmenter.suggest_freq(word, False), MIN_WORD_FREQ))
+    assert segmentations(layered, texts) == segmentations(copied, texts)
+    assert len(dict.keys(layered.FREQ)) < len(copied.FREQ) // 50  # it holds only its own words
