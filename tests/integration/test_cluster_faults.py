@@ -14,7 +14,7 @@ import asyncio
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -278,37 +278,37 @@ def database_url(cluster: Cluster) -> str:
     return url
 
 
-async def test_thirty_citizens_through_nginx_survive_a_killed_app_and_engine(cluster: Cluster) -> None:
+async def run_citizens(
+    cluster: Cluster, numbers: range, faults: Callable[[Callable[[], int]], Awaitable[None]]
+) -> tuple[list[Citizen], dict[int, str]]:
+    """Citizens `numbers` (even: web chat, odd: REST) report at once while `faults` runs; their case numbers."""
     answers = 0
 
     def answered() -> None:
         nonlocal answers
         answers += 1
 
-    async def faults() -> None:
-        await wait_for(lambda: answers >= KILL_AFTER_ANSWERS, 300, "the first answers")
-        await asyncio.to_thread(cluster.kill_app, 1)
-        await asyncio.to_thread(cluster.kill_engine, 1)
-        await wait_for(lambda: answers >= RESTART_AFTER_ANSWERS, 300, "answers with an app and an engine down")
-        await asyncio.to_thread(cluster.restart_app, 1)
-        await asyncio.to_thread(cluster.restart_engine, 1)
-
     async with aiohttp.ClientSession() as http:
         citizens: list[Citizen] = [
             (WebCitizen if number % 2 == 0 else RestCitizen)(number=number, base=cluster.url, http=http)
-            for number in range(CITIZENS)
+            for number in numbers
         ]
-        injected = asyncio.create_task(faults())
+        injected = asyncio.create_task(faults(lambda: answers))
         try:
             case_numbers = await asyncio.gather(*(report_and_follow_up(c, answered) for c in citizens))
         finally:
             for citizen in citizens:
                 await citizen.close()
         await injected
-
-    assert len(set(case_numbers)) == CITIZENS
     print(f"resends: {sum(c.resends for c in citizens)} ({[c.resends for c in citizens]})")
-    connection = await asyncpg.connect(database_url(cluster).replace("postgresql+asyncpg://", "postgresql://"))
+    return citizens, {citizen.number: case for citizen, case in zip(citizens, case_numbers, strict=True)}
+
+
+async def assert_each_logged_once_answered_with_one_case(
+    cluster: Cluster, citizens: list[Citizen], case_numbers: dict[int, str]
+) -> None:
+    assert len(set(case_numbers.values())) == len(citizens)
+    connection = await asyncpg.connect(database_url(cluster))
     try:
         for citizen in citizens:
             channel, external_id = citizen.identity
@@ -328,8 +328,32 @@ async def test_thirty_citizens_through_nginx_survive_a_killed_app_and_engine(clu
             assert [row["case_number"] for row in cases] == [case_numbers[citizen.number]], citizen
     finally:
         await connection.close()
+
+
+async def test_thirty_citizens_through_nginx_survive_a_killed_app_and_engine(cluster: Cluster) -> None:
+    async def faults(answers: Callable[[], int]) -> None:
+        await wait_for(lambda: answers() >= KILL_AFTER_ANSWERS, 300, "the first answers")
+        await asyncio.to_thread(cluster.kill_app, 1)
+        await asyncio.to_thread(cluster.kill_engine, 1)
+        await wait_for(lambda: answers() >= RESTART_AFTER_ANSWERS, 300, "answers with an app and an engine down")
+        await asyncio.to_thread(cluster.restart_app, 1)
+        await asyncio.to_thread(cluster.restart_engine, 1)
+
+    citizens, case_numbers = await run_citizens(cluster, range(CITIZENS), faults)
+    await assert_each_logged_once_answered_with_one_case(cluster, citizens, case_numbers)
     # The restarted app and engine serve again on their ports.
     assert cluster.apps[1].app_ready() and cluster.engines[1].engine_ready()
+
+
+async def test_citizens_reporting_while_redis_restarts_are_each_logged_once_with_one_case(cluster: Cluster) -> None:
+    await asyncio.to_thread(cluster.heal)
+
+    async def faults(answers: Callable[[], int]) -> None:
+        await wait_for(lambda: answers() >= 6, 300, "the first answers")
+        await asyncio.to_thread(cluster.redis.restart)  # every lock, key and subscription gone
+
+    citizens, case_numbers = await run_citizens(cluster, range(CITIZENS, CITIZENS + 6), faults)
+    await assert_each_logged_once_answered_with_one_case(cluster, citizens, case_numbers)
 
 
 async def test_an_escalation_through_one_app_appears_on_a_console_held_through_the_other(cluster: Cluster) -> None:
