@@ -136,7 +136,7 @@ class RestCitizen(Citizen):
                 headers={"Authorization": f"Bearer {TEST_SECRETS['REST_CHANNEL_TOKEN']}"},
                 timeout=aiohttp.ClientTimeout(total=90),
             ) as resp:
-                if resp.status in (502, 503, 504):
+                if resp.status in (500, 502, 503, 504):  # 500: the database went away mid-request
                     raise Unanswered(resp.status)
                 assert resp.status == 200, await resp.text()
                 replies: list[dict[str, Any]] = await resp.json()
@@ -195,6 +195,8 @@ class WebCitizen(Citizen):
                 if data["type"] == "reply" and data["in_reply_to"] in (msg_id, None):
                     messages: list[dict[str, Any]] = data["messages"]
                     return messages
+                if data["type"] == "error" and data["code"] == "internal_error":
+                    raise Unanswered("internal error")  # the database went away mid-message
                 assert data["type"] in ("ack", "handoff", "reply"), data
         except (Unanswered, aiohttp.ClientError, TimeoutError, ConnectionResetError) as error:
             await self.close()  # reconnect and look at the history before sending again
@@ -354,6 +356,20 @@ async def test_citizens_reporting_while_redis_restarts_are_each_logged_once_with
 
     citizens, case_numbers = await run_citizens(cluster, range(CITIZENS, CITIZENS + 6), faults)
     await assert_each_logged_once_answered_with_one_case(cluster, citizens, case_numbers)
+
+
+async def test_citizens_reporting_while_postgresql_restarts_lose_nothing_and_the_apps_recover(
+    cluster: Cluster,
+) -> None:
+    await asyncio.to_thread(cluster.heal)
+
+    async def faults(answers: Callable[[], int]) -> None:
+        await wait_for(lambda: answers() >= 6, 300, "the first answers")
+        await asyncio.to_thread(cluster.postgres.restart)  # open transactions roll back, connections cut
+
+    citizens, case_numbers = await run_citizens(cluster, range(CITIZENS + 10, CITIZENS + 16), faults)
+    await assert_each_logged_once_answered_with_one_case(cluster, citizens, case_numbers)
+    assert all(app.app_proc is not None and app.app_proc.poll() is None for app in cluster.apps)  # not restarted
 
 
 async def test_an_escalation_through_one_app_appears_on_a_console_held_through_the_other(cluster: Cluster) -> None:
