@@ -114,7 +114,14 @@ def test_a_message_posted_again_after_the_engine_missed_it_is_answered_then_and_
         response_text("utter_greet"),
     ]
     assert logged_texts(app, sender) == ["你好"]
-    assert "你好" not in waiting_texts(app)
+    with sqlite3.connect(app.workdir / "crm.db") as db:
+        (waiting,) = db.execute(
+            "SELECT count(*) FROM message m JOIN conversation c ON c.id = m.conversation_id "
+            "JOIN channel_identity i ON i.id = c.identity_id "
+            "WHERE i.external_id = ? AND m.engine_pending_since IS NOT NULL",
+            (sender,),
+        ).fetchone()
+    assert waiting == 0
 
 
 async def test_messages_the_engine_missed_are_answered_in_order_on_the_web_chat_when_it_is_back(
