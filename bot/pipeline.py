@@ -42,6 +42,7 @@ from crm_backend.errors import TooManyMessages
 from crm_backend.models import ChannelIdentity, Conversation, Message
 from crm_backend.services.conversations import (
     OutgoingMessage,
+    answers_logged_after,
     current_conversation,
     find_logged_message,
     log_incoming,
@@ -94,6 +95,9 @@ class Outcome:
     handoff_started: bool = False
     in_handoff: bool = False
     duplicate: bool = False
+    # A message sent again that was answered the first time: that answer, as logged (a channel
+    # without a history to show, such as REST, gives it again; the web chat's page has it).
+    earlier_answers: list[OutgoingMessage] = field(default_factory=list)
 
 
 @dataclass
@@ -117,6 +121,8 @@ class _Accepted:
     message_id: int | None
     in_handoff: bool
     duplicate: bool
+    duplicate_pending: bool  # a message sent again whose first sending the engine never answered
+    earlier_answers: list[OutgoingMessage]  # a message sent again: what was logged in answer to it
     department_id: int | None
     engine_input: str | None  # what the engine is given (None: nothing to read)
     truncated: bool  # the text was cut to the engine's limit
@@ -181,6 +187,14 @@ class MessagePipeline:
                 await on_logged(accepted.conversation_id)
             outcome = Outcome(accepted.conversation_id, accepted.sender_id, duplicate=accepted.duplicate)
             if accepted.duplicate:
+                if accepted.duplicate_pending:
+                    # Sent again because no answer came: the process that took it died before the
+                    # engine answered. Under the citizen's lock nobody else is answering it: now.
+                    earlier = await self._replay(accepted.identity_id, accepted.sender_id, inbound.channel)
+                    outcome.replies = earlier.replies
+                    outcome.handoff_started = earlier.handoff_started
+                else:
+                    outcome.earlier_answers = accepted.earlier_answers
                 return outcome
             if accepted.in_handoff:
                 outcome.in_handoff = True
@@ -329,8 +343,16 @@ class MessagePipeline:
         async with self._sessions.begin() as session:
             identity = await resolve_identity(session, inbound.channel, inbound.external_id)
             conversation = await current_conversation(session, identity)
-            duplicate = bool(
-                inbound.client_msg_id and await find_logged_message(session, conversation, inbound.client_msg_id)
+            original = (
+                await find_logged_message(session, conversation, inbound.client_msg_id)
+                if inbound.client_msg_id
+                else None
+            )
+            duplicate = original is not None
+            earlier_answers = (
+                [_as_outgoing(logged) for logged in await answers_logged_after(session, original)]
+                if original is not None and original.engine_pending_since is None
+                else []
             )
             in_handoff = conversation.handoff_status != BOT
             payload = inbound.payload
@@ -360,6 +382,8 @@ class MessagePipeline:
                 message_id=message.id if message is not None else None,
                 in_handoff=in_handoff,
                 duplicate=duplicate,
+                duplicate_pending=original is not None and original.engine_pending_since is not None,
+                earlier_answers=earlier_answers,
                 department_id=conversation.department_id,
                 engine_input=engine_input,
                 truncated=truncated,
@@ -455,6 +479,12 @@ def _excerpt(text: str) -> str:
     """The start of a message, as the replay's introduction quotes it."""
     text = " ".join(text.split())
     return text if len(text) <= REPLAY_EXCERPT_CHARS else text[:REPLAY_EXCERPT_CHARS] + "…"
+
+
+def _as_outgoing(message: Message) -> OutgoingMessage:
+    return OutgoingMessage(
+        message.text, buttons=message.buttons, sender_kind=message.sender_kind, sender_name=message.sender_name
+    )
 
 
 def _is_handoff_marker(reply: dict[str, Any]) -> bool:

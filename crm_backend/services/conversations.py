@@ -86,6 +86,22 @@ async def find_logged_message(session: AsyncSession, conversation: Conversation,
     )
 
 
+async def answers_logged_after(session: AsyncSession, message: Message, limit: int = 50) -> list[Message]:
+    """What the conversation logged after a citizen's message, up to their next one: its answer."""
+    following = await session.scalars(
+        select(Message)
+        .where(Message.conversation_id == message.conversation_id, Message.id > message.id)
+        .order_by(Message.id)
+        .limit(limit)
+    )
+    answers: list[Message] = []
+    for logged in following:
+        if logged.direction == "in":
+            break
+        answers.append(logged)
+    return answers
+
+
 def log_incoming(
     session: AsyncSession,
     conversation: Conversation,

@@ -103,6 +103,10 @@ async def file_case(
     citizen = await session.get(Citizen, identity.citizen_id)
     if citizen is not None and not citizen.phone:
         citizen.phone = phone
+    # One filing at a time takes the next number, until its transaction ends: concurrent filings
+    # (several app processes on PostgreSQL) would all read the same latest number, and each retry
+    # would race the others again.
+    await serialise(session, "case-numbers")
     for attempt in range(5):
         now = utcnow()
         case = ServiceCase(

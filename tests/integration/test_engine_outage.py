@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.integration.test_rest_channel import response_text
+from tests.integration.test_rest_channel import post_with_id, response_text
+from tests.integration.test_rest_channel import texts as rest_texts
 from tests.integration.test_webchat import open_chat, texts
 from tests.support.console import ConsoleClient, create_staff
 from tests.support.proxy import EngineSwitch
@@ -95,6 +96,32 @@ def test_app_recovers_by_itself_when_the_engine_is_back(switched: tuple[Stack, E
     # The missed 你好 is answered first (here, or by the replay loop a moment before), then this one.
     assert app.rest(sender, "你好")[-1]["text"] == response_text("utter_greet")
     assert requests.get(f"{app.app_url}/healthz", timeout=10).status_code == 200
+
+
+def test_a_message_posted_again_after_the_engine_missed_it_is_answered_then_and_logged_once(
+    switched: tuple[Stack, EngineSwitch], sender: str
+) -> None:
+    app, switch = switched
+    switch.stop()
+    busy = post_with_id(app, sender, "你好", "missed-0001")
+    assert rest_texts(busy.json()) == [response_text("utter_system_busy")]
+    switch.start(mode="forward")
+    # The integrator posts it again (as after a broken connection): it is answered now, once,
+    # whether this post or the replay loop reaches the engine first.
+    again = post_with_id(app, sender, "你好", "missed-0001")
+    assert rest_texts(again.json()) == [
+        response_text("utter_replay_intro").format(text="你好"),
+        response_text("utter_greet"),
+    ]
+    assert logged_texts(app, sender) == ["你好"]
+    with sqlite3.connect(app.workdir / "crm.db") as db:
+        (waiting,) = db.execute(
+            "SELECT count(*) FROM message m JOIN conversation c ON c.id = m.conversation_id "
+            "JOIN channel_identity i ON i.id = c.identity_id "
+            "WHERE i.external_id = ? AND m.engine_pending_since IS NOT NULL",
+            (sender,),
+        ).fetchone()
+    assert waiting == 0
 
 
 async def test_messages_the_engine_missed_are_answered_in_order_on_the_web_chat_when_it_is_back(

@@ -145,6 +145,44 @@ def test_empty_and_huge_messages_get_a_clear_reply_and_are_logged(
     assert len(row[0]) == min(len(message), 10000)
 
 
+def post_with_id(stack: Stack, sender: str, message: str, message_id: object) -> requests.Response:
+    """A message with the integrator's own id, as one posts it again when no answer came."""
+    return requests.post(
+        f"{stack.app_url}/webhooks/rest/webhook",
+        json={"sender": sender, "message": message, "message_id": message_id},
+        headers={"Authorization": f"Bearer {stack.secrets['REST_CHANNEL_TOKEN']}"},
+        timeout=30,
+    )
+
+
+def logged_ids(stack: Stack, sender: str) -> list[str | None]:
+    """The client ids of a REST sender's logged messages, in order."""
+    with sqlite3.connect(stack.workdir / "crm.db") as db:
+        rows = db.execute(
+            "SELECT m.client_msg_id FROM message m "
+            "JOIN conversation c ON c.id = m.conversation_id JOIN channel_identity i ON i.id = c.identity_id "
+            "WHERE i.channel = 'rest' AND i.external_id = ? AND m.direction = 'in' ORDER BY m.id",
+            (sender,),
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def test_a_message_posted_again_with_its_id_is_logged_once_and_given_the_same_answer(stack: Stack, sender: str) -> None:
+    first = post_with_id(stack, sender, "你好", "msg-0001")
+    again = post_with_id(stack, sender, "你好", "msg-0001")
+    assert first.status_code == again.status_code == 200
+    assert texts(first.json()) == [response_text("utter_greet")]
+    assert again.json() == first.json()
+    assert logged_ids(stack, sender) == ["msg-0001"]
+
+
+@pytest.mark.parametrize("message_id", ["has spaces", "x" * 65, 12, ""])
+def test_a_malformed_message_id_is_refused(stack: Stack, sender: str, message_id: object) -> None:
+    refused = post_with_id(stack, sender, "你好", message_id)
+    assert (refused.status_code, refused.json()["error"]) == (422, "invalid_input")
+    assert logged_ids(stack, sender) == []
+
+
 # Text that only some databases refuse (PostgreSQL rejects NUL): test_postgres.py runs these
 # bad-input tests again on PostgreSQL.
 CONTROL_CHARACTER_MESSAGES = ["路灯\x00坏了好几天了", "\x07\x1b[31m你好", "谢谢\ud83d\x00", "\ufeff你好\x7f\x85"]

@@ -46,6 +46,14 @@ class PostgresServer:
     def start(self) -> None:
         data = self.workdir / "data"
         self._run(str(self.bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "crm", "-E", "UTF8", "--no-locale")
+        self._pg_ctl("start")
+
+    def restart(self) -> None:
+        """Stop the server (fast: open transactions roll back, clients are cut off) and start it again on its port."""
+        self._pg_ctl("restart")
+
+    def _pg_ctl(self, action: str) -> None:
+        data = self.workdir / "data"
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.workdir} -c fsync=off -c max_connections=200"
         self._run(
             str(self.bindir / "pg_ctl"),
@@ -55,8 +63,10 @@ class PostgresServer:
             str(self.workdir / "server.log"),
             "-o",
             options,
+            "-m",
+            "fast",
             "-w",
-            "start",
+            action,
         )
 
     def create_database(self, name: str) -> str:

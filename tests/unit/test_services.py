@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -189,6 +190,21 @@ async def test_filed_cases_get_consecutive_numbers_for_today(sessions: Sessions)
     assert first.case_number[:8] in days
     assert first.case_number == f"{first.case_number[:8]}-0001"
     assert second.case_number == f"{first.case_number[:8]}-0002"
+
+
+async def test_twenty_citizens_filing_at_once_all_get_a_case_with_its_own_number(sessions: Sessions) -> None:
+    # Thirty citizens confirming their reports in one minute, on several app processes: on
+    # PostgreSQL (test_postgres.py runs this again) they all read the same latest number.
+    identities = [await new_identity(sessions, f"rush-{number:02d}") for number in range(20)]
+
+    async def file_and_route(identity: ChannelIdentity) -> str:
+        async with sessions.begin() as session:
+            case = await file_case(session, identity, make_report())
+            await session.flush()  # the rest of the assistant's transaction (routing) before the commit
+            return case.case_number
+
+    numbers = await asyncio.gather(*(file_and_route(identity) for identity in identities))
+    assert sorted(int(number[9:]) for number in numbers) == list(range(1, 21))
 
 
 async def test_filing_writes_the_case_and_its_first_event(sessions: Sessions) -> None:
