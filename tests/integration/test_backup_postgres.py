@@ -29,22 +29,14 @@ KEY_HEX = bytes(range(32)).hex()
 
 @pytest.fixture(scope="module")
 def live_server() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    server.start()
-    try:
+    with PostgresServer.running() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
 def empty_server() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    server.start()
-    try:
+    with PostgresServer.running() as server:
         yield server
-    finally:
-        server.stop()
 
 
 async def cli(*args: str, database_url: str, tracker_url: str | None) -> tuple[int, str, str]:

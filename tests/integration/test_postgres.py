@@ -75,12 +75,8 @@ from tests.unit.test_shared_state import (  # noqa: F401  (run again on PostgreS
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    server.start()
-    try:
+    with PostgresServer.running() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.support.stack import free_port
@@ -85,6 +87,17 @@ class PostgresServer:
             f'CREATE DATABASE "{name}"',
         )
         return self.url(name)
+
+    @classmethod
+    @contextmanager
+    def running(cls) -> Iterator[PostgresServer]:
+        """A started server, stopped (and its files removed) when the block ends."""
+        server = cls()
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
 
     def stop(self) -> None:
         try:
