@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sqlite3
 import stat
 import subprocess
@@ -25,6 +24,7 @@ from app.settings import Settings
 from crm_backend import schema
 from crm_backend.db import _alembic_config
 from crm_backend.settings import normalise_database_url
+from tests.support.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -48,22 +48,6 @@ def settings_for(database: Path, **env: str) -> Settings:
             "HOT_ISSUES_REFRESH_SECONDS": "0",
             **env,
         }
-    )
-
-
-def run_cli(*args: str, database: Path, umask: int | None = None) -> subprocess.CompletedProcess[str]:
-    """`python -m crm_backend …` on an SQLite file, as an operator runs it."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("DATABASE_URL")}
-    env["DATABASE_URL"] = f"sqlite:///{database}"
-    return subprocess.run(
-        [str(PYTHON), "-m", "crm_backend", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        preexec_fn=None if umask is None else (lambda: os.umask(umask)),
     )
 
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,6 +39,7 @@ from crm_backend.services.conversations import resolve_identity
 from crm_backend.services.linking import LinkRefused, link_by_case
 from crm_backend.services.lookup import lookup_progress
 from crm_backend.services.moves import Actor, move_case
+from tests.support.cli import run_cli
 from tests.support.models import case_type_model, category_model
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -272,20 +270,6 @@ async def test_a_move_made_with_a_clock_is_stamped_with_that_time(seeded: Sessio
 
 
 # --- The command --------------------------------------------------------------------------
-
-
-def run_cli(*args: str, database: Path) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("DATABASE_URL")}
-    env["DATABASE_URL"] = f"sqlite:///{database}"
-    return subprocess.run(
-        [sys.executable, "-m", "crm_backend", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_a_file_with_a_bad_time_on_line_n_imports_nothing_and_names_line_n(tmp_path: Path) -> None:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from app.settings import Settings
 from crm_backend.services.conversations import current_conversation, log_incoming, resolve_identity
 from crm_backend.services.intake import Report, file_case
 from crm_backend.settings import PROJECT_ROOT, SettingsError, database_url_from_env, normalise_database_url
+from tests.support.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -31,22 +30,6 @@ def make_env(**overrides: str | None) -> dict[str, str]:
         if value is None:
             env.pop(key, None)
     return env
-
-
-def run_cli(*args: str, database: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """`python -m crm_backend …` in a subprocess, on the given SQLite file."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("DATABASE_URL")}
-    env["DATABASE_URL"] = f"sqlite:///{database}"
-    return subprocess.run(
-        [str(PYTHON), "-m", "crm_backend", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        input=stdin,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def tables(database: Path) -> set[str]:
