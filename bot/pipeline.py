@@ -45,6 +45,7 @@ from crm_backend.services.conversations import (
     answers_logged_after,
     current_conversation,
     find_logged_message,
+    is_logged_resend,
     log_incoming,
     log_outgoing,
     mark_answered,
@@ -179,8 +180,11 @@ class MessagePipeline:
             payload=inbound.payload and clean_text(inbound.payload),
         )
         sender_key = f"{inbound.channel}:{inbound.external_id}"
-        # Counted before waiting for the sender's lock: a flood is refused at once, not queued.
-        await self.admit(inbound.channel, inbound.external_id)
+        # Counted before waiting for the sender's lock: a flood is refused at once, not queued. A
+        # resend of a logged message is not a new one: a client retrying through an outage is
+        # answered, not refused.
+        if not await self._is_resend(inbound):
+            await self.admit(inbound.channel, inbound.external_id)
         async with self._locks.hold(sender_key):
             accepted = await self._accept(inbound)
             if on_logged is not None:
@@ -244,6 +248,12 @@ class MessagePipeline:
         if not await self._limiter.acquire(self._message_limit, sender_key):
             logger.warning("message limit reached for %s: message not processed", sender_key)
             raise TooManyMessages(self._responses.text("utter_too_many_messages"))
+
+    async def _is_resend(self, inbound: Inbound) -> bool:
+        if inbound.client_msg_id is None or self._limiter is None:
+            return False
+        async with self._sessions() as session:
+            return await is_logged_resend(session, inbound.channel, inbound.external_id, inbound.client_msg_id)
 
     async def replay(self, identity: ChannelIdentity, record: Recorder) -> Replayed:
         """Replay the identity's messages the engine never answered (the replay loop, engine healthy again).

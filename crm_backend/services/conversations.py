@@ -86,6 +86,26 @@ async def find_logged_message(session: AsyncSession, conversation: Conversation,
     )
 
 
+async def is_logged_resend(session: AsyncSession, channel: str, external_id: str, client_msg_id: str) -> bool:
+    """Whether the sender's current conversation already logged a message under this client-side id.
+
+    Read-only (creates no identity or conversation): a channel asks it before counting a message
+    against the sender's limit.
+    """
+    latest = (
+        select(Conversation.id)
+        .join(ChannelIdentity, ChannelIdentity.id == Conversation.identity_id)
+        .where(ChannelIdentity.channel == channel, ChannelIdentity.external_id == external_id)
+        .order_by(Conversation.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    found = await session.scalar(
+        select(Message.id).where(Message.conversation_id == latest, Message.client_msg_id == client_msg_id)
+    )
+    return found is not None
+
+
 async def answers_logged_after(session: AsyncSession, message: Message, limit: int = 50) -> list[Message]:
     """What the conversation logged after a citizen's message, up to their next one: its answer."""
     following = await session.scalars(
