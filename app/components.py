@@ -43,8 +43,7 @@ from crm_backend.dispatch.service import Dispatcher
 from crm_backend.hotissues.service import HotIssueJob
 from crm_backend.schema import SchemaNotCurrent, ensure_current
 from crm_backend.services.knowledge import KnowledgeBase
-from crm_backend.shared import SharedState as ProcessState
-from crm_backend.shared import open_shared_state
+from crm_backend.shared import ProcessState, open_shared_state
 
 logger = logging.getLogger(__name__)
 

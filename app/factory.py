@@ -100,7 +100,7 @@ def init_app(settings: Settings) -> web.Application:
         locks=shared.across.locks,
     )
     # The bound method, so aiohttp sees a coroutine function (an object with an async __call__ is deprecated).
-    app.router.add_get("/healthz", HealthCheck(sessions, engine).__call__)
+    app.router.add_get("/healthz", HealthCheck(sessions, engine, shared.across).__call__)
     # Read as the actions read it (a bad value stops the app at start).
     banner = HandoffBanner(responses, DutyHours.from_env())
     WebChat(

@@ -89,8 +89,8 @@ class Leases(Protocol):
         ...
 
 
-class SharedState(Protocol):
-    """The three shared concerns, with their start and stop."""
+class ProcessState(Protocol):
+    """The three concerns app processes share, with their start, stop and health."""
 
     @property
     def locks(self) -> SenderLocks: ...
@@ -105,12 +105,16 @@ class SharedState(Protocol):
         """Start listening (once the app's listeners have subscribed)."""
         ...
 
+    async def reachable(self) -> bool:
+        """Whether the shared store answers now (always, in process); for ``/healthz``, never raises."""
+        ...
+
     async def close(self) -> None:
         """Stop listening, give up held leases, close connections."""
         ...
 
 
-def open_shared_state(redis_url: str | None) -> SharedState:
+def open_shared_state(redis_url: str | None) -> ProcessState:
     """The in-process state without a Redis URL (``REDIS_URL`` unset), else the Redis one (nothing connects here)."""
     if redis_url is None:
         from crm_backend.shared.local import LocalState

@@ -129,5 +129,8 @@ class LocalState:
     async def start(self) -> None:
         return None
 
+    async def reachable(self) -> bool:
+        return True
+
     async def close(self) -> None:
         await self._fanout.close()

@@ -54,6 +54,7 @@ LOCK_POLL_SECONDS = 0.05
 PRESENCE_TTL_SECONDS = 60.0  # an open page's claim, renewed every third of it
 RECONNECT_SECONDS = 1.0
 SOCKET_TIMEOUT_SECONDS = 5.0
+HEALTH_TIMEOUT_SECONDS = 1.0  # /healthz waits no longer for Redis
 FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 
 # Take the lease if free, renew it if ours: 1 when held by ARGV[1] afterwards.
@@ -364,6 +365,14 @@ class RedisState:
 
     async def start(self) -> None:
         await self._fanout.start()
+
+    async def reachable(self) -> bool:
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
+                return bool(await self._client.ping())
+        except (RedisError, OSError, TimeoutError) as error:
+            logger.warning("health: redis does not answer: %s", error)
+            return False
 
     async def close(self) -> None:
         await self._fanout.close()

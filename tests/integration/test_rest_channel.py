@@ -281,4 +281,4 @@ def test_the_action_endpoint_refuses_callers_without_the_action_token(stack: Sta
 def test_health_reports_everything_up(stack: Stack) -> None:
     resp = requests.get(f"{stack.app_url}/healthz", timeout=10)
     assert resp.status_code == 200
-    assert resp.json()["checks"] == {"app": "ok", "database": "ok", "engine": "ok"}
+    assert resp.json()["checks"] == {"app": "ok", "database": "ok", "engine": "ok", "shared_state": "ok"}

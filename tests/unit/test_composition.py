@@ -154,7 +154,7 @@ async def test_the_app_starts_after_migrate_and_closes_what_it_opened(tmp_path: 
         assert health.status == 503
         assert await health.json() == {
             "status": "down",
-            "checks": {"app": "ok", "database": "ok", "engine": "down"},
+            "checks": {"app": "ok", "database": "ok", "engine": "down", "shared_state": "ok"},
             "down": ["engine"],
         }
         assert app[desk_key].districts  # the models context loaded the dispatcher…

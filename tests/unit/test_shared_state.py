@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -21,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from telegram import Update
 from telegram.ext import Application
 
+from app.health import HealthCheck
 from bot.channels.telegram import TelegramChannel
 from bot.channels.telegram_settings import TelegramSettings
 from bot.followup import CaseFollowup
@@ -35,7 +37,7 @@ from crm_backend.models import Message, ServiceCase, TelegramUpdate
 from crm_backend.services.conversations import resolve_identity
 from crm_backend.services.intake import Report, file_case
 from crm_backend.settings import PROJECT_ROOT
-from crm_backend.shared import SharedState
+from crm_backend.shared import ProcessState
 from crm_backend.shared.local import LocalState
 from crm_backend.shared.redis_state import RedisState
 from tests.support.redis_server import RedisServer
@@ -89,7 +91,7 @@ class TimedEngine:
         return None
 
 
-def pipeline_on(sessions: Sessions, engine: TimedEngine, state: SharedState) -> MessagePipeline:
+def pipeline_on(sessions: Sessions, engine: TimedEngine, state: ProcessState) -> MessagePipeline:
     return MessagePipeline(
         sessions,
         engine,  # type: ignore[arg-type]
@@ -300,6 +302,36 @@ async def test_redis_restarted_mid_run_is_survived(sessions: Sessions, prefix: s
     finally:
         await first.close()
         await second.close()
+        server.stop()
+
+
+class AnsweringEngine:
+    async def status(self) -> dict[str, Any]:
+        return {"model_file": "current.tar.gz"}
+
+
+async def test_healthz_names_redis_down_as_degraded_not_down(sessions: Sessions, prefix: str) -> None:
+    """Without Redis the apps serve on (each on its own locks): a balancer must not drop them all."""
+    server = RedisServer()
+    server.start()
+    state = RedisState.from_url(server.url, prefix)
+    health = HealthCheck(sessions, AnsweringEngine(), state)  # type: ignore[arg-type]
+    try:
+        up = await health(None)  # type: ignore[arg-type]
+        assert up.status == 200
+        assert json.loads(up.text or "") == {
+            "status": "ok",
+            "checks": {"app": "ok", "database": "ok", "engine": "ok", "shared_state": "ok"},
+            "down": [],
+        }
+        server.kill()
+        degraded = await health(None)  # type: ignore[arg-type]
+        assert degraded.status == 200
+        body = json.loads(degraded.text or "")
+        assert body["status"] == "ok" and body["checks"]["shared_state"] == "down"
+        assert body["degraded"] == ["shared_state"]
+    finally:
+        await state.close()
         server.stop()
 
 
