@@ -422,6 +422,7 @@ async def case_times(session: AsyncSession, filters: Filters, scope: Scope, now:
     }
     stmt = (
         select(
+            # The fixed columns, in `_case_times`'s order, then a day per moment and a span per stage.
             ServiceCase.id,
             ServiceCase.category,
             ServiceCase.district,
@@ -429,14 +430,14 @@ async def case_times(session: AsyncSession, filters: Filters, scope: Scope, now:
             ServiceCase.status,
             ServiceCase.urgent,
             china_week(ServiceCase.created_at),
-            *(china_day(moment) for moment in moments.values()),
-            *(days_between(moments[start], moments[end]) for _, start, end in STAGES),
             case(
                 (and_(resolved_at.is_not(None), ServiceCase.due_at.is_not(None)), resolved_at <= ServiceCase.due_at),
                 else_=literal(None),
             ),
             and_(ServiceCase.status.in_(OPEN_VALUES), ServiceCase.due_at < now),
             history.imported(),
+            *(china_day(moments[name]) for name in MOMENTS),
+            *(days_between(moments[start], moments[end]) for _, start, end in STAGES),
         )
         .outerjoin(stages, stages.c.case_id == ServiceCase.id)
         .where(*case_conditions(filters, scope))
@@ -444,25 +445,30 @@ async def case_times(session: AsyncSession, filters: Filters, scope: Scope, now:
     return [_case_times(row) for row in await _rows(session, stmt)]
 
 
+_FIXED_COLUMNS = 10  # case_times' columns before the days of MOMENTS
+_SPANS_START = _FIXED_COLUMNS + len(MOMENTS)
+
+
 def _case_times(row: Sequence[Any]) -> CaseTimes:
-    days, calendar = tuple(row[7:12]), tuple(max(0.0, float(span)) if span is not None else None for span in row[12:17])
-    imported = bool(row[19])
+    case_id, category, district, department_id, status, urgent, week, in_time, late, imported = row[:_FIXED_COLUMNS]
+    days = tuple(row[_FIXED_COLUMNS:_SPANS_START])
+    calendar = tuple(max(0.0, float(span)) if span is not None else None for span in row[_SPANS_START:])
     if imported:  # the source shows 受理 and 办结 only (`crm_backend.services.history`)
         days = (days[0], None, None, days[3], days[4])
         calendar = (None, None, None, *calendar[3:])
     return CaseTimes(
-        case_id=row[0],
-        category=row[1],
-        district=row[2],
-        department_id=row[3],
-        status=row[4],
-        urgent=bool(row[5]),
-        week=row[6],
+        case_id=case_id,
+        category=category,
+        district=district,
+        department_id=department_id,
+        status=status,
+        urgent=bool(urgent),
+        week=week,
         days=days,
         calendar=calendar,
         working=_working(days),
-        resolved_in_time=None if row[17] is None else bool(row[17]),
-        open_late=bool(row[18]) and not imported,
+        resolved_in_time=None if in_time is None else bool(in_time),
+        open_late=bool(late) and not imported,
     )
 
 
