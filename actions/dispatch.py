@@ -21,7 +21,7 @@ from crm_backend.dispatch.classifier import CATEGORIES
 from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.dispatch.service import Dispatcher, Preview
 from crm_backend.errors import CaseLimitReached, CrmError
-from crm_backend.services.intake import Report, file_report
+from crm_backend.services.intake import Report, file_report, filing_key
 
 logger = logging.getLogger(__name__)
 
@@ -230,6 +230,7 @@ class ActionSubmitReport(Action):
                     preview,
                     conversation_id=conversation.id if conversation else None,
                     daily_limit=self.daily_case_limit,
+                    filing_key=filing_key(tracker.sender_id, tracker.latest_message.get("message_id")),
                 )
         except CaseLimitReached as error:
             logger.info("not filed for sender %s: %s", tracker.sender_id, error)

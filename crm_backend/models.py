@@ -183,6 +183,7 @@ class ServiceCase(Base):
         Index("ix_service_case_created_at", "created_at"),
         Index("ix_service_case_category_location_created_at", "category", "location", "created_at"),
         Index("ix_service_case_citizen_id_created_at", "citizen_id", "created_at"),
+        Index("uq_service_case_filing_key", "filing_key", unique=True),
         # The 企业 segment: the few cases whose text names a business, by citizen (a partial index;
         # queries must spell the predicate as `names_business` does for the planner to use it).
         Index(
@@ -216,6 +217,8 @@ class ServiceCase(Base):
     followup_reminded_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # its one reminder sent
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    # The engine's call that filed it (`intake.filing_key`): the same call made again files nothing.
+    filing_key: Mapped[str | None] = mapped_column(String(64))
 
     events: Mapped[list[CaseEvent]] = relationship(back_populates="case", order_by="CaseEvent.id", lazy="raise_on_sql")
 

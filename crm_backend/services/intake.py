@@ -6,6 +6,8 @@ first 9,999 cases of a day, then as many as it takes (``20261204-10000``), so th
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
@@ -19,6 +21,8 @@ from crm_backend.models import ChannelIdentity, Citizen, ServiceCase, utcnow
 from crm_backend.services.limits import serialise
 from crm_backend.services.moves import Actor, open_case
 from crm_backend.validation import normalise_mobile
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from crm_backend.dispatch.service import Dispatcher, Preview
@@ -81,6 +85,7 @@ async def file_case(
     conversation_id: int | None = None,
     actor: Actor = BOT,
     daily_limit: int = 0,
+    filing_key: str | None = None,
 ) -> ServiceCase:
     """Create a case from a report, with its first history event, in the caller's transaction.
 
@@ -119,6 +124,7 @@ async def file_case(
             district=report.district,
             contact_phone=phone,
             created_at=now,
+            filing_key=filing_key,
         )
         try:
             async with session.begin_nested():
@@ -142,15 +148,43 @@ async def file_report(
     conversation_id: int | None = None,
     actor: Actor = BOT,
     daily_limit: int = 0,
+    filing_key: str | None = None,
 ) -> ServiceCase:
     """File a report and route it as previewed: the bot's intake and the console's draft alike.
+
+    A `filing_key` already filed returns that case and files nothing: the engine's call made
+    again (see `filing_key`).
 
     Raises:
         InvalidInput: if the phone is not a mainland mobile number.
         CaseLimitReached: the citizen already filed `daily_limit` cases today (see `file_case`).
     """
+    if filing_key is not None:
+        # A filing of this key in flight elsewhere has committed or rolled back once this is held.
+        await serialise(session, f"filing:{filing_key}")
+        filed = await session.scalar(select(ServiceCase).where(ServiceCase.filing_key == filing_key))
+        if filed is not None:
+            logger.info("case %s was already filed by this call; not filed again", filed.case_number)
+            return filed
     case = await file_case(
-        session, identity, report, conversation_id=conversation_id, actor=actor, daily_limit=daily_limit
+        session,
+        identity,
+        report,
+        conversation_id=conversation_id,
+        actor=actor,
+        daily_limit=daily_limit,
+        filing_key=filing_key,
     )
     await desk.route(session, case, preview)
     return case
+
+
+def filing_key(sender_id: str, message_id: str | None) -> str | None:
+    """What names one filing call of the engine: its sender and the message being answered.
+
+    The engine sends a call again with the same tracker (nginx retries it on another app when
+    the first died mid-call), so the same citizen message gives the same key; None without an id.
+    """
+    if not message_id:
+        return None
+    return hashlib.sha256(f"{sender_id}\x00{message_id}".encode()).hexdigest()

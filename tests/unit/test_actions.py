@@ -151,6 +151,7 @@ def make_tracker(
     events: list[dict[str, Any]] | None = None,
     active_loop: str | None = None,
     metadata: dict[str, Any] | None = None,
+    message_id: str | None = None,
 ) -> Tracker:
     """A tracker as the engine sends it to the action server."""
     return Tracker.from_dict(
@@ -162,6 +163,7 @@ def make_tracker(
                 "intent": {"name": intent, "confidence": 0.97} if intent else {},
                 "entities": entities or [],
                 "metadata": metadata or {},
+                "message_id": message_id,
             },
             "events": events or [],
             "active_loop": {"name": active_loop} if active_loop else {},
@@ -1072,10 +1074,11 @@ async def test_a_similar_case_elsewhere_or_closed_is_not_a_duplicate(
 
 
 async def submit(
-    sessions: Sessions, desk: Dispatcher, sender_id: str, slots: dict[str, Any]
+    sessions: Sessions, desk: Dispatcher, sender_id: str, slots: dict[str, Any], message_id: str | None = None
 ) -> tuple[CollectingDispatcher, dict[str, Any]]:
     dispatcher = CollectingDispatcher()
-    events = await ActionSubmitReport(sessions, desk).run(dispatcher, make_tracker(sender_id, slots=slots), DOMAIN)
+    tracker = make_tracker(sender_id, slots=slots, message_id=message_id)
+    events = await ActionSubmitReport(sessions, desk).run(dispatcher, tracker, DOMAIN)
     return dispatcher, slot_state(events)
 
 
@@ -1085,6 +1088,25 @@ async def history_of(sessions: Sessions, case: ServiceCase) -> list[str]:
             select(CaseEvent.to_status).where(CaseEvent.case_id == case.id).order_by(CaseEvent.id)
         )
         return list(rows.all())
+
+
+async def test_the_same_confirmation_submitted_again_files_one_case_and_answers_alike(
+    seeded: Sessions, desk: Dispatcher
+) -> None:
+    """The engine's call made again (nginx resends it to another app when the first died mid-call)."""
+    identity = await register(seeded, "abc")
+    first, first_state = await submit(seeded, desk, identity.sender_id, report_slots("yes"), message_id="4f1c0e")
+    again, state = await submit(seeded, desk, identity.sender_id, report_slots("yes"), message_id="4f1c0e")
+
+    [case] = await all_cases(seeded)
+    assert len(await all_decisions(seeded)) == 1
+    assert again.messages == first.messages
+    assert again.messages[0]["case_number"] == case.case_number
+    assert state == first_state
+    assert state["filed_case_number"] == case.case_number
+    # A later confirmation (another message of the citizen) is a new report.
+    await submit(seeded, desk, identity.sender_id, report_slots("yes"), message_id="7d2a91")
+    assert len(await all_cases(seeded)) == 2
 
 
 async def test_a_confirmed_report_is_filed_and_routed(seeded: Sessions, desk: Dispatcher) -> None:
