@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import re
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,15 +31,7 @@ from tests.support.domain_text import utter
 from tests.support.models import case_type_model
 from tests.support.stack import MODEL, TEST_SECRETS
 
-pytestmark = [
-    pytest.mark.timeout(900),
-    # Not yet steady enough for bin/test: in a fresh clone three of the four failed (a citizen's
-    # resends under engine timeouts ran into the per-sender message limit, 429). Run them with
-    # CLUSTER_FAULT_TESTS=1 until they pass there.
-    pytest.mark.skipif(
-        os.environ.get("CLUSTER_FAULT_TESTS") != "1", reason="opt-in until steady: CLUSTER_FAULT_TESTS=1"
-    ),
-]
+pytestmark = pytest.mark.timeout(900)
 
 CITIZENS = 30
 CASE_NUMBER = re.compile(r"\d{8}-\d{4,6}")
@@ -51,6 +44,7 @@ REPLY_TIMEOUT = 45.0  # one answer: a dead app's hold on its citizens lasts 30 s
 # conversations locked in Redis for Rasa's lock lifetime (60 s) on the other engine.
 MESSAGE_DEADLINE = 240.0
 RETRY_SECONDS = 2.0  # a citizen's pause before sending an unanswered message again
+RUN_DEADLINE = 600.0  # every citizen's whole report, faults included
 MAX_STEPS = 14  # messages of one conversation (a report takes five, six beside a similar case)
 KILL_AFTER_ANSWERS = 25  # answers given before the faults start: every citizen is mid-report
 RESTART_AFTER_ANSWERS = 60
@@ -304,8 +298,14 @@ async def run_citizens(
             for number in numbers
         ]
         injected = asyncio.create_task(faults(lambda: answers))
+        reports = [asyncio.create_task(report_and_follow_up(c, answered)) for c in citizens]
         try:
-            case_numbers = await asyncio.gather(*(report_and_follow_up(c, answered) for c in citizens))
+            _, pending = await asyncio.wait(reports, timeout=RUN_DEADLINE)
+            for task in pending:  # where each one hangs, for the failure's output
+                task.print_stack(file=sys.stdout)
+                task.cancel()
+            assert not pending, f"{len(pending)} citizens still reporting after {RUN_DEADLINE}s"
+            case_numbers = [task.result() for task in reports]
         finally:
             for citizen in citizens:
                 await citizen.close()
