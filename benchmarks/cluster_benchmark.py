@@ -58,6 +58,7 @@ import dataclasses
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -100,6 +101,7 @@ BENCH_ENV = {"MESSAGES_PER_SENDER": "0"}
 KILL_AFTER_SECONDS = 2.0
 FAILOVER_ANSWERS = 2  # answered messages per conversation after the kill before it stops
 FAILOVER_TIMEOUT_SECONDS = 150.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # --- figures (pure, unit-tested) ------------------------------------------------------------
@@ -192,14 +194,41 @@ def children_of() -> dict[int, list[int]]:
     return children
 
 
-def tree_memory(pid: int) -> dict[str, float | int]:
-    """RSS of a process, and RSS and PSS summed over it and its descendants (MB)."""
+def process_tree(pid: int) -> list[int]:
+    """A process and its live descendants."""
     children = children_of()
     tree, todo = [], [pid]
     while todo:
         current = todo.pop()
         tree.append(current)
         todo.extend(children.get(current, []))
+    return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its descendants, the dead ones they waited for included."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
+    return total / CLOCK_TICKS
+
+
+def cpu_per_message(before: dict[str, float], after: dict[str, float], answered: int) -> dict[str, float]:
+    """CPU milliseconds per answered message, by kind of process (``app-0`` and ``app-1`` are ``app``)."""
+    used: dict[str, float] = {}
+    for name, seconds in after.items():
+        kind = name.split("-")[0]
+        used[kind] = used.get(kind, 0.0) + seconds - before.get(name, 0.0)
+    return {kind: round(1000 * seconds / answered, 1) if answered else 0.0 for kind, seconds in used.items()}
+
+
+def tree_memory(pid: int) -> dict[str, float | int]:
+    """RSS of a process, and RSS and PSS summed over it and its descendants (MB)."""
+    tree = process_tree(pid)
     return {
         "main_rss_mb": rss_mb(pid),
         "tree_rss_mb": round(sum(rss_mb(p) for p in tree), 1),
@@ -293,11 +322,16 @@ async def run_levels(
         target = dataclasses.replace(shape.target, sender_prefix=f"{shape.target.sender_prefix}-c{concurrency}")
         samples: list[Sample] = []
         wall = 0.0
+        cpu_before = {name: cpu_seconds(pid) for name, pid in shape.processes.items()}
         for round_no in range(rounds):
             run_samples, seconds = await concurrent_run(http, target, concurrency, args.messages, busy, round_no)
             samples += run_samples
             wall += seconds
         stats = level_stats(samples, wall, len(shape.engine_urls))
+        cpu_after = {name: cpu_seconds(pid) for name, pid in shape.processes.items()}
+        stats["cpu_ms_per_message"] = cpu_per_message(cpu_before, cpu_after, stats["answered"])
+        used = sum(cpu_after.values()) - sum(cpu_before.values())
+        stats["cores_busy"] = round(used / wall, 2) if wall else 0.0
         log(f"  p50 {stats.get('p50_ms')} ms, p95 {stats.get('p95_ms')} ms, {stats['throughput_msg_s']} msg/s")
         levels.append({"concurrency": concurrency, "rounds": rounds, **stats})
     return levels
@@ -485,11 +519,28 @@ def render(results: dict[str, Any]) -> str:
             )
     head = ["Shape", "Conversations", "Messages", "p50 ms", "p95 ms", "msg/s", "msg/s per engine", "Unanswered"]
     parts.append("### Latency and throughput\n\n" + table(head, rows) + "\n")
+    kinds = ["engine", "app", "postgres", "redis", "nginx"]
+    rows = [
+        [
+            name,
+            level["concurrency"],
+            *(level["cpu_ms_per_message"].get(kind, "–") for kind in kinds),
+            level["cores_busy"],
+        ]
+        for name, shape in results["shapes"].items()
+        for level in shape["levels"]
+    ]
+    parts.append(
+        "CPU time per answered message (ms, user + system, all processes of a kind summed; "
+        "cores busy = the shape's CPU seconds per second of wall time):\n\n"
+        + table(["Shape", "Conversations", *kinds, "Cores busy"], rows)
+        + "\n"
+    )
     loads = [
         [name, loadavg(shape["loadavg_before"]), loadavg(shape["loadavg_after"]), f"{shape['seconds']} s"]
         for name, shape in results["shapes"].items()
     ]
-    parts.append(table(["Shape", "Load average before", "after", "Wall (start to stop)"], loads) + "\n")
+    parts.append("Load average:\n\n" + table(["Shape", "Before", "After", "Wall (start to stop)"], loads) + "\n")
     rows = []
     for name, shape in results["shapes"].items():
         for process, mem in shape["memory"].items():
@@ -546,6 +597,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # A SIGTERM (or `kill`) stops the shape it is in, as Ctrl-C does, instead of orphaning it.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     if model_missing():
         return 2
     results = run(args)

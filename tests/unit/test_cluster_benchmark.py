@@ -10,6 +10,7 @@ import pytest
 
 from benchmarks.cluster_benchmark import (
     Attempt,
+    cpu_per_message,
     failover_summary,
     homed_senders,
     level_stats,
@@ -78,3 +79,11 @@ def test_the_command_line_takes_lists_and_refuses_unknown_shapes() -> None:
         parse_args(["--shapes", "cluster3"])
     with pytest.raises(SystemExit):
         parse_args(["--concurrency", "0"])
+
+
+def test_cpu_per_message_sums_the_processes_of_a_kind() -> None:
+    before = {"app-0": 1.0, "app-1": 2.0, "engine-0": 10.0, "postgres": 0.5}
+    after = {"app-0": 1.5, "app-1": 2.5, "engine-0": 14.0, "postgres": 0.7}
+
+    assert cpu_per_message(before, after, answered=100) == {"app": 10.0, "engine": 40.0, "postgres": 2.0}
+    assert cpu_per_message(before, after, answered=0) == {"app": 0.0, "engine": 0.0, "postgres": 0.0}
