@@ -247,7 +247,6 @@ class Shape:
     name: str
     target: Target
     engine_urls: list[str]
-    apps: int
     processes: dict[str, int]  # process name -> main pid
     cluster: Cluster | None = None
 
@@ -262,7 +261,7 @@ def embedded(workdir: Path) -> Iterator[Shape]:
         url = f"{stack.app_url}/webhooks/rest/webhook"
         target = Target("embedded", url, stack.secrets["REST_CHANNEL_TOKEN"], False, "bench-embedded")
         processes = {"app": stack.app_proc.pid, "engine": stack.engine_proc.pid}
-        yield Shape("embedded", target, [stack.engine_url], 1, processes)
+        yield Shape("embedded", target, [stack.engine_url], processes)
     except BaseException:
         for name in ("engine.log", "app.log"):
             log_file = workdir / name
@@ -291,11 +290,12 @@ def clustered(workdir: Path, name: str, engines: int, apps: int) -> Iterator[Sha
             processes[f"engine-{index}"] = engine.engine_proc.pid
         postmaster = cluster.postgres.workdir / "data" / "postmaster.pid"
         processes["postgres"] = int(postmaster.read_text().split()[0])
+        # RedisServer keeps its process to itself; its pid is only read here, for /proc.
         assert cluster.redis._process is not None and cluster.nginx is not None
         processes["redis"] = cluster.redis._process.pid
         processes["nginx"] = cluster.nginx.pid
         engine_urls = [engine.engine_url for engine in cluster.engines]
-        yield Shape(name, target, engine_urls, apps, processes, cluster)
+        yield Shape(name, target, engine_urls, processes, cluster)
     except BaseException:
         print(cluster.tails(30), file=sys.stderr)
         raise
