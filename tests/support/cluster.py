@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -22,6 +23,38 @@ from app.nginx_conf import render
 from tests.support.postgres import PostgresServer
 from tests.support.redis_server import RedisServer
 from tests.support.stack import Stack, free_port, stop_process_group, wait_until
+
+
+def start_nginx(root: Path, *, port: int, actions_port: int, app_ports: list[int]) -> subprocess.Popen[bytes]:
+    """nginx from bin/cluster's template in `root`, in front of `app_ports`; returns once it listens."""
+    # As root nginx's workers run as nobody, who must reach its temporary files: they live in
+    # a directory of their own (pytest's are private to root), passable but not listable.
+    (root / "nginx" / "tmp").mkdir(parents=True, exist_ok=True)
+    (root / "log").mkdir(exist_ok=True)
+    user_line = ""
+    if os.geteuid() == 0:
+        user_line = "user nobody nogroup;"
+        root.chmod(0o711)
+        shutil.chown(root / "nginx" / "tmp", "nobody", "nogroup")
+    conf = root / "nginx.conf"
+    conf.write_text(
+        render(cluster_dir=root, port=port, actions_port=actions_port, app_ports=app_ports, user_line=user_line),
+        encoding="utf-8",
+    )
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    proc = subprocess.Popen(
+        [binary, "-p", str(root / "nginx"), "-c", str(conf), "-g", "daemon off;"],
+        stdout=(root / "log" / "nginx.out").open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    wait_until(lambda: _listening(actions_port), timeout=30, interval=0.1, what="nginx")
+    return proc
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 class Cluster:
@@ -85,34 +118,8 @@ class Cluster:
         self._start_nginx()
 
     def _start_nginx(self) -> None:
-        # As root nginx's workers run as nobody, who must reach its temporary files: they live in
-        # a directory of their own (pytest's are private to root), passable but not listable.
-        root = self.nginx_dir
-        (root / "nginx" / "tmp").mkdir(parents=True, exist_ok=True)
-        (root / "log").mkdir(exist_ok=True)
-        user_line = ""
-        if os.geteuid() == 0:
-            user_line = "user nobody nogroup;"
-            root.chmod(0o711)
-            shutil.chown(root / "nginx" / "tmp", "nobody", "nogroup")
-        conf = root / "nginx.conf"
-        conf.write_text(
-            render(
-                cluster_dir=root,
-                port=self.port,
-                actions_port=self.actions_port,
-                app_ports=[app.app_port for app in self.apps],
-                user_line=user_line,
-            ),
-            encoding="utf-8",
-        )
-        binary = shutil.which("nginx") or "/usr/sbin/nginx"
-        self.nginx = subprocess.Popen(
-            [binary, "-p", str(root / "nginx"), "-c", str(conf), "-g", "daemon off;"],
-            stdout=(root / "log" / "nginx.out").open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        ports = [app.app_port for app in self.apps]
+        self.nginx = start_nginx(self.nginx_dir, port=self.port, actions_port=self.actions_port, app_ports=ports)
         wait_until(
             lambda: requests.get(f"{self.url}/healthz", timeout=2).status_code in (200, 503),
             timeout=30,
