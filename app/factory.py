@@ -78,7 +78,11 @@ def init_app(settings: Settings) -> web.Application:
     knowledge = app[knowledge_key] = KnowledgeBase(sessions, city_facts)
     shared = app[shared_key] = components.shared_state(settings)
     engine = engine_for(
-        lambda: app[http_key], settings.rasa_urls, settings.engine_token, settings.engine_timeout_seconds
+        lambda: app[http_key],
+        settings.rasa_urls,
+        settings.engine_token,
+        settings.engine_timeout_seconds,
+        settings.engine_max_in_flight,
     )
 
     limits = settings.limits

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot.channels.telegram_settings import TelegramSettings
+from bot.engine import DEFAULT_MAX_IN_FLIGHT
 from crm_backend.settings import (
     PROJECT_ROOT,
     LimitSettings,
@@ -44,6 +45,7 @@ class Settings:
     action_token: str
     rest_channel_token: str
     engine_timeout_seconds: float
+    engine_max_in_flight: int  # turns one app lets each engine work on at once (0: no limit)
     allowed_origins: tuple[str, ...]
     domain_path: Path
     category_model_path: Path
@@ -98,6 +100,12 @@ class Settings:
             except ValueError as exc:
                 raise SettingsError(f"{name} must be a number, got {raw!r}") from exc
 
+        def whole(name: str, default: str) -> int:
+            value = number(name, default)
+            if value < 0 or value != int(value):
+                raise SettingsError(f"{name} must be a whole number (0 or more), got {env.get(name)!r}")
+            return int(value)
+
         def positive_int(name: str, default: str) -> int:
             value = number(name, default)
             if value < 1 or value != int(value):
@@ -118,6 +126,7 @@ class Settings:
             action_token=secret("ACTION_TOKEN"),
             rest_channel_token=secret("REST_CHANNEL_TOKEN"),
             engine_timeout_seconds=number("ENGINE_TIMEOUT_SECONDS", "5"),
+            engine_max_in_flight=whole("ENGINE_MAX_IN_FLIGHT", str(DEFAULT_MAX_IN_FLIGHT)),
             allowed_origins=origins,
             domain_path=Path(env.get("DOMAIN_PATH", str(PROJECT_ROOT / "domain.yml"))),
             console_secure_cookies=env.get("CONSOLE_SECURE_COOKIES", "") in ("1", "true", "yes"),

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
 
@@ -18,6 +20,11 @@ logger = logging.getLogger(__name__)
 
 
 API_TOKEN_SECONDS = 60
+# Turns this process lets one engine work on at once; the rest wait here, first come first served.
+# The engine runs its turns on one thread: given twenty at once it interleaves them, and a turn
+# that awaits an action call waits behind all the others each time (p95 1.7-1.9 s against 0.9 s
+# gated at 2, same throughput: docs/benchmarks.md "Turns in flight").
+DEFAULT_MAX_IN_FLIGHT = 2
 
 
 class EngineUnavailable(Exception):
@@ -68,7 +75,14 @@ HttpSource = aiohttp.ClientSession | Callable[[], aiohttp.ClientSession]
 class EngineClient:
     """Sends citizens' messages to the engine's token-protected channel on loopback."""
 
-    def __init__(self, http: HttpSource, base_url: str, token: str, timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        http: HttpSource,
+        base_url: str,
+        token: str,
+        timeout_seconds: float,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    ) -> None:
         """Build the client; nothing is sent until a method is called.
 
         Args:
@@ -76,7 +90,10 @@ class EngineClient:
                 client context opens at start, so the client can be built before it exists.
             base_url: the engine's address, e.g. ``http://127.0.0.1:5005``.
             token: the engine secret (the channel's token and the API's JWT secret).
-            timeout_seconds: how long one message may take before the engine counts as down.
+            timeout_seconds: how long one message may take before the engine counts as down,
+                its wait for a turn included (a message that waited too long never reaches it).
+            max_in_flight: messages (``send``, ``trigger_intent``) this process has the engine
+                work on at once; 0 for no limit.
         """
         self._http_source = http
         self._base_url = base_url
@@ -84,7 +101,9 @@ class EngineClient:
         self._status = f"{base_url}/status"
         self._headers = {"Authorization": f"Bearer {token}"}
         self._token = token
+        self._timeout_seconds = timeout_seconds
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._turns = asyncio.Semaphore(max_in_flight) if max_in_flight > 0 else None
 
     @property
     def _http(self) -> aiohttp.ClientSession:
@@ -106,7 +125,10 @@ class EngineClient:
         """
         body = {"sender": sender_id, "message": text, "input_channel": channel, "metadata": metadata or {}}
         try:
-            async with self._http.post(self._webhook, json=body, headers=self._headers, timeout=self._timeout) as resp:
+            async with (
+                self._turn(),
+                self._http.post(self._webhook, json=body, headers=self._headers, timeout=self._timeout) as resp,
+            ):
                 if resp.status != 200:
                     raise EngineUnavailable(f"engine answered HTTP {resp.status}")
                 replies = await resp.json()
@@ -157,12 +179,12 @@ class EngineClient:
         """
         url = f"{self._base_url}/conversations/{quote(sender_id, safe='')}/trigger_intent"
         try:
-            async with self._http.post(
-                url,
-                headers=self._api_headers(),
-                json={"name": intent, "entities": entities},
-                timeout=self._timeout,
-            ) as resp:
+            async with (
+                self._turn(),
+                self._http.post(
+                    url, headers=self._api_headers(), json={"name": intent, "entities": entities}, timeout=self._timeout
+                ) as resp,
+            ):
                 if resp.status != 200:
                     raise EngineUnavailable(f"engine answered HTTP {resp.status} on trigger_intent")
                 data = await resp.json()
@@ -170,6 +192,20 @@ class EngineClient:
             raise unavailable(error) from error
         messages = data.get("messages") if isinstance(data, dict) else None
         return [message for message in messages or [] if isinstance(message, dict)]
+
+    @asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """Hold one of the engine's turns for the block, within the message's time budget.
+
+        Raises:
+            TimeoutError: the budget ran out (waiting for a turn, or in the block).
+        """
+        async with asyncio.timeout(self._timeout_seconds):
+            if self._turns is None:
+                yield
+                return
+            async with self._turns:
+                yield
 
     def _api_headers(self) -> dict[str, str]:
         """Credentials for the engine's HTTP API: a fresh short-lived JWT, never a query string."""

@@ -29,7 +29,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from bot.engine import EngineClient, EngineUnavailable, EngineUnreachable, HttpSource
+from bot.engine import DEFAULT_MAX_IN_FLIGHT, EngineClient, EngineUnavailable, EngineUnreachable, HttpSource
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class EnginePool(EngineClient):
         token: str,
         timeout_seconds: float,
         *,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         backoff_seconds: float = BACKOFF_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -95,10 +96,11 @@ class EnginePool(EngineClient):
         Args:
             base_urls: the engines (``http://host:port``), in any order: every app process
                 builds the same ring from the same set.
+            max_in_flight: turns this process lets each engine work on at once (`EngineClient`).
             backoff_seconds: how long an engine that refused is left alone before it is tried again.
             clock: monotonic seconds (tests move it).
         """
-        self._engines = {url: EngineClient(http, url, token, timeout_seconds) for url in base_urls}
+        self._engines = {url: EngineClient(http, url, token, timeout_seconds, max_in_flight) for url in base_urls}
         self._ring = HashRing(list(self._engines))
         self._backoff = backoff_seconds
         self._clock = clock
@@ -206,8 +208,14 @@ class EnginePool(EngineClient):
             logger.info("conversation %s back on its home engine %s", sender_id, home)
 
 
-def engine_for(http: HttpSource, base_urls: Sequence[str], token: str, timeout_seconds: float) -> EngineClient:
+def engine_for(
+    http: HttpSource,
+    base_urls: Sequence[str],
+    token: str,
+    timeout_seconds: float,
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+) -> EngineClient:
     """The app's way to the dialogue: one engine's client, or a pool when several are named."""
     if len(base_urls) == 1:
-        return EngineClient(http, base_urls[0], token, timeout_seconds)
-    return EnginePool(http, base_urls, token, timeout_seconds)
+        return EngineClient(http, base_urls[0], token, timeout_seconds, max_in_flight)
+    return EnginePool(http, base_urls, token, timeout_seconds, max_in_flight=max_in_flight)

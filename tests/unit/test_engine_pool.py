@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -68,13 +69,22 @@ class FakeEngine:
     name: str
     port: int = 0
     senders: list[str] = field(default_factory=list)
+    arrivals: list[str] = field(default_factory=list)  # in the order the messages reached it
     delay_seconds: float = 0.0
+    in_flight: int = 0
+    most_in_flight: int = 0
     server: TestServer | None = None
 
     def app(self) -> web.Application:
         async def webhook(request: web.Request) -> web.Response:
             body = await request.json()
-            await asyncio.sleep(self.delay_seconds)
+            self.arrivals.append(body["sender"])
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            try:
+                await asyncio.sleep(self.delay_seconds)
+            finally:
+                self.in_flight -= 1
             self.senders.append(body["sender"])
             return web.json_response([{"recipient_id": body["sender"], "text": f"{self.name}: {body['message']}"}])
 
@@ -224,3 +234,45 @@ async def test_one_url_gives_the_plain_client_and_several_a_pool(http: aiohttp.C
     single = engine_for(http, ["http://127.0.0.1:5005"], TOKEN, 5)
     assert type(single) is EngineClient
     assert isinstance(engine_for(http, ["http://127.0.0.1:5005", "http://127.0.0.1:5006"], TOKEN, 5), EnginePool)
+
+
+# --- turns in flight -------------------------------------------------------------------------
+
+
+async def test_an_engine_works_on_at_most_max_in_flight_messages_taken_first_come_first_served(
+    engines: list[FakeEngine], http: aiohttp.ClientSession
+) -> None:
+    engine = engines[0]
+    engine.delay_seconds = 0.05
+    client = EngineClient(http, engine.url, TOKEN, timeout_seconds=5, max_in_flight=2)
+    senders = [f"rest:c{number}" for number in range(8)]
+    replies = await asyncio.gather(*(client.send(sender, "你好", channel="rest") for sender in senders))
+    assert [reply[0]["text"] for reply in replies] == ["a: 你好"] * 8
+    assert engine.most_in_flight == 2
+    assert engine.arrivals == senders
+
+
+async def test_without_a_limit_every_message_goes_to_the_engine_at_once(
+    engines: list[FakeEngine], http: aiohttp.ClientSession
+) -> None:
+    engine = engines[0]
+    engine.delay_seconds = 0.1
+    client = EngineClient(http, engine.url, TOKEN, timeout_seconds=5, max_in_flight=0)
+    await asyncio.gather(*(client.send(f"rest:c{number}", "你好", channel="rest") for number in range(6)))
+    assert engine.most_in_flight == 6
+
+
+async def test_the_time_a_message_waits_for_a_turn_counts_against_its_timeout(
+    engines: list[FakeEngine], http: aiohttp.ClientSession
+) -> None:
+    """A citizen hears 系统繁忙 after ENGINE_TIMEOUT_SECONDS however long the queue, not after a multiple of it."""
+    engine = engines[0]
+    engine.delay_seconds = 2.0  # stuck
+    client = EngineClient(http, engine.url, TOKEN, timeout_seconds=0.5, max_in_flight=1)
+    started = time.monotonic()
+    outcomes = await asyncio.gather(
+        *(client.send(f"rest:c{number}", "你好", channel="rest") for number in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(outcome, EngineUnavailable) for outcome in outcomes)
+    assert time.monotonic() - started < 0.9  # one budget, where queueing outside it would take 1.5 s
+    assert engine.arrivals[0] == "rest:c0"
