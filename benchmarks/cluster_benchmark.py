@@ -252,9 +252,9 @@ class Shape:
 
 
 @contextmanager
-def embedded(workdir: Path) -> Iterator[Shape]:
+def embedded(workdir: Path, env: dict[str, str]) -> Iterator[Shape]:
     """`bin/run`'s shape: one engine, one app on SQLite."""
-    stack = Stack(workdir=workdir, engine_timeout_seconds=ENGINE_TIMEOUT_SECONDS, app_env=dict(BENCH_ENV))
+    stack = Stack(workdir=workdir, engine_timeout_seconds=ENGINE_TIMEOUT_SECONDS, app_env=dict(env))
     try:
         stack.start()
         assert stack.app_proc is not None and stack.engine_proc is not None
@@ -273,9 +273,9 @@ def embedded(workdir: Path) -> Iterator[Shape]:
 
 
 @contextmanager
-def clustered(workdir: Path, name: str, engines: int, apps: int) -> Iterator[Shape]:
+def clustered(workdir: Path, name: str, engines: int, apps: int, env: dict[str, str]) -> Iterator[Shape]:
     """`bin/cluster`'s shape: PostgreSQL, Redis, `engines` engines, `apps` apps, nginx."""
-    cluster = Cluster(workdir, apps=apps, engines=engines, app_env=dict(BENCH_ENV))
+    cluster = Cluster(workdir, apps=apps, engines=engines, app_env=dict(env))
     try:
         cluster.start()
         target = Target(
@@ -417,7 +417,10 @@ def run_shape(name: str, args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     log(f"{name}: starting {engines} engine(s), {apps} app(s)...")
     try:
-        shape_cm = embedded(workdir) if name == "embedded" else clustered(workdir, name, engines, apps)
+        env = dict(BENCH_ENV)
+        if args.engine_max_in_flight is not None:
+            env["ENGINE_MAX_IN_FLIGHT"] = str(args.engine_max_in_flight)
+        shape_cm = embedded(workdir, env) if name == "embedded" else clustered(workdir, name, engines, apps, env)
         with shape_cm as shape:
             log(f"{name}: up in {time.perf_counter() - started:.0f} s")
             result = asyncio.run(shape_runs(shape, args))
@@ -443,6 +446,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "warmup_per_engine": args.warmup,
         "failover_conversations": args.failover_conversations,
         "engine_timeout_seconds": ENGINE_TIMEOUT_SECONDS,
+        "engine_max_in_flight": args.engine_max_in_flight,
         "quick": args.quick,
     }
     started = time.perf_counter()
@@ -453,6 +457,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # --- the report -----------------------------------------------------------------------------
+
+
+def in_flight_label(value: int | None) -> str:
+    if value is None:
+        return "the app's default"
+    return "no limit" if value == 0 else str(value)
 
 
 def loadavg(values: Any) -> str:
@@ -500,7 +510,8 @@ def render(results: dict[str, Any]) -> str:
         f"Load average before {loadavg(m['loadavg_at_start'])}; after {loadavg(m['loadavg_at_end'])}. "
         f"Model `{results['model']}`. {cfg['messages_per_conversation']} messages per conversation, at least "
         f"{cfg['min_samples']} messages per level, {cfg['warmup_per_engine']} warm-up messages per engine "
-        f"not counted{' (quick mode)' if cfg['quick'] else ''}.\n",
+        f"not counted{' (quick mode)' if cfg['quick'] else ''}. Turns each app lets an engine work on at once "
+        f"(`ENGINE_MAX_IN_FLIGHT`): {in_flight_label(cfg.get('engine_max_in_flight'))}.\n",
     ]
     rows = []
     for name, shape in results["shapes"].items():
@@ -584,6 +595,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=20, help="warm-up messages per engine, not counted")
     parser.add_argument("--apps", type=int, default=0, help="apps in the cluster shapes (default: one per engine)")
     parser.add_argument("--failover-conversations", type=int, default=10, help="0 skips the failover measurement")
+    parser.add_argument(
+        "--engine-max-in-flight",
+        type=int,
+        default=None,
+        help="ENGINE_MAX_IN_FLIGHT for the apps (0: no limit; default: the app's default)",
+    )
     parser.add_argument("--out", type=Path, default=Path("results/cluster_benchmark.json"), help="JSON results file")
     parser.add_argument(
         "--quick", action="store_true", help="development run: 1,5 conversations x 4 messages, 3 failover conversations"
