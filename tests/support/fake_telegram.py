@@ -3,8 +3,8 @@
 An aiohttp server on 127.0.0.1 in a thread of its own (so sync and async tests can use it). It
 answers ``/bot<token>/<method>`` the way the Bot API does, records every call (``sendMessage``,
 ``answerCallbackQuery``, ``setWebhook``, ``getMe``, ...), can be told to answer the next calls
-with 429 and ``retry_after`` or to be down (HTTP 500) until told otherwise, and posts updates
-to the app's webhook with the secret header, like Telegram.
+with 429 and ``retry_after``, to be down (HTTP 500) until told otherwise, or to answer slowly,
+and posts updates to the app's webhook with the secret header, like Telegram.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class FakeTelegram:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _throttle: dict[str, list[int]] = field(default_factory=dict)  # method -> retry_after for each next call
     _down: set[str] = field(default_factory=set)
+    _slow: dict[str, float] = field(default_factory=dict)  # method -> seconds before each answer
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
     _updates: itertools.count[int] = field(default_factory=lambda: itertools.count(500000))
     _polled: list[dict[str, Any]] = field(default_factory=list)  # updates waiting for getUpdates
@@ -102,6 +103,11 @@ class FakeTelegram:
         with self._lock:
             self._down.discard(method)
 
+    def answer_slowly(self, method: str, seconds: float) -> None:
+        """Take ``seconds`` to answer each call of ``method`` (0: at once again), as a loaded Bot API does."""
+        with self._lock:
+            self._slow[method] = seconds
+
     async def _handle(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
         if request.match_info["token"] != self.token:
@@ -111,6 +117,9 @@ class FakeTelegram:
             pending = self._throttle.get(method)
             retry_after = pending.pop(0) if pending else None
             down = method in self._down
+            delay = self._slow.get(method, 0.0)
+        if delay:
+            await asyncio.sleep(delay)
         if retry_after is not None:
             body = {
                 "ok": False,
