@@ -12,7 +12,10 @@ left unprocessed (a restart, a database blip) are taken up again at start and ev
 when the locks are (`crm_backend.shared`), and skipped if found processed once the lock is held:
 the process that stored it and another's recovery pass never both handle it.
 Polling mode (a developer without a public URL): PTB's ``Updater`` asks
-Telegram for updates, which are stored the same way before they are processed.
+Telegram for updates, which are stored the same way before they are processed. Telegram lets
+one client poll a bot (a second ``getUpdates`` ends the first with 409 Conflict), so with several
+app processes only the holder of the ``telegram-polling`` lease (`crm_backend.shared.Leases`)
+polls; another takes over when it stops (at once) or dies (within `POLLING_LEASE_SECONDS`).
 
 Every citizen message goes through the same `MessagePipeline` as the web chat. Rasa's buttons
 become inline keyboards; a pressed button's callback is answered and its payload sent to the
@@ -60,8 +63,8 @@ from crm_backend.services.conversations import (
     log_outgoing,
     resolve_identity,
 )
-from crm_backend.shared import SenderLocks
-from crm_backend.shared.local import LocalLocks
+from crm_backend.shared import Leases, SenderLocks
+from crm_backend.shared.local import LocalLeases, LocalLocks
 from crm_backend.validation import clean_text, parse_link_code
 
 logger = logging.getLogger(__name__)
@@ -88,6 +91,9 @@ PRIVATE_MESSAGES = filters.ChatType.PRIVATE & filters.UpdateType.MESSAGE
 STARTUP_RETRY_SECONDS = (1, 2, 5, 10, 30, 60)
 RECOVERY_SECONDS = 30.0  # how often stored updates nobody finished are taken up again
 MAX_UPDATE_ATTEMPTS = 5  # an update whose handler keeps failing is given up (and logged) after this
+POLLING_LEASE = "telegram-polling"
+POLLING_CHECK_SECONDS = 5.0  # how often a process looks whether it (still) holds the polling lease
+POLLING_LEASE_SECONDS = 15.0  # a dead poller's lease runs out after this; another process then polls
 
 
 class TelegramChannel:
@@ -101,9 +107,17 @@ class TelegramChannel:
         responses: Responses,
         max_logged_chars: int,
         locks: SenderLocks | None = None,
+        leases: Leases | None = None,
     ) -> None:
+        """
+        Args:
+            locks: a chat's lock, shared by every app process when they share state.
+            leases: with several app processes, polling mode polls in the one holding its lease.
+        """
         self._settings = settings
         self._locks: SenderLocks = locks if locks is not None else LocalLocks()
+        self._leases: Leases = leases if leases is not None else LocalLeases()
+        self._poller: asyncio.Task[None] | None = None
         self._pipeline = pipeline
         self._sessions = sessions
         self._responses = responses
@@ -173,16 +187,33 @@ class TelegramChannel:
                     )
                     logger.info("telegram: webhook registered at %s", self._settings.webhook_url)
             else:
-                updater = self.application.updater
-                assert updater is not None
-                await updater.start_polling(allowed_updates=ALLOWED_UPDATES, bootstrap_retries=-1)
-                logger.info("telegram: polling for updates")
+                self._poller = asyncio.create_task(self._poll_while_leased(), name="telegram-polling")
         except TelegramError:
             logger.exception("telegram: could not register the webhook or start polling")
         self._ready.set()
         logger.info("telegram: bot @%s ready (%s mode)", bot.username, self._settings.mode)
 
+    async def _poll_while_leased(self) -> None:
+        """Polling mode: poll while this process holds the polling lease, stop when another does."""
+        updater = self.application.updater
+        assert updater is not None
+        while True:
+            try:
+                async with self._leases.hold(POLLING_LEASE, POLLING_LEASE_SECONDS) as held:
+                    if held and not updater.running:
+                        await updater.start_polling(allowed_updates=ALLOWED_UPDATES, bootstrap_retries=-1)
+                        logger.info("telegram: polling for updates")
+                    elif not held and updater.running:
+                        await updater.stop()
+                        logger.warning("telegram: another process holds the polling lease; stopped polling")
+            except TelegramError:
+                logger.exception("telegram: could not start polling")
+            await asyncio.sleep(POLLING_CHECK_SECONDS)
+
     async def _on_shutdown(self, _app: web.Application) -> None:
+        if self._poller is not None:  # first, so it cannot start polling again once stopped
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
         updater = self.application.updater
         if updater is not None and updater.running:
             await updater.stop()
