@@ -7,8 +7,15 @@ cases are then moved to 已办结 either through one app's API (that app tells t
 the 回访 question at once, while both loops look) or in the database by a process that is no
 app (then a loop must ask). Each citizen must get each progress notice and the 回访 question
 exactly once, counted in the `sendMessage` calls the fake Bot API received for their chat.
-Last, the app whose loop holds the lease is SIGKILLed: the other takes the loop over and asks
-the cases resolved since, once, and none asked before is asked again.
+The fake takes longer over each send than an outbox pass's interval, so the other app always
+looks while a message is in flight. Last, the app whose loop holds the lease is SIGKILLed: the
+other takes the loop over and asks the cases resolved since, once, and none asked before is
+asked again.
+
+Each of these failed, as it must, with the claims broken on purpose: without the 回访 lease and
+the conditional update that marks a question asked, a case was asked twice; without the lease
+alone, both loops shared the work; without the outbox row's claim and the shared chat lock,
+every notice went twice.
 """
 
 from __future__ import annotations
@@ -300,4 +307,3 @@ def test_the_other_app_takes_the_loop_over_from_a_killed_holder_and_asks_once(
         assert asked_in_log(survivor, case_numbers[report.chat_id]) == 1
     for report in BY_THE_LOOP:  # the new holder does not ask again what the dead one asked
         assert_asked_once(cluster, slow_telegram, report.chat_id, case_numbers[report.chat_id])
-    cluster.restart_app(holder)
