@@ -9,8 +9,10 @@ A resent ``update_id`` is acknowledged and not processed again. Updates are proc
 stored rows in background tasks, one chat's in the order they came, and marked processed; rows
 left unprocessed (a restart, a database blip) are taken up again at start and every
 ``RECOVERY_SECONDS``. An update is processed under its chat's lock, shared by every app process
-when the locks are (`crm_backend.shared`), and skipped if found processed once the lock is held:
-the process that stored it and another's recovery pass never both handle it.
+when the locks are (`crm_backend.shared`), after the chat's older stored updates nobody has
+processed yet (one stored by another process, still waiting or dead), and skipped if found
+processed once the lock is held: the process that stored it and another's recovery pass never
+both handle it, and a chat's updates are handled in the order they were stored.
 Polling mode (a developer without a public URL): PTB's ``Updater`` asks
 Telegram for updates, which are stored the same way before they are processed. Telegram lets
 one client poll a bot (a second ``getUpdates`` ends the first with 409 Conflict), so with several
@@ -278,13 +280,36 @@ class TelegramChannel:
         self._sequencer.submit(chat_id or "none", functools.partial(self._process, row_id, chat_id or "none"))
 
     async def _process(self, row_id: int, chat_id: str) -> None:
-        """Run the handlers on a stored update, then mark it processed (unless a handler failed: retried later)."""
+        """Run the handlers on a stored update, then mark it processed (unless a handler failed: retried later).
+
+        With the chat's lock held, the chat's earlier stored updates still unprocessed go first,
+        oldest first: another app process may have stored them and not handled them yet (it is
+        waiting for the lock, or it died), and the citizen's messages must be read in order.
+        """
         try:
             await self._ready.wait()
             async with self._locks.hold(f"telegram-update:{chat_id}"):
+                for earlier in await self._unprocessed_before(row_id, chat_id):
+                    await self._process_held(earlier)
                 await self._process_held(row_id)
         finally:
             self._scheduled.discard(row_id)
+
+    async def _unprocessed_before(self, row_id: int, chat_id: str) -> list[int]:
+        """The chat's stored updates older than `row_id` that nobody has processed, oldest first."""
+        if chat_id == "none":
+            return []
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(TelegramUpdate.id)
+                .where(
+                    TelegramUpdate.chat_id == chat_id,
+                    TelegramUpdate.processed_at.is_(None),
+                    TelegramUpdate.id < row_id,
+                )
+                .order_by(TelegramUpdate.id)
+            )
+            return list(rows.all())
 
     async def _process_held(self, row_id: int) -> None:
         """`_process` with the chat's lock held."""

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import redis
 import requests
 
 from crm_backend.db import create_engine, create_sessionmaker
@@ -307,3 +308,44 @@ def test_the_other_app_takes_the_loop_over_from_a_killed_holder_and_asks_once(
         assert asked_in_log(survivor, case_numbers[report.chat_id]) == 1
     for report in BY_THE_LOOP:  # the new holder does not ask again what the dead one asked
         assert_asked_once(cluster, slow_telegram, report.chat_id, case_numbers[report.chat_id])
+
+
+# --- a chat's updates in order across apps ---------------------------------------------------------
+
+ORDER_CHAT = 710000099
+
+
+async def incoming_texts(cluster: Cluster, chat_id: int) -> list[str]:
+    """The chat's messages as logged, oldest first."""
+    connection = await asyncpg.connect(database_url(cluster))
+    try:
+        rows = await connection.fetch(
+            "SELECT m.text FROM message m JOIN conversation c ON c.id = m.conversation_id "
+            "JOIN channel_identity i ON i.id = c.identity_id "
+            "WHERE i.channel = 'telegram' AND i.external_id = $1 AND m.direction = 'in' ORDER BY m.id",
+            str(chat_id),
+        )
+    finally:
+        await connection.close()
+    return [row["text"] for row in rows]
+
+
+def test_a_chats_updates_stored_by_two_apps_are_handled_in_the_order_telegram_sent_them(
+    cluster: Cluster, fake_telegram: FakeTelegram
+) -> None:
+    cluster.heal()  # both apps up (the test above killed one)
+    chat_lock = f"crm12345:lock:telegram-update:{ORDER_CHAT}"
+    client = redis.Redis.from_url(cluster.redis.url)
+    # The chat's lock held elsewhere (a long turn on another app): both updates are stored and wait.
+    assert client.set(chat_lock, "held-by-the-test", px=60_000, nx=True)
+    first, second = "你好", "谢谢"
+    for app, text in zip(cluster.apps, (first, second), strict=True):
+        posted = fake_telegram.post_update(
+            f"{app.app_url}/webhooks/telegram", fake_telegram.message_update(ORDER_CHAT, text=text), SECRET
+        )
+        assert posted.status_code == 200, posted.text  # stored before it was answered
+    cluster.kill_app(0)  # the app holding the first update dies before it could handle it
+    client.delete(chat_lock)
+    client.close()
+    fake_telegram.wait_for_messages(ORDER_CHAT, 2, timeout=20)
+    assert asyncio.run(incoming_texts(cluster, ORDER_CHAT)) == [first, second]
