@@ -122,7 +122,13 @@ def init_app(settings: Settings) -> web.Application:
     telegram: TelegramChannel | None = None
     if settings.telegram is not None:
         telegram = TelegramChannel(
-            settings.telegram, pipeline, sessions, responses, settings.max_logged_chars, locks=shared.across.locks
+            settings.telegram,
+            pipeline,
+            sessions,
+            responses,
+            settings.max_logged_chars,
+            locks=shared.across.locks,
+            leases=shared.across.leases,
         )
         telegram.add_routes(app)
         logger.info("telegram channel enabled (%s mode)", settings.telegram.mode)

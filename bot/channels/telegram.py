@@ -9,10 +9,15 @@ A resent ``update_id`` is acknowledged and not processed again. Updates are proc
 stored rows in background tasks, one chat's in the order they came, and marked processed; rows
 left unprocessed (a restart, a database blip) are taken up again at start and every
 ``RECOVERY_SECONDS``. An update is processed under its chat's lock, shared by every app process
-when the locks are (`crm_backend.shared`), and skipped if found processed once the lock is held:
-the process that stored it and another's recovery pass never both handle it.
+when the locks are (`crm_backend.shared`), after the chat's older stored updates nobody has
+processed yet (one stored by another process, still waiting or dead), and skipped if found
+processed once the lock is held: the process that stored it and another's recovery pass never
+both handle it, and a chat's updates are handled in the order they were stored.
 Polling mode (a developer without a public URL): PTB's ``Updater`` asks
-Telegram for updates, which are stored the same way before they are processed.
+Telegram for updates, which are stored the same way before they are processed. Telegram lets
+one client poll a bot (a second ``getUpdates`` ends the first with 409 Conflict), so with several
+app processes only the holder of the ``telegram-polling`` lease (`crm_backend.shared.Leases`)
+polls; another takes over when it stops (at once) or dies (within `POLLING_LEASE_SECONDS`).
 
 Every citizen message goes through the same `MessagePipeline` as the web chat. Rasa's buttons
 become inline keyboards; a pressed button's callback is answered and its payload sent to the
@@ -60,8 +65,8 @@ from crm_backend.services.conversations import (
     log_outgoing,
     resolve_identity,
 )
-from crm_backend.shared import SenderLocks
-from crm_backend.shared.local import LocalLocks
+from crm_backend.shared import Leases, SenderLocks
+from crm_backend.shared.local import LocalLeases, LocalLocks
 from crm_backend.validation import clean_text, parse_link_code
 
 logger = logging.getLogger(__name__)
@@ -88,6 +93,9 @@ PRIVATE_MESSAGES = filters.ChatType.PRIVATE & filters.UpdateType.MESSAGE
 STARTUP_RETRY_SECONDS = (1, 2, 5, 10, 30, 60)
 RECOVERY_SECONDS = 30.0  # how often stored updates nobody finished are taken up again
 MAX_UPDATE_ATTEMPTS = 5  # an update whose handler keeps failing is given up (and logged) after this
+POLLING_LEASE = "telegram-polling"
+POLLING_CHECK_SECONDS = 5.0  # how often a process looks whether it (still) holds the polling lease
+POLLING_LEASE_SECONDS = 15.0  # a dead poller's lease runs out after this; another process then polls
 
 
 class TelegramChannel:
@@ -101,9 +109,17 @@ class TelegramChannel:
         responses: Responses,
         max_logged_chars: int,
         locks: SenderLocks | None = None,
+        leases: Leases | None = None,
     ) -> None:
+        """
+        Args:
+            locks: a chat's lock, shared by every app process when they share state.
+            leases: with several app processes, polling mode polls in the one holding its lease.
+        """
         self._settings = settings
         self._locks: SenderLocks = locks if locks is not None else LocalLocks()
+        self._leases: Leases = leases if leases is not None else LocalLeases()
+        self._poller: asyncio.Task[None] | None = None
         self._pipeline = pipeline
         self._sessions = sessions
         self._responses = responses
@@ -173,16 +189,33 @@ class TelegramChannel:
                     )
                     logger.info("telegram: webhook registered at %s", self._settings.webhook_url)
             else:
-                updater = self.application.updater
-                assert updater is not None
-                await updater.start_polling(allowed_updates=ALLOWED_UPDATES, bootstrap_retries=-1)
-                logger.info("telegram: polling for updates")
+                self._poller = asyncio.create_task(self._poll_while_leased(), name="telegram-polling")
         except TelegramError:
             logger.exception("telegram: could not register the webhook or start polling")
         self._ready.set()
         logger.info("telegram: bot @%s ready (%s mode)", bot.username, self._settings.mode)
 
+    async def _poll_while_leased(self) -> None:
+        """Polling mode: poll while this process holds the polling lease, stop when another does."""
+        updater = self.application.updater
+        assert updater is not None
+        while True:
+            try:
+                async with self._leases.hold(POLLING_LEASE, POLLING_LEASE_SECONDS) as held:
+                    if held and not updater.running:
+                        await updater.start_polling(allowed_updates=ALLOWED_UPDATES, bootstrap_retries=-1)
+                        logger.info("telegram: polling for updates")
+                    elif not held and updater.running:
+                        await updater.stop()
+                        logger.warning("telegram: another process holds the polling lease; stopped polling")
+            except TelegramError:
+                logger.exception("telegram: could not start polling")
+            await asyncio.sleep(POLLING_CHECK_SECONDS)
+
     async def _on_shutdown(self, _app: web.Application) -> None:
+        if self._poller is not None:  # first, so it cannot start polling again once stopped
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
         updater = self.application.updater
         if updater is not None and updater.running:
             await updater.stop()
@@ -247,13 +280,36 @@ class TelegramChannel:
         self._sequencer.submit(chat_id or "none", functools.partial(self._process, row_id, chat_id or "none"))
 
     async def _process(self, row_id: int, chat_id: str) -> None:
-        """Run the handlers on a stored update, then mark it processed (unless a handler failed: retried later)."""
+        """Run the handlers on a stored update, then mark it processed (unless a handler failed: retried later).
+
+        With the chat's lock held, the chat's earlier stored updates still unprocessed go first,
+        oldest first: another app process may have stored them and not handled them yet (it is
+        waiting for the lock, or it died), and the citizen's messages must be read in order.
+        """
         try:
             await self._ready.wait()
             async with self._locks.hold(f"telegram-update:{chat_id}"):
+                for earlier in await self._unprocessed_before(row_id, chat_id):
+                    await self._process_held(earlier)
                 await self._process_held(row_id)
         finally:
             self._scheduled.discard(row_id)
+
+    async def _unprocessed_before(self, row_id: int, chat_id: str) -> list[int]:
+        """The chat's stored updates older than `row_id` that nobody has processed, oldest first."""
+        if chat_id == "none":
+            return []
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(TelegramUpdate.id)
+                .where(
+                    TelegramUpdate.chat_id == chat_id,
+                    TelegramUpdate.processed_at.is_(None),
+                    TelegramUpdate.id < row_id,
+                )
+                .order_by(TelegramUpdate.id)
+            )
+            return list(rows.all())
 
     async def _process_held(self, row_id: int) -> None:
         """`_process` with the chat's lock held."""

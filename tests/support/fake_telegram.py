@@ -3,8 +3,8 @@
 An aiohttp server on 127.0.0.1 in a thread of its own (so sync and async tests can use it). It
 answers ``/bot<token>/<method>`` the way the Bot API does, records every call (``sendMessage``,
 ``answerCallbackQuery``, ``setWebhook``, ``getMe``, ...), can be told to answer the next calls
-with 429 and ``retry_after`` or to be down (HTTP 500) until told otherwise, and posts updates
-to the app's webhook with the secret header, like Telegram.
+with 429 and ``retry_after``, to be down (HTTP 500) until told otherwise, or to answer slowly,
+and posts updates to the app's webhook with the secret header, like Telegram.
 """
 
 from __future__ import annotations
@@ -22,6 +22,11 @@ from aiohttp import web
 
 from tests.support.stack import free_port
 
+CONFLICT = {
+    "ok": False,
+    "error_code": 409,
+    "description": "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running",
+}
 BOT_USER = {"id": 7000001, "is_bot": True, "first_name": "12345助手", "username": "city12345_test_bot"}
 
 
@@ -41,16 +46,25 @@ class FakeTelegram:
 
     token: str
     port: int = field(default_factory=free_port)
+    # Where this fake's update ids start: fakes whose apps share a database (the session's) must
+    # not reuse each other's, or the app takes an update for one it already processed.
+    first_update_id: int = 500000
     calls: list[Call] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _throttle: dict[str, list[int]] = field(default_factory=dict)  # method -> retry_after for each next call
     _down: set[str] = field(default_factory=set)
+    _slow: dict[str, float] = field(default_factory=dict)  # method -> seconds before each answer
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
-    _updates: itertools.count[int] = field(default_factory=lambda: itertools.count(500000))
+    _updates: itertools.count[int] = field(init=False)
     _polled: list[dict[str, Any]] = field(default_factory=list)  # updates waiting for getUpdates
+    _polls: itertools.count[int] = field(default_factory=itertools.count)  # each getUpdates call's number
+    _latest_poll: int = -1  # the newest getUpdates call: an older one still waiting is ended with 409
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
     _runner: web.AppRunner | None = None
+
+    def __post_init__(self) -> None:
+        self._updates = itertools.count(self.first_update_id)
 
     @property
     def base_url(self) -> str:
@@ -102,6 +116,11 @@ class FakeTelegram:
         with self._lock:
             self._down.discard(method)
 
+    def answer_slowly(self, method: str, seconds: float) -> None:
+        """Take ``seconds`` to answer each call of ``method`` (0: at once again), as a loaded Bot API does."""
+        with self._lock:
+            self._slow[method] = seconds
+
     async def _handle(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
         if request.match_info["token"] != self.token:
@@ -111,6 +130,9 @@ class FakeTelegram:
             pending = self._throttle.get(method)
             retry_after = pending.pop(0) if pending else None
             down = method in self._down
+            delay = self._slow.get(method, 0.0)
+        if delay:
+            await asyncio.sleep(delay)
         if retry_after is not None:
             body = {
                 "ok": False,
@@ -122,14 +144,25 @@ class FakeTelegram:
         if down:
             return self._record(method, params, 500, {"ok": False, "error_code": 500, "description": "Internal error"})
         if method == "getUpdates":
-            return self._record(method, params, 200, {"ok": True, "result": await self._long_poll(params)})
+            updates = await self._long_poll(params)
+            if updates is None:
+                return self._record(method, params, 409, CONFLICT)
+            return self._record(method, params, 200, {"ok": True, "result": updates})
         return self._record(method, params, 200, {"ok": True, "result": self._result(method, params)})
 
-    async def _long_poll(self, params: dict[str, Any]) -> list[dict[str, Any]]:
-        """Updates from ``offset`` on, waiting up to a second for one (Telegram waits ``timeout``)."""
+    async def _long_poll(self, params: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """Updates from ``offset`` on, waiting up to a second for one (Telegram waits ``timeout``).
+
+        None when another getUpdates call came meanwhile: Telegram ends the older one with 409
+        Conflict, as two processes polling one bot find out.
+        """
         offset = int(params.get("offset") or 0)
+        with self._lock:
+            mine = self._latest_poll = next(self._polls)
         for _ in range(20):
             with self._lock:
+                if self._latest_poll != mine:
+                    return None
                 self._polled = [u for u in self._polled if u["update_id"] >= offset]
                 ready = list(self._polled)
             if ready:
