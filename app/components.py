@@ -41,6 +41,7 @@ from crm_backend.console.feed import LiveFeed
 from crm_backend.db import create_engine
 from crm_backend.dispatch.service import Dispatcher
 from crm_backend.hotissues.service import HotIssueJob
+from crm_backend.memory import release_free_memory
 from crm_backend.schema import SchemaNotCurrent, ensure_current
 from crm_backend.services.knowledge import KnowledgeBase
 from crm_backend.shared import SharedState as ProcessState
@@ -154,6 +155,8 @@ async def models(app: web.Application) -> AsyncIterator[None]:
     app[desk_key].adopt(desk)
     app[letters_key].adopt(LetterGate(await asyncio.to_thread(LetterKindModel.train)))
     await app[knowledge_key].warm_up()
+    # Loading and training leave their temporaries' memory with the allocator: give it back.
+    await asyncio.to_thread(release_free_memory)
     logger.info("models loaded in %.2fs", time.perf_counter() - started)
     yield
 

@@ -45,6 +45,9 @@ import argparse
 import asyncio
 import builtins
 import contextlib
+import ctypes
+import ctypes.util
+import gc
 import importlib
 import json
 import os
@@ -110,9 +113,21 @@ def _fields(text: str) -> dict[str, int]:
     return fields
 
 
-def rss_kb() -> int:
-    """This process's RSS in kB."""
+def rss_kb(collect: bool = False) -> int:
+    """This process's RSS in kB, after handing the allocator's free memory back to the system
+    (and, with `collect`, after a garbage collection).
+
+    Without them, memory a step freed but the allocator kept (glibc's malloc keeps freed
+    blocks of each thread's arena for reuse), or garbage not yet collected, would be charged to
+    whichever step ran later; with them, each step is charged what it still holds.
+    """
+    if collect:
+        gc.collect()
+    _LIBC.malloc_trim(0)
     return _fields(Path("/proc/self/status").read_text())["VmRSS"]
+
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
 
 
 # --- 2: where the memory goes (runs in its own process: ``--breakdown``) ---------------------
@@ -127,11 +142,11 @@ class Recorder:
         self._open: list[_Frame] = []
 
     def enter(self, name: str) -> None:
-        self._open.append(_Frame(name, rss_kb(), time.perf_counter()))
+        self._open.append(_Frame(name, rss_kb(collect=not name.startswith("import ")), time.perf_counter()))
 
     def leave(self) -> None:
         frame = self._open.pop()
-        grown = rss_kb() - frame.rss_kb
+        grown = rss_kb(collect=not frame.name.startswith("import ")) - frame.rss_kb
         self.charged[frame.name] += (grown - frame.children_kb) / MB
         if not frame.name.startswith("import "):
             self.seconds[frame.name] += time.perf_counter() - frame.started
