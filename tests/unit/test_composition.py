@@ -186,6 +186,37 @@ async def test_the_app_loads_the_letter_gates_model_and_refuses_to_start_without
     await app.cleanup()  # what the contexts before `models` opened
 
 
+BUILD_WITHOUT_TELEGRAM = textwrap.dedent(
+    """
+    import sys
+
+    from app.factory import init_app
+    from app.settings import Settings
+
+    init_app(Settings.from_env())
+    print(sorted({name.split(".")[0] for name in sys.modules} & {"telegram", "httpx", "cryptography", "spacy"}))
+    """
+)
+
+
+def test_an_app_without_telegram_never_imports_python_telegram_bot(tmp_path: Path) -> None:
+    # python-telegram-bot brings httpx (and its command line's rich and pygments) and cryptography:
+    # about 20 MB per app process that has no Telegram channel.
+    env = {**SECRETS, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "DATABASE_URL": UNREACHABLE_DATABASE}
+    done = subprocess.run(
+        [str(PYTHON), "-c", BUILD_WITHOUT_TELEGRAM],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 # --- nothing connects or loads before the app starts ------------------------------------------
 
 IMPORT_AND_BUILD = textwrap.dedent(
