@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
+import textwrap
 
 import jieba
 
@@ -60,3 +63,43 @@ def test_a_layered_segmenter_segments_as_a_full_copy_with_the_same_words() -> No
             segmenter.add_word(word, max(segmenter.suggest_freq(word, False), MIN_WORD_FREQ))
     assert segmentations(layered, texts) == segmentations(copied, texts)
     assert len(dict.keys(layered.FREQ)) < len(copied.FREQ) // 50  # it holds only its own words
+
+
+SHARED_DICTIONARY_MEMORY = textwrap.dedent(
+    """
+    import ctypes, ctypes.util, gc
+    from pathlib import Path
+
+    import jieba
+
+    from crm_backend.segmentation import shared_segmenter
+
+
+    def rss_mb():
+        gc.collect()
+        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+        status = Path("/proc/self/status").read_text().splitlines()
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+
+    before = rss_mb()
+    shared_segmenter().lcut("A1区解放路路灯坏了")
+    print(round(rss_mb() - before))
+    """
+)
+
+
+def test_the_shared_dictionary_costs_a_process_little_memory() -> None:
+    # jieba's own table (a dict of 498,113 words and prefixes) costs about 66 MB per process.
+    done = subprocess.run(
+        [sys.executable, "-c", SHARED_DICTIONARY_MEMORY], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    )
+
+    assert int(done.stdout) < 20
+
+
+def test_the_shared_segmenter_segments_as_jiebas_own_table_does() -> None:
+    texts = real_messages()
+
+    assert segmentations(shared_segmenter(), texts) == segmentations(private_segmenter(), texts)
+    assert shared_segmenter().suggest_freq("解放路", False) == private_segmenter().suggest_freq("解放路", False)
