@@ -71,7 +71,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # The model-loading steps of the app's start, charged separately: (module, attribute path).
 STEPS: tuple[tuple[str, str], ...] = (
-    ("crm_backend.segmentation", "private_segmenter"),
+    ("crm_backend.segmentation", "shared_segmenter"),
+    ("crm_backend.dispatch.classifier", "shared_segmenter"),  # the same function, as the classifier calls it
     ("crm_backend.segmentation", "layered_segmenter"),
     ("crm_backend.dispatch.classifier", "CategoryClassifier.load"),
     ("crm_backend.dispatch.case_type", "CaseTypeRecogniser.load"),
