@@ -66,7 +66,9 @@ class CompactWordTable(marisa_trie.Trie):
 
     def __init__(self, table: Mapping[str, int]) -> None:
         super().__init__(table.keys())
-        frequencies = array("Q", bytes(8 * len(table)))
+        # 4 bytes a word while jieba's counts allow it (its own dictionary's do), else 8.
+        typecode = "I" if max(table.values(), default=0) < 2**32 else "Q"
+        frequencies = array(typecode, bytes(array(typecode).itemsize * len(table)))
         for word, frequency in table.items():
             frequencies[self.key_id(word)] = frequency
         self._frequencies = frequencies

@@ -8,13 +8,14 @@ import sys
 import textwrap
 
 import jieba
+import pytest
 
 from crm_backend.analytics import reply_quality
 from crm_backend.dispatch import classifier, duplicates
 from crm_backend.dispatch.location import MIN_WORD_FREQ, Gazetteer, LocationExtractor
 from crm_backend.dispatch.service import GAZETTEER_DIR
 from crm_backend.knowledge import retrieval
-from crm_backend.segmentation import layered_segmenter, private_segmenter, shared_segmenter
+from crm_backend.segmentation import CompactWordTable, layered_segmenter, private_segmenter, shared_segmenter
 from crm_backend.settings import PROJECT_ROOT
 
 
@@ -103,3 +104,17 @@ def test_the_shared_segmenter_segments_as_jiebas_own_table_does() -> None:
 
     assert segmentations(shared_segmenter(), texts) == segmentations(private_segmenter(), texts)
     assert shared_segmenter().suggest_freq("解放路", False) == private_segmenter().suggest_freq("解放路", False)
+
+
+def test_the_compact_table_answers_as_the_dict_it_was_built_from() -> None:
+    table = {"北京": 100, "北": 5, "北京大": 0, "北京大学": 2**33}
+    compact = CompactWordTable(table)
+
+    assert len(compact) == 4 and set(compact) == set(table)
+    assert [compact[word] for word in table] == list(table.values())
+    assert "北京大" in compact and "上海" not in compact
+    assert compact.get("上海") is None and compact.get("上海", 1) == 1 and compact.get("北", 1) == 5
+    with pytest.raises(KeyError):
+        compact["上海"]
+    with pytest.raises(TypeError):
+        compact["上海"] = 1  # type: ignore[index]
