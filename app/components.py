@@ -8,8 +8,8 @@ reversed, at cleanup):
 1. `database`: the SQLAlchemy engine; checks the schema is at the head revision and refuses to
    start otherwise (``python -m crm_backend migrate`` brings it there); binds the sessions.
 2. `http_client`: the aiohttp client session the engine client talks through.
-3. `models`: the dispatcher (category, case type, gazetteer), the letter gate, the knowledge
-   base's warm-up.
+3. `models`: the dispatcher (category, case type, gazetteer), the letter gate's model, the
+   knowledge base's warm-up.
 4. `live_connections`: the shared state of this process (see `SharedState`); at cleanup it
    closes the citizens' open web chats.
 5. `followup_loop`, `engine_replay_loop`, `hot_issue_job`: the background loops.
@@ -41,6 +41,7 @@ from crm_backend.console.feed import LiveFeed
 from crm_backend.db import create_engine
 from crm_backend.dispatch.service import Dispatcher
 from crm_backend.hotissues.service import HotIssueJob
+from crm_backend.memory import release_free_memory
 from crm_backend.schema import SchemaNotCurrent, ensure_current
 from crm_backend.services.knowledge import KnowledgeBase
 from crm_backend.shared import ProcessState, open_shared_state
@@ -64,13 +65,13 @@ class StartupDesk(Dispatcher):
 
 
 class StartupLetterGate(LetterGate):
-    """The letter gate the pipeline is built with; the `models` context trains its model."""
+    """The letter gate the pipeline is built with; the `models` context loads its model."""
 
     def __init__(self) -> None:  # the model comes at start, through `adopt`
         pass
 
     def adopt(self, loaded: LetterGate) -> None:
-        """Take the trained gate's model."""
+        """Take the loaded gate's model."""
         vars(self).update(vars(loaded))
 
 
@@ -140,10 +141,10 @@ async def http_client(app: web.Application) -> AsyncIterator[None]:
 
 
 async def models(app: web.Application) -> AsyncIterator[None]:
-    """Load the dispatcher's models and train the letter gate (in threads), then warm up the knowledge base.
+    """Load the dispatcher's and the letter gate's models (in threads), then warm up the knowledge base.
 
     Raises:
-        ModelLoadError: a dispatch model is missing (``bin/setup`` trains them).
+        ModelLoadError: a model is missing (``bin/setup`` trains them).
     """
     settings = app[settings_key]
     started = time.perf_counter()
@@ -151,8 +152,10 @@ async def models(app: web.Application) -> AsyncIterator[None]:
         Dispatcher.load, settings.category_model_path, case_type_model_path=settings.case_type_model_path
     )
     app[desk_key].adopt(desk)
-    app[letters_key].adopt(LetterGate(await asyncio.to_thread(LetterKindModel.train)))
+    app[letters_key].adopt(LetterGate(await asyncio.to_thread(LetterKindModel.load, settings.letter_model_path)))
     await app[knowledge_key].warm_up()
+    # Loading and training leave their temporaries' memory with the allocator: give it back.
+    await asyncio.to_thread(release_free_memory)
     logger.info("models loaded in %.2fs", time.perf_counter() - started)
     yield
 

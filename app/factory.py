@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from rasa_sdk.executor import ActionExecutor
@@ -36,7 +37,6 @@ from app.health import HealthCheck
 from app.settings import Settings
 from bot.action_endpoint import ActionEndpoint
 from bot.channels.rest import RestChannel
-from bot.channels.telegram import TelegramChannel
 from bot.channels.webchat import WebChat
 from bot.engine_pool import engine_for
 from bot.followup import CaseFollowup
@@ -55,6 +55,9 @@ from crm_backend.http import error_middleware, trusted_proxies_key
 from crm_backend.knowledge.facts import load_city_facts
 from crm_backend.services.knowledge import KnowledgeBase
 from crm_backend.services.limits import DatabaseRateLimiter, Limit
+
+if TYPE_CHECKING:  # imported when a Telegram channel is built (see `init_app`)
+    from bot.channels.telegram import TelegramChannel
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +124,10 @@ def init_app(settings: Settings) -> web.Application:
     RestChannel(pipeline, settings.rest_channel_token).add_routes(app)
     telegram: TelegramChannel | None = None
     if settings.telegram is not None:
+        # Imported here: python-telegram-bot (with httpx and cryptography) costs an app without
+        # a Telegram channel about 20 MB.
+        from bot.channels.telegram import TelegramChannel
+
         telegram = TelegramChannel(
             settings.telegram,
             pipeline,

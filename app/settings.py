@@ -26,6 +26,7 @@ from crm_backend.settings import (
     case_type_model_path_from_env,
     category_model_path_from_env,
     database_url_from_env,
+    letter_model_path_from_env,
     parse_trusted_proxies,
     redis_url_from_env,
 )
@@ -51,6 +52,8 @@ class Settings:
     category_model_path: Path
     # The 12345 case-type recogniser (`bin/setup` trains it); loaded at start beside the category model.
     case_type_model_path: Path = PROJECT_ROOT / "models" / "case_type_classifier.joblib"
+    # The letter gate's report/question model (`bin/setup` trains it: python -m bot.letters train).
+    letter_model_path: Path = PROJECT_ROOT / "models" / "letter_kind.joblib"
     # The city's own facts (addresses, hours, sites) the knowledge base's answers name; read at start.
     city_facts_path: Path = PROJECT_ROOT / "city.yml"
     console_secure_cookies: bool = False
@@ -139,6 +142,7 @@ class Settings:
             hot_issues_window_days=positive_int("HOT_ISSUES_WINDOW_DAYS", "30"),
             category_model_path=category_model_path_from_env(env),
             case_type_model_path=case_type_model_path_from_env(env),
+            letter_model_path=letter_model_path_from_env(env),
             city_facts_path=Path(env.get("CITY_FACTS_FILE", "").strip() or PROJECT_ROOT / "city.yml"),
             trusted_proxies=parse_trusted_proxies(env.get("TRUSTED_PROXIES", "")),
             telegram=TelegramSettings.from_env(env),

@@ -15,18 +15,23 @@ at each text message:
   gets no steering: the NLU reads it exactly as before.
 
 Report or question is decided by `LetterKindModel`, a logistic regression over character 1-2
-grams of the letter, trained at start (a couple of seconds) from ``bot/data/letter_kinds.csv``:
-real letters of the message board labelled by their titles (`kind_by_title`), none of them in the
-benchmark set. A letter is a question only if the model says so with at least
-`QUESTION_THRESHOLD`; anything else a citizen writes at length to the government is treated as a
-report (a complaint that mentions a policy included). Figures: ``python -m benchmarks.letters_kind``
+grams of the letter, trained from ``bot/data/letter_kinds.csv``: real letters of the message
+board labelled by their titles (`kind_by_title`), none of them in the benchmark set. ``bin/setup``
+trains it (``python -m bot.letters train --out models/letter_kind.joblib``, a few seconds) when
+the data or this code change, and the app loads it at start (`LetterKindModel.load`): training at
+every start cost each app process a few seconds of CPU and its training's memory. A letter is a
+question only if the model says so with at least `QUESTION_THRESHOLD`; anything else a citizen
+writes at length to the government is treated as a report (a complaint that mentions a policy
+included). Figures: ``python -m benchmarks.letters_kind``
 (cross-validation) and ``python -m benchmarks.letters_benchmark`` (the engine's first replies).
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +43,8 @@ if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
 LETTER_KIND_DATA = Path(__file__).resolve().parent / "data" / "letter_kinds.csv"
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[1] / "models" / "letter_kind.joblib"
+ARTIFACT_FORMAT = 1
 LETTER_MIN_CHARS = 60
 FORMAL_MIN_CHARS = 25
 # A letter uses many different characters; a long run of filler (「啊啊啊…」, a test string) does not.
@@ -126,6 +133,24 @@ class LetterKindModel:
         pipeline.fit([row.text[:MODEL_CHARS] for row in rows], [row.kind for row in rows])
         return cls(pipeline)
 
+    @classmethod
+    def load(cls, path: Path | str = DEFAULT_MODEL_PATH) -> LetterKindModel:
+        """Load a model written by `save` (a pickle: load only artifacts built on this machine).
+
+        Raises:
+            ModelLoadError: the file is missing or is not a letter-kind model of this format.
+        """
+        from crm_backend.dispatch.classifier import read_artifact
+
+        artifact = read_artifact(path, "letter-kind", "train --out PATH", ARTIFACT_FORMAT, module="bot.letters")
+        return cls(artifact["pipeline"])
+
+    def save(self, path: Path | str = DEFAULT_MODEL_PATH) -> Path:
+        """Write the model atomically (a temporary file renamed into place); returns the path."""
+        from crm_backend.dispatch.classifier import write_artifact
+
+        return write_artifact(path, {"format": ARTIFACT_FORMAT, "pipeline": self._pipeline})
+
     def question_probability(self, text: str) -> float:
         return float(self._pipeline.predict_proba([text[:MODEL_CHARS]])[0][self._question])
 
@@ -160,3 +185,19 @@ class LetterGate:
         if question >= QUESTION_THRESHOLD:
             return Steering("question", question)
         return Steering("report", 1.0 - question)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bot.letters train --out PATH``: train the letter-kind model and write it."""
+    parser = argparse.ArgumentParser(prog="python -m bot.letters", description="The letter gate's model.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train the report/question model on bot/data/letter_kinds.csv")
+    train.add_argument("--out", type=Path, default=DEFAULT_MODEL_PATH, help="where to write the model")
+    args = parser.parse_args(argv)
+    path = LetterKindModel.train().save(args.out)
+    print(f"letter-kind model written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

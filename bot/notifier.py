@@ -10,10 +10,10 @@ copy and the outbox task sends Telegram's after a restart.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.channels.telegram_delivery import TelegramDelivery, enqueue
 from bot.channels.webchat import serialise_outgoing
 from bot.handoff_banner import HandoffBanner
 from bot.hub import ConversationHub
@@ -21,6 +21,9 @@ from bot.responses import Responses
 from crm_backend.errors import NotFound
 from crm_backend.models import ChannelIdentity, Conversation
 from crm_backend.services.conversations import OutgoingMessage, current_conversation, log_outgoing
+
+if TYPE_CHECKING:  # python-telegram-bot is imported only by an app with a Telegram channel
+    from bot.channels.telegram_delivery import TelegramDelivery
 
 TELEGRAM = "telegram"
 
@@ -65,6 +68,8 @@ class ChannelNotifier:
         if messages:
             log_outgoing(session, conversation, messages)
             if conversation.channel == TELEGRAM and self._telegram is not None:
+                from bot.channels.telegram_delivery import enqueue
+
                 await enqueue(session, identity.external_id, messages)
         return Delivery(conversation.id, conversation.channel, identity.external_id)
 

@@ -153,6 +153,12 @@ def case_type_model_path_from_env(env: Mapping[str, str] | None = None) -> Path:
     return Path(env.get("CASE_TYPE_MODEL_PATH", "").strip() or PROJECT_ROOT / "models" / "case_type_classifier.joblib")
 
 
+def letter_model_path_from_env(env: Mapping[str, str] | None = None) -> Path:
+    """Where the letter gate's model is: ``LETTER_MODEL_PATH``, else ``models/letter_kind.joblib``."""
+    env = os.environ if env is None else env
+    return Path(env.get("LETTER_MODEL_PATH", "").strip() or PROJECT_ROOT / "models" / "letter_kind.joblib")
+
+
 def tracker_store_url_from_env(env: Mapping[str, str] | None = None) -> str:
     """The engine's tracker store: ``TRACKER_STORE_URL``, else what ``bin/env.sh`` derives.
 

@@ -101,12 +101,15 @@ class DataError(ValueError):
     """A labelled CSV that cannot be used: unreadable, no ``text``/``label`` columns, unknown labels."""
 
 
-def read_artifact(path: Path | str, what: str, train_command: str, artifact_format: int) -> dict[str, Any]:
+def read_artifact(
+    path: Path | str, what: str, train_command: str, artifact_format: int, *, module: str = "crm_backend.dispatch"
+) -> dict[str, Any]:
     """A model artifact written by `write_artifact` (a pickle: load only artifacts built on this machine).
 
     Args:
         what: the model's name in messages ("category", "case-type").
-        train_command: the `python -m crm_backend.dispatch` command that builds it.
+        train_command: the `python -m <module>` command that builds it.
+        module: the module whose command it is.
 
     Raises:
         ModelLoadError: the file is missing, unreadable, or not an artifact of `artifact_format`.
@@ -115,7 +118,7 @@ def read_artifact(path: Path | str, what: str, train_command: str, artifact_form
 
     path = Path(path)
     if not path.is_file():
-        raise ModelLoadError(f"no {what} model at {path}: run `python -m crm_backend.dispatch {train_command}`")
+        raise ModelLoadError(f"no {what} model at {path}: run `python -m {module} {train_command}`")
     try:
         artifact = joblib.load(path)
     except Exception as exc:  # a truncated or foreign file: pickle raises anything

@@ -2,9 +2,9 @@
 
 The places come from a gazetteer kept as data (`data/gazetteer/districts.csv` and
 `streets.csv`, described in `data/gazetteer/README.md`): its names and aliases go into a
-private jieba dictionary, and a blank Chinese spaCy pipeline segmented by that jieba finds
-them with an `entity_ruler` (labels ``DISTRICT`` and ``STREET``). Rasa's ``district`` and
-``address`` entities, and a district the citizen already chose, are weighed with them.
+private jieba dictionary, and `NameMatcher` finds them in the words that jieba cuts (labels
+``DISTRICT`` and ``STREET``). Rasa's ``district`` and ``address`` entities, and a district the
+citizen already chose, are weighed with them.
 
 Which evidence wins, strongest first:
 
@@ -15,9 +15,14 @@ Which evidence wins, strongest first:
 3. a street the gazetteer knows in exactly one district (several: ambiguous);
 4. a city named alone: not a district, so its districts become the candidates to ask about.
 
-Nothing is loaded at import: the pipeline is built on first use (one to two seconds, mostly
-spaCy and jieba's dictionary); then a message of a few hundred characters takes about a
-millisecond (on the training messages: median 0.8 ms, 95th percentile under 4 ms of CPU).
+Nothing is loaded at import: the matcher is built on first use (about a second, mostly
+jieba's dictionary); then a message of a few hundred characters takes about a millisecond.
+
+The matcher finds exactly what a blank Chinese spaCy pipeline with an ``entity_ruler``
+(``phrase_matcher_attr="LOWER"``) on the same jieba found before it (the names matched word for
+word, case-insensitively; overlapping matches resolved longest first, then leftmost), without
+spaCy in the app process: spaCy, its vocabulary and the second jieba dictionary it loaded for
+its own tokenizer cost about 100 MB per app process (`benchmarks/memory_benchmark.py`).
 """
 
 from __future__ import annotations
@@ -25,14 +30,10 @@ from __future__ import annotations
 import csv
 import re
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
-
-if TYPE_CHECKING:
-    from spacy.language import Language
-    from spacy.tokens import Doc
+from typing import Any, Literal
 
 DISTRICT_LABEL = "DISTRICT"
 STREET_LABEL = "STREET"
@@ -48,10 +49,6 @@ MAX_ADDRESS_CHARS = 60
 # At least this frequency for gazetteer words in jieba (jieba's own suggestion can lose to a
 # dictionary word overlapping the name, as 侍郎村 to 侍郎|村干部).
 MIN_WORD_FREQ = 1000
-# spaCy keeps every new word it sees in the pipeline's vocabulary; past this many entries the
-# pipeline is rebuilt (a second or two, once in some hundred thousand messages) so a
-# long-running app does not grow without bound.
-MAX_VOCAB_ENTRIES = 300_000
 
 Source = Literal["text", "rasa", "hint", "street", "city", "none"]
 
@@ -232,7 +229,7 @@ class Gazetteer:
         """Every name and alias (and its lower-case form) for jieba's user dictionary.
 
         Names containing spaces are left out: jieba never joins across a space, and the
-        entity ruler matches them as several tokens anyway.
+        matcher matches them as several words anyway.
         """
         surfaces: list[str] = []
         for district in self.districts.values():
@@ -248,7 +245,7 @@ class Gazetteer:
         return list(words)
 
     def entity_patterns(self) -> list[dict[str, str]]:
-        """Phrase patterns for spaCy's entity ruler: ``DISTRICT`` (cities too) and ``STREET``."""
+        """The names `NameMatcher` finds, as phrase patterns: ``DISTRICT`` (cities too) and ``STREET``."""
         patterns = [
             {"label": DISTRICT_LABEL, "pattern": surface, "id": district.name}
             for district in self.districts.values()
@@ -319,16 +316,79 @@ class _Evidence:
     streets: list[tuple[_Mention, list[Street]]]
 
 
-class _DictionaryOnly:
-    """jieba without its HMM guesses for unknown words: every place name is in the dictionary,
-    and the guesses only glue a name's last character to the next word ("J10 县御林")."""
+Word = tuple[int, int, str]  # start and end offsets in the text, and the text between them
 
-    def __init__(self, segmenter: Any) -> None:
+
+class NameMatcher:
+    """The gazetteer's names in a text: jieba's words (its dictionary only, no guesses for unknown
+    words), each name matched word for word and case-insensitively; of overlapping matches the
+    longest wins, then the leftmost.
+
+    Thread-safe: built once, it only reads its tables and jieba's.
+    """
+
+    def __init__(self, segmenter: Any, patterns: Iterable[Mapping[str, str]]) -> None:
+        """Index the names by their words.
+
+        Args:
+            segmenter: a jieba ``Tokenizer`` holding the names as words.
+            patterns: ``{"label": ..., "pattern": name}`` (`Gazetteer.entity_patterns`).
+        """
         self._segmenter = segmenter
+        self._labels: dict[tuple[str, ...], list[str]] = {}
+        for pattern in patterns:
+            key = tuple(text.lower() for _, _, text in self.words(pattern["pattern"]))
+            labels = self._labels.setdefault(key, []) if key else []
+            if key and pattern["label"] not in labels:
+                labels.append(pattern["label"])
+        self._longest = max(map(len, self._labels), default=0)
 
-    def cut(self, text: str, cut_all: bool = False) -> Iterator[str]:
-        words: Iterator[str] = self._segmenter.cut(text, cut_all=cut_all, HMM=False)
+    def words(self, text: str) -> list[Word]:
+        """The text cut into words, every character in one word but single spaces after a word.
+
+        jieba's words without its HMM guesses for unknown words (every place name is in the
+        dictionary, and the guesses only glue a name's last character to the next word:
+        "J10 县御林"); white space is kept as spaCy's tokenizer kept it (one space after a word
+        belongs to that word, any other run of white space is a word of its own), so names
+        with spaces match as they always did.
+        """
+        words: list[Word] = []
+        position = 0
+        for word in self._segmenter.cut(text, HMM=False):
+            if not word or word.isspace():
+                continue
+            start = text.index(word, position)
+            if start > position:
+                words.append((position, start, text[position:start]))
+            position = start + len(word)
+            words.append((start, position, word))
+            if text.startswith(" ", position):
+                position += 1
+        if position < len(text):
+            words.append((position, len(text), text[position:]))
         return words
+
+    def find(self, text: str) -> list[_Mention]:
+        """The names in a text, in the order they appear."""
+        words = self.words(text)
+        lowered = [word.lower() for _, _, word in words]
+        found = [
+            (first, first + length, label)
+            for first in range(len(words))
+            for length in range(1, min(self._longest, len(words) - first) + 1)
+            for label in self._labels.get(tuple(lowered[first : first + length]), ())
+        ]
+        found.sort(key=lambda match: (match[1] - match[0], -match[0]), reverse=True)
+        taken: set[int] = set()
+        kept: list[tuple[int, int, str]] = []
+        for first, end, label in found:
+            if first not in taken and end - 1 not in taken:
+                taken.update(range(first, end))
+                kept.append((first, end, label))
+        return [
+            _Mention(words[first][0], words[end - 1][1], label, text[words[first][0] : words[end - 1][1]])
+            for first, end, label in sorted(kept)
+        ]
 
 
 class LocationExtractor:
@@ -336,40 +396,29 @@ class LocationExtractor:
 
     def __init__(self, gazetteer: Gazetteer) -> None:
         self.gazetteer = gazetteer
-        self._nlp: Language | None = None
+        self._matcher: NameMatcher | None = None
         self._lock = threading.Lock()
 
     @property
-    def nlp(self) -> Language:
-        """The spaCy pipeline: blank zh, segmented by a private jieba with the gazetteer's words."""
+    def matcher(self) -> NameMatcher:
+        """The name matcher: a private jieba with the gazetteer's words (built on first use)."""
         with self._lock:
-            return self._ready()
+            if self._matcher is None:
+                self._matcher = self._build()
+            return self._matcher
 
-    def _ready(self) -> Language:
-        """The pipeline, built or rebuilt if need be (the caller holds the lock)."""
-        if self._nlp is None or len(self._nlp.vocab) > MAX_VOCAB_ENTRIES:
-            self._nlp = self._build()
-        return self._nlp
-
-    def _build(self) -> Language:
-        import spacy
-
+    def _build(self) -> NameMatcher:
         from crm_backend.segmentation import layered_segmenter
 
-        nlp = spacy.blank("zh", config={"nlp": {"tokenizer": {"segmenter": "jieba"}}})
         # A jieba of our own, so the place names never change how the rest of the process
         # (the category classifier) segments text: the place names on top of the shared dictionary.
         segmenter = layered_segmenter()
         for word in self.gazetteer.jieba_words():
             segmenter.add_word(word, max(segmenter.suggest_freq(word, False), MIN_WORD_FREQ))
-        tokenizer: Any = nlp.tokenizer
-        tokenizer.jieba_seg = _DictionaryOnly(segmenter)
-        ruler: Any = nlp.add_pipe("entity_ruler", config={"phrase_matcher_attr": "LOWER", "overwrite_ents": True})
-        ruler.add_patterns(self.gazetteer.entity_patterns())
-        return nlp
+        return NameMatcher(segmenter, self.gazetteer.entity_patterns())
 
     def warm_up(self) -> None:
-        """Build the pipeline now rather than on the first message."""
+        """Build the matcher now rather than on the first message."""
         self.extract("A1区人民路23号")
 
     def extract(
@@ -439,9 +488,7 @@ class LocationExtractor:
     def _mentions(self, text: str) -> list[_Mention]:
         if not text.strip():
             return []
-        with self._lock:  # spaCy's vocabulary is not safe to grow from several threads
-            doc: Doc = self._ready()(text)
-        return [_Mention(ent.start_char, ent.end_char, ent.label_, ent.text) for ent in doc.ents]
+        return self.matcher.find(text)
 
     def _resolve(self, mentions: Iterable[_Mention]) -> _Evidence:
         districts: list[str] = []

@@ -115,7 +115,7 @@ async def records_from_cases(session: AsyncSession, since: date, until: date) ->
 
 @lru_cache(maxsize=1)
 def gazetteer_locate() -> Locate:
-    """A `Locate` on the project's gazetteer (built once: spaCy and jieba take a second or two)."""
+    """A `Locate` on the project's gazetteer (built once: jieba's dictionary takes a second or two)."""
     from crm_backend.dispatch.location import Gazetteer, LocationExtractor
     from crm_backend.dispatch.service import GAZETTEER_DIR
 

@@ -26,6 +26,7 @@ from crm_backend.errors import CrmError
 from crm_backend.knowledge.entries import DATA_FILE, EntryData, load_file
 from crm_backend.knowledge.facts import CityFacts
 from crm_backend.knowledge.retrieval import IndexedEntry, KnowledgeIndex, Ranking
+from crm_backend.memory import release_free_memory
 from crm_backend.models import (
     KnowledgeEntry,
     KnowledgeEntryVersion,
@@ -400,4 +401,7 @@ class KnowledgeBase:
 
 
 def _build_index(entries: Iterable[EntryData], revision: object) -> KnowledgeIndex:
-    return KnowledgeIndex([IndexedEntry(entry.slug, entry.title, entry.questions) for entry in entries], revision)
+    """The index of these entries; the memory its training freed goes back to the system."""
+    index = KnowledgeIndex([IndexedEntry(entry.slug, entry.title, entry.questions) for entry in entries], revision)
+    release_free_memory()
+    return index

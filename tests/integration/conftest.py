@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.models import case_type_model
+from tests.support.models import case_type_model, letter_model
 from tests.support.naming import unique
 from tests.support.stack import MODEL, Stack
 
@@ -18,9 +18,10 @@ from tests.support.stack import MODEL, Stack
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if not MODEL.exists():
         pytest.fail("no trained model: run bin/setup (bin/test does) before the integration tests")
-    # The app refuses to start without its case-type model; a worktree whose set-up predates it
-    # gets one trained for the session.
+    # The app refuses to start without its case-type and letter models; a worktree whose set-up
+    # predates them gets them trained for the session.
     os.environ.setdefault("CASE_TYPE_MODEL_PATH", str(case_type_model(tmp_path_factory.mktemp("case_types"))))
+    os.environ.setdefault("LETTER_MODEL_PATH", str(letter_model(tmp_path_factory.mktemp("letters"))))
     running = Stack(workdir=tmp_path_factory.mktemp("stack"))
     try:
         running.start()

@@ -35,3 +35,16 @@ def category_model(scratch: Path) -> Path:
             [sys.executable, "-m", "crm_backend.dispatch", "train", "--out", str(model)], cwd=ROOT, check=True
         )
     return model
+
+
+LETTER_MODEL = ROOT / "models" / "letter_kind.joblib"
+
+
+def letter_model(scratch: Path) -> Path:
+    """The letter gate's model `bin/setup` trained, else one trained now into `scratch` (a few seconds)."""
+    if LETTER_MODEL.exists():
+        return LETTER_MODEL
+    model = scratch / "letter_kind.joblib"
+    if not model.exists():
+        subprocess.run([sys.executable, "-m", "bot.letters", "train", "--out", str(model)], cwd=ROOT, check=True)
+    return model

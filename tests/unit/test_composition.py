@@ -5,10 +5,12 @@ loading before the app starts."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sqlite3
 import stat
 import subprocess
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -23,8 +25,10 @@ from app.factory import init_app
 from app.settings import Settings
 from crm_backend import schema
 from crm_backend.db import _alembic_config
+from crm_backend.dispatch.classifier import ModelLoadError
 from crm_backend.settings import normalise_database_url
 from tests.support.cli import run_cli
+from tests.support.models import letter_model
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -37,11 +41,18 @@ SECRETS = {
 UNREACHABLE_DATABASE = "postgresql://app:secret@192.0.2.1:5432/crm"
 
 
+@functools.cache
+def letter_model_path() -> str:
+    """The letter gate's model `bin/setup` trained, else one trained once for this test run."""
+    return str(letter_model(Path(tempfile.mkdtemp(prefix="letter-model-"))))
+
+
 def settings_for(database: Path, **env: str) -> Settings:
     return Settings.from_env(
         {
             **SECRETS,
             "DATABASE_URL": f"sqlite:///{database}",
+            "LETTER_MODEL_PATH": letter_model_path(),
             "RASA_URL": "http://127.0.0.1:9",  # no engine: /healthz says so
             "FOLLOWUP_CHECK_SECONDS": "0",
             "ENGINE_REPLAY_SECONDS": "0",
@@ -163,6 +174,47 @@ async def test_the_app_starts_after_migrate_and_closes_what_it_opened(tmp_path: 
     finally:
         await client.close()
     assert http.closed
+
+
+async def test_the_app_loads_the_letter_gates_model_and_refuses_to_start_without_it(tmp_path: Path) -> None:
+    database = tmp_path / "crm.db"
+    await schema.migrate(normalise_database_url(f"sqlite:///{database}"))
+    app = init_app(settings_for(database, LETTER_MODEL_PATH=str(tmp_path / "no-letter-model.joblib")))
+
+    with pytest.raises(ModelLoadError, match=r"python -m bot\.letters train"):
+        await start(app)
+    await app.cleanup()  # what the contexts before `models` opened
+
+
+BUILD_WITHOUT_TELEGRAM = textwrap.dedent(
+    """
+    import sys
+
+    from app.factory import init_app
+    from app.settings import Settings
+
+    init_app(Settings.from_env())
+    print(sorted({name.split(".")[0] for name in sys.modules} & {"telegram", "httpx", "cryptography", "spacy"}))
+    """
+)
+
+
+def test_an_app_without_telegram_never_imports_python_telegram_bot(tmp_path: Path) -> None:
+    # python-telegram-bot brings httpx (and its command line's rich and pygments) and cryptography:
+    # about 20 MB per app process that has no Telegram channel.
+    env = {**SECRETS, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "DATABASE_URL": UNREACHABLE_DATABASE}
+    done = subprocess.run(
+        [str(PYTHON), "-c", BUILD_WITHOUT_TELEGRAM],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 # --- nothing connects or loads before the app starts ------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bot.letters import LetterGate, LetterKindModel, Steering, is_letter, kind_by_title
+from crm_backend.dispatch.classifier import ModelLoadError
 
 REPORT_LETTER = (
     "尊敬的书记：您好！我是A4区秀峰街道的居民，我们小区围墙外面每天晚上都有渣土车日夜运渣土填农田，"
@@ -105,3 +106,22 @@ def test_no_off_topic_or_knowledge_question_of_the_benchmarks_passes_the_gate() 
         questions = [row["question"] for row in csv.DictReader(handle)]
     assert len(off_topic) == 390 and len(questions) > 100
     assert [text for text in off_topic + questions if is_letter(text)] == []
+
+
+def test_a_saved_model_loads_and_answers_as_the_trained_one(gate: LetterGate, tmp_path: Path) -> None:
+    trained = gate._model
+    letters = [
+        "尊敬的领导您好：我想咨询一下，外地户口的孩子在本市上小学需要办理哪些手续？谢谢！",
+        "尊敬的书记：您好！我们小区楼下的烧烤店每天营业到凌晨两点，油烟和噪音严重影响居民休息，多次投诉无果。",
+    ]
+
+    loaded = LetterKindModel.load(trained.save(tmp_path / "letter_kind.joblib"))
+
+    assert [loaded.question_probability(text) for text in letters] == [
+        trained.question_probability(text) for text in letters
+    ]
+
+
+def test_a_missing_model_is_refused_with_the_command_that_builds_it(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match=r"python -m bot\.letters train"):
+        LetterKindModel.load(tmp_path / "letter_kind.joblib")

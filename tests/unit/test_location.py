@@ -5,8 +5,12 @@ from __future__ import annotations
 import csv
 import re
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -16,6 +20,7 @@ from crm_backend.dispatch.location import (
     GazetteerError,
     LocationExtractor,
     LocationResult,
+    _clean,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -641,18 +646,63 @@ def test_a_typical_message_takes_well_under_5_ms_after_warm_up(extractor: Locati
 def test_nothing_is_built_until_first_use(gazetteer: Gazetteer) -> None:
     locator = LocationExtractor(gazetteer)
 
-    assert locator._nlp is None
+    assert locator._matcher is None
     locator.extract("A1区")
-    assert locator._nlp is not None
+    assert locator._matcher is not None
 
 
-def test_the_pipeline_is_a_blank_chinese_one_with_an_entity_ruler(extractor: LocationExtractor) -> None:
-    nlp = extractor.nlp
+def test_the_matcher_finds_names_word_for_word_in_any_case(extractor: LocationExtractor) -> None:
+    found = [(m.surface, m.label, m.start, m.end) for m in extractor.matcher.find("a6区金星北路口")]
 
-    assert nlp.lang == "zh"
-    assert nlp.pipe_names == ["entity_ruler"]
-    assert nlp.config["nlp"]["tokenizer"]["segmenter"] == "jieba"
-    assert [(e.text, e.label_) for e in nlp("A6区金星北路").ents] == [("A6区", "DISTRICT"), ("金星北路", "STREET")]
+    assert found == [("a6区", "DISTRICT", 0, 3), ("金星北路", "STREET", 3, 7)]
+
+
+def test_locating_a_report_never_imports_spacy() -> None:
+    # spaCy, its vocabulary and the jieba dictionary its tokenizer loaded cost about 100 MB per app.
+    script = (
+        "import sys\n"
+        "from crm_backend.dispatch.location import Gazetteer, LocationExtractor\n"
+        "from crm_backend.dispatch.service import GAZETTEER_DIR\n"
+        "found = LocationExtractor(Gazetteer.load(GAZETTEER_DIR)).extract('A6区金星北路23号')\n"
+        "assert found.district == 'A6区' and found.street == '金星北路', found\n"
+        "print(sorted(name for name in sys.modules if name.split('.')[0] in ('spacy', 'thinc')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True)
+
+    assert done.stdout.strip() == "[]"
+
+
+def _spacy_entity_ruler(extractor: LocationExtractor) -> Any:
+    """The pipeline the locator used before `NameMatcher`: blank zh, the same jieba, an entity ruler."""
+    spacy = pytest.importorskip("spacy")
+    nlp = spacy.blank("zh", config={"nlp": {"tokenizer": {"segmenter": "char"}}})
+    tokenizer: Any = nlp.tokenizer
+    segmenter = extractor.matcher._segmenter
+    tokenizer.segmenter = "jieba"
+    tokenizer.jieba_seg = SimpleNamespace(cut=lambda text, cut_all=False: segmenter.cut(text, HMM=False))
+    ruler: Any = nlp.add_pipe("entity_ruler", config={"phrase_matcher_attr": "LOWER", "overwrite_ents": True})
+    ruler.add_patterns(extractor.gazetteer.entity_patterns())
+    return nlp
+
+
+def test_the_matcher_finds_what_spacys_entity_ruler_found(
+    extractor: LocationExtractor, training_messages: list[str]
+) -> None:
+    nlp = _spacy_entity_ruler(extractor)
+    names = [pattern["pattern"] for pattern in extractor.gazetteer.entity_patterns()]
+    spaced = [f"{name.upper()}  {name}\t{name} 旁边{name}\n{name}" for name in names]
+    texts = [_clean(text)[:MAX_TEXT_CHARS] for text in [*training_messages, *names, *spaced]]
+
+    differ = [
+        text
+        for text in texts
+        if text.strip()
+        and [(m.start, m.end, m.label, m.surface) for m in extractor.matcher.find(text)]
+        != [(e.start_char, e.end_char, e.label_, e.text) for e in nlp(text).ents]
+    ]
+
+    assert len(texts) > 4000
+    assert differ == []
 
 
 def test_place_names_do_not_leak_into_the_shared_jieba_dictionary(extractor: LocationExtractor) -> None:
@@ -745,15 +795,12 @@ def test_the_data_files_are_tidy() -> None:
         assert all(line == line.strip() for line in lines)
 
 
-def test_the_pipeline_is_rebuilt_when_its_vocabulary_grows_too_large(
-    gazetteer: Gazetteer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    locator = LocationExtractor(gazetteer)
-    first = locator.nlp
-    monkeypatch.setattr("crm_backend.dispatch.location.MAX_VOCAB_ENTRIES", len(first.vocab) + 10)
+def test_the_matcher_keeps_nothing_of_the_messages_it_reads(extractor: LocationExtractor) -> None:
+    matcher = extractor.matcher
+    names = dict(matcher._labels)
 
-    locator.extract("订单" + " ".join(str(n) for n in range(100, 150)))
-    result = locator.extract("A6区金星北路")
+    extractor.extract("订单" + " ".join(str(n) for n in range(100, 150)))
+    result = extractor.extract("A6区金星北路")
 
-    assert locator.nlp is not first
+    assert extractor.matcher is matcher and matcher._labels == names
     assert result.district == "A6区" and result.street == "金星北路"
