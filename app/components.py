@@ -13,6 +13,8 @@ reversed, at cleanup):
 4. `live_connections`: the shared state of this process (see `SharedState`); at cleanup it
    closes the citizens' open web chats.
 5. `followup_loop`, `engine_replay_loop`, `hot_issue_job`: the background loops.
+6. `task_dump`: ``kill -USR1 <pid>`` logs the stack of every task the app is running (what a
+   request that never ends is waiting for), and the app goes on.
 
 The components built before start that need a resource opened here hold it indirectly: the
 session factory is bound when the engine exists; the engine client asks ``app[http_key]``
@@ -23,7 +25,9 @@ for its session; the dispatcher and the letter gate are built empty (`StartupDes
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -198,6 +202,23 @@ async def engine_replay_loop(app: web.Application) -> AsyncIterator[None]:
     replay.start()
     yield
     await replay.stop()
+
+
+async def task_dump(app: web.Application) -> AsyncIterator[None]:
+    """On SIGUSR1, log where every task of the app is waiting; nothing is interrupted."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, _log_tasks)
+    yield
+    loop.remove_signal_handler(signal.SIGUSR1)
+
+
+def _log_tasks() -> None:
+    tasks = asyncio.all_tasks()
+    out = io.StringIO()
+    for task in tasks:
+        out.write(f"--- {task.get_name()}: {task.get_coro()!r}\n")
+        task.print_stack(limit=20, file=out)
+    logger.warning("SIGUSR1: %d tasks\n%s", len(tasks), out.getvalue())
 
 
 async def hot_issue_job(app: web.Application) -> AsyncIterator[None]:

@@ -198,6 +198,7 @@ def init_app(settings: Settings) -> web.Application:
             components.followup_loop,
             components.engine_replay_loop,
             components.hot_issue_job,
+            components.task_dump,
         ]
     )
     app.on_shutdown.append(components.end_live_streams)

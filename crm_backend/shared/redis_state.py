@@ -35,7 +35,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -56,6 +56,7 @@ RECONNECT_SECONDS = 1.0
 SOCKET_TIMEOUT_SECONDS = 5.0
 HEALTH_TIMEOUT_SECONDS = 1.0  # /healthz waits no longer for Redis
 FAILURES = (RedisError, OSError, asyncio.TimeoutError)
+KEEPER_STOP_SECONDS = 1.0  # how long a block's end waits for its renewal task to finish
 
 # Take the lease if free, renew it if ours: 1 when held by ARGV[1] afterwards.
 _TAKE_LEASE = """
@@ -76,6 +77,36 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+class Keeper:
+    """Renews something held in Redis every `every` seconds until `stop`.
+
+    A renewal cancelled inside the Redis client can lose the cancellation (the keeper of a
+    sender's lock went on renewing after its block ended, and the block waited for it for good:
+    the citizen's messages were never answered again). So the keeper also stops on a flag, and
+    `stop` waits for it a bounded time.
+    """
+
+    def __init__(self, renew: Callable[[], Awaitable[Any]], every: float) -> None:
+        self._stopping = asyncio.Event()
+        self._task = asyncio.create_task(self._run(renew, every))
+
+    async def _run(self, renew: Callable[[], Awaitable[Any]], every: float) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._stopping.wait(), every)
+                return
+            except TimeoutError:
+                await renew()
+
+    async def stop(self) -> None:
+        """Stop renewing; returns within `KEEPER_STOP_SECONDS` whatever the renewal does."""
+        self._stopping.set()
+        self._task.cancel()
+        done, _ = await asyncio.wait({self._task}, timeout=KEEPER_STOP_SECONDS)
+        if not done:
+            logger.warning("a renewal of a Redis lock or lease did not stop at once; it ends at its next turn")
 
 
 class RedisLocks:
@@ -113,26 +144,24 @@ class RedisLocks:
             except FAILURES as error:
                 logger.warning("lock %s not taken in Redis (%s); held in this process only", key, error)
                 acquired = False
-            keeper = asyncio.create_task(self._keep(lock, key)) if acquired else None
+            keeper = Keeper(lambda: self._renew(lock, key), self._timeout / 3) if acquired else None
             try:
                 yield
             finally:
                 if keeper is not None:
-                    keeper.cancel()
-                    await asyncio.gather(keeper, return_exceptions=True)
+                    await keeper.stop()
                     try:
                         await lock.release()
                     except (LockError, *FAILURES) as error:
                         logger.warning("lock %s not released in Redis (%s); it expires by itself", key, error)
 
-    async def _keep(self, lock: Any, key: str) -> None:
+    @staticmethod
+    async def _renew(lock: Any, key: str) -> None:
         """Renew the lock while its block runs (a long replay, a slow engine)."""
-        while True:
-            await asyncio.sleep(self._timeout / 3)
-            try:
-                await lock.reacquire()
-            except (LockError, *FAILURES) as error:
-                logger.warning("lock %s not renewed (%s)", key, error)
+        try:
+            await lock.reacquire()
+        except (LockError, *FAILURES) as error:
+            logger.warning("lock %s not renewed (%s)", key, error)
 
 
 class RedisFanOut:
@@ -298,12 +327,11 @@ class RedisLeases:
         if not held:
             yield False
             return
-        keeper = asyncio.create_task(self._keep(key, ttl_seconds))
+        keeper = Keeper(lambda: self._renew(key, ttl_seconds), ttl_seconds / 3)
         try:
             yield True
         finally:
-            keeper.cancel()
-            await asyncio.gather(keeper, return_exceptions=True)
+            await keeper.stop()
             await self._renew(key, ttl_seconds)  # kept from the end of this pass until the next
 
     async def _renew(self, key: str, ttl_seconds: float) -> bool:
@@ -317,11 +345,6 @@ class RedisLeases:
         else:
             self._held.discard(key)
         return held
-
-    async def _keep(self, key: str, ttl_seconds: float) -> None:
-        while True:
-            await asyncio.sleep(ttl_seconds / 3)
-            await self._renew(key, ttl_seconds)
 
     async def release_all(self) -> None:
         """Give back every lease this process holds, so another takes over at once."""

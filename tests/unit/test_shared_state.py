@@ -9,6 +9,7 @@ starts and ends, so overlapping turns of one citizen show.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import time
@@ -39,7 +40,7 @@ from crm_backend.services.intake import Report, file_case
 from crm_backend.settings import PROJECT_ROOT
 from crm_backend.shared import ProcessState
 from crm_backend.shared.local import LocalState
-from crm_backend.shared.redis_state import RedisState
+from crm_backend.shared.redis_state import RedisLocks, RedisState
 from tests.support.redis_server import RedisServer
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -397,3 +398,50 @@ async def test_a_periodic_job_on_two_processes_runs_its_passes_in_one_of_them(
     for loop in loops:
         await periodic.cancel(loop)
     assert len(passes) >= 5 and len(set(passes)) == 1
+
+
+# --- a renewal that loses its cancellation -----------------------------------------------------
+
+
+class SwallowingLock:
+    """A redis-py lock whose renewal loses a cancellation that reaches it, as the client was seen to."""
+
+    def __init__(self) -> None:
+        self.renewals = 0
+
+    async def acquire(self) -> bool:
+        return True
+
+    async def reacquire(self) -> bool:
+        self.renewals += 1
+        with contextlib.suppress(asyncio.CancelledError):  # lost
+            await asyncio.sleep(0.2)
+        return True
+
+    async def release(self) -> None:
+        return None
+
+
+class SwallowingClient:
+    def __init__(self) -> None:
+        self.made: list[SwallowingLock] = []
+
+    def lock(self, name: str, **options: Any) -> SwallowingLock:
+        self.made.append(SwallowingLock())
+        return self.made[-1]
+
+
+@pytest.mark.timeout(20)  # the old code waited for good
+async def test_a_senders_lock_is_given_up_even_when_its_renewal_loses_the_cancellation() -> None:
+    """Before: the block's end waited for the renewal task for good, and the sender was never served again."""
+    client = SwallowingClient()
+    locks = RedisLocks(client, "test:", timeout=0.3)  # type: ignore[arg-type]
+
+    async def one_block() -> None:
+        async with locks.hold("rest:citizen-15"):
+            await asyncio.sleep(0.15)  # ends while the renewal (every 0.1 s) is under way
+
+    await asyncio.wait_for(one_block(), 3)
+    await asyncio.wait_for(one_block(), 3)  # the sender's next message gets the lock
+    await asyncio.sleep(0.5)
+    assert [lock.renewals for lock in client.made] == [1, 1]  # and nothing renews a lock given up
