@@ -39,6 +39,8 @@ PROBLEMS = ("小区门口的路灯坏了一个多星期了晚上很黑", "路边
 # What asks for the place: first, or again when the engine took a message twice after a
 # timeout (the problem read as the place, say) and asks for what it lacks.
 LOCATION_PROMPTS = ("utter_ask_location", "utter_location_too_short", "utter_choose_district", "utter_district_invalid")
+# What the bot says when it no longer holds the report: cancelled, or a confirmation it has no form for.
+REPORT_LOST = ("utter_report_cancelled", "utter_anything_else")
 REPLY_TIMEOUT = 45.0  # one answer: a dead app's hold on its citizens lasts 30 s (LOCK_TIMEOUT_SECONDS)
 # How long a citizen keeps sending one message: an engine killed mid-message leaves its
 # conversations locked in Redis for Rasa's lock lifetime (60 s) on the other engine.
@@ -251,9 +253,9 @@ async def report_and_follow_up(citizen: Citizen, answered: Callable[[], None]) -
             message = location
         elif utter("utter_choose_category") in said:
             message = buttons[0]
-        elif case_number is None and utter("utter_report_cancelled") in said:
-            # An action call in flight on the killed app is lost to the engine (Rasa drops its
-            # events) and the form can end cancelled: the citizen starts the report again.
+        elif case_number is None and any(utter(name) in said for name in REPORT_LOST):
+            # The turn in flight on the killed engine is lost with it (its events were never
+            # stored), and the bot may no longer hold the report: the citizen starts it again.
             message = problem
         else:
             raise AssertionError(f"citizen {citizen.number}: no way on from {replies}")
