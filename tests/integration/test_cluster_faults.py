@@ -107,6 +107,9 @@ class Citizen:
             answer = [reply for reply in replies if reply.get("text") != busy]
             if answer:
                 return answer
+            # 系统繁忙: the answer comes later, pushed to an open page; one push may be lost while
+            # Redis restarts. The citizen reloads the page, which shows the log, before sending again.
+            await self.close()
         raise AssertionError(f"citizen {self.number}: {text!r} ({msg_id}) never answered")
 
     async def attempt(self, text: str, msg_id: str) -> list[dict[str, Any]]:
@@ -194,17 +197,22 @@ class WebCitizen(Citizen):
             frame["payload"] = text
         try:
             await self.ws.send_str(json.dumps(frame, ensure_ascii=False))
-            while True:
-                data = await self.frame()
-                if data["type"] == "reply" and data["in_reply_to"] in (msg_id, None):
-                    messages: list[dict[str, Any]] = data["messages"]
-                    return messages
-                if data["type"] == "error" and data["code"] == "internal_error":
-                    raise Unanswered("internal error")  # the database went away mid-message
-                assert data["type"] in ("ack", "handoff", "reply"), data
+            # The server's heartbeat pings restart each receive's own timeout: one deadline for all.
+            async with asyncio.timeout(REPLY_TIMEOUT):
+                return await self._reply_to(msg_id)
         except (Unanswered, aiohttp.ClientError, TimeoutError, ConnectionResetError) as error:
             await self.close()  # reconnect and look at the history before sending again
             raise Unanswered(error) from error
+
+    async def _reply_to(self, msg_id: str) -> list[dict[str, Any]]:
+        while True:
+            data = await self.frame()
+            if data["type"] == "reply" and data["in_reply_to"] in (msg_id, None):
+                messages: list[dict[str, Any]] = data["messages"]
+                return messages
+            if data["type"] == "error" and data["code"] == "internal_error":
+                raise Unanswered("internal error")  # the database went away mid-message
+            assert data["type"] in ("ack", "handoff", "reply"), data
 
     async def close(self) -> None:
         if self.ws is not None:
