@@ -8,43 +8,30 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CASE_TYPE_MODEL = ROOT / "models" / "case_type_classifier.joblib"
-
-
-def case_type_model(scratch: Path) -> Path:
-    """The case-type recogniser `bin/setup` trained, else one trained now into `scratch` (about 10 s)."""
-    if CASE_TYPE_MODEL.exists():
-        return CASE_TYPE_MODEL
-    model = scratch / "case_type_classifier.joblib"
-    if not model.exists():
-        subprocess.run(
-            [sys.executable, "-m", "crm_backend.dispatch", "train-types", "--out", str(model)], cwd=ROOT, check=True
-        )
-    return model
-
-
 CATEGORY_MODEL = ROOT / "models" / "category_classifier.joblib"
-
-
-def category_model(scratch: Path) -> Path:
-    """The category classifier `bin/setup` trained, else one trained now into `scratch` (about a minute)."""
-    if CATEGORY_MODEL.exists():
-        return CATEGORY_MODEL
-    model = scratch / "category_classifier.joblib"
-    if not model.exists():
-        subprocess.run(
-            [sys.executable, "-m", "crm_backend.dispatch", "train", "--out", str(model)], cwd=ROOT, check=True
-        )
-    return model
-
-
 LETTER_MODEL = ROOT / "models" / "letter_kind.joblib"
 
 
-def letter_model(scratch: Path) -> Path:
-    """The letter gate's model `bin/setup` trained, else one trained now into `scratch` (a few seconds)."""
-    if LETTER_MODEL.exists():
-        return LETTER_MODEL
-    model = scratch / "letter_kind.joblib"
+def _trained(shipped: Path, scratch: Path, *command: str) -> Path:
+    """`shipped` if `bin/setup` trained it, else the model `command --out` trains now into `scratch`."""
+    if shipped.exists():
+        return shipped
+    model = scratch / shipped.name
     if not model.exists():
-        subprocess.run([sys.executable, "-m", "bot.letters", "train", "--out", str(model)], cwd=ROOT, check=True)
+        subprocess.run([sys.executable, "-m", *command, "--out", str(model)], cwd=ROOT, check=True)
     return model
+
+
+def case_type_model(scratch: Path) -> Path:
+    """The case-type recogniser (trained now: about 10 s)."""
+    return _trained(CASE_TYPE_MODEL, scratch, "crm_backend.dispatch", "train-types")
+
+
+def category_model(scratch: Path) -> Path:
+    """The category classifier (trained now: about a minute)."""
+    return _trained(CATEGORY_MODEL, scratch, "crm_backend.dispatch", "train")
+
+
+def letter_model(scratch: Path) -> Path:
+    """The letter gate's model (trained now: a few seconds)."""
+    return _trained(LETTER_MODEL, scratch, "bot.letters", "train")
