@@ -84,12 +84,8 @@ AFTER_THE_KILL = REPORTS[5:]  # resolved once the lease holder is dead: asked by
 
 @pytest.fixture(scope="module")
 def fake_telegram() -> Iterator[FakeTelegram]:
-    fake = FakeTelegram(TOKEN)
-    fake.start()
-    try:
+    with FakeTelegram.running(TOKEN) as fake:
         yield fake
-    finally:
-        fake.stop()
 
 
 @pytest.fixture(scope="module")

@@ -34,12 +34,8 @@ REGISTERED_WEBHOOK = "https://bot.example.org/webhooks/telegram"
 
 @pytest.fixture(scope="module")
 def fake_telegram() -> Iterator[FakeTelegram]:
-    fake = FakeTelegram(TOKEN)
-    fake.start()
-    try:
+    with FakeTelegram.running(TOKEN) as fake:
         yield fake
-    finally:
-        fake.stop()
 
 
 @contextmanager

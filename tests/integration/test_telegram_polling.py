@@ -27,12 +27,8 @@ WATCH_SECONDS = 6.0  # both apps polling collide within a second or two (each ca
 
 @pytest.fixture(scope="module")
 def fake_telegram() -> Iterator[FakeTelegram]:
-    fake = FakeTelegram(TOKEN, first_update_id=FIRST_UPDATE_ID)
-    fake.start()
-    try:
+    with FakeTelegram.running(TOKEN, first_update_id=FIRST_UPDATE_ID) as fake:
         yield fake
-    finally:
-        fake.stop()
 
 
 @pytest.fixture(scope="module")

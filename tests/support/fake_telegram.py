@@ -14,6 +14,8 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +93,17 @@ class FakeTelegram:
         self._thread.start()
         if not started.wait(10):
             raise RuntimeError("fake Telegram server did not start")
+
+    @classmethod
+    @contextmanager
+    def running(cls, token: str, **options: Any) -> Iterator[FakeTelegram]:
+        """A started fake, stopped when the block ends."""
+        fake = cls(token, **options)
+        fake.start()
+        try:
+            yield fake
+        finally:
+            fake.stop()
 
     def stop(self) -> None:
         if self._loop is None or self._runner is None:
