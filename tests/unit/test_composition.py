@@ -82,6 +82,13 @@ async def start(app: web.Application) -> TestClient[web.Request, web.Application
 # --- migrate as its own step -----------------------------------------------------------------
 
 
+def run_snippet(code: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`code` in a fresh interpreter of the app's venv, with only `env`."""
+    return subprocess.run(
+        [str(PYTHON), "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
 def test_migrate_twice_changes_nothing_the_second_time(tmp_path: Path) -> None:
     database = tmp_path / "crm.db"
     first = run_cli("migrate", database=database)
@@ -203,15 +210,7 @@ def test_an_app_without_telegram_never_imports_python_telegram_bot(tmp_path: Pat
     # python-telegram-bot brings httpx (and its command line's rich and pygments) and cryptography:
     # about 20 MB per app process that has no Telegram channel.
     env = {**SECRETS, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "DATABASE_URL": UNREACHABLE_DATABASE}
-    done = subprocess.run(
-        [str(PYTHON), "-c", BUILD_WITHOUT_TELEGRAM],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_snippet(BUILD_WITHOUT_TELEGRAM, env, tmp_path)
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
@@ -255,15 +254,7 @@ def test_importing_the_app_and_building_it_connects_to_nothing_and_loads_no_mode
         "CATEGORY_MODEL_PATH": str(tmp_path / "no-such-model.joblib"),
     }
     started = time.monotonic()
-    done = subprocess.run(
-        [str(PYTHON), "-c", IMPORT_AND_BUILD],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_snippet(IMPORT_AND_BUILD, env, tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("built ")
     assert time.monotonic() - started < 30  # imports only: no connection attempt hung on the address
