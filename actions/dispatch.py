@@ -230,7 +230,7 @@ class ActionSubmitReport(Action):
                     preview,
                     conversation_id=conversation.id if conversation else None,
                     daily_limit=self.daily_case_limit,
-                    filing_key=filing_key(tracker.sender_id, tracker.latest_message.get("message_id")),
+                    filing_key=filing_key(tracker.sender_id, tracker.latest_message),
                 )
         except CaseLimitReached as error:
             logger.info("not filed for sender %s: %s", tracker.sender_id, error)

@@ -54,6 +54,7 @@ from crm_backend.services.conversations import (
     resolve_identity,
 )
 from crm_backend.services.handoff import BOT
+from crm_backend.services.intake import APP_MESSAGE_ID
 from crm_backend.services.limits import Limit, RateLimiter
 from crm_backend.shared import SenderLocks
 from crm_backend.shared.local import LocalLocks
@@ -222,7 +223,12 @@ class MessagePipeline:
                 outcome.in_handoff = True
                 return outcome
             replies, handoff_started, answered = await self._answer(
-                inbound, accepted.sender_id, accepted.engine_input, accepted.truncated, engine_down=earlier.engine_down
+                inbound,
+                accepted.sender_id,
+                accepted.engine_input,
+                accepted.truncated,
+                engine_down=earlier.engine_down,
+                message_id=accepted.message_id,
             )
             outcome.replies.extend(replies)
             outcome.handoff_started = handoff_started
@@ -290,7 +296,10 @@ class MessagePipeline:
             try:
                 engine_input = message.engine_input or message.text
                 raw = await self._engine.send(
-                    sender_id, engine_input, channel=channel, metadata=await self._steering(sender_id, engine_input)
+                    sender_id,
+                    engine_input,
+                    channel=channel,
+                    metadata=await self._metadata(sender_id, engine_input, message.id),
                 )
             except EngineUnavailable as error:
                 logger.info("replay for %s waits, the engine is still unavailable: %s", sender_id, error)
@@ -414,7 +423,14 @@ class MessagePipeline:
         return text, False
 
     async def _answer(
-        self, inbound: Inbound, sender_id: str, engine_input: str, truncated: bool, *, engine_down: bool
+        self,
+        inbound: Inbound,
+        sender_id: str,
+        engine_input: str,
+        truncated: bool,
+        *,
+        engine_down: bool,
+        message_id: int | None = None,
     ) -> tuple[list[OutgoingMessage], bool, bool]:
         """The engine's replies to one message, whether they start a handoff, and whether the engine answered.
 
@@ -428,13 +444,25 @@ class MessagePipeline:
             return busy, False, False
         try:
             raw = await self._engine.send(
-                sender_id, engine_input, channel=inbound.channel, metadata=await self._steering(sender_id, engine_input)
+                sender_id,
+                engine_input,
+                channel=inbound.channel,
+                metadata=await self._metadata(sender_id, engine_input, message_id),
             )
         except EngineUnavailable as error:
             logger.warning("engine unavailable for %s: %s", sender_id, error)
             return busy, False, False
         answers, handoff_started = self._convert(raw)
         return [*replies, *answers], handoff_started, True
+
+    async def _metadata(self, sender_id: str, engine_input: str, message_id: int | None) -> dict[str, Any] | None:
+        """What the engine is given beside the text: the letter gate's steering, and the logged
+        message's id (the same when the message is replayed, unlike the engine's own per-delivery
+        id: an action keys what it must do once on it, `intake.filing_key`)."""
+        steering = await self._steering(sender_id, engine_input)
+        if message_id is None:
+            return steering
+        return {**(steering or {}), APP_MESSAGE_ID: message_id}
 
     async def _steering(self, sender_id: str, engine_input: str) -> dict[str, Any] | None:
         """The letter gate's word to the engine on this input (see `bot.letters`); None: the NLU reads it.

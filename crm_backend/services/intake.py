@@ -10,7 +10,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Integer, cast, func, select
 from sqlalchemy.exc import IntegrityError
@@ -179,12 +179,21 @@ async def file_report(
     return case
 
 
-def filing_key(sender_id: str, message_id: str | None) -> str | None:
-    """What names one filing call of the engine: its sender and the message being answered.
+# The engine message metadata key that carries the app's id of the logged citizen message.
+APP_MESSAGE_ID = "app_message_id"
 
-    The engine sends a call again with the same tracker (nginx retries it on another app when
-    the first died mid-call), so the same citizen message gives the same key; None without an id.
+
+def filing_key(sender_id: str, latest_message: dict[str, Any]) -> str | None:
+    """What names one filing: its sender and the citizen message being answered.
+
+    The app's id of that message (in the message metadata, `APP_MESSAGE_ID`) is the same when the
+    app replays the message to another engine after the first died mid-turn; the engine's own
+    message id is the same when nginx resends an action call to another app, and serves when the
+    app's is missing. None without either.
     """
+    metadata = latest_message.get("metadata") or {}
+    app_id = metadata.get(APP_MESSAGE_ID) if isinstance(metadata, dict) else None
+    message_id = f"app:{app_id}" if app_id is not None else latest_message.get("message_id")
     if not message_id:
         return None
     return hashlib.sha256(f"{sender_id}\x00{message_id}".encode()).hexdigest()

@@ -1109,6 +1109,23 @@ async def test_the_same_confirmation_submitted_again_files_one_case_and_answers_
     assert len(await all_cases(seeded)) == 2
 
 
+async def test_the_same_message_replayed_to_another_engine_files_one_case(seeded: Sessions, desk: Dispatcher) -> None:
+    """An engine died after filing but before saving its turn; the app replays the message elsewhere.
+
+    The engine's own message id is new on the replay; the app's id of the message is not.
+    """
+    identity = await register(seeded, "abc")
+    app_id = {"app_message_id": 41}
+    first = CollectingDispatcher()
+    tracker = make_tracker(identity.sender_id, slots=report_slots("yes"), message_id="4f1c0e", metadata=app_id)
+    await ActionSubmitReport(seeded, desk).run(first, tracker, DOMAIN)
+    again = CollectingDispatcher()
+    tracker = make_tracker(identity.sender_id, slots=report_slots("yes"), message_id="9b7e22", metadata=app_id)
+    await ActionSubmitReport(seeded, desk).run(again, tracker, DOMAIN)
+    [case] = await all_cases(seeded)
+    assert again.messages == first.messages and again.messages[0]["case_number"] == case.case_number
+
+
 async def test_a_confirmed_report_is_filed_and_routed(seeded: Sessions, desk: Dispatcher) -> None:
     identity = await register(seeded, "abc")
     dispatcher, state = await submit(seeded, desk, identity.sender_id, report_slots("yes"))

@@ -11,6 +11,7 @@ from bot.engine import EngineClient, EngineUnavailable
 from bot.letters import LetterGate, LetterKindModel
 from bot.pipeline import Inbound, MessagePipeline
 from bot.responses import Responses
+from crm_backend.services.intake import APP_MESSAGE_ID
 
 LETTER = (
     "尊敬的书记：您好！我是A4区秀峰街道的居民，我们小区围墙外面每天晚上都有渣土车日夜运渣土填农田，"
@@ -23,6 +24,7 @@ class RecordingEngine:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, Any]] = []
+        self.ids: list[Any] = []  # the app's message id each message carried
         self.form: str | None = None
         self.down = False
 
@@ -32,7 +34,9 @@ class RecordingEngine:
     async def send(self, sender_id: str, text: str, *, channel: str, metadata: Any = None) -> list[dict[str, Any]]:
         if self.down:
             raise EngineUnavailable("connection refused")
-        self.sent.append((text, metadata))
+        self.ids.append((metadata or {}).get(APP_MESSAGE_ID))
+        steering = {key: value for key, value in (metadata or {}).items() if key != APP_MESSAGE_ID}
+        self.sent.append((text, steering or None))  # the letter gate's part of the metadata
         return [{"text": "ok"}]
 
 
