@@ -4,6 +4,10 @@ The hub holds this process's open websockets. A frame for a conversation is publ
 the fan-out (`crm_backend.shared.FanOut`): every app process's hub hears it and sends it to the
 sockets of that conversation it holds, so a reply produced on one process reaches a page open
 on another. With the in-process fan-out (one app process) that is this hub alone.
+
+A frame published while this process could not hear the fan-out (Redis restarted) is lost to
+it; when it hears again, the hub closes its sockets with 1012 (service restart), and each page
+reconnects at once and shows its conversation again from the log (the welcome's history).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import logging
 from collections import defaultdict
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
 from crm_backend.shared import FanOut
 from crm_backend.shared.local import LocalFanOut
@@ -29,6 +33,7 @@ class ConversationHub:
         self._sockets: defaultdict[int, set[web.WebSocketResponse]] = defaultdict(set)
         self._fanout: FanOut = fanout if fanout is not None else LocalFanOut()
         self._fanout.subscribe(TOPIC, self._receive)
+        self._fanout.on_gap(self.resync)
 
     def register(self, conversation_id: int, ws: web.WebSocketResponse) -> None:
         if ws not in self._sockets[conversation_id]:
@@ -76,9 +81,19 @@ class ConversationHub:
                 self.unregister(conversation_id, ws)
         return delivered
 
+    async def resync(self) -> None:
+        """Frames for this process's pages may have been lost: each page reconnects and reads its history."""
+        count = await self._close_sockets(WSCloseCode.SERVICE_RESTART, b"resync")
+        logger.info("asked %d web chat pages to resync", count)
+
     async def close_all(self) -> None:
+        await self._close_sockets(WSCloseCode.GOING_AWAY, b"")
+
+    async def _close_sockets(self, code: int, message: bytes) -> int:
+        closed = 0
         for conversation_id, sockets in list(self._sockets.items()):
             for ws in list(sockets):
                 self.unregister(conversation_id, ws)
-                await ws.close()
-        self._sockets.clear()
+                await ws.close(code=code, message=message)
+                closed += 1
+        return closed

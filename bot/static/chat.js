@@ -16,6 +16,8 @@
  *         says whether staff answer shortly or when they next come on duty. No typing
  *         indicator runs while staff hold the conversation: the page cannot know they type.
  *     {"type":"error","code":"...","message":"...","id":...}  notice; an id means "refused for good"
+ *   The server closes the socket with 1012 when frames for this page may have been lost (its
+ *   live fan-out was away): the page reconnects at once and the welcome's history catches up.
  *
  * Every citizen message is kept in localStorage ("c12345.outbox") until acked, and is resent
  * after each welcome unless the welcome history already contains its id.
@@ -31,6 +33,7 @@
   const TYPING_TIMEOUT_MS = 15000;
   const BACKOFF_MIN_MS = 500;
   const BACKOFF_MAX_MS = 10000;
+  const RESYNC_CLOSE_CODE = 1012; // the server missed frames for this page: reconnect at once
   const STATUS_TEXT = {
     connecting: '连接中…',
     online: '已连接',
@@ -422,11 +425,17 @@
     }, delay);
   }
 
-  function onSocketClosed(sock) {
+  function onSocketClosed(sock, event) {
     if (sock !== state.ws) return;
     state.ws = null;
     state.ready = false;
     hideTyping();
+    if (event && event.code === RESYNC_CLOSE_CODE) {
+      // The server may have missed frames for this page: read the conversation again now.
+      state.attempt = 0;
+      connect();
+      return;
+    }
     setStatus('offline');
     scheduleReconnect();
   }
@@ -462,7 +471,7 @@
       if (sock === state.ws) handleFrame(event.data);
     });
     // 'error' is always followed by 'close', which schedules the reconnect.
-    sock.addEventListener('close', () => onSocketClosed(sock));
+    sock.addEventListener('close', (event) => onSocketClosed(sock, event));
   }
 
   function onOnline() {

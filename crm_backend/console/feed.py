@@ -4,7 +4,9 @@ Each open console holds a bounded queue; a console too slow to keep up loses eve
 page then resyncs from the database on the next event it does get (the pages always re-read
 what they show). Given a fan-out (`crm_backend.shared.FanOut`), an event goes through it, so
 consoles held by every app process see what happened on any of them; without one, the events
-stay in this process (one app process).
+stay in this process (one app process). Events published while this process could not hear the
+fan-out are lost to it: when it hears again, every open stream ends, and each console
+reconnects and re-reads what it shows (`console.js` refreshes on every reconnect).
 """
 
 from __future__ import annotations
@@ -41,9 +43,10 @@ class LiveFeed:
         self._fanout = fanout
         if fanout is not None:
             fanout.subscribe(TOPIC, self._receive)
+            fanout.on_gap(self._resync)
 
     def subscribe(self) -> asyncio.Queue[LiveEvent | None]:
-        """A queue of events; None in it means the app is shutting down."""
+        """A queue of events; None in it ends the stream (the app is shutting down, or the console must resync)."""
         queue: asyncio.Queue[LiveEvent | None] = asyncio.Queue(QUEUE_SIZE)
         self._queues.add(queue)
         return queue
@@ -53,6 +56,11 @@ class LiveFeed:
         for queue in self._queues:
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)
+
+    async def _resync(self) -> None:
+        """Events may have been lost: end the streams, so each console reconnects and re-reads its page."""
+        logger.info("asking %d consoles to resync", len(self._queues))
+        self.close()
 
     def unsubscribe(self, queue: asyncio.Queue[LiveEvent | None]) -> None:
         self._queues.discard(queue)

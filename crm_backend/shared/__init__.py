@@ -30,6 +30,8 @@ from typing import Any, Protocol
 
 # A listener of a fan-out topic; it gets the JSON object that was published.
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
+# Told that messages may have been lost here (see `FanOut.on_gap`).
+GapHandler = Callable[[], Awaitable[None]]
 
 
 class SenderLocks(Protocol):
@@ -61,6 +63,17 @@ class FanOut(Protocol):
 
     def publish_soon(self, topic: str, message: dict[str, Any]) -> None:
         """`publish` without waiting (for code that must not block); this process's calls stay in order."""
+        ...
+
+    def on_gap(self, handler: GapHandler) -> None:
+        """Call `handler` whenever messages meant for this process may have been lost.
+
+        Delivery is at most once: while the shared store is away (Redis restarted, say), what
+        other processes publish does not reach this one. When this process hears the store
+        again it calls `handler`, and the listener makes its audience re-read what they show
+        from the database (the web chat page its history, the console its inbox). The
+        in-process fan-out loses nothing and never calls it.
+        """
         ...
 
     def join(self, topic: str, key: str) -> None:

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from crm_backend.shared import Handler
+from crm_backend.shared import GapHandler, Handler
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,9 @@ class LocalFanOut:
         while not self._queue.empty():
             topic, message = self._queue.get_nowait()
             await self.publish(topic, message)
+
+    def on_gap(self, handler: GapHandler) -> None:
+        """Nothing is lost within one process: `handler` is never called."""
 
     def join(self, topic: str, key: str) -> None:
         self._present[(topic, key)] += 1

@@ -19,9 +19,12 @@ Live fan-out is Redis pub/sub on one channel (``<prefix>fanout``) carrying ``{to
 each process has one subscriber task that hands messages to its local listeners (the hub's
 websockets, the console feed's queues). A publish that cannot reach Redis, or made while this
 process's subscriber is reconnecting, is delivered to this process's listeners directly: a
-citizen on this process still gets it live, and one elsewhere reads it from the database on
-their next visit. Who listens where (an open web chat page) is a sorted set per key, member
-the process, score the time its claim ends, renewed while the page stays open.
+citizen on this process still gets it live. Pub/sub delivers at most once, so what was
+published while a subscriber was away is lost to it: when it subscribes again it tells its
+listeners (`FanOut.on_gap`), and they make their open pages re-read the database.
+
+Who listens where (an open web chat page) is a sorted set per key, member the process, score
+the time its claim ends, renewed while the page stays open.
 
 Leases of background work are ``SET NX PX`` keys holding the owner's token, taken or renewed by
 one script and kept alive while the work runs; a process that stops gives its leases back.
@@ -42,7 +45,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import LockError, RedisError
 
-from crm_backend.shared import Handler
+from crm_backend.shared import GapHandler, Handler
 from crm_backend.shared.local import LocalFanOut, LocalLocks
 
 logger = logging.getLogger(__name__)
@@ -180,6 +183,7 @@ class RedisFanOut:
         self._tasks: list[asyncio.Task[None]] = []
         self._queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._sender: asyncio.Task[None] | None = None
+        self._gap_handlers: list[GapHandler] = []
 
     @property
     def subscribed(self) -> asyncio.Event:
@@ -210,6 +214,9 @@ class RedisFanOut:
         while not self._queue.empty():
             topic, message = self._queue.get_nowait()
             await self.publish(topic, message)
+
+    def on_gap(self, handler: GapHandler) -> None:
+        self._gap_handlers.append(handler)
 
     def join(self, topic: str, key: str) -> None:
         self._local.join(topic, key)
@@ -254,8 +261,10 @@ class RedisFanOut:
                 await pubsub.subscribe(self._channel)
                 self._subscribed.set()
                 if outage:
-                    logger.info("fan-out: subscribed to Redis again")
+                    logger.info("fan-out: subscribed to Redis again; listeners resync")
                     outage = False
+                    self._presence_changed.set()  # a restarted Redis forgot who listens where
+                    await self._tell_gap()
                 while True:
                     raw = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if raw is None or raw.get("type") != "message":
@@ -273,6 +282,14 @@ class RedisFanOut:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
             await asyncio.sleep(RECONNECT_SECONDS)
+
+    async def _tell_gap(self) -> None:
+        """What was published while this subscriber was away is lost: listeners resync from the database."""
+        for handler in list(self._gap_handlers):
+            try:
+                await handler()
+            except Exception:  # one listener's bug must not keep the others stale
+                logger.exception("fan-out: a listener failed to resync")
 
     async def _keep_presence(self) -> None:
         """Write this process's open pages to Redis when they change and every third of their TTL."""

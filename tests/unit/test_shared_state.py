@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from aiohttp import WSCloseCode
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from telegram import Update
@@ -134,10 +135,14 @@ class FakeSocket:
 
     def __init__(self) -> None:
         self.closed = False
+        self.close_code: int | None = None
         self.frames: list[dict[str, Any]] = []
 
     async def send_json(self, frame: dict[str, Any]) -> None:
         self.frames.append(frame)
+
+    async def close(self, *, code: int, message: bytes = b"") -> None:
+        self.closed, self.close_code = True, code
 
 
 async def eventually(predicate: Any, timeout: float = 5.0) -> None:
@@ -273,10 +278,12 @@ async def test_redis_restarted_mid_run_is_survived(sessions: Sessions, prefix: s
         engine = TimedEngine(turn_seconds=0.01)
         pipeline = pipeline_on(sessions, engine, first)
         hub_a, hub_b = ConversationHub(first.fanout), ConversationHub(second.fanout)
+        feed_a = LiveFeed(first.fanout)
         await first.start()
         await second.start()
         socket = FakeSocket()
         hub_a.register(5, socket)  # type: ignore[arg-type]
+        console = feed_a.subscribe()
 
         server.kill()
         # A citizen's message is handled and stored; the lock is this process's alone meanwhile.
@@ -289,10 +296,21 @@ async def test_redis_restarted_mid_run_is_survived(sessions: Sessions, prefix: s
         async with first.leases.hold("followup", 5) as held:
             assert not held
 
+        # A notice published on the other process meanwhile is lost to this one's pages...
+        await hub_b.publish(5, {"type": "reply", "n": 2})
         server.start()
         await eventually(lambda: first.fanout.subscribed.is_set() and second.fanout.subscribed.is_set(), 10)
-        await hub_b.publish(5, {"type": "reply", "n": 2})
-        await eventually(lambda: socket.frames == [{"type": "reply", "n": 1}, {"type": "reply", "n": 2}])
+        # ...so once it hears Redis again, the page is told to read its conversation again
+        # (1012: it reconnects at once) and the console's stream ends (it reconnects and re-reads).
+        await eventually(lambda: socket.closed)
+        assert socket.close_code == WSCloseCode.SERVICE_RESTART
+        assert socket.frames == [{"type": "reply", "n": 1}]
+        assert await asyncio.wait_for(console.get(), timeout=5) is None
+        # The page back on this process hears what the other one publishes, live again.
+        page = FakeSocket()
+        hub_a.register(5, page)  # type: ignore[arg-type]
+        await hub_b.publish(5, {"type": "reply", "n": 3})
+        await eventually(lambda: page.frames == [{"type": "reply", "n": 3}])
         outcome = await pipeline.handle(Inbound("rest", "citizen-9", "在解放路"))
         assert [reply.text for reply in outcome.replies] == ["收到：在解放路"]
         async with first.leases.hold("followup", 5) as held:

@@ -60,7 +60,18 @@
   let unseen = 0;
 
   const source = new EventSource("/console/events");
-  source.addEventListener("open", () => { body.dataset.live = "1"; });
+  // Events sent while the stream was down (or that the server could not hear: it ends the
+  // stream then) are lost: on every reconnect the page re-reads what it shows.
+  let opened = false;
+  source.addEventListener("open", () => {
+    body.dataset.live = "1";
+    if (opened) {
+      if (page === "inbox") refreshInbox().catch((error) => console.warn("inbox refresh failed", error));
+      if (conversationId !== null) refreshMessages();
+      body.dataset.resynced = String((Number(body.dataset.resynced) || 0) + 1);
+    }
+    opened = true;
+  });
   source.addEventListener("error", () => { body.dataset.live = "0"; });
   const onEvent = (event) => {
     const data = JSON.parse(event.data);
