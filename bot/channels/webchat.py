@@ -184,6 +184,8 @@ class WebChat:
                         {"type": "error", "code": error.code, "message": str(error), "id": error.client_msg_id}
                     )
                 except Exception as error:  # one bad frame must never end the citizen's session
+                    if ws.closed:  # closed under it (a resync, shutdown): the page reconnects
+                        break
                     # The frame's length and the error, never its content: it is what a citizen wrote.
                     logger.error("web chat frame of %d characters failed: %s", len(frame.data), describe_error(error))
                     await ws.send_json({"type": "error", "code": "internal_error", "message": "internal error"})
@@ -270,12 +272,14 @@ class WebChat:
         await self._deliver(ws, outcome, client_msg_id)
 
     async def _deliver(self, ws: web.WebSocketResponse, outcome: Outcome, client_msg_id: str | None) -> None:
-        if outcome.replies:
+        # A message sent again after it was answered gets that answer again, as on the REST channel.
+        replies = outcome.replies or outcome.earlier_answers
+        if replies and not ws.closed:  # closed meanwhile: the page reads the answer from its history
             await ws.send_json(
                 {
                     "type": "reply",
                     "in_reply_to": client_msg_id,
-                    "messages": [serialise_outgoing(reply) for reply in outcome.replies],
+                    "messages": [serialise_outgoing(reply) for reply in replies],
                 }
             )
         if outcome.handoff_started:
