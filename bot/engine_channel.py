@@ -10,18 +10,25 @@ that into the message's parse data (Rasa 3.6's processor uses a `UserMessage`'s 
 instead of running the NLU, `MessageProcessor._handle_message_with_tracker`), so the dialogue
 starts the report or answers the question while the actions still read the letter's own text.
 Only those two intents can be steered; any other metadata leaves the message to the NLU.
+
+A turn the tracker store could not read or write is answered 503 (see `bot.engine_tracker_store`).
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from rasa.core.channels.channel import UserMessage
+from rasa.core.channels.channel import CollectingOutputChannel, UserMessage
 from rasa.core.channels.rest import RestInput
 from sanic import Blueprint, response
 from sanic.request import Request
+
+from bot.engine_tracker_store import CURRENT_TURN, Turn
+
+logger = logging.getLogger(__name__)
 
 STEERABLE_INTENTS = frozenset({"report_issue", "ask_faq"})
 
@@ -57,13 +64,13 @@ class AppInput(RestInput):
         return cls(token)
 
     def blueprint(self, on_new_message: Callable[[UserMessage], Awaitable[None]]) -> Blueprint:
-        async def steer_letters(message: UserMessage) -> None:
-            parse_data = steered_parse_data(message.text, message.metadata)
-            if parse_data is not None:
-                message.parse_data = parse_data
-            await on_new_message(message)
+        """Rasa's REST routes (``GET /``, ``POST /webhook``), behind the token, with two differences.
 
-        blueprint = super().blueprint(steer_letters)
+        The letter gate's steering becomes the message's parse data; and a turn the tracker store
+        failed (`bot.engine_tracker_store`) is answered 503, not with replies from a conversation
+        the engine could not read, so the app replays the message later.
+        """
+        blueprint = Blueprint(f"custom_webhook_{type(self).__name__}", __name__)
         expected = f"Bearer {self.token}".encode()
 
         @blueprint.middleware("request")
@@ -72,5 +79,34 @@ class AppInput(RestInput):
             if not hmac.compare_digest(supplied, expected):
                 return response.json({"error": "unauthorized"}, status=401)
             return None
+
+        @blueprint.route("/", methods=["GET"])
+        async def health(request: Request) -> response.HTTPResponse:
+            return response.json({"status": "ok"})
+
+        @blueprint.route("/webhook", methods=["POST"])
+        async def receive(request: Request) -> response.HTTPResponse:
+            collector = CollectingOutputChannel()
+            message = UserMessage(
+                self._extract_message(request),
+                collector,
+                await self._extract_sender(request),
+                input_channel=self._extract_input_channel(request),
+                metadata=self.get_metadata(request),
+            )
+            parse_data = steered_parse_data(message.text, message.metadata)
+            if parse_data is not None:
+                message.parse_data = parse_data
+            turn = Turn()
+            token = CURRENT_TURN.set(turn)
+            try:
+                await on_new_message(message)
+            except Exception:  # as Rasa's REST channel: logged, and whatever was said is the answer
+                logger.exception("the engine failed on a message of %s", message.sender_id)
+            finally:
+                CURRENT_TURN.reset(token)
+            if turn.failed:
+                return response.json({"error": "tracker store unavailable"}, status=503)
+            return response.json(collector.messages)
 
         return blueprint

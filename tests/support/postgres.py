@@ -55,9 +55,14 @@ class PostgresServer:
         self._pg_ctl("restart")
 
     def _pg_ctl(self, action: str) -> None:
+        subprocess.run(self.pg_ctl_command(action), check=True, capture_output=True, cwd=self.workdir)
+
+    def pg_ctl_command(self, action: str) -> list[str]:
+        """The command that runs ``pg_ctl <action>`` (start, stop, restart) on this server, as its owner."""
         data = self.workdir / "data"
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.workdir} -c fsync=off -c max_connections=200"
-        self._run(
+        return [
+            *self._as_owner,
             str(self.bindir / "pg_ctl"),
             "-D",
             str(data),
@@ -69,7 +74,7 @@ class PostgresServer:
             "fast",
             "-w",
             action,
-        )
+        ]
 
     def create_database(self, name: str) -> str:
         """A new empty database; returns its URL."""

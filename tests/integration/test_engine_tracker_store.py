@@ -1,0 +1,123 @@
+"""The engine's tracker store across a PostgreSQL restart, in the engine's own venv (Python 3.10).
+
+Rasa wraps every tracker store in `FailSafeTrackerStore`: a read that fails becomes "no
+tracker", and the engine would answer from an empty conversation. `bot.engine_tracker_store`
+waits out a restart and otherwise marks the turn failed (the engine's channel answers 503) and
+never writes that turn's fresh tracker over the real one. Checked against a real server that is
+restarted, stopped and started under the store.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from crm_backend.settings import PROJECT_ROOT
+from tests.support.postgres import PostgresServer
+
+ENGINE_PYTHON = PROJECT_ROOT / ".venv-rasa" / "bin" / "python"
+
+# Runs in the engine's venv; argv: the database URL and the pg_ctl commands (JSON).
+SCENARIO = r"""
+import asyncio, json, subprocess, sys, threading, time
+from rasa.core.tracker_store import FailSafeTrackerStore
+from rasa.shared.core.domain import Domain
+from rasa.shared.core.events import ActionExecuted, BotUttered, UserUttered
+
+from bot import engine_tracker_store
+from bot.engine_tracker_store import CURRENT_TURN, AppTrackerStore, Turn
+
+url, commands = sys.argv[1], json.loads(sys.argv[2])
+SENDER = "citizen-1"
+
+
+def pg(action):
+    subprocess.run(commands[action], check=True, capture_output=True)
+
+
+async def turn(store):
+    # What the engine does with one message: read (or create) the tracker, add the turn, save.
+    current = Turn()
+    token = CURRENT_TURN.set(current)
+    try:
+        tracker = await store.get_or_create_tracker(SENDER)
+        before = [event.text for event in tracker.events if isinstance(event, (UserUttered, BotUttered))]
+        tracker.update(UserUttered("在解放路"))
+        tracker.update(BotUttered("好的"))
+        await store.save(tracker)
+    finally:
+        CURRENT_TURN.reset(token)
+    return {"read": before, "failed": current.failed}
+
+
+async def stored(store):
+    tracker = await store.retrieve(SENDER)
+    return [event.text for event in tracker.events if isinstance(event, (UserUttered, BotUttered))]
+
+
+async def main():
+    # As the engine holds it: Rasa's fail-safe wrapper around ours.
+    store = FailSafeTrackerStore(AppTrackerStore(domain=Domain.load("domain.yml"), host=url))
+    tracker = await store.get_or_create_tracker(SENDER)
+    tracker.update(ActionExecuted("action_listen"))
+    tracker.update(UserUttered("路灯坏了"))
+    tracker.update(BotUttered("请问在哪里？"))
+    await store.save(tracker)
+    result = {}
+
+    pg("restart")  # every pooled connection is dead now
+    result["after_restart"] = await turn(store)
+
+    pg("stop")  # back while the read is still being tried again
+    threading.Thread(target=lambda: (time.sleep(1.5), pg("start"))).start()
+    result["restart_during_read"] = await turn(store)
+
+    engine_tracker_store.RETRY_SECONDS = 1.0
+    pg("stop")  # away for longer than the store waits
+    result["down"] = await turn(store)
+    pg("start")
+    result["stored"] = await stored(store)
+    print(json.dumps(result, ensure_ascii=False))
+
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def postgres() -> Iterator[PostgresServer]:
+    with PostgresServer.running() as server:
+        yield server
+
+
+@pytest.mark.skipif(not ENGINE_PYTHON.exists(), reason="the engine's venv is built by bin/setup")
+def test_a_restarted_database_is_waited_out_and_a_lost_read_never_answers_from_an_empty_tracker(
+    postgres: PostgresServer,
+) -> None:
+    url = postgres.create_database("tracker").replace("postgresql://", "postgresql+psycopg2://", 1)
+    commands = {action: postgres.pg_ctl_command(action) for action in ("restart", "stop", "start")}
+    result = subprocess.run(
+        [str(ENGINE_PYTHON), "-c", SCENARIO, url, json.dumps(commands)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=PROJECT_ROOT,
+        env={
+            "PYTHONPATH": str(PROJECT_ROOT),
+            "RASA_TELEMETRY_ENABLED": "false",
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        },
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    first = ["路灯坏了", "请问在哪里？"]
+    # Restarted before the turn: pooled connections are replaced, the conversation is read.
+    assert figures["after_restart"] == {"read": first, "failed": False}
+    # Restarted during the read: it is tried again until the server is back.
+    assert figures["restart_during_read"] == {"read": [*first, "在解放路", "好的"], "failed": False}
+    # Away longer: the turn is failed (the channel answers 503), its fresh tracker is not saved.
+    assert figures["down"] == {"read": [], "failed": True}
+    assert figures["stored"] == [*first, "在解放路", "好的", "在解放路", "好的"]
