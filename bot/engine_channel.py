@@ -11,7 +11,8 @@ instead of running the NLU, `MessageProcessor._handle_message_with_tracker`), so
 starts the report or answers the question while the actions still read the letter's own text.
 Only those two intents can be steered; any other metadata leaves the message to the NLU.
 
-A turn the tracker store could not read or write is answered 503 (see `bot.engine_tracker_store`).
+A turn that failed is answered 503: one the tracker store could not read or write (see
+`bot.engine_tracker_store`), or one that raised (Rasa's Redis lock store while Redis restarts).
 """
 
 from __future__ import annotations
@@ -66,9 +67,10 @@ class AppInput(RestInput):
     def blueprint(self, on_new_message: Callable[[UserMessage], Awaitable[None]]) -> Blueprint:
         """Rasa's REST routes (``GET /``, ``POST /webhook``), behind the token, with two differences.
 
-        The letter gate's steering becomes the message's parse data; and a turn the tracker store
-        failed (`bot.engine_tracker_store`) is answered 503, not with replies from a conversation
-        the engine could not read, so the app replays the message later.
+        The letter gate's steering becomes the message's parse data; and a turn that failed (the
+        tracker store could not be read or written, `bot.engine_tracker_store`, or the lock store
+        or anything else raised) is answered 503, not with what was said so far, so the app keeps
+        the message as waiting and replays it later.
         """
         blueprint = Blueprint(f"custom_webhook_{type(self).__name__}", __name__)
         expected = f"Bearer {self.token}".encode()
@@ -101,12 +103,15 @@ class AppInput(RestInput):
             token = CURRENT_TURN.set(turn)
             try:
                 await on_new_message(message)
-            except Exception:  # as Rasa's REST channel: logged, and whatever was said is the answer
+            except Exception:
+                # Rasa's REST channel answers 200 with whatever was said so far (often nothing), and
+                # the app would take the message as answered. Failed, the app replays it later.
                 logger.exception("the engine failed on a message of %s", message.sender_id)
+                turn.failed = True
             finally:
                 CURRENT_TURN.reset(token)
             if turn.failed:
-                return response.json({"error": "tracker store unavailable"}, status=503)
+                return response.json({"error": "the turn failed; send the message again later"}, status=503)
             return response.json(collector.messages)
 
         return blueprint

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 from sqlalchemy import Connection, event
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -28,6 +29,30 @@ def create_engine(database_url: str) -> AsyncEngine:
         event.listen(engine.sync_engine, "savepoint", _sqlite_begin_before_savepoint)
         return engine
     return create_async_engine(database_url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def database_unreachable(error: BaseException) -> bool:
+    """Whether `error` (or what caused it) is the database being away: restarting, refusing or
+    cutting connections, rather than a failure of the work itself. Work that failed so rolled
+    back, and may be tried again once the database answers."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OperationalError | InterfaceError | ConnectionError):
+            return True
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        if type(current).__module__.startswith("asyncpg") and type(current).__name__ in _ASYNCPG_AWAY:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+# asyncpg's errors for a server that is starting up, shutting down or gone (not imported: SQLite has no asyncpg).
+_ASYNCPG_AWAY = frozenset(
+    {"CannotConnectNowError", "ConnectionDoesNotExistError", "ConnectionFailureError", "AdminShutdownError"}
+)
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:

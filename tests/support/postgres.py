@@ -48,13 +48,14 @@ class PostgresServer:
     def start(self) -> None:
         data = self.workdir / "data"
         self._run(str(self.bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "crm", "-E", "UTF8", "--no-locale")
-        self._pg_ctl("start")
+        self.pg_ctl("start")
 
     def restart(self) -> None:
         """Stop the server (fast: open transactions roll back, clients are cut off) and start it again on its port."""
-        self._pg_ctl("restart")
+        self.pg_ctl("restart")
 
-    def _pg_ctl(self, action: str) -> None:
+    def pg_ctl(self, action: str) -> None:
+        """``pg_ctl <action>`` (start, stop, restart), waiting for it to finish; stop is fast."""
         subprocess.run(self.pg_ctl_command(action), check=True, capture_output=True, cwd=self.workdir)
 
     def pg_ctl_command(self, action: str) -> list[str]:
