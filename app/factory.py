@@ -48,6 +48,7 @@ from bot.replay import EngineReplay
 from bot.responses import Responses
 from crm_backend.api import CrmApi
 from crm_backend.console import add_console
+from crm_backend.crypto import install_key_ring
 from crm_backend.db import create_sessionmaker
 from crm_backend.duty import DutyHours
 from crm_backend.hotissues.service import HotIssueJob
@@ -68,6 +69,8 @@ def init_app(settings: Settings) -> web.Application:
     Raises:
         SettingsError: a file the app reads when built (the city's facts, the duty hours) is malformed.
     """
+    if settings.key_ring is not None:
+        install_key_ring(settings.key_ring)  # what the encrypted columns use (crm_backend.crypto)
     responses = Responses.load(settings.domain_path)
     city_facts = load_city_facts(settings.city_facts_path)
     app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bot.channels.telegram_settings import TelegramSettings
 from bot.engine import DEFAULT_MAX_IN_FLIGHT
+from crm_backend.crypto import KeyRing, KeyRingError
 from crm_backend.settings import (
     PROJECT_ROOT,
     LimitSettings,
@@ -76,6 +77,9 @@ class Settings:
     # Where several app processes share locks, live delivery and leases; None: one process keeps
     # them in memory (the embedded default). A ``redis://`` URL shares them (`crm_backend.shared`).
     redis_url: str | None = None
+    # The keys of personal data at rest (crm_backend.crypto); None only for settings a test
+    # builds by hand, whose encrypted columns then use the ring the environment names.
+    key_ring: KeyRing | None = None
 
     def __post_init__(self) -> None:
         if not self.rasa_urls:
@@ -149,4 +153,17 @@ class Settings:
             limits=LimitSettings.from_env(env),
             rasa_urls=rasa_urls,
             redis_url=redis_url_from_env(env),
+            key_ring=key_ring_from_env(env),
         )
+
+
+def key_ring_from_env(env: Mapping[str, str]) -> KeyRing:
+    """The data key ring (``DATA_KEYS``, ``DATA_KEY_CURRENT``, ``DATA_HMAC_KEY`` or ``DATA_KEYS_FILE``).
+
+    Raises:
+        SettingsError: no key, or a malformed one: the app does not start without one.
+    """
+    try:
+        return KeyRing.from_env(env)
+    except KeyRingError as error:
+        raise SettingsError(str(error)) from error

@@ -9,6 +9,7 @@ history is the append-only `CaseEvent` log. `case` is an SQL keyword, so the tab
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -29,7 +30,10 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
+from sqlalchemy import event as orm_event
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from crm_backend.crypto import active_key_ring
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -64,9 +68,87 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
 
+class EncryptedText(TypeDecorator[str]):
+    """Text encrypted at rest under the process's key ring (`crm_backend.crypto`), bound to its column.
+
+    The database holds ``v1:<algorithm>:<key id>:<base64>``, never the text; the empty string
+    stays empty (it says nothing about anyone, and keeps ``note != ''`` filters working). SQL
+    cannot compare, search, group or order on these columns: equality search goes through a
+    blind index column (`blind_index`), anything else through Python after a narrowing query.
+
+    Args:
+        place: ``table.column``, the associated data: a value moved to another column fails.
+    """
+
+    impl = Text
+    cache_ok = True
+
+    def __init__(self, place: str) -> None:
+        super().__init__()
+        self.place = place
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        if value is None or value == "":
+            return value
+        return active_key_ring().encrypt(value, self.place)
+
+    def process_result_value(self, value: str | None, dialect: Any) -> str | None:
+        if value is None or value == "":
+            return value
+        return active_key_ring().decrypt(value, self.place)
+
+
+class EncryptedJSON(TypeDecorator[Any]):
+    """A JSON value encrypted at rest as `EncryptedText` is (SQL NULL for None)."""
+
+    impl = Text
+    cache_ok = True
+
+    def __init__(self, place: str) -> None:
+        super().__init__()
+        self.place = place
+
+    def process_bind_param(self, value: Any, dialect: Any) -> str | None:
+        if value is None:
+            return None
+        return active_key_ring().encrypt(json.dumps(value, ensure_ascii=False, separators=(",", ":")), self.place)
+
+    def process_result_value(self, value: str | None, dialect: Any) -> Any:
+        if value is None:
+            return None
+        return json.loads(active_key_ring().decrypt(value, self.place))
+
+
+def blind_index(value: str | None, purpose: str) -> str | None:
+    """The keyed fingerprint equality search uses for an encrypted value (None for none or empty).
+
+    Args:
+        value: the normalised value (a phone number as `normalise_mobile` gives it).
+        purpose: ``phone``, ``phone_last4`` or ``location``.
+    """
+    if not value:
+        return None
+    return active_key_ring().blind_index(value, purpose)
+
+
+def phone_last4_index(phone: str | None) -> str | None:
+    """The blind index of a phone number's last four digits (None when it has fewer)."""
+    return blind_index(phone[-4:], PHONE_LAST4) if phone and len(phone) >= 4 else None
+
+
+PHONE = "phone"
+PHONE_LAST4 = "phone_last4"
+LOCATION = "location"
+
 # Words in a case description that say the citizen writes for a business (the 企业 segment).
+# The description is encrypted, so whether it names one is worked out when it is written
+# (`ServiceCase.names_business`) and the segment reads that flag's index.
 BUSINESS_WORDS = ("企业", "公司", "个体户", "商户", "厂")
-BUSINESS_PREDICATE = " OR ".join(f"description LIKE '%{word}%'" for word in BUSINESS_WORDS)
+
+
+def names_business(description: str | None) -> bool:
+    """Whether a case description says the citizen writes for a business."""
+    return bool(description) and any(word in description for word in BUSINESS_WORDS)  # type: ignore[operator]
 
 
 class Base(DeclarativeBase):
@@ -81,7 +163,8 @@ class Citizen(Base):
     __tablename__ = "citizen"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    phone: Mapped[str | None] = mapped_column(String(20))
+    phone: Mapped[str | None] = mapped_column(EncryptedText("citizen.phone"))
+    phone_index: Mapped[str | None] = mapped_column(String(32), index=True)  # blind index of `phone`
     notices_enabled: Mapped[bool] = mapped_column(Boolean, default=True)  # "不要再通知我" turns it off
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
@@ -151,19 +234,19 @@ class Message(Base):
     direction: Mapped[str] = mapped_column(String(3))  # "in" | "out"
     sender_kind: Mapped[str] = mapped_column(String(16))  # citizen | bot | staff | system
     sender_name: Mapped[str | None] = mapped_column(String(64))
-    text: Mapped[str] = mapped_column(Text, default="")
+    text: Mapped[str] = mapped_column(EncryptedText("message.text"), default="")
     original_length: Mapped[int] = mapped_column(Integer, default=0)
     truncated: Mapped[bool] = mapped_column(Boolean, default=False)
     buttons: Mapped[list[dict[str, str]] | None] = mapped_column(JSON)
     client_msg_id: Mapped[str | None] = mapped_column(String(64))
     # What came with a message besides text: {"kind": "photo", "file_id": ...} or
     # {"kind": "location", "latitude": ..., "longitude": ...} (Telegram).
-    attachment: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    attachment: Mapped[dict[str, Any] | None] = mapped_column(EncryptedJSON("message.attachment"))
     # A citizen's message the engine has not answered yet: set when it is logged, cleared in the
     # transaction that logs the engine's answer. Still set after an engine outage (or a crash):
     # the replay loop sends ``engine_input`` (the text or button payload the engine is given) again.
     engine_pending_since: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
-    engine_input: Mapped[str | None] = mapped_column(Text)
+    engine_input: Mapped[str | None] = mapped_column(EncryptedText("message.engine_input"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
@@ -181,17 +264,20 @@ class ServiceCase(Base):
         Index("ix_service_case_case_type_id", "case_type", "id"),
         # The dashboard: a period's cases, and 重复投诉 (same citizen, or same place and category).
         Index("ix_service_case_created_at", "created_at"),
-        Index("ix_service_case_category_location_created_at", "category", "location", "created_at"),
+        Index("ix_service_case_category_location_index_created_at", "category", "location_index", "created_at"),
         Index("ix_service_case_citizen_id_created_at", "citizen_id", "created_at"),
         Index("uq_service_case_filing_key", "filing_key", unique=True),
         # The 企业 segment: the few cases whose text names a business, by citizen (a partial index;
-        # queries must spell the predicate as `names_business` does for the planner to use it).
+        # queries must spell the predicate as `segments._named_business` does for the planner to use it).
         Index(
             "ix_service_case_business_citizen_id",
             "citizen_id",
-            sqlite_where=text(BUSINESS_PREDICATE),
-            postgresql_where=text(BUSINESS_PREDICATE),
+            sqlite_where=text("names_business = 1"),
+            postgresql_where=text("names_business"),
         ),
+        # Progress lookups, linking and "my cases" by the phone (or its last four digits).
+        Index("ix_service_case_contact_phone_index", "contact_phone_index"),
+        Index("ix_service_case_contact_phone_last4_index", "contact_phone_last4_index"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -199,10 +285,16 @@ class ServiceCase(Base):
     citizen_id: Mapped[int] = mapped_column(ForeignKey("citizen.id"), index=True)
     identity_id: Mapped[int] = mapped_column(ForeignKey("channel_identity.id"), index=True)
     conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversation.id"), index=True)
-    description: Mapped[str] = mapped_column(Text)
-    location: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(EncryptedText("service_case.description"))
+    location: Mapped[str] = mapped_column(EncryptedText("service_case.location"))
     district: Mapped[str | None] = mapped_column(String(32))
-    contact_phone: Mapped[str] = mapped_column(String(20))
+    contact_phone: Mapped[str] = mapped_column(EncryptedText("service_case.contact_phone"))
+    # Blind indexes (`blind_index`) of the encrypted columns that are searched by equality, kept
+    # in step by the attribute events below; and whether the description names a business.
+    contact_phone_index: Mapped[str | None] = mapped_column(String(32))
+    contact_phone_last4_index: Mapped[str | None] = mapped_column(String(32))
+    location_index: Mapped[str | None] = mapped_column(String(32))
+    names_business: Mapped[bool] = mapped_column(Boolean, default=False)
     category: Mapped[str | None] = mapped_column(String(32))
     # The 12345 type (咨询 求助 投诉 举报 建议 表扬); NULL for cases filed before types existed (未分类).
     case_type: Mapped[str | None] = mapped_column(String(8))
@@ -233,7 +325,7 @@ class CaseEvent(Base):
     from_status: Mapped[str | None] = mapped_column(String(16))
     to_status: Mapped[str] = mapped_column(String(16))
     kind: Mapped[str] = mapped_column(String(16), default="status")  # status | note | reply | supervise | extension
-    note: Mapped[str] = mapped_column(Text, default="")
+    note: Mapped[str] = mapped_column(EncryptedText("case_event.note"), default="")
     actor: Mapped[str] = mapped_column(String(64))
     actor_id: Mapped[int | None] = mapped_column(ForeignKey("staff_user.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -433,7 +525,7 @@ class ExtensionRequest(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     case_id: Mapped[int] = mapped_column(ForeignKey("service_case.id"), index=True)
     working_days: Mapped[int] = mapped_column(Integer)
-    reason: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(EncryptedText("extension_request.reason"))
     status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | approved | refused
     requested_by_id: Mapped[int] = mapped_column(ForeignKey("staff_user.id"))
     decided_by_id: Mapped[int | None] = mapped_column(ForeignKey("staff_user.id"))
@@ -452,7 +544,7 @@ class TelegramOutbox(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     chat_id: Mapped[str] = mapped_column(String(32))
-    text: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(EncryptedText("telegram_outbox.text"))
     # Inline keyboard rows as sent: [[{"text": ..., "callback_data": ...}], ...]
     keyboard: Mapped[list[list[dict[str, str]]] | None] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | sent | failed
@@ -471,7 +563,7 @@ class TelegramUpdate(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     update_id: Mapped[int] = mapped_column(BigInteger, unique=True)  # Telegram's; a resend repeats it
     chat_id: Mapped[str | None] = mapped_column(String(32))  # one chat's updates are processed in order
-    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    payload: Mapped[dict[str, Any]] = mapped_column(EncryptedJSON("telegram_update.payload"))
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # processing runs that failed or finished
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
@@ -511,7 +603,7 @@ class Satisfaction(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     case_id: Mapped[int] = mapped_column(ForeignKey("service_case.id"), index=True)
     rating: Mapped[int] = mapped_column(Integer)
-    comment: Mapped[str] = mapped_column(Text, default="")
+    comment: Mapped[str] = mapped_column(EncryptedText("satisfaction.comment"), default="")
     channel: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
@@ -566,7 +658,7 @@ class KnowledgeFeedback(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     entry_id: Mapped[int] = mapped_column(ForeignKey("knowledge_entry.id"))
     helpful: Mapped[bool] = mapped_column(Boolean)
-    question: Mapped[str] = mapped_column(Text, default="")
+    question: Mapped[str] = mapped_column(EncryptedText("knowledge_feedback.question"), default="")
     conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversation.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
@@ -578,7 +670,7 @@ class KnowledgeMiss(Base):
     __table_args__ = (Index("ix_knowledge_miss_created_at", "created_at"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    question: Mapped[str] = mapped_column(Text)
+    question: Mapped[str] = mapped_column(EncryptedText("knowledge_miss.question"))
     nearest_entry_id: Mapped[int | None] = mapped_column(ForeignKey("knowledge_entry.id"))
     evidence: Mapped[float] = mapped_column(Float, default=0.0)
     conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversation.id"))
@@ -650,7 +742,7 @@ class HotIssueSnapshot(Base):
     until: Mapped[date] = mapped_column(Date)
     message_count: Mapped[int] = mapped_column(Integer)
     seconds: Mapped[float] = mapped_column(Float)  # how long the computation took
-    issues: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    issues: Mapped[list[dict[str, Any]]] = mapped_column(EncryptedJSON("hot_issue_snapshot.issues"))
     computed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
@@ -690,3 +782,28 @@ class ImportedMessage(Base):
     dislikes: Mapped[int | None] = mapped_column(Integer)
     source_file: Mapped[str] = mapped_column(String(200))  # the file's name, for the record
     imported_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+# The blind indexes follow the encrypted values they index whenever the ORM sets one (a bulk
+# ``update()`` of these columns must set the index columns too).
+
+
+@orm_event.listens_for(Citizen.phone, "set")
+def _citizen_phone_set(target: Citizen, value: str | None, _old: Any, _initiator: Any) -> None:
+    target.phone_index = blind_index(value, PHONE)
+
+
+@orm_event.listens_for(ServiceCase.contact_phone, "set")
+def _case_phone_set(target: ServiceCase, value: str | None, _old: Any, _initiator: Any) -> None:
+    target.contact_phone_index = blind_index(value, PHONE)
+    target.contact_phone_last4_index = phone_last4_index(value)
+
+
+@orm_event.listens_for(ServiceCase.location, "set")
+def _case_location_set(target: ServiceCase, value: str | None, _old: Any, _initiator: Any) -> None:
+    target.location_index = blind_index(value, LOCATION)
+
+
+@orm_event.listens_for(ServiceCase.description, "set")
+def _case_description_set(target: ServiceCase, value: str | None, _old: Any, _initiator: Any) -> None:
+    target.names_business = names_business(value)

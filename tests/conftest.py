@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +13,12 @@ from bot.proof_alarm import ProofAlarm
 from crm_backend.db import create_engine, create_sessionmaker, upgrade_database_async
 from crm_backend.settings import normalise_database_url
 from tests.support.proofs import proof_alarm_for
+from tests.support.stack import TEST_SECRETS
+
+# Personal columns are encrypted with the ring the environment names (crm_backend.crypto): every
+# test process, and what it starts, gets the tests' fixed keys unless a test sets its own.
+for _name in ("DATA_KEYS", "DATA_KEY_CURRENT", "DATA_HMAC_KEY"):
+    os.environ.setdefault(_name, TEST_SECRETS[_name])
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 

@@ -273,17 +273,13 @@ async def notify_linked_citizens(
     linked = list((await session.scalars(linked_cases(lead))).all())
     if not linked:
         raise InvalidTransition("这个工单没有关联工单")
-    told_before = set(
-        (
-            await session.scalars(
-                select(CaseEvent.case_id).where(
-                    CaseEvent.case_id.in_([one.id for one in linked]),
-                    CaseEvent.kind == LINKED_NOTICE_EVENT,
-                    CaseEvent.note.contains(_resolved_mark(lead), autoescape=True),
-                )
-            )
-        ).all()
+    # Notes are encrypted at rest: the linked cases' notice events are read and matched here.
+    notice_events = await session.execute(
+        select(CaseEvent.case_id, CaseEvent.note).where(
+            CaseEvent.case_id.in_([one.id for one in linked]), CaseEvent.kind == LINKED_NOTICE_EVENT
+        )
     )
+    told_before = {case_id for case_id, note in notice_events.all() if _resolved_mark(lead) in note}
     outcome = LinkedNotification([], [], [], [])
     citizens_told: set[int] = set()
     for one in linked:

@@ -16,6 +16,7 @@ beyond it leaves one audit row (`PROOF_CEILING_ACTION`) that the console shows s
 
 from __future__ import annotations
 
+import hmac
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -33,6 +34,7 @@ from crm_backend.models import (
     ChannelIdentity,
     LookupAttempt,
     ServiceCase,
+    phone_last4_index,
     utcnow,
 )
 from crm_backend.services import audit
@@ -87,14 +89,15 @@ class LookupOutcome:
 
 def digits_prove(case: ServiceCase, phone_last4: str | None) -> bool:
     """Whether four digits are the last four of the case's phone; never for a case without one
-    (history imported from a message board has none), never for anything but four digits."""
-    phone = case.contact_phone or ""
-    return (
-        phone_last4 is not None
-        and len(phone) >= 4
-        and re.fullmatch(r"\d{4}", phone_last4) is not None
-        and (phone[-4:] == phone_last4)
-    )
+    (history imported from a message board has none), never for anything but four digits.
+
+    Compared on the blind index (`ServiceCase.contact_phone_last4_index`), in constant time:
+    the phone itself is encrypted and need not be decrypted for a proof.
+    """
+    if phone_last4 is None or re.fullmatch(r"\d{4}", phone_last4) is None or not case.contact_phone_last4_index:
+        return False
+    expected = phone_last4_index(phone_last4)
+    return expected is not None and hmac.compare_digest(case.contact_phone_last4_index, expected)
 
 
 async def case_filed_by(session: AsyncSession, case_number: str, identity: ChannelIdentity | None) -> bool:

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, ScalarSelect, Select, and_, case, func, literal, literal_column, or_, select
+from sqlalchemy import ColumnElement, ScalarSelect, Select, and_, case, func, literal, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -75,10 +75,12 @@ def parse_segment(raw: str | None) -> Segment | None:
 def _named_business(cases: type[ServiceCase] | Any) -> ColumnElement[bool]:
     """The cases naming a business, spelled as the partial index ``ix_service_case_business_citizen_id``.
 
-    The patterns are SQL literals, not parameters: a planner uses a partial index only for a
-    query whose WHERE repeats the index's own predicate.
+    The description is encrypted at rest, so the flag is set when it is written
+    (`crm_backend.models.names_business`). ``= true()`` is a literal, not a parameter, so a
+    planner can match the index's predicate: ``names_business = 1`` on SQLite, and on PostgreSQL
+    ``names_business = true``, which it simplifies to the index's ``names_business``.
     """
-    return or_(*(cases.description.like(literal_column(f"'%{word}%'")) for word in ENTERPRISE_WORDS))
+    return cases.names_business == true()
 
 
 def latest_snapshot_id() -> ScalarSelect[int | None]:

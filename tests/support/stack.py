@@ -30,8 +30,14 @@ TEST_SECRETS = {
     "ENGINE_TOKEN": "test-engine-token-0123456789abcdefghij",
     "ACTION_TOKEN": "test-action-token-0123456789abcdefghij",
     "REST_CHANNEL_TOKEN": "test-rest-channel-token-0123456789abcd",
+    # The data key ring (crm_backend.crypto): one SM4 key and the blind-index key, fixed.
+    "DATA_KEYS": "test1:AAECAwQFBgcICQoLDA0ODw==",
+    "DATA_KEY_CURRENT": "test1",
+    "DATA_HMAC_KEY": "yMnKy8zNzs/Q0dLT1NXW19jZ2tvc3d7f4OHi4+Tl5uc=",
 }
 APP_PYTHON = ROOT / ".venv" / "bin" / "python"
+# The key ring's settings alone, for tests that build an environment of their own.
+DATA_KEY_SECRETS = {name: TEST_SECRETS[name] for name in ("DATA_KEYS", "DATA_KEY_CURRENT", "DATA_HMAC_KEY")}
 
 
 def free_port() -> int:

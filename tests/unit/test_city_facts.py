@@ -23,6 +23,7 @@ from crm_backend.knowledge.facts import (
 from crm_backend.knowledge.followups import aspect_answer
 from crm_backend.services import knowledge
 from crm_backend.settings import PROJECT_ROOT
+from tests.support.stack import DATA_KEY_SECRETS
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -108,7 +109,7 @@ def test_an_unknown_key_is_reported_not_fatal(tmp_path: Path, caplog: pytest.Log
 
 
 def test_the_city_file_path_comes_from_the_environment(tmp_path: Path) -> None:
-    secrets = {name: "s" * 16 for name in ("ENGINE_TOKEN", "ACTION_TOKEN", "REST_CHANNEL_TOKEN")}
+    secrets = {name: "s" * 16 for name in ("ENGINE_TOKEN", "ACTION_TOKEN", "REST_CHANNEL_TOKEN")} | DATA_KEY_SECRETS
     assert Settings.from_env(secrets).city_facts_path == PROJECT_ROOT / "city.yml"
     own = tmp_path / "facts.yml"
     assert Settings.from_env(secrets | {"CITY_FACTS_FILE": str(own)}).city_facts_path == own

@@ -29,6 +29,7 @@ from crm_backend.dispatch.classifier import ModelLoadError
 from crm_backend.settings import normalise_database_url
 from tests.support.cli import run_cli
 from tests.support.models import letter_model
+from tests.support.stack import DATA_KEY_SECRETS
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -36,6 +37,7 @@ SECRETS = {
     "ENGINE_TOKEN": "engine-token-0123456789abcdef",
     "ACTION_TOKEN": "action-token-0123456789abcdef",
     "REST_CHANNEL_TOKEN": "rest-token-0123456789abcdef",
+    **DATA_KEY_SECRETS,
 }
 # Nothing listens here (TEST-NET-1, RFC 5737): a connection attempt would hang, then fail.
 UNREACHABLE_DATABASE = "postgresql://app:secret@192.0.2.1:5432/crm"

@@ -235,9 +235,11 @@ async def test_the_dashboard_counts_the_period_s_citizens_per_segment_with_links
 ) -> None:
     await store_hand_made_ranking(sessions)  # cases A (citizen 0) and C (citizen 1) are in an issue
     async with sessions.begin() as session:
-        await session.execute(
-            update(ServiceCase).where(ServiceCase.case_number == "E").values(description="我们公司门口的路灯坏了")
-        )
+        # Set through the ORM, as the app writes descriptions: the flag the 企业 segment reads follows.
+        case_e = await session.scalar(select(ServiceCase).where(ServiceCase.case_number == "E"))
+        assert case_e is not None
+        case_e.description = "我们公司门口的路灯坏了"
+        await session.flush()
         table = await kpi.one_table(session, world.supervisor, PERIOD, "segments", now=NOW)
     assert [[cell.text for cell in row] for row in table.rows] == [
         ["提交工单的市民", "3"],

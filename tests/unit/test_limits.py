@@ -28,6 +28,7 @@ from crm_backend.services.intake import Report, check_daily_case_limit, file_cas
 from crm_backend.services.limits import DatabaseRateLimiter, Limit
 from crm_backend.settings import LimitSettings, SettingsError
 from crm_backend.validation import parse_case_number
+from tests.support.stack import DATA_KEY_SECRETS
 from tests.unit.test_actions import (
     DOMAIN,
     all_cases,
@@ -49,7 +50,9 @@ START = datetime(2026, 12, 4, 9, 0, tzinfo=UTC)
 MESSAGES = Limit("message", 3, timedelta(minutes=1))
 SESSIONS = Limit("web_session", 2, timedelta(minutes=10))
 PHONE = "13812345678"
-SECRETS = {name: "s" * 16 for name in ("ENGINE_TOKEN", "ACTION_TOKEN", "API_TOKEN", "REST_CHANNEL_TOKEN")}
+SECRETS = {
+    name: "s" * 16 for name in ("ENGINE_TOKEN", "ACTION_TOKEN", "API_TOKEN", "REST_CHANNEL_TOKEN")
+} | DATA_KEY_SECRETS
 
 
 class Clock:

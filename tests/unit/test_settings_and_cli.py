@@ -15,6 +15,7 @@ from crm_backend.services.conversations import current_conversation, log_incomin
 from crm_backend.services.intake import Report, file_case
 from crm_backend.settings import PROJECT_ROOT, SettingsError, database_url_from_env, normalise_database_url
 from tests.support.cli import run_cli
+from tests.support.stack import DATA_KEY_SECRETS
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -24,7 +25,7 @@ STATUSES = ("received", "dispatched", "accepted", "in_progress", "resolved", "re
 
 def make_env(**overrides: str | None) -> dict[str, str]:
     """A complete environment with distinct 16+ character secrets; `None` removes a variable."""
-    env = {name: f"{name.lower()}-0123456789abcdef" for name in SECRET_NAMES}
+    env = {name: f"{name.lower()}-0123456789abcdef" for name in SECRET_NAMES} | DATA_KEY_SECRETS
     env.update({key: value for key, value in overrides.items() if value is not None})
     for key, value in overrides.items():
         if value is None:
@@ -81,6 +82,19 @@ def test_a_missing_secret_is_refused(name: str) -> None:
 def test_a_short_secret_is_refused(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         Settings.from_env(make_env(**{name: value}))
+
+
+@pytest.mark.parametrize("name", ["DATA_KEYS", "DATA_HMAC_KEY"])
+def test_the_app_refuses_to_start_without_a_data_key(name: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env(make_env(**{name: None}))
+
+
+def test_the_settings_carry_the_key_ring_the_environment_names() -> None:
+    ring = Settings.from_env(
+        make_env(DATA_KEYS=f"old:{'A' * 22}==,test1:{'B' * 22}==", DATA_KEY_CURRENT="test1")
+    ).key_ring
+    assert ring is not None and ring.current == "test1" and set(ring.keys) == {"old", "test1"}
 
 
 def test_a_secret_of_exactly_sixteen_characters_is_accepted_and_stripped() -> None:
