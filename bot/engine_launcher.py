@@ -17,7 +17,8 @@ conditional, and Rasa expands only ``${VAR}``, without defaults; so the copy nam
 variables the launcher sets from ``REDIS_URL`` (the password stays off the disk), and the
 embedded default (no ``REDIS_URL``) runs on ``endpoints.yml`` as it is.
 
-Runs inside the engine's venv (Python 3.10): keep it free of app imports.
+Runs inside the engine's venv (Python 3.10): keep it free of app imports (`crm_backend.crypto`, standard
+library and cryptography only, is meant for both).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+from crm_backend.crypto import KeyRing, KeyRingError
 
 SECRET_OPTIONS = ("--auth-token", "--jwt-secret", "--jwt-private-key")
 MIN_SECRET_CHARS = 16
@@ -138,6 +141,10 @@ def main() -> None:
     options, lock_env = with_redis_lock_store(sys.argv[1:], os.environ)
     os.environ.update(lock_env)
     argv = rasa_argv(options, os.environ.get("ENGINE_TOKEN", ""))
+    try:  # the tracker store encrypts citizens' words with these: stop now rather than in Rasa's start-up
+        KeyRing.from_env()
+    except KeyRingError as error:
+        raise SystemExit(f"engine_launcher: {error}") from error
     os.umask(0o077)  # the tracker store and the log hold citizens' messages
     from rasa.__main__ import main as rasa_main
 

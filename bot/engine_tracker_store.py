@@ -6,7 +6,13 @@ Rasa's `SQLTrackerStore` with two changes, for a database that restarts under a 
   the database went away is tried again for a few seconds, so a PostgreSQL restart costs the
   turns in flight a short wait rather than an error;
 * when the store still cannot be read or written, the turn is marked failed and the engine's
-  channel (`bot.engine_channel.AppInput`) answers 503 instead of the bot's replies.
+  channel (`bot.engine_channel.AppInput`) answers 503 instead of the bot's replies;
+* each event's ``data`` (what the citizen wrote, the slots: phone, address, description) is
+  stored encrypted with the app's key ring (`crm_backend.crypto`, keys from the environment),
+  bound to ``events.data``, and decrypted as it is read. Rows stored plain before still read;
+  ``python -m crm_backend rotate-key`` encrypts them. The other columns (sender id, event type,
+  intent and action names, timestamp) hold no personal data and stay plain for Rasa's queries.
+  The engine does not start without the keys.
 
 The second matters because Rasa wraps every tracker store in `FailSafeTrackerStore`, which turns
 a failed read into "no tracker" and a failed write into a write to memory: the engine would
@@ -33,11 +39,15 @@ import sqlalchemy as sa
 from rasa.core.tracker_store import SQLTrackerStore, create_engine_kwargs
 from rasa.shared.core.trackers import DialogueStateTracker
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm.attributes import set_committed_value
+
+from crm_backend.crypto import KeyRing, is_encrypted
 
 logger = logging.getLogger(__name__)
 
 RETRY_SECONDS = 6.0  # how long a read or write is tried again while the database is away
 RETRY_PAUSE_SECONDS = 0.25
+EVENT_DATA_PLACE = "events.data"  # the associated data of an encrypted event (crm_backend.crypto)
 
 
 @dataclass
@@ -67,6 +77,7 @@ class AppTrackerStore(SQLTrackerStore):
     sessionmaker: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        _encrypt_event_data(KeyRing.from_env())  # no keys: the engine does not start
         super().__init__(*args, **kwargs)
         url = self.engine.url
         self.engine.dispose()
@@ -103,3 +114,32 @@ class AppTrackerStore(SQLTrackerStore):
                     turn.failed = True
                 logger.error("tracker store %s failed: %s", what, type(error).__name__)
                 raise TrackerStoreUnavailable(f"tracker store {what} failed") from error
+
+
+_ring: KeyRing | None = None
+
+
+def _encrypt_event_data(ring: KeyRing) -> None:
+    """Encrypt `SQLEvent.data` as rows are written, decrypt it as they are loaded (hooks set once)."""
+    global _ring
+    first = _ring is None
+    _ring = ring
+    if not first:
+        return
+    event_class = SQLTrackerStore.SQLEvent
+    sa.event.listen(event_class, "before_insert", _before_insert)
+    sa.event.listen(event_class, "before_update", _before_insert)
+    sa.event.listen(event_class, "load", _on_load)
+
+
+def _before_insert(_mapper: Any, _connection: Any, target: Any) -> None:
+    assert _ring is not None
+    if target.data and not is_encrypted(target.data):
+        target.data = _ring.encrypt(target.data, EVENT_DATA_PLACE)
+
+
+def _on_load(target: Any, _context: Any) -> None:
+    assert _ring is not None
+    data = target.__dict__.get("data")
+    if data and is_encrypted(data):  # a row stored before encryption reads as it is
+        set_committed_value(target, "data", _ring.decrypt(data, EVENT_DATA_PLACE))

@@ -10,13 +10,16 @@ restarted, stopped and started under the store.
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from crm_backend.settings import PROJECT_ROOT
 from tests.support.postgres import PostgresServer
+from tests.support.stack import DATA_KEY_SECRETS
 
 ENGINE_PYTHON = PROJECT_ROOT / ".venv-rasa" / "bin" / "python"
 
@@ -109,6 +112,7 @@ def test_a_restarted_database_is_waited_out_and_a_lost_read_never_answers_from_a
             "PYTHONPATH": str(PROJECT_ROOT),
             "RASA_TELEMETRY_ENABLED": "false",
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            **DATA_KEY_SECRETS,
         },
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -121,3 +125,80 @@ def test_a_restarted_database_is_waited_out_and_a_lost_read_never_answers_from_a
     # Away longer: the turn is failed (the channel answers 503), its fresh tracker is not saved.
     assert figures["down"] == {"read": [], "failed": True}
     assert figures["stored"] == [*first, "在解放路", "好的", "在解放路", "好的"]
+
+
+# Runs in the engine's venv; argv: the SQLite tracker store's URL. Saves a turn holding personal
+# data, then adds a row as Rasa stored it before encryption, and reads both back.
+ENCRYPTED_SCENARIO = r"""
+import asyncio, json, sys
+import sqlalchemy as sa
+from rasa.core.tracker_store import FailSafeTrackerStore
+from rasa.shared.core.domain import Domain
+from rasa.shared.core.events import ActionExecuted, BotUttered, SlotSet, UserUttered
+
+from bot.engine_tracker_store import AppTrackerStore
+
+url = sys.argv[1]
+
+
+async def main():
+    store = FailSafeTrackerStore(AppTrackerStore(domain=Domain.load("domain.yml"), host=url))
+    tracker = await store.get_or_create_tracker("web:citizen-1")
+    tracker.update(ActionExecuted("action_listen"))
+    tracker.update(UserUttered("幸福路88号的路灯坏了"))
+    tracker.update(SlotSet("contact_phone", "13912345678"))
+    tracker.update(BotUttered("已记录"))
+    await store.save(tracker)
+    old = {"event": "user", "timestamp": 1.0, "text": "以前的消息", "parse_data": {}}
+    with sa.create_engine(url).begin() as connection:
+        connection.execute(
+            sa.text("INSERT INTO events (sender_id, type_name, timestamp, data) VALUES ('web:old', 'user', 1.0, :d)"),
+            {"d": json.dumps(old, ensure_ascii=False)},
+        )
+    read = await store.retrieve("web:citizen-1")
+    before = await store.retrieve("web:old")
+    print(json.dumps({
+        "texts": [e.text for e in read.events if isinstance(e, (UserUttered, BotUttered))],
+        "phone": read.get_slot("contact_phone"),
+        "old": [e.text for e in before.events if isinstance(e, UserUttered)],
+    }, ensure_ascii=False))
+
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(not ENGINE_PYTHON.exists(), reason="the engine's venv is built by bin/setup")
+def test_the_engine_stores_events_encrypted_and_still_reads_rows_stored_plain_before(tmp_path: Path) -> None:
+    database = tmp_path / "tracker.db"
+    env = {"PYTHONPATH": str(PROJECT_ROOT), "RASA_TELEMETRY_ENABLED": "false", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    result = subprocess.run(
+        [str(ENGINE_PYTHON), "-c", ENCRYPTED_SCENARIO, f"sqlite:///{database}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=PROJECT_ROOT,
+        env={**env, **DATA_KEY_SECRETS},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {
+        "texts": ["幸福路88号的路灯坏了", "已记录"],
+        "phone": "13912345678",
+        "old": ["以前的消息"],
+    }
+    with sqlite3.connect(database) as connection:
+        rows = connection.execute("SELECT sender_id, data FROM events ORDER BY id").fetchall()
+    raw = repr(rows)
+    for secret in ("幸福路", "13912345678", "已记录"):
+        assert secret not in raw and json.dumps(secret)[1:-1] not in raw  # nor as Rasa's JSON escapes it
+    assert all(data.startswith("v1:sm4:test1:") for sender, data in rows if sender != "web:old")
+    # Without the keys the engine does not start: it would write citizens' words in the clear.
+    refused = subprocess.run(
+        [str(ENGINE_PYTHON), "-c", ENCRYPTED_SCENARIO, f"sqlite:///{tmp_path / 'other.db'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=PROJECT_ROOT,
+        env=env,
+    )
+    assert refused.returncode != 0 and "DATA_KEYS is not set" in refused.stderr

@@ -6,6 +6,8 @@ import base64
 import hashlib
 import hmac
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,13 @@ def test_a_redis_url_the_lock_store_cannot_use_stops_the_engine(tmp_path: Path) 
     endpoints = _endpoints_file(tmp_path)
     with pytest.raises(SystemExit):
         with_redis_lock_store(["--endpoints", str(endpoints)], {"REDIS_URL": "unix:///run/redis.sock"}, tmp_path)
+
+
+def test_the_engine_does_not_start_without_the_data_keys(tmp_path: Path) -> None:
+    """Its tracker store encrypts citizens' words with them: without, it stops before Rasa loads."""
+    root = Path(__file__).resolve().parents[2]
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root), "ENGINE_TOKEN": "e" * 32}
+    result = subprocess.run(
+        [sys.executable, "-m", "bot.engine_launcher", "run"], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert result.returncode != 0 and "DATA_KEYS is not set" in result.stderr
