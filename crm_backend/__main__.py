@@ -1,7 +1,7 @@
 """Operator commands: ``python -m crm_backend COMMAND``.
 
 Commands: migrate, stats, create-user, create-api-client, revoke-api-client, classify-types,
-score-replies, hot-issues, import-messages, backup, restore.
+score-replies, hot-issues, import-messages, backup, restore, rotate-key.
 
 ``migrate`` brings the database to the code's schema: every pending Alembic migration, then the
 idempotent seeds (departments and routing rules, the knowledge base); run it before starting
@@ -33,6 +33,12 @@ imported before is skipped. Exit code 1: the dispatch models cannot be loaded.
 puts them back into empty databases (``--force``: over non-empty ones); a file with the wrong
 key, an altered or truncated byte, or another schema revision than the code's is refused with
 nothing changed (exit code 1).
+
+``rotate-key`` re-encrypts every encrypted value of the CRM and of the engine's tracker store
+(``TRACKER_STORE_URL``, as for ``backup``) under ``DATA_KEY_CURRENT``, in short batches, while
+the system runs (`crm_backend.rotation`); plain tracker rows from before encryption are
+encrypted too. Exit code 1 when values are left under another key afterwards (a process still
+running with the old current key: restart it and run the command again).
 """
 
 from __future__ import annotations
@@ -46,7 +52,8 @@ import sys
 from datetime import date, timedelta
 from pathlib import Path
 
-from crm_backend import backup, schema
+from crm_backend import backup, rotation, schema
+from crm_backend.crypto import KeyRing, KeyRingError
 from crm_backend.db import create_engine, create_sessionmaker, upgrade_database
 from crm_backend.dispatch.classifier import ModelLoadError
 from crm_backend.dispatch.routing import seed_routing
@@ -65,6 +72,7 @@ from crm_backend.settings import (
     case_type_model_path_from_env,
     category_model_path_from_env,
     database_url_from_env,
+    normalise_database_url,
     tracker_store_url_from_env,
 )
 
@@ -273,6 +281,39 @@ def _print_stats(stats: dict[str, object]) -> None:
         print(f"  {STATUS_LABELS[CaseStatus(code)]} ({code})  {n}")
 
 
+async def _rotate_key(database_url: str, tracker_url: str, ring: KeyRing) -> rotation.RotationReport:
+    crm = create_engine(database_url)
+    tracker = create_engine(normalise_database_url(tracker_url)) if tracker_url else None
+    try:
+        await schema.ensure_current(crm)
+        return await rotation.rotate_everything(crm, tracker, ring)
+    finally:
+        await crm.dispose()
+        if tracker is not None:
+            await tracker.dispose()
+
+
+def _rotate_key_command(database_url: str) -> int:
+    try:
+        ring = KeyRing.from_env()
+        report = asyncio.run(_rotate_key(database_url, tracker_store_url_from_env(), ring))
+    except (KeyRingError, CrmError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for name, count in report.rewritten.items():
+        if count or report.remaining.get(name):
+            print(f"{name}: {count} re-encrypted, {report.remaining.get(name, 0)} left")
+    print(f"re-encrypted {report.total_rewritten} values under key {ring.current}")
+    if report.total_remaining:
+        print(
+            f"error: {report.total_remaining} values are still under another key: a process still writes with an "
+            f"older DATA_KEY_CURRENT; restart every app and engine with DATA_KEY_CURRENT={ring.current} and run again",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one operator command; returns the process exit code."""
     parser = argparse.ArgumentParser(prog="python -m crm_backend")
@@ -309,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     restore = commands.add_parser("restore", help="restore a backup into empty databases")
     restore.add_argument("file", type=Path, help="a file written by backup")
     restore.add_argument("--force", action="store_true", help="overwrite databases that are not empty")
+    commands.add_parser("rotate-key", help="re-encrypt personal data (CRM and tracker store) under DATA_KEY_CURRENT")
     args = parser.parse_args(argv)
     if args.command == "hot-issues":
         args.until = args.until or hot_service.default_window(1)[1]
@@ -362,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         return _hot_issues(args, database_url)
     if args.command in ("backup", "restore"):
         return _backup_or_restore(args, database_url)
+    if args.command == "rotate-key":
+        return _rotate_key_command(database_url)
     if args.command == "classify-types":
         upgrade_database(database_url)
         try:
