@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_backend.db import MIGRATIONS_DIR, create_engine, create_sessionmaker, upgrade_database_async
 from crm_backend.settings import normalise_database_url
+from tests.integration.test_encryption_at_rest import ADDRESS, PHONE, SENTENCE, file_known_case
 from tests.integration.test_rest_channel import (  # noqa: F401  (run again on PostgreSQL)
     test_a_message_of_nul_and_zero_width_space_gets_the_empty_message_reply,
     test_a_staff_reply_with_control_characters_is_stored_without_them,
@@ -152,3 +153,28 @@ def test_a_full_conversation_on_postgres_keeps_cases_and_trackers_there(
         check=True,
     )
     assert int(events.stdout.strip()) > 10
+
+
+def test_a_filed_case_leaves_no_phone_address_or_sentence_in_the_raw_tables(
+    pg_stack: Stack, postgres: PostgresServer
+) -> None:
+    """Every row of every table (the CRM's and the engine's events) read as text holds none of them."""
+    case_number = file_known_case(pg_stack, unique("pgraw"))
+    assert pg_stack.api("GET", f"/cases/{case_number}").json()["location"] == ADDRESS
+
+    def psql(sql: str) -> str:
+        return subprocess.run(
+            [str(postgres.bindir / "psql"), postgres.url("stack"), "-tAc", sql],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    tables = psql("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").split()
+    assert {"service_case", "message", "citizen", "events"} <= set(tables)
+    for table in tables:
+        rows = psql(f'SELECT t::text FROM "{table}" t')
+        for secret in (PHONE, ADDRESS, SENTENCE, "五一大道188号", "漆黑"):
+            escaped = json.dumps(secret)[1:-1]
+            for form in (secret, escaped, escaped.replace("\\", "\\\\")):
+                assert form not in rows, f"{secret} in {table}"

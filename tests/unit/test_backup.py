@@ -34,6 +34,7 @@ from crm_backend.backup import (
     read_manifest,
     restore_backup,
 )
+from crm_backend.crypto import KeyRing
 from crm_backend.db import _alembic_config, create_engine
 from crm_backend.errors import BackupRefused
 from crm_backend.settings import SettingsError, backup_key_from_env, normalise_database_url, tracker_store_url_from_env
@@ -363,7 +364,15 @@ def run_setup_secrets(project: Path) -> dict[str, str]:
 
 def test_setup_writes_a_backup_key_once_also_into_an_older_secrets_file(tmp_path: Path) -> None:
     fresh = run_setup_secrets(tmp_path / "fresh")
-    assert set(fresh) == {"ENGINE_TOKEN", "ACTION_TOKEN", "REST_CHANNEL_TOKEN", "BACKUP_KEY"}
+    assert set(fresh) == {
+        "ENGINE_TOKEN",
+        "ACTION_TOKEN",
+        "REST_CHANNEL_TOKEN",
+        "BACKUP_KEY",
+        "DATA_KEYS",
+        "DATA_KEY_CURRENT",
+        "DATA_HMAC_KEY",
+    }
     assert len(backup_key_from_env(fresh)) == 32
     assert run_setup_secrets(tmp_path / "fresh") == fresh  # a second run changes nothing
 
@@ -373,6 +382,14 @@ def test_setup_writes_a_backup_key_once_also_into_an_older_secrets_file(tmp_path
     upgraded = run_setup_secrets(older)
     assert upgraded["ENGINE_TOKEN"] == "e" and upgraded["REST_CHANNEL_TOKEN"] == "r"
     assert len(backup_key_from_env(upgraded)) == 32
+
+
+def test_setup_writes_an_sm4_data_key_and_a_blind_index_key_once(tmp_path: Path) -> None:
+    fresh = run_setup_secrets(tmp_path / "fresh")
+    ring = KeyRing.from_env(fresh)
+    assert ring.current == fresh["DATA_KEY_CURRENT"] and len(ring.keys[ring.current]) == 16  # SM4
+    assert len(ring.hmac_key) == 32
+    assert run_setup_secrets(tmp_path / "fresh") == fresh  # kept: a new key would make the data unreadable
 
 
 async def test_a_restored_sqlite_file_is_private_whatever_the_umask(backup_file: Path, empty: Place) -> None:
