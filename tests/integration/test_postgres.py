@@ -9,6 +9,7 @@ PostgreSQL (which refuses text SQLite stores, such as NUL).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
@@ -16,11 +17,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from crm_backend.db import MIGRATIONS_DIR, create_engine, create_sessionmaker, upgrade_database_async
+from crm_backend.db import MIGRATIONS_DIR, _alembic_config, create_engine, create_sessionmaker, upgrade_database_async
 from crm_backend.settings import normalise_database_url
 from tests.integration.test_encryption_at_rest import ADDRESS, PHONE, SENTENCE, file_known_case
 from tests.integration.test_rest_channel import (  # noqa: F401  (run again on PostgreSQL)
@@ -37,6 +40,7 @@ from tests.integration.test_webchat import (  # noqa: F401  (run again on Postgr
 from tests.support.naming import unique
 from tests.support.postgres import PostgresServer
 from tests.support.stack import APP_PYTHON, ROOT, Stack
+from tests.unit import test_encryption_at_rest as unit_at_rest
 from tests.unit.test_actions import *  # noqa: F403  (run again on PostgreSQL)
 from tests.unit.test_case_proofs import *  # noqa: F403  (run again on PostgreSQL)
 from tests.unit.test_console_services import (  # noqa: F401  (run again on PostgreSQL: its isolation differs)
@@ -178,3 +182,26 @@ def test_a_filed_case_leaves_no_phone_address_or_sentence_in_the_raw_tables(
             escaped = json.dumps(secret)[1:-1]
             for form in (secret, escaped, escaped.replace("\\", "\\\\")):
                 assert form not in rows, f"{secret} in {table}"
+
+
+async def test_migration_0021_encrypts_the_rows_written_before_it_on_postgres(postgres: PostgresServer) -> None:
+    url = normalise_database_url(postgres.create_database(unique("m21", "_")))
+    await asyncio.to_thread(command.upgrade, _alembic_config(url), "0019")
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as connection:
+            for statement in unit_at_rest.OLD_ROWS:
+                await connection.execute(sa.text(statement))
+        await upgrade_database_async(url)
+        await unit_at_rest.check_migrated_rows(create_sessionmaker(engine))
+        rows: list[str] = []
+        async with engine.connect() as connection:
+            for table in ("citizen", "message", "service_case", "case_event"):
+                rows += [
+                    str(row) for row in (await connection.execute(sa.text(f"SELECT t::text FROM {table} t"))).all()
+                ]
+        raw = " ".join(rows)
+    finally:
+        await engine.dispose()
+    for secret in (unit_at_rest.PHONE, unit_at_rest.ADDRESS, unit_at_rest.SENTENCE, "121.4737"):
+        assert secret not in raw

@@ -100,46 +100,36 @@ async def test_an_empty_note_stays_empty_so_filters_on_it_keep_working(sessions:
     assert notes == []
 
 
-async def test_migration_0021_encrypts_the_rows_written_before_it(tmp_path: Path) -> None:
-    database = tmp_path / "old.db"
-    url = normalise_database_url(f"sqlite:///{database}")
-    await asyncio.to_thread(command.upgrade, _alembic_config(url), "0019")
-    with sqlite3.connect(database) as connection:
-        connection.executescript(
-            f"""
-            INSERT INTO citizen (id, phone, notices_enabled, created_at)
-                VALUES (1, '{PHONE}', 1, '2026-12-01 08:00:00');
-            INSERT INTO channel_identity (id, channel, external_id, citizen_id, created_at)
-                VALUES (1, 'web', 'old', 1, '2026-12-01 08:00:00');
-            INSERT INTO conversation (id, identity_id, channel, handoff_status, started_at, last_message_at)
-                VALUES (1, 1, 'web', 'bot', '2026-12-01 08:00:00', '2026-12-01 08:00:00');
-            INSERT INTO message (id, conversation_id, channel, direction, sender_kind, text, original_length,
-                                 truncated, attachment, engine_input, created_at)
-                VALUES (1, 1, 'web', 'in', 'citizen', '{SENTENCE}', 10, 0,
-                        '{{"kind": "location", "latitude": 31.2304, "longitude": 121.4737}}', '{SENTENCE}',
-                        '2026-12-01 08:00:00');
-            INSERT INTO service_case (id, case_number, citizen_id, identity_id, description, location, contact_phone,
-                                      status, urgent, supervised, created_at, updated_at)
-                VALUES (1, '20261201-0001', 1, 1, '我们公司{SENTENCE}', '{ADDRESS}', '{PHONE}', 'received', 0, 0,
-                        '2026-12-01 08:00:00', '2026-12-01 08:00:00');
-            INSERT INTO case_event (id, case_id, to_status, kind, note, actor, created_at)
-                VALUES (1, 1, 'received', 'status', '', 'system', '2026-12-01 08:00:00'),
-                       (2, 1, 'received', 'reply', '已联系{ADDRESS}物业', 'staff', '2026-12-01 09:00:00');
-            """
-        )
-    await upgrade_database_async(url)
-    dump = raw_dump(database)
-    for secret in (PHONE, ADDRESS, SENTENCE, "121.4737"):
-        assert secret not in dump
-    engine = create_engine(url)
-    try:
-        async with create_sessionmaker(engine)() as session:
-            case = await session.scalar(select(ServiceCase))
-            message = await session.scalar(select(Message))
-            notes = (await session.scalars(select(CaseEvent.note).order_by(CaseEvent.id))).all()
-            citizen = await session.get(Citizen, 1)
-    finally:
-        await engine.dispose()
+# Rows as the app wrote them before migration 0021 (plain), one statement each (SQLite and PostgreSQL).
+OLD_ROWS = [
+    f"""INSERT INTO citizen (id, phone, notices_enabled, created_at)
+        VALUES (1, '{PHONE}', true, '2026-12-01 08:00:00+00')""",
+    """INSERT INTO channel_identity (id, channel, external_id, citizen_id, created_at)
+        VALUES (1, 'web', 'old', 1, '2026-12-01 08:00:00+00')""",
+    """INSERT INTO conversation (id, identity_id, channel, handoff_status, started_at, last_message_at)
+        VALUES (1, 1, 'web', 'bot', '2026-12-01 08:00:00+00', '2026-12-01 08:00:00+00')""",
+    f"""INSERT INTO message (id, conversation_id, channel, direction, sender_kind, text, original_length,
+                             truncated, attachment, engine_input, created_at)
+        VALUES (1, 1, 'web', 'in', 'citizen', '{SENTENCE}', 10, false,
+                '{{"kind": "location", "latitude": 31.2304, "longitude": 121.4737}}', '{SENTENCE}',
+                '2026-12-01 08:00:00+00')""",
+    f"""INSERT INTO service_case (id, case_number, citizen_id, identity_id, description, location, contact_phone,
+                                  status, urgent, supervised, created_at, updated_at)
+        VALUES (1, '20261201-0001', 1, 1, '我们公司{SENTENCE}', '{ADDRESS}', '{PHONE}', 'received', false, false,
+                '2026-12-01 08:00:00+00', '2026-12-01 08:00:00+00')""",
+    f"""INSERT INTO case_event (id, case_id, to_status, kind, note, actor, created_at)
+        VALUES (1, 1, 'received', 'status', '', 'system', '2026-12-01 08:00:00+00'),
+               (2, 1, 'received', 'reply', '已联系{ADDRESS}物业', 'staff', '2026-12-01 09:00:00+00')""",
+]
+
+
+async def check_migrated_rows(sessions: Sessions) -> None:
+    """What migration 0021 made of `OLD_ROWS`, read through the models."""
+    async with sessions() as session:
+        case = await session.scalar(select(ServiceCase))
+        message = await session.scalar(select(Message))
+        notes = (await session.scalars(select(CaseEvent.note).order_by(CaseEvent.id))).all()
+        citizen = await session.get(Citizen, 1)
     assert case is not None and message is not None and citizen is not None
     assert (case.contact_phone, case.location, case.description) == (PHONE, ADDRESS, f"我们公司{SENTENCE}")
     assert case.names_business and digits_prove(case, PHONE[-4:])
@@ -148,6 +138,24 @@ async def test_migration_0021_encrypts_the_rows_written_before_it(tmp_path: Path
     assert message.attachment == {"kind": "location", "latitude": 31.2304, "longitude": 121.4737}
     assert (message.text, message.engine_input) == (SENTENCE, SENTENCE)
     assert notes == ["", f"已联系{ADDRESS}物业"]
+
+
+async def test_migration_0021_encrypts_the_rows_written_before_it(tmp_path: Path) -> None:
+    database = tmp_path / "old.db"
+    url = normalise_database_url(f"sqlite:///{database}")
+    await asyncio.to_thread(command.upgrade, _alembic_config(url), "0019")
+    with sqlite3.connect(database) as connection:
+        for statement in OLD_ROWS:
+            connection.execute(statement)
+    await upgrade_database_async(url)
+    dump = raw_dump(database)
+    for secret in (PHONE, ADDRESS, SENTENCE, "121.4737"):
+        assert secret not in dump
+    engine = create_engine(url)
+    try:
+        await check_migrated_rows(create_sessionmaker(engine))
+    finally:
+        await engine.dispose()
     with sqlite3.connect(database) as connection:
         stored = connection.execute("SELECT note FROM case_event ORDER BY id").fetchall()
     assert stored[0] == ("",) and is_encrypted(stored[1][0])
