@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from crm_backend.errors import InvalidTransition, NotFound
 from crm_backend.lifecycle import CaseStatus, Role
 from crm_backend.models import (
+    PHONE,
     CaseEvent,
     ChannelIdentity,
     Citizen,
@@ -25,6 +26,7 @@ from crm_backend.models import (
     Satisfaction,
     ServiceCase,
     StaffUser,
+    blind_index,
     utcnow,
 )
 from crm_backend.services import audit
@@ -219,6 +221,20 @@ async def resolution_result(session: AsyncSession, case: ServiceCase) -> str | N
         .limit(1)
     )
     return note.strip() if note and note.strip() else None
+
+
+async def citizens_with_phone(session: AsyncSession, phone: str) -> list[int]:
+    """The ids of the citizens known by this phone number, their own or on one of their cases.
+
+    Phones are encrypted at rest: found through their blind indexes (exact number, as
+    `normalise_mobile` gives it), for access and erasure requests.
+    """
+    index = blind_index(phone.strip(), PHONE)
+    if index is None:
+        return []
+    own = select(Citizen.id).where(Citizen.phone_index == index)
+    on_cases = select(ServiceCase.citizen_id).where(ServiceCase.contact_phone_index == index)
+    return sorted(set((await session.scalars(own.union(on_cases))).all()))
 
 
 def linked_cases(lead: ServiceCase) -> Select[tuple[ServiceCase]]:

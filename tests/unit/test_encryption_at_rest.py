@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from crm_backend.crypto import active_key_ring, is_encrypted
 from crm_backend.db import _alembic_config, create_engine, create_sessionmaker, upgrade_database_async
 from crm_backend.models import CaseEvent, Citizen, Message, ServiceCase
+from crm_backend.services.citizens import citizens_with_phone
 from crm_backend.services.conversations import current_conversation, log_incoming, resolve_identity
 from crm_backend.services.intake import Report, file_case
 from crm_backend.services.lookup import digits_prove
@@ -82,6 +83,17 @@ async def test_blind_indexes_follow_the_phone_and_the_location(sessions: Session
     assert case is not None and case.case_number == case_number and citizen is not None and by_place == case_number
     assert case.contact_phone_last4_index == ring.blind_index(PHONE[-4:], "phone_last4")
     assert digits_prove(case, PHONE[-4:]) and not digits_prove(case, "0000") and not digits_prove(case, None)
+
+
+async def test_citizens_are_found_by_their_phone_number_through_the_blind_index(sessions: Sessions) -> None:
+    await file_known_case(sessions)
+    async with sessions.begin() as session:
+        other = await resolve_identity(session, "web", "other-citizen")
+        await file_case(session, other, Report(description="井盖丢了", location=ADDRESS, contact_phone="13800001111"))
+    async with sessions() as session:
+        assert await citizens_with_phone(session, PHONE) == [1]
+        assert await citizens_with_phone(session, "13800001111") == [2]
+        assert await citizens_with_phone(session, "13800002222") == [] and await citizens_with_phone(session, "") == []
 
 
 async def test_a_value_copied_into_another_column_does_not_read(sessions: Sessions, tmp_path: Path) -> None:
