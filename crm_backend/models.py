@@ -111,7 +111,7 @@ class EncryptedJSON(TypeDecorator[Any]):
     def process_bind_param(self, value: Any, dialect: Any) -> str | None:
         if value is None:
             return None
-        return active_key_ring().encrypt(json.dumps(value, ensure_ascii=False, separators=(",", ":")), self.place)
+        return active_key_ring().encrypt(json.dumps(value), self.place)  # as SQLAlchemy's JSON writes it
 
     def process_result_value(self, value: str | None, dialect: Any) -> Any:
         if value is None:

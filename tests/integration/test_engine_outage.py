@@ -15,6 +15,7 @@ from tests.integration.test_rest_channel import post_with_id, response_text
 from tests.integration.test_rest_channel import texts as rest_texts
 from tests.integration.test_webchat import open_chat, texts
 from tests.support.console import ConsoleClient, create_staff
+from tests.support.encrypted import plain
 from tests.support.proxy import EngineSwitch
 from tests.support.stack import Stack, free_port
 
@@ -44,14 +45,14 @@ def logged_texts(stack: Stack, sender: str) -> list[str]:
             "WHERE i.external_id = ? AND m.direction = 'in' ORDER BY m.id",
             (sender,),
         ).fetchall()
-    return [row[0] for row in rows]
+    return [plain(row[0], "message.text") or "" for row in rows]
 
 
 def waiting_texts(stack: Stack) -> list[str]:
     """Citizens' messages still marked as not answered by the engine."""
     with sqlite3.connect(stack.workdir / "crm.db") as db:
         rows = db.execute("SELECT text FROM message WHERE engine_pending_since IS NOT NULL ORDER BY id").fetchall()
-    return [row[0] for row in rows]
+    return [plain(row[0], "message.text") or "" for row in rows]
 
 
 def test_engine_down_gets_busy_reply_fast_and_the_message_is_logged(

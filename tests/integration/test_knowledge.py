@@ -15,6 +15,7 @@ from crm_backend.models import StaffUser
 from crm_backend.services import knowledge
 from crm_backend.settings import normalise_database_url
 from tests.support.domain_text import utter, utter_buttons
+from tests.support.encrypted import plain
 from tests.support.stack import Stack, stop_process_group
 
 # A service the knowledge base has no entry for, asked several ways: the test uses the first
@@ -45,7 +46,9 @@ def feedback_in(stack: Stack) -> list[tuple[str, int, str]]:
             "SELECT e.slug, f.helpful, f.question FROM knowledge_feedback f "
             "JOIN knowledge_entry e ON e.id = f.entry_id ORDER BY f.id"
         ).fetchall()
-    return [(slug, int(helpful), question) for slug, helpful, question in rows]
+    return [
+        (slug, int(helpful), plain(question, "knowledge_feedback.question") or "") for slug, helpful, question in rows
+    ]
 
 
 def test_a_question_is_answered_naming_its_entry_and_asking_if_it_helped(stack: Stack, sender: str) -> None:
@@ -102,7 +105,8 @@ def test_an_alternative_offered_as_a_button_is_answered(stack: Stack, sender: st
 
 def misses_in(stack: Stack) -> list[str]:
     with sqlite3.connect(Path(stack.workdir) / "crm.db") as db:
-        return [row[0] for row in db.execute("SELECT question FROM knowledge_miss ORDER BY id")]
+        rows = db.execute("SELECT question FROM knowledge_miss ORDER BY id").fetchall()
+    return [plain(row[0], "knowledge_miss.question") or "" for row in rows]
 
 
 def test_no_match_says_so_offers_a_consultation_or_a_person_and_keeps_the_question_for_staff(

@@ -23,6 +23,7 @@ from tests.integration.test_followup import file_case
 from tests.integration.test_webchat import open_chat
 from tests.support.console import ConsoleClient, create_staff
 from tests.support.domain_text import utter, utter_buttons
+from tests.support.encrypted import plain
 from tests.support.fake_telegram import FakeTelegram, keyboard_buttons
 from tests.support.naming import unique_number
 from tests.support.stack import Stack
@@ -135,10 +136,12 @@ def conversation_of(stack: Stack, chat_id: int) -> int:
 def logged_in(stack: Stack, chat_id: int) -> list[tuple[str, str | None]]:
     """The citizen's messages of the chat's conversation: (text, attachment JSON)."""
     with db(stack) as conn:
-        return conn.execute(
+        rows = conn.execute(
             "SELECT text, attachment FROM message WHERE conversation_id = ? AND direction = 'in' ORDER BY id",
             (conversation_of(stack, chat_id),),
         ).fetchall()
+    # Encrypted at rest; the attachment back to the JSON text it was stored as.
+    return [(plain(text, "message.text") or "", plain(attachment, "message.attachment")) for text, attachment in rows]
 
 
 def texts(messages: list[dict[str, Any]]) -> list[str]:

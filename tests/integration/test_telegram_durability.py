@@ -20,6 +20,7 @@ import requests
 
 from tests.integration.test_telegram import conversation_of, db, texts
 from tests.support.domain_text import utter
+from tests.support.encrypted import plain
 from tests.support.fake_telegram import FakeTelegram
 from tests.support.stack import Stack
 
@@ -101,7 +102,7 @@ def logged_in(app: Stack, chat_id: int) -> list[str]:
             "SELECT text FROM message WHERE conversation_id = ? AND direction = 'in' ORDER BY id",
             (conversation_of(app, chat_id),),
         ).fetchall()
-    return [text for (text,) in rows]
+    return [plain(text, "message.text") or "" for (text,) in rows]
 
 
 def test_an_update_that_cannot_be_stored_is_refused_and_its_resend_processed_once(

@@ -23,6 +23,7 @@ from app.settings import Settings
 from bot.channels.webchat import external_id_for
 from crm_backend.models import utcnow
 from tests.support.domain_text import day_text, expected_preview, handoff_texts, utter, utter_buttons
+from tests.support.encrypted import plain
 from tests.support.naming import suffix, unique
 from tests.support.stack import Stack
 
@@ -148,7 +149,8 @@ def logged_row(stack: Stack, client_msg_id: str) -> dict[str, Any]:
         db.row_factory = sqlite3.Row
         rows = db.execute("SELECT * FROM message WHERE client_msg_id = ?", (client_msg_id,)).fetchall()
     assert len(rows) == 1, f"{len(rows)} messages logged with id {client_msg_id}"
-    return dict(rows[0])
+    row = dict(rows[0])  # the personal columns are encrypted at rest
+    return {**row, **{name: plain(row[name], f"message.{name}") for name in ("text", "engine_input", "attachment")}}
 
 
 def api_messages(stack: Stack, conversation_id: int) -> list[dict[str, Any]]:
