@@ -8,7 +8,6 @@ before the answer; replies staff write must survive the app dying before they ar
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +19,7 @@ import requests
 
 from tests.integration.test_telegram import conversation_of, db, texts
 from tests.support.domain_text import utter
-from tests.support.encrypted import plain
+from tests.support.encrypted import plain, sealed_json
 from tests.support.fake_telegram import FakeTelegram
 from tests.support.stack import Stack
 
@@ -147,7 +146,7 @@ def test_an_update_stored_but_not_processed_before_a_restart_is_processed_after_
     with db(app) as conn:
         conn.execute(
             "INSERT INTO telegram_update (update_id, chat_id, payload, attempts, received_at) VALUES (?, ?, ?, 0, ?)",
-            (update["update_id"], str(chat_id), json.dumps(update), received),
+            (update["update_id"], str(chat_id), sealed_json(update, "telegram_update.payload"), received),
         )
     start(app, fake)
     [reply] = fake.wait_for_messages(chat_id, 1)

@@ -17,3 +17,8 @@ def plain(stored: str | None, place: str) -> str | None:
 def plain_json(stored: str | None, place: str) -> Any:
     """The JSON value a raw encrypted JSON column of `place` holds (None for SQL NULL)."""
     return json.loads(active_key_ring().decrypt(stored, place)) if stored else None
+
+
+def sealed_json(value: Any, place: str) -> str:
+    """A JSON value as the app stores it in the encrypted column `place` (for rows a test writes itself)."""
+    return active_key_ring().encrypt(json.dumps(value), place)
