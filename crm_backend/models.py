@@ -32,6 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import event as orm_event
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.sql import operators
 
 from crm_backend.crypto import active_key_ring
 
@@ -68,6 +69,10 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
 
+class EncryptedColumnQuery(TypeError):
+    """A query compares, searches or sorts on an encrypted column in SQL: a programming error."""
+
+
 class EncryptedText(TypeDecorator[str]):
     """Text encrypted at rest under the process's key ring (`crm_backend.crypto`), bound to its column.
 
@@ -82,6 +87,18 @@ class EncryptedText(TypeDecorator[str]):
 
     impl = Text
     cache_ok = True
+
+    class Comparator(TypeDecorator.Comparator[str]):
+        """Refuses SQL comparisons a random-nonce ciphertext cannot answer (they would silently
+        match nothing): only ``== ''``, ``!= ''`` and ``IS [NOT] NULL`` are allowed."""
+
+        def operate(self, op: Any, *other: Any, **kwargs: Any) -> Any:
+            empty = len(other) == 1 and (other[0] is None or other[0] == "")
+            if (op in (operators.eq, operators.ne) and empty) or op in (operators.is_, operators.is_not):
+                return super().operate(op, *other, **kwargs)
+            raise EncryptedColumnQuery(f"{self.expr} is encrypted at rest: search its blind index, or in Python")
+
+    comparator_factory = Comparator
 
     def __init__(self, place: str) -> None:
         super().__init__()
@@ -103,6 +120,7 @@ class EncryptedJSON(TypeDecorator[Any]):
 
     impl = Text
     cache_ok = True
+    comparator_factory = EncryptedText.Comparator
 
     def __init__(self, place: str) -> None:
         super().__init__()

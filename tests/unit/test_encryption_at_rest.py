@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_backend.crypto import active_key_ring, is_encrypted
 from crm_backend.db import _alembic_config, create_engine, create_sessionmaker, upgrade_database_async
-from crm_backend.models import CaseEvent, Citizen, Message, ServiceCase
+from crm_backend.models import CaseEvent, Citizen, EncryptedColumnQuery, Message, ServiceCase
 from crm_backend.services.citizens import citizens_with_phone
 from crm_backend.services.conversations import current_conversation, log_incoming, resolve_identity
 from crm_backend.services.intake import Report, file_case
@@ -94,6 +94,23 @@ async def test_citizens_are_found_by_their_phone_number_through_the_blind_index(
         assert await citizens_with_phone(session, PHONE) == [1]
         assert await citizens_with_phone(session, "13800001111") == [2]
         assert await citizens_with_phone(session, "13800002222") == [] and await citizens_with_phone(session, "") == []
+
+
+def test_sql_that_would_compare_ciphertext_is_refused_when_written() -> None:
+    """A random nonce makes `== 'text'`, LIKE or ORDER BY on ciphertext silently wrong: refused at once."""
+    for build in (
+        lambda: ServiceCase.contact_phone == PHONE,
+        lambda: ServiceCase.description.contains("公司"),
+        lambda: ServiceCase.location.in_([ADDRESS]),
+        lambda: Message.text.like("%灯%"),
+        lambda: CaseEvent.note.desc(),
+        lambda: Message.attachment == {"kind": "location"},
+    ):
+        with pytest.raises(EncryptedColumnQuery, match="encrypted at rest"):
+            build()
+    # What stays possible: emptiness and NULL, and every blind index.
+    select(CaseEvent).where(CaseEvent.note != "", Citizen.phone.is_(None), Message.attachment.is_not(None))
+    select(ServiceCase).where(ServiceCase.contact_phone_index == "x")
 
 
 async def test_a_value_copied_into_another_column_does_not_read(sessions: Sessions, tmp_path: Path) -> None:
