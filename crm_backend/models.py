@@ -32,7 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import event as orm_event
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
-from sqlalchemy.sql import operators
+from sqlalchemy.sql import ColumnElement, operators
 
 from crm_backend.crypto import active_key_ring
 
@@ -89,14 +89,16 @@ class EncryptedText(TypeDecorator[str]):
     cache_ok = True
 
     class Comparator(TypeDecorator.Comparator[str]):
-        """Refuses SQL comparisons a random-nonce ciphertext cannot answer (they would silently
-        match nothing): only ``== ''``, ``!= ''`` and ``IS [NOT] NULL`` are allowed."""
+        """Refuses comparing the column with a value in SQL (``== 'text'``, LIKE, IN ...): a
+        random-nonce ciphertext would silently match nothing. Emptiness (``== ''``, ``!= ''``),
+        NULL tests and comparisons between columns (which SQLAlchemy makes internally) pass."""
 
         def operate(self, op: Any, *other: Any, **kwargs: Any) -> Any:
-            empty = len(other) == 1 and (other[0] is None or other[0] == "")
-            if (op in (operators.eq, operators.ne) and empty) or op in (operators.is_, operators.is_not):
-                return super().operate(op, *other, **kwargs)
-            raise EncryptedColumnQuery(f"{self.expr} is encrypted at rest: search its blind index, or in Python")
+            values = [value for value in other if not isinstance(value, ColumnElement)]
+            empty = len(values) == 1 and (values[0] is None or values[0] == "")
+            if values and not (empty and op in (operators.eq, operators.ne, operators.is_, operators.is_not)):
+                raise EncryptedColumnQuery(f"{self.expr} is encrypted at rest: search its blind index, or in Python")
+            return super().operate(op, *other, **kwargs)
 
     comparator_factory = Comparator
 
