@@ -10,11 +10,13 @@ session. Failed sign-ins are counted per username and per address (the client's,
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from importlib import resources
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -31,7 +33,9 @@ SESSION_MAX_AGE = timedelta(hours=12)
 THROTTLE_WINDOW = timedelta(minutes=15)
 MAX_FAILURES_PER_USERNAME = 5
 MAX_FAILURES_PER_ADDRESS = 20
-MIN_PASSWORD_CHARS = 10
+MIN_PASSWORD_CHARS = 12
+MAX_PASSWORD_CHARS = 256
+COMMON_PASSWORDS_FILE = "common_passwords.txt"  # in crm_backend/data, see its PROVENANCE.md
 LOGIN_REFUSED = "用户名或密码不正确"  # never says which of the two was wrong
 USERNAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{2,31}")
 _hasher = PasswordHasher()
@@ -58,12 +62,35 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def check_password_rules(password: str) -> None:
-    """Raises InvalidInput unless the password is long enough to resist guessing."""
+@functools.cache
+def common_passwords() -> frozenset[str]:
+    """The shipped list of common passwords, lower-cased; read on first use, then kept."""
+    text = resources.files("crm_backend.data").joinpath(COMMON_PASSWORDS_FILE).read_text(encoding="utf-8")
+    return frozenset(line.strip().lower() for line in text.splitlines() if line.strip())
+
+
+def check_password_rules(password: str, username: str) -> None:
+    """Refuse a password that is short, built on the username, or one of the common ones.
+
+    Each refusal says its own reason, in Chinese, so staff know what to change.
+
+    Args:
+        password: the new password, as typed.
+        username: the account's username (the password may neither be it nor contain it).
+
+    Raises:
+        InvalidInput: ``weak_password`` (too short), ``long_password``, ``password_has_username``
+            or ``common_password``.
+    """
     if len(password) < MIN_PASSWORD_CHARS:
         raise InvalidInput("weak_password", f"密码至少需要 {MIN_PASSWORD_CHARS} 个字符")
-    if len(password) > 256:
-        raise InvalidInput("long_password", "密码不能超过 256 个字符")
+    if len(password) > MAX_PASSWORD_CHARS:
+        raise InvalidInput("long_password", f"密码不能超过 {MAX_PASSWORD_CHARS} 个字符")
+    name = username.strip().lower()
+    if name and name in password.lower():
+        raise InvalidInput("password_has_username", "密码不能是用户名，也不能包含用户名")
+    if password.lower() in common_passwords():
+        raise InvalidInput("common_password", "这个密码是常见密码，很容易被猜中，请换一个")
 
 
 async def hash_password(password: str) -> str:
@@ -95,7 +122,7 @@ async def create_user(
         staff_role = Role(role)
     except ValueError as error:
         raise InvalidInput("bad_role", "角色只能是 agent、supervisor 或 admin") from error
-    check_password_rules(password)
+    check_password_rules(password, username)
     department_id = None
     if department_code:
         department_id = await session.scalar(select(Department.id).where(Department.code == department_code))
@@ -119,11 +146,16 @@ async def create_user(
 
 
 async def set_password(session: AsyncSession, user_id: int, password: str) -> StaffUser:
-    """Replace a password and sign the user out everywhere."""
-    check_password_rules(password)
+    """Replace a password and sign the user out everywhere.
+
+    Raises:
+        NotFound: no such user.
+        InvalidInput: the password breaks a rule (`check_password_rules`).
+    """
     user = await session.get(StaffUser, user_id)
     if user is None:
         raise NotFound("staff user")
+    check_password_rules(password, user.username)
     user.password_hash = await hash_password(password)
     await session.execute(delete(StaffSession).where(StaffSession.user_id == user.id))
     return user

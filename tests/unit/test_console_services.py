@@ -111,6 +111,10 @@ async def test_passwords_are_stored_as_argon2id_hashes(sessions: Sessions, peopl
         ("ab", PASSWORD, "agent", "A-housing", "bad_username"),
         ("Bad Name", PASSWORD, "agent", "A-housing", "bad_username"),
         ("newbie", "short", "agent", "A-housing", "weak_password"),
+        ("newbie", "elevenchars", "agent", "A-housing", "weak_password"),
+        ("newbie", "Newbie-is-my-name", "agent", "A-housing", "password_has_username"),
+        ("newbie", "1QAZ2WSX3EDC", "agent", "A-housing", "common_password"),
+        ("newbie", "qwerty123456", "agent", "A-housing", "common_password"),
         ("newbie", PASSWORD, "boss", None, "bad_role"),
         ("newbie", PASSWORD, "agent", None, "department_required"),
         ("newbie", PASSWORD, "agent", "NO-SUCH", "bad_department"),
@@ -132,6 +136,32 @@ async def test_create_user_refuses_bad_accounts(
                 session, username=username, display_name="x", password=password, role=role, department_code=department
             )
     assert refused.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("password", "reason", "message"),
+    [
+        ("short", "weak_password", "密码至少需要 12 个字符"),
+        ("xx-li.housing-xx", "password_has_username", "密码不能是用户名，也不能包含用户名"),
+        ("LI.HOUSING.LI.HOUSING", "password_has_username", "密码不能是用户名，也不能包含用户名"),
+        ("LeaveMeAlone", "common_password", "这个密码是常见密码，很容易被猜中，请换一个"),
+    ],
+)
+async def test_resetting_a_password_keeps_the_rules_and_says_why(
+    sessions: Sessions, people: dict[str, StaffUser], password: str, reason: str, message: str
+) -> None:
+    async with sessions.begin() as session:
+        with pytest.raises(InvalidInput) as refused:
+            await admin.change_user(session, people["admin"], people["housing"].id, "password", password=password)
+    assert (refused.value.reason, str(refused.value)) == (reason, message)
+
+
+def test_common_passwords_are_read_once_and_lower_cased() -> None:
+    staff.common_passwords.cache_clear()
+    listed = staff.common_passwords()
+    assert staff.common_passwords() is listed
+    assert "123456" in listed and "qazwsxedcrfv" in listed and len(listed) > 20_000
+    assert all(word == word.lower() for word in listed)
 
 
 async def test_sign_in_and_wrong_passwords_are_throttled_per_username(

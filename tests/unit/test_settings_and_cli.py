@@ -251,6 +251,12 @@ def test_create_user_refuses_a_weak_password_and_an_agent_without_department(tmp
     database = tmp_path / "crm.db"
     weak = run_cli("create-user", "--username", "chief", "--role", "admin", database=database, stdin="short\n")
     assert weak.returncode == 1 and "密码至少需要" in weak.stderr
+    common = run_cli("create-user", "--username", "chief", "--role", "admin", database=database, stdin="1q2w3e4r5t6y\n")
+    assert common.returncode == 1 and "常见密码" in common.stderr
+    named = run_cli(
+        "create-user", "--username", "chief", "--role", "admin", database=database, stdin="chief-of-staff\n"
+    )
+    assert named.returncode == 1 and "包含用户名" in named.stderr
     homeless = run_cli(
         "create-user", "--username", "li.ming", "--role", "agent", database=database, stdin="a long enough password\n"
     )
