@@ -16,6 +16,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from importlib import resources
 
 from argon2 import PasswordHasher
@@ -26,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from crm_backend.errors import CrmError, InvalidInput, NotFound
 from crm_backend.lifecycle import Role
 from crm_backend.models import Department, LoginFailure, StaffSession, StaffUser, utcnow
-from crm_backend.services import audit
+from crm_backend.services import audit, two_factor
 
 SESSION_IDLE_LIMIT = timedelta(hours=2)
 SESSION_MAX_AGE = timedelta(hours=12)
@@ -36,11 +37,21 @@ MAX_FAILURES_PER_ADDRESS = 20
 MIN_PASSWORD_CHARS = 12
 MAX_PASSWORD_CHARS = 256
 COMMON_PASSWORDS_FILE = "common_passwords.txt"  # in crm_backend/data, see its PROVENANCE.md
+PENDING_MAX_AGE = timedelta(minutes=10)  # to give the code or enrol, after the password
 LOGIN_REFUSED = "用户名或密码不正确"  # never says which of the two was wrong
+CODE_REFUSED = "验证码不正确或已使用过，请输入验证器应用当前显示的 6 位数字或一个恢复码"
+THROTTLED = "登录失败次数过多，请 15 分钟后再试"
 USERNAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{2,31}")
 _hasher = PasswordHasher()
 # Verified against when the username is unknown, so a miss costs as long as a hit.
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+class SessionStep(StrEnum):
+    """What a session opened by a right password still waits for."""
+
+    CODE = "totp"  # a TOTP or recovery code
+    ENROL = "enrol"  # setting up two-factor sign-in, which the role or the admins require
 
 
 class LoginThrottled(CrmError):
@@ -121,7 +132,7 @@ async def create_user(
     try:
         staff_role = Role(role)
     except ValueError as error:
-        raise InvalidInput("bad_role", "角色只能是 agent、supervisor 或 admin") from error
+        raise InvalidInput("bad_role", "角色只能是 agent、supervisor、admin 或 auditor") from error
     check_password_rules(password, username)
     department_id = None
     if department_code:
@@ -197,12 +208,80 @@ async def sign_in(
             await session.execute(delete(LoginFailure).where(LoginFailure.id == attempt.id))
             if _hasher.check_needs_rehash(user.password_hash):
                 user.password_hash = await hash_password(password)
-            user.last_login_at = utcnow()
-            signed = await open_session(session, user)
-            audit.record(session, user, "login", address=address)
+            step = await _next_step(session, user)
+            signed = await open_session(session, user, pending_step=step)
+            if step is None:
+                user.last_login_at = utcnow()
+                audit.record(session, user, "login", address=address)
+            else:
+                audit.record(session, user, "login.password", f"next: {step}", address=address)
             return signed
         await session.execute(delete(LoginFailure).where(LoginFailure.id == attempt.id))
-    raise LoginThrottled("登录失败次数过多，请 15 分钟后再试")
+    raise LoginThrottled(THROTTLED)
+
+
+async def _next_step(session: AsyncSession, user: StaffUser) -> str | None:
+    """What a user whose password was right must still do: give a code, enrol, or nothing."""
+    if two_factor.enrolled(user):
+        return SessionStep.CODE
+    if await two_factor.required(session, user):
+        return SessionStep.ENROL
+    return None
+
+
+async def second_factor(
+    sessions: async_sessionmaker[AsyncSession], token: str, code: str, address: str, *, enrol: bool = False
+) -> list[str] | None:
+    """Finish a sign-in with a second-factor code: the session behind `token` is then signed in.
+
+    With `enrol`, the code confirms a new enrolment instead (a session waiting to enrol, or a
+    signed-in one enrolling of its own accord), and the recovery codes to show once are
+    returned. Attempts are recorded, counted and throttled as passwords are (`sign_in`), and
+    refusals audited.
+
+    Returns:
+        The recovery codes (enrolment), an empty list (a code accepted), or None (refused).
+
+    Raises:
+        LoginThrottled: too many recent failures for this username or from this address.
+        NotFound: no session waiting for this step behind the token.
+    """
+    address = address[:64]
+    async with sessions.begin() as session:
+        found = await find_session(session, token, pending=True)
+        if found is None:
+            raise NotFound("sign-in step")
+        row, user = found
+        wanted = (SessionStep.ENROL, None) if enrol else (SessionStep.CODE,)
+        if row.pending_step not in wanted:
+            raise NotFound("sign-in step")
+        attempt = LoginFailure(username=user.username, address=address)
+        session.add(attempt)
+    async with sessions.begin() as session:
+        current_row = await session.get(StaffSession, row.id)
+        current_user = await session.get(StaffUser, user.id)
+        if current_row is None or current_user is None:
+            raise NotFound("sign-in step")
+        row, user = current_row, current_user
+        if await _over_limit(session, user.username, address):
+            await session.execute(delete(LoginFailure).where(LoginFailure.id == attempt.id))
+            raise LoginThrottled(THROTTLED)
+        recovery: list[str] = []
+        if enrol:
+            try:
+                recovery = await two_factor.confirm_enrolment(session, user, code, address=address)
+            except InvalidInput:
+                return None
+        elif not await two_factor.check_code(session, user, code, address=address):
+            audit.record(session, user, "login.code_failed", user.username, address=address)
+            return None
+        await session.execute(delete(LoginFailure).where(LoginFailure.id == attempt.id))
+        if row.pending_step is not None:
+            now = utcnow()
+            row.pending_step, row.expires_at, row.last_seen_at = None, now + SESSION_MAX_AGE, now
+            user.last_login_at = now
+            audit.record(session, user, "login", "", "two-factor", address=address)
+        return recovery
 
 
 async def _over_limit(session: AsyncSession, username: str, address: str) -> bool:
@@ -223,6 +302,11 @@ async def sign_out(session: AsyncSession, user: StaffUser, token: str, *, addres
     audit.record(session, user, "logout", address=address)
 
 
+async def verify_password(stored: str, password: str) -> bool:
+    """Whether the password (or recovery code) matches the stored Argon2 hash; in a worker thread."""
+    return await asyncio.to_thread(_verify, stored, password)
+
+
 def _verify(stored: str, password: str) -> bool:
     try:
         return _hasher.verify(stored, password)
@@ -230,8 +314,12 @@ def _verify(stored: str, password: str) -> bool:
         return False
 
 
-async def open_session(session: AsyncSession, user: StaffUser, now: datetime | None = None) -> SignedIn:
-    """Start a console session for a user who just signed in."""
+async def open_session(
+    session: AsyncSession, user: StaffUser, now: datetime | None = None, *, pending_step: str | None = None
+) -> SignedIn:
+    """Start a console session for a user who just signed in (or, with `pending_step`, who
+    gave the right password and must still give a code or enrol: such a session reaches
+    only that step's pages, and lasts `PENDING_MAX_AGE`)."""
     now = now or utcnow()
     token = secrets.token_urlsafe(32)
     row = StaffSession(
@@ -240,7 +328,8 @@ async def open_session(session: AsyncSession, user: StaffUser, now: datetime | N
         user_id=user.id,
         created_at=now,
         last_seen_at=now,
-        expires_at=now + SESSION_MAX_AGE,
+        expires_at=now + (PENDING_MAX_AGE if pending_step else SESSION_MAX_AGE),
+        pending_step=pending_step,
     )
     session.add(row)
     await session.flush()
@@ -248,17 +337,18 @@ async def open_session(session: AsyncSession, user: StaffUser, now: datetime | N
 
 
 async def find_session(
-    session: AsyncSession, token: str, now: datetime | None = None
+    session: AsyncSession, token: str, now: datetime | None = None, *, pending: bool = False
 ) -> tuple[StaffSession, StaffUser] | None:
     """The live session and its active user for a cookie token; None if unknown or expired.
 
+    A session still waiting for its second factor (or enrolment) counts only with `pending`.
     An expired session (idle too long, or past its maximum age) is deleted.
     """
     if not token or len(token) > 100:
         return None
     now = now or utcnow()
     row = await session.scalar(select(StaffSession).where(StaffSession.token_hash == token_hash(token)))
-    if row is None:
+    if row is None or (row.pending_step is not None and not pending):
         return None
     if now >= row.expires_at or now - row.last_seen_at >= SESSION_IDLE_LIMIT:
         await session.delete(row)

@@ -168,7 +168,9 @@ async def test_sign_in_and_wrong_passwords_are_throttled_per_username(
     sessions: Sessions, people: dict[str, StaffUser]
 ) -> None:
     signed = await staff.sign_in(sessions, "WANG ", PASSWORD, "127.0.0.1")
-    assert signed is not None and signed.user.id == people["supervisor"].id and signed.user.last_login_at is not None
+    assert signed is not None and signed.user.id == people["supervisor"].id
+    # A supervisor's right password opens only the second step (enrolling in two-factor sign-in).
+    assert signed.session.pending_step == staff.SessionStep.ENROL and signed.user.last_login_at is None
     for _ in range(staff.MAX_FAILURES_PER_USERNAME):
         assert await staff.sign_in(sessions, "wang", "wrong password!", "127.0.0.1") is None
     with pytest.raises(staff.LoginThrottled):
@@ -176,7 +178,7 @@ async def test_sign_in_and_wrong_passwords_are_throttled_per_username(
     assert await staff.sign_in(sessions, "nobody", PASSWORD, "127.0.0.2") is None  # an unknown user: the same
     async with sessions() as session:
         actions = list((await session.scalars(select(AuditEntry.action).order_by(AuditEntry.id))).all())
-    assert actions == ["login"] + ["login.failed"] * staff.MAX_FAILURES_PER_USERNAME + ["login.failed"]
+    assert actions == ["login.password"] + ["login.failed"] * staff.MAX_FAILURES_PER_USERNAME + ["login.failed"]
 
 
 async def test_failures_from_one_address_are_throttled_whatever_the_username(

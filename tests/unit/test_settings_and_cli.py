@@ -268,6 +268,16 @@ def test_create_user_refuses_a_weak_password_and_an_agent_without_department(tmp
     assert placed.returncode == 0, placed.stderr
 
 
+def test_create_user_makes_an_auditor(tmp_path: Path) -> None:
+    database = tmp_path / "crm.db"
+    done = run_cli(
+        "create-user", "--username", "shen.ji", "--role", "auditor", database=database, stdin="a long enough password\n"
+    )
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(database) as connection:
+        assert connection.execute("SELECT role FROM staff_user").fetchall() == [("auditor",)]
+
+
 def test_create_user_has_no_password_argument(tmp_path: Path) -> None:
     done = run_cli(
         "create-user", "--username", "x1x", "--role", "admin", "--password", "secret-in-history",
