@@ -9,6 +9,7 @@ PostgreSQL (which refuses text SQLite stores, such as NUL).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import re
@@ -165,6 +166,39 @@ async def test_two_processes_appending_at_once_form_one_chain(postgres: Postgres
     # The two writers really ran at once: their rows interleave in the chain.
     switches = sum(1 for earlier, later in itertools.pairwise(actors) if earlier != later)
     assert switches > 1, "the writers never overlapped"
+
+
+async def test_the_migration_hashes_existing_audit_rows_on_postgres(postgres: PostgresServer) -> None:
+    from alembic import command
+
+    from crm_backend.db import _alembic_config
+
+    url = postgres.create_database(unique("chainmig", "_"))
+    config = _alembic_config(normalise_database_url(url))
+    await asyncio.to_thread(command.upgrade, config, "0019")
+    engine = create_engine(normalise_database_url(url))
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "INSERT INTO audit_entry (actor_id, actor, action, target, detail, address, created_at) VALUES "
+                    "(NULL, 'cli', 'user.create', 'chief', 'admin', '', '2026-12-01 08:00:00+00'), "
+                    "(NULL, 'chief', 'login', '', '', '127.0.0.1', '2026-12-01 08:01:02.345678+00')"
+                )
+            )
+    finally:
+        await engine.dispose()
+    await asyncio.to_thread(command.upgrade, config, "head")
+    verified = subprocess.run(
+        [str(APP_PYTHON), "-m", "crm_backend", "audit", "verify"],
+        cwd=ROOT,
+        env={"DATABASE_URL": url, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "audit chain OK: 2 rows" in verified.stdout
 
 
 def test_stats_cli_reads_postgres(postgres: PostgresServer) -> None:
