@@ -44,6 +44,7 @@ class ConsoleClient:
         self.http = requests.Session()
         self.http.headers["Accept"] = "text/html"
         self.csrf = ""
+        self.password_step: requests.Response | None = None
 
     def login(self, username: str, password: str = PASSWORD) -> requests.Response:
         page = self.http.get(f"{self.base}/login", timeout=10)
@@ -54,6 +55,7 @@ class ConsoleClient:
             data={"csrf": token.group(1), "username": username, "password": password},
             timeout=30,
         )
+        self.password_step = response  # the password's answer (its redirect sets the session cookie)
         response = self._second_factor(username, response)
         found = _BODY_CSRF.search(response.text)
         self.csrf = found.group(1) if found else ""
