@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import func, select
 
+from crm_backend.console.web import SESSION_COOKIE
 from crm_backend.dispatch.routing import seed_routing
 from crm_backend.models import AuditEntry, StaffRecoveryCode, StaffSession, StaffUser, utcnow
 from crm_backend.services import staff, two_factor
@@ -204,3 +205,32 @@ async def test_an_admin_resets_a_members_two_factor_and_signs_them_out(
     assert (left, codes, audited) == (0, 0, "supervisor.two")
     moved = await password_step(client, "supervisor.two")
     assert moved.headers["Location"] == "/console/login/enrol"
+
+
+async def test_the_admin_page_requires_two_factor_for_everyone_and_resets_a_member(
+    sessions: Sessions, people: dict[str, StaffUser], client: Client
+) -> None:
+    await enrol(client, "supervisor.two")
+    client.session.cookie_jar.clear()
+    async with sessions.begin() as session:
+        opened = await staff.open_session(session, people["admin"])
+    cookies = {SESSION_COOKIE: opened.token}
+    page = await (await client.get("/console/admin/users", cookies=cookies)).text()
+    assert 'data-two-factor="on"' in page and 'value="totp_reset"' in page
+    csrf = opened.session.csrf_token
+    turned = await client.post(
+        "/console/admin/users", data={"csrf": csrf, "op": "totp_all", "value": "1"}, cookies=cookies
+    )
+    assert "已要求所有人使用两步验证" in await turned.text()
+    reset = await client.post(
+        "/console/admin/users",
+        data={"csrf": csrf, "op": "totp_reset", "user_id": str(people["supervisor"].id)},
+        cookies=cookies,
+    )
+    assert "已重置 supervisor.two 的两步验证" in await reset.text()
+    async with sessions() as session:
+        assert await two_factor.required_for_all(session)
+        user = await session.get(StaffUser, people["supervisor"].id)
+        audited = (await session.scalars(select(AuditEntry.action).where(AuditEntry.actor == "admin.two"))).all()
+    assert user is not None and not two_factor.enrolled(user)
+    assert audited == ["security.totp_required_for_all", "totp.reset"]
