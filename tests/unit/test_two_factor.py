@@ -234,3 +234,12 @@ async def test_the_admin_page_requires_two_factor_for_everyone_and_resets_a_memb
         audited = (await session.scalars(select(AuditEntry.action).where(AuditEntry.actor == "admin.two"))).all()
     assert user is not None and not two_factor.enrolled(user)
     assert audited == ["security.totp_required_for_all", "totp.reset"]
+
+
+async def test_supervisors_admins_and_auditors_must_use_two_factor_and_agents_need_not(sessions: Sessions) -> None:
+    async with sessions() as session:
+        needs = {
+            role: await two_factor.required(session, StaffUser(username="x", role=role))
+            for role in ("agent", "supervisor", "admin", "auditor")
+        }
+    assert needs == {"agent": False, "supervisor": True, "admin": True, "auditor": True}
