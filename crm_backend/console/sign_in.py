@@ -64,7 +64,10 @@ class SignInStepViews(ConsoleBase):
             return self.render(
                 request, "login_code.html", step_csrf=row.csrf_token, error=staff.CODE_REFUSED, status=401
             )
-        raise secure(web.HTTPSeeOther(home_page(Role(user.role))))
+        response = secure(web.HTTPSeeOther(home_page(Role(user.role))))
+        if accepted.token:
+            self.set_session_cookie(response, accepted.token)
+        raise response
 
     # --- enrolment -----------------------------------------------------------------
 
@@ -97,13 +100,18 @@ class SignInStepViews(ConsoleBase):
         row, user = await self._session(request, staff.SessionStep.ENROL, None)
         code = (await form(request)).get("code", "")[:32]
         try:
-            codes = await staff.second_factor(
+            done = await staff.second_factor(
                 self.sessions, request.cookies.get(SESSION_COOKIE, ""), code, client_address(request), enrol=True
             )
         except staff.LoginThrottled as error:
             return await self._enrol_form(request, row, user, error=str(error), status=429)
         except NotFound as gone:
             raise web.HTTPSeeOther("/console/login") from gone
-        if codes is None:
+        if done is None:
             return await self._enrol_form(request, row, user, error=staff.CODE_REFUSED, status=422)
-        return self.render(request, "two_factor_codes.html", codes=codes, home=home_page(Role(user.role)))
+        response = self.render(
+            request, "two_factor_codes.html", codes=done.recovery_codes, home=home_page(Role(user.role))
+        )
+        if done.token:
+            self.set_session_cookie(response, done.token)
+        return response

@@ -54,6 +54,15 @@ class SessionStep(StrEnum):
     ENROL = "enrol"  # setting up two-factor sign-in, which the role or the admins require
 
 
+@dataclass(frozen=True)
+class SecondFactor:
+    """A second step accepted: the recovery codes to show once (enrolment), and the session's new
+    cookie token when the step completed a sign-in (None when a signed-in member enrolled)."""
+
+    recovery_codes: list[str]
+    token: str | None
+
+
 class LoginThrottled(CrmError):
     """Too many failed sign-ins recently."""
 
@@ -231,16 +240,19 @@ async def _next_step(session: AsyncSession, user: StaffUser) -> str | None:
 
 async def second_factor(
     sessions: async_sessionmaker[AsyncSession], token: str, code: str, address: str, *, enrol: bool = False
-) -> list[str] | None:
-    """Finish a sign-in with a second-factor code: the session behind `token` is then signed in.
+) -> SecondFactor | None:
+    """Finish a sign-in with a second-factor code: the session is then signed in, under a new token.
 
     With `enrol`, the code confirms a new enrolment instead (a session waiting to enrol, or a
     signed-in one enrolling of its own accord), and the recovery codes to show once are
     returned. Attempts are recorded, counted and throttled as passwords are (`sign_in`), and
     refusals audited.
 
+    The token the password step gave is spent: the signed-in session gets a new one (set it as
+    the cookie), so a token seen before the second factor never opens the console.
+
     Returns:
-        The recovery codes (enrolment), an empty list (a code accepted), or None (refused).
+        What the step gave (recovery codes to show once, a new token), or None (refused).
 
     Raises:
         LoginThrottled: too many recent failures for this username or from this address.
@@ -276,12 +288,15 @@ async def second_factor(
             audit.record(session, user, "login.code_failed", user.username, address=address)
             return None
         await session.execute(delete(LoginFailure).where(LoginFailure.id == attempt.id))
+        new_token = None
         if row.pending_step is not None:
             now = utcnow()
-            row.pending_step, row.expires_at, row.last_seen_at = None, now + SESSION_MAX_AGE, now
+            new_token = secrets.token_urlsafe(32)
+            row.token_hash, row.pending_step = token_hash(new_token), None
+            row.expires_at, row.last_seen_at = now + SESSION_MAX_AGE, now
             user.last_login_at = now
             audit.record(session, user, "login", "", "two-factor", address=address)
-        return recovery
+        return SecondFactor(recovery, new_token)
 
 
 async def _over_limit(session: AsyncSession, username: str, address: str) -> bool:

@@ -243,3 +243,20 @@ async def test_supervisors_admins_and_auditors_must_use_two_factor_and_agents_ne
             for role in ("agent", "supervisor", "admin", "auditor")
         }
     assert needs == {"agent": False, "supervisor": True, "admin": True, "auditor": True}
+
+
+async def test_the_session_token_changes_when_the_second_factor_completes_the_sign_in(
+    sessions: Sessions, people: dict[str, StaffUser], client: Client
+) -> None:
+    totp, _codes = await enrol(client, "admin.two")
+    moved = await password_step(client, "admin.two")
+    waiting = moved.cookies[SESSION_COOKIE].value
+    async with sessions() as session:
+        step = (await session.get(StaffUser, people["admin"].id)).totp_last_step  # type: ignore[union-attr]
+    status, where = await post_code(client, "/console/login/code", totp.generate_otp(step + 1))
+    assert (status, where) == (303, "/console/inbox")
+    signed = client.session.cookie_jar.filter_cookies(client.make_url("/console/inbox"))[SESSION_COOKIE].value
+    assert signed != waiting
+    async with sessions() as session:
+        assert await staff.find_session(session, waiting, pending=True) is None  # the password step's token is spent
+        assert await staff.find_session(session, signed) is not None
