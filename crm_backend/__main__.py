@@ -1,7 +1,10 @@
 """Operator commands: ``python -m crm_backend COMMAND``.
 
 Commands: migrate, stats, create-user, create-api-client, revoke-api-client, classify-types,
-score-replies, hot-issues, import-messages, backup, restore.
+score-replies, hot-issues, import-messages, backup, restore, audit verify.
+
+``audit verify`` walks the audit log's hash chain (`crm_backend.audit_chain`) in batches and
+prints ``audit chain OK: N rows`` (exit code 0), or the first broken row and why (exit code 1).
 
 ``migrate`` brings the database to the code's schema: every pending Alembic migration, then the
 idempotent seeds (departments and routing rules, the knowledge base); run it before starting
@@ -46,7 +49,7 @@ import sys
 from datetime import date, timedelta
 from pathlib import Path
 
-from crm_backend import backup, schema
+from crm_backend import audit_chain, backup, schema
 from crm_backend.db import create_engine, create_sessionmaker, upgrade_database
 from crm_backend.dispatch.classifier import ModelLoadError
 from crm_backend.dispatch.routing import seed_routing
@@ -98,6 +101,24 @@ async def _create_user(database_url: str, args: argparse.Namespace, password: st
             return user.username
     finally:
         await engine.dispose()
+
+
+async def _verify_audit(database_url: str) -> audit_chain.ChainReport:
+    engine = create_engine(database_url)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            return await audit_chain.verify_chain(session)
+    finally:
+        await engine.dispose()
+
+
+def _print_audit_report(report: audit_chain.ChainReport) -> int:
+    if report.ok:
+        print(f"audit chain OK: {report.checked} rows")
+        return 0
+    where = f"row {report.broken_id}" if report.broken_id is not None else "the end"
+    print(f"audit chain BROKEN at {where}: {report.reason} ({report.checked} rows before it are intact)")
+    return 1
 
 
 async def _create_api_client(database_url: str, name: str, scope: str) -> api_clients.IssuedKey:
@@ -309,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     restore = commands.add_parser("restore", help="restore a backup into empty databases")
     restore.add_argument("file", type=Path, help="a file written by backup")
     restore.add_argument("--force", action="store_true", help="overwrite databases that are not empty")
+    audit_parser = commands.add_parser("audit", help="the audit log")
+    audit_commands = audit_parser.add_subparsers(dest="audit_command", required=True)
+    audit_commands.add_parser("verify", help="check the audit log's hash chain; exit code 1 names the first broken row")
     args = parser.parse_args(argv)
     if args.command == "hot-issues":
         args.until = args.until or hot_service.default_window(1)[1]
@@ -360,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "hot-issues":
         return _hot_issues(args, database_url)
+    if args.command == "audit":
+        upgrade_database(database_url)
+        return _print_audit_report(asyncio.run(_verify_audit(database_url)))
     if args.command in ("backup", "restore"):
         return _backup_or_restore(args, database_url)
     if args.command == "classify-types":

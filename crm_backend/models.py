@@ -352,11 +352,39 @@ class StaffUser(Base):
     username: Mapped[str] = mapped_column(String(64), unique=True)
     display_name: Mapped[str] = mapped_column(String(32))
     password_hash: Mapped[str] = mapped_column(String(200))
-    role: Mapped[str] = mapped_column(String(16))  # agent | supervisor | admin
+    role: Mapped[str] = mapped_column(String(16))  # agent | supervisor | admin | auditor
     department_id: Mapped[int | None] = mapped_column(ForeignKey("department.id"))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Two-factor sign-in (TOTP, RFC 6238): the base32 secret once enrolment is confirmed (or
+    # while it is being confirmed), and the last time step a code was accepted for, so a code
+    # is accepted once.
+    totp_secret: Mapped[str | None] = mapped_column(String(255))
+    totp_enrolled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class StaffRecoveryCode(Base):
+    """A one-time code that stands in for a TOTP code (the phone is lost); only its Argon2 hash is kept."""
+
+    __tablename__ = "staff_recovery_code"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("staff_user.id"), index=True)
+    code_hash: Mapped[str] = mapped_column(String(200))
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class SecuritySetting(Base):
+    """A security switch an admin sets in the console (e.g. two-factor sign-in for everyone)."""
+
+    __tablename__ = "security_setting"
+
+    key: Mapped[str] = mapped_column(String(48), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class StaffSession(Base):
@@ -371,6 +399,9 @@ class StaffSession(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # What the browser must still do before it may use the console: None (nothing, signed in),
+    # "totp" (give a code) or "enrol" (set up two-factor sign-in). See `staff.SessionStep`.
+    pending_step: Mapped[str | None] = mapped_column(String(16))
 
 
 class LoginFailure(Base):
@@ -389,12 +420,18 @@ class LoginFailure(Base):
 
 
 class AuditEntry(Base):
-    """Who did or saw what, when: sign-ins, views of personal data, every change."""
+    """Who did or saw what, when: sign-ins, views of personal data, every change.
+
+    Append-only (database triggers refuse UPDATE and DELETE) and hash-chained: ``row_hash`` is
+    the SHA-256 of ``prev_hash`` and the row's own fields, ``prev_hash`` the row before's
+    ``row_hash`` (`crm_backend.audit_chain`). Ids are given by the chain, in order, not by the
+    database.
+    """
 
     __tablename__ = "audit_entry"
     __table_args__ = (Index("ix_audit_entry_created_at", "created_at"),)
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     actor_id: Mapped[int | None] = mapped_column(ForeignKey("staff_user.id"))
     actor: Mapped[str] = mapped_column(String(64))
     action: Mapped[str] = mapped_column(String(48))
@@ -402,6 +439,18 @@ class AuditEntry(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
     address: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    prev_hash: Mapped[str] = mapped_column(String(64), default="")
+    row_hash: Mapped[str] = mapped_column(String(64), default="")
+
+
+class AuditChainHead(Base):
+    """The audit chain's newest link, one row (id 1): appends lock it, so writers form one chain."""
+
+    __tablename__ = "audit_chain_head"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    last_id: Mapped[int] = mapped_column(Integer)
+    last_hash: Mapped[str] = mapped_column(String(64))
 
 
 class ApiClient(Base):

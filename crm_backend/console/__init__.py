@@ -18,6 +18,7 @@ from crm_backend.console.dashboard import DashboardViews
 from crm_backend.console.feed import LiveFeed
 from crm_backend.console.hot_issues import HotIssueViews
 from crm_backend.console.knowledge import KnowledgeViews
+from crm_backend.console.sign_in import SignInStepViews
 from crm_backend.console.web import ConsoleBase, build_templates
 from crm_backend.dispatch.service import Dispatcher
 from crm_backend.knowledge.facts import CityFacts
@@ -64,6 +65,7 @@ def add_console(
     base = ConsoleBase(sessions, build_templates(), secure_cookies=secure_cookies)
     districts = DeskDistricts(desk)
     ConversationViews(base, feed, notifier, engine, desk).add_routes(app)
+    SignInStepViews(**base.share()).add_routes(app)
     CaseViews(base, notifier, districts, watcher).add_routes(app)
     CitizenViews(**base.share()).add_routes(app)
     AdminViews(base, districts).add_routes(app)

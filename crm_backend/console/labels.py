@@ -54,6 +54,13 @@ _CASE_ACTION_LABELS: dict[CaseAction, str] = {
 ACTION_LABELS: dict[str, str] = {
     "login": "登录",
     "login.failed": "登录失败",
+    "login.password": "密码正确，待两步验证",
+    "login.code_failed": "两步验证码错误",
+    "totp.enrol": "启用两步验证",
+    "totp.enrol_failed": "启用两步验证失败",
+    "totp.recovery_used": "使用恢复码",
+    "totp.reset": "重置两步验证",
+    "security.totp_required_for_all": "设置两步验证范围",
     "logout": "退出登录",
     "security.proof_ceiling": "身份验证失败次数超限",
     "citizen.link": "关联市民身份",
