@@ -29,6 +29,7 @@ from app.components import (
     knowledge_key,
     letters_key,
     replay_key,
+    retention_key,
     sessions_key,
     settings_key,
     shared_key,
@@ -55,6 +56,7 @@ from crm_backend.http import error_middleware, trusted_proxies_key
 from crm_backend.knowledge.facts import load_city_facts
 from crm_backend.services.knowledge import KnowledgeBase
 from crm_backend.services.limits import DatabaseRateLimiter, Limit
+from crm_backend.services.retention import RetentionJob
 
 if TYPE_CHECKING:  # imported when a Telegram channel is built (see `init_app`)
     from bot.channels.telegram import TelegramChannel
@@ -176,6 +178,13 @@ def init_app(settings: Settings) -> web.Application:
         locate=desk.place_of,
         leases=shared.across.leases,
     )
+    app[retention_key] = RetentionJob(
+        sessions,
+        settings.retention,
+        tracker_store_url=settings.tracker_store_url,
+        interval_seconds=settings.retention_run_seconds,
+        leases=shared.across.leases,
+    )
     add_console(
         app,
         sessions,
@@ -198,6 +207,7 @@ def init_app(settings: Settings) -> web.Application:
             components.followup_loop,
             components.engine_replay_loop,
             components.hot_issue_job,
+            components.retention_job,
             components.task_dump,
         ]
     )
