@@ -290,3 +290,35 @@ def test_bad_retention_periods_are_refused_at_start(env: dict[str, str], problem
 
     with pytest.raises(SettingsError, match=problem):
         RetentionSettings.from_env(env)
+
+
+async def test_an_operator_exports_forgets_and_applies_retention_from_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crm_backend.db import create_engine, create_sessionmaker
+    from tests.support.cli import run_cli
+
+    database = tmp_path / "crm.db"
+    assert run_cli("migrate", database=database).returncode == 0
+    engine = create_engine(f"sqlite+aiosqlite:///{database}")
+    try:
+        _, _, case_number = await citizen_with_a_case(create_sessionmaker(engine))
+    finally:
+        await engine.dispose()
+    monkeypatch.setenv("TRACKER_STORE_URL", f"sqlite:///{tmp_path / 'tracker.db'}")  # no engine ran: no events
+
+    exported = run_cli("export-citizen", "--case", case_number, "--out", str(tmp_path / "copy.json"), database=database)
+    assert exported.returncode == 0, exported.stderr
+    copy = json.loads((tmp_path / "copy.json").read_text(encoding="utf-8"))
+    assert copy["citizen"]["phone"] == PHONE and copy["cases"][0]["location"] == PLACE
+
+    forgotten = run_cli("forget-citizen", "--case", case_number, database=database)
+    assert forgotten.returncode == 0, forgotten.stderr
+    assert json.loads(forgotten.stdout)["cases"] == 1
+    assert PHONE not in raw_rows(database) and WORDS not in raw_rows(database)
+
+    applied = run_cli("retention", database=database)
+    assert applied.returncode == 0 and "cases_pseudonymised" in applied.stdout
+
+    unknown = run_cli("forget-citizen", "--case", "20990101-0001", database=database)
+    assert unknown.returncode == 1 and unknown.stderr.startswith("error:")
