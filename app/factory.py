@@ -195,6 +195,7 @@ def init_app(settings: Settings) -> web.Application:
         watcher=followups,
         city_facts=city_facts,
         secure_cookies=settings.console_secure_cookies,
+        tracker_store_url=settings.tracker_store_url,
     )
 
     app.cleanup_ctx.extend(
