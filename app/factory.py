@@ -112,6 +112,7 @@ def init_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", HealthCheck(sessions, engine, shared.across).__call__)
     # Read as the actions read it (a bad value stops the app at start).
     banner = HandoffBanner(responses, DutyHours.from_env())
+    privacy_notice = responses.text("utter_privacy_notice").format(**settings.retention.stated())
     WebChat(
         pipeline,
         sessions,
@@ -122,6 +123,7 @@ def init_app(settings: Settings) -> web.Application:
         banner,
         limiter=limiter,
         session_limit=session_limit,
+        privacy_notice=privacy_notice,
     ).add_routes(app)
     RestChannel(pipeline, settings.rest_channel_token).add_routes(app)
     telegram: TelegramChannel | None = None
@@ -138,6 +140,7 @@ def init_app(settings: Settings) -> web.Application:
             settings.max_logged_chars,
             locks=shared.across.locks,
             leases=shared.across.leases,
+            privacy_notice=privacy_notice,
         )
         telegram.add_routes(app)
         logger.info("telegram channel enabled (%s mode)", settings.telegram.mode)
@@ -157,7 +160,13 @@ def init_app(settings: Settings) -> web.Application:
     proofs = ProofAlarm(followups, shared.feed, failures_per_hour=settings.proof_failures_alert_per_hour)
     executor = ActionExecutor()
     for action in build_actions(
-        sessions, desk, knowledge, proofs, responses.status, daily_case_limit=limits.cases_per_citizen_per_day
+        sessions,
+        desk,
+        knowledge,
+        proofs,
+        responses.status,
+        daily_case_limit=limits.cases_per_citizen_per_day,
+        retention=settings.retention,
     ):
         executor.register_action(action)
     ActionEndpoint(executor, settings.action_token).add_routes(app)

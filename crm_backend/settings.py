@@ -140,6 +140,16 @@ class RetentionSettings:
     link_code_days: int = 7
     telegram_days: int = 30
 
+    def stated(self) -> dict[str, str]:
+        """The periods as citizens are told them (``conversation_days``: 180; ``case_years``: 3年,
+        or a number of days when the period is not whole years), for the privacy texts."""
+        years = self.case_days / 365
+        whole = years >= 1 and abs(years - round(years)) < 0.01
+        return {
+            "conversation_days": str(self.conversation_days),
+            "case_years": f"{round(years)}年" if whole else f"{self.case_days}天",
+        }
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "RetentionSettings":
         """Periods from ``RETENTION_CASE_DAYS``, ``RETENTION_CONVERSATION_DAYS``, ``RETENTION_LOOKUP_DAYS``,
