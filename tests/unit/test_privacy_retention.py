@@ -322,3 +322,27 @@ async def test_an_operator_exports_forgets_and_applies_retention_from_the_comman
 
     unknown = run_cli("forget-citizen", "--case", "20990101-0001", database=database)
     assert unknown.returncode == 1 and unknown.stderr.startswith("error:")
+
+
+async def test_retention_deletes_the_engines_events_older_than_the_conversation_period(
+    sessions: Sessions, tmp_path: Path
+) -> None:
+    policy = RetentionSettings()
+    now = utcnow()
+    tracker = tmp_path / "tracker.db"
+    with sqlite3.connect(tracker) as connection:
+        connection.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, sender_id TEXT, timestamp REAL, data TEXT)")
+        connection.executemany(
+            "INSERT INTO events (sender_id, timestamp, data) VALUES (?, ?, ?)",
+            [
+                ("web:a", (now - timedelta(days=policy.conversation_days + 1)).timestamp(), "old"),
+                ("web:a", (now - timedelta(days=policy.conversation_days - 1)).timestamp(), "recent"),
+            ],
+        )
+    report = await apply_retention(sessions, policy, tracker_store_url=f"sqlite:///{tracker}", now=now)
+    assert report.tracker_events_deleted == 1
+    with sqlite3.connect(tracker) as connection:
+        assert [row[0] for row in connection.execute("SELECT data FROM events")] == ["recent"]
+    # No tracker store yet (the engine never ran): nothing to do, nothing fails.
+    empty = await apply_retention(sessions, policy, tracker_store_url=f"sqlite:///{tmp_path / 'none.db'}")
+    assert empty.tracker_events_deleted == 0
