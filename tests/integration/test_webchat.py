@@ -525,6 +525,7 @@ async def test_handoff_to_staff_and_back(stack: Stack, chat: ChatClient) -> None
     assert cid not in waiting
     kinds = [(m["direction"], m["sender_kind"]) for m in api_messages(stack, cid)]
     assert kinds == [
+        ("out", "system"),  # the privacy notice
         ("out", "bot"),  # the greeting
         ("in", "citizen"),
         ("out", "bot"),
