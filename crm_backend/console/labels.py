@@ -102,6 +102,7 @@ ACTION_LABELS: dict[str, str] = {
     "privacy.erasure_requested": "市民申请删除个人信息",
     "privacy.copy_done": "已提供个人信息副本",
     "privacy.copy_refused": "驳回副本申请",
+    "privacy.erasure_done": "已完成删除申请",
     "privacy.erasure_refused": "驳回删除申请",
     "privacy.exported": "导出市民个人信息",
     "privacy.erased": "删除市民个人信息",
