@@ -1,7 +1,8 @@
 """Operator commands: ``python -m crm_backend COMMAND``.
 
 Commands: migrate, stats, create-user, create-api-client, revoke-api-client, classify-types,
-score-replies, hot-issues, import-messages, backup, restore, audit verify.
+score-replies, hot-issues, import-messages, backup, restore, audit verify, retention,
+export-citizen, forget-citizen.
 
 ``audit verify`` walks the audit log's hash chain (`crm_backend.audit_chain`) in batches and
 prints ``audit chain OK: N rows`` (exit code 0), or the first broken row and why (exit code 1).
@@ -36,6 +37,12 @@ imported before is skipped. Exit code 1: the dispatch models cannot be loaded.
 puts them back into empty databases (``--force``: over non-empty ones); a file with the wrong
 key, an altered or truncated byte, or another schema revision than the code's is refused with
 nothing changed (exit code 1).
+
+``retention`` applies the retention periods now (what the app's daily job does) and prints
+what it removed. ``export-citizen`` writes everything held about one citizen as JSON (an access
+request; ``--out FILE`` or standard output); ``forget-citizen`` removes or pseudonymises every
+trace of them in the CRM and the tracker store. Both name the citizen by ``--citizen ID`` or by
+one of their cases (``--case NUMBER``), and both are audited as the command line.
 """
 
 from __future__ import annotations
@@ -59,10 +66,11 @@ from crm_backend.hotissues.core import Decisions, HotIssue
 from crm_backend.hotissues.sources import BoardFileError, gazetteer_locate, in_window, read_board_csv
 from crm_backend.importer import HistoryFileError, ImportSummary, import_messages, read_messages
 from crm_backend.lifecycle import STATUS_LABELS, CaseStatus, Role
-from crm_backend.services import api_clients, audit, cases, reply_scores, staff
+from crm_backend.services import api_clients, audit, cases, privacy, reply_scores, retention, staff
 from crm_backend.services.api_clients import ApiScope
 from crm_backend.services.stats import collect_stats
 from crm_backend.settings import (
+    RetentionSettings,
     SettingsError,
     backup_key_from_env,
     case_type_model_path_from_env,
@@ -274,6 +282,65 @@ def _backup_or_restore(args: argparse.Namespace, database_url: str) -> int:
     return 0
 
 
+async def _citizen_of(database_url: str, args: argparse.Namespace) -> int:
+    """The citizen an operator named by id or by one of their cases.
+
+    Raises:
+        NotFound: no such citizen or case.
+    """
+    engine = create_engine(database_url)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            if args.case is not None:
+                return (await cases.get_case(session, args.case)).citizen_id
+            return int(args.citizen)
+    finally:
+        await engine.dispose()
+
+
+async def _privacy(database_url: str, args: argparse.Namespace) -> dict[str, object]:
+    citizen_id = await _citizen_of(database_url, args)
+    engine = create_engine(database_url)
+    try:
+        async with create_sessionmaker(engine).begin() as session:
+            if args.command == "export-citizen":
+                return await privacy.export_citizen(session, citizen_id, None)
+            forgotten = await privacy.forget_citizen(
+                session, citizen_id, None, tracker_store_url=tracker_store_url_from_env()
+            )
+            return {"citizen": citizen_id, **forgotten.as_dict()}
+    finally:
+        await engine.dispose()
+
+
+def _privacy_command(args: argparse.Namespace, database_url: str) -> int:
+    upgrade_database(database_url)
+    try:
+        result = asyncio.run(_privacy(database_url, args))
+    except CrmError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    text = json.dumps(result, ensure_ascii=False, indent=2)
+    if args.command == "export-citizen" and args.out is not None:
+        args.out.write_text(text + "\n", encoding="utf-8")
+        print(f"wrote {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+async def _retention(database_url: str) -> retention.RetentionReport:
+    engine = create_engine(database_url)
+    try:
+        return await retention.apply_retention(
+            create_sessionmaker(engine),
+            RetentionSettings.from_env(os.environ),
+            tracker_store_url=tracker_store_url_from_env(),
+        )
+    finally:
+        await engine.dispose()
+
+
 def _read_password() -> str:
     if not sys.stdin.isatty():
         return sys.stdin.readline().rstrip("\r\n")
@@ -333,6 +400,17 @@ def main(argv: list[str] | None = None) -> int:
     audit_parser = commands.add_parser("audit", help="the audit log")
     audit_commands = audit_parser.add_subparsers(dest="audit_command", required=True)
     audit_commands.add_parser("verify", help="check the audit log's hash chain; exit code 1 names the first broken row")
+    commands.add_parser("retention", help="apply the retention periods now (the app does it daily)")
+    for name, what in (
+        ("export-citizen", "write everything held about one citizen as JSON (an access request)"),
+        ("forget-citizen", "remove or pseudonymise every trace of one citizen (an erasure request)"),
+    ):
+        command = commands.add_parser(name, help=what)
+        who = command.add_mutually_exclusive_group(required=True)
+        who.add_argument("--citizen", type=int, help="the citizen's id (the console's privacy requests show it)")
+        who.add_argument("--case", help="one of the citizen's case numbers")
+        if name == "export-citizen":
+            command.add_argument("--out", type=Path, help="the file to write (default: standard output)")
     args = parser.parse_args(argv)
     if args.command == "hot-issues":
         args.until = args.until or hot_service.default_window(1)[1]
@@ -389,6 +467,18 @@ def main(argv: list[str] | None = None) -> int:
         return _print_audit_report(asyncio.run(_verify_audit(database_url)))
     if args.command in ("backup", "restore"):
         return _backup_or_restore(args, database_url)
+    if args.command in ("export-citizen", "forget-citizen"):
+        return _privacy_command(args, database_url)
+    if args.command == "retention":
+        upgrade_database(database_url)
+        try:
+            report = asyncio.run(_retention(database_url))
+        except SettingsError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        for key, value in report.as_dict().items():
+            print(f"{key:<28} {value:>10,}")
+        return 0
     if args.command == "classify-types":
         upgrade_database(database_url)
         try:

@@ -33,6 +33,11 @@ def create_engine(database_url: str) -> AsyncEngine:
     return create_async_engine(database_url, pool_size=10, max_overflow=10, pool_pre_ping=True)
 
 
+def affected(result: object) -> int:
+    """How many rows an UPDATE or DELETE changed (its ``rowcount``; 0 when the driver does not say)."""
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def database_unreachable(error: BaseException) -> bool:
     """Whether `error` (or what caused it) is the database being away: restarting, refusing or
     cutting connections, rather than a failure of the work itself. Work that failed so rolled

@@ -84,6 +84,8 @@ class Citizen(Base):
     phone: Mapped[str | None] = mapped_column(String(20))
     notices_enabled: Mapped[bool] = mapped_column(Boolean, default=True)  # "不要再通知我" turns it off
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # When an erasure request was carried out (`crm_backend.services.privacy.forget_citizen`).
+    erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     identities: Mapped[list[ChannelIdentity]] = relationship(back_populates="citizen", lazy="raise_on_sql")
 
@@ -219,6 +221,8 @@ class ServiceCase(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     # The engine's call that filed it (`intake.filing_key`): the same call made again files nothing.
     filing_key: Mapped[str | None] = mapped_column(String(64))
+    # When its personal data was removed: kept past the retention period, or the citizen's erasure.
+    pseudonymised_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     events: Mapped[list[CaseEvent]] = relationship(back_populates="case", order_by="CaseEvent.id", lazy="raise_on_sql")
 
@@ -550,6 +554,26 @@ class LinkCode(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     used_by_identity_id: Mapped[int | None] = mapped_column(ForeignKey("channel_identity.id"))
+
+
+class PrivacyRequest(Base):
+    """A citizen's request about their personal data (个人信息保护法 arts. 45, 47): a copy or erasure.
+
+    Filed from the chat; staff see it in the console, and an admin carries it out (or refuses
+    it, saying why). ``identity_id`` is the channel it came from, where the answer goes.
+    """
+
+    __tablename__ = "privacy_request"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    citizen_id: Mapped[int] = mapped_column(ForeignKey("citizen.id"), index=True)
+    identity_id: Mapped[int] = mapped_column(ForeignKey("channel_identity.id"))
+    kind: Mapped[str] = mapped_column(String(8))  # copy | erasure
+    status: Mapped[str] = mapped_column(String(8), default="pending")  # pending | done | refused
+    note: Mapped[str] = mapped_column(Text, default="")  # staff's reason when refused
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    handled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    handled_by_id: Mapped[int | None] = mapped_column(ForeignKey("staff_user.id"))
 
 
 class Satisfaction(Base):

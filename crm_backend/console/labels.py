@@ -105,6 +105,15 @@ ACTION_LABELS: dict[str, str] = {
     "knowledge.update": "修改知识条目",
     "api_client.create": "新建接口客户端",
     "api_client.revoke": "吊销接口客户端",
+    "privacy.copy_requested": "市民申请个人信息副本",
+    "privacy.erasure_requested": "市民申请删除个人信息",
+    "privacy.copy_done": "已提供个人信息副本",
+    "privacy.copy_refused": "驳回副本申请",
+    "privacy.erasure_done": "已完成删除申请",
+    "privacy.erasure_refused": "驳回删除申请",
+    "privacy.exported": "导出市民个人信息",
+    "privacy.erased": "删除市民个人信息",
+    "retention.applied": "按保存期限清理",
 }
 
 _STATUS_CODES = "|".join(re.escape(status.value) for status in STATUS_LABELS)
