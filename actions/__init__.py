@@ -21,12 +21,14 @@ from actions.dispatch import (
 from actions.followup import ActionAskFollowup, ActionRecordRating, ValidateFollowupForm
 from actions.handoff import ActionFallback, ActionHandoff, ActionRejectAnswer
 from actions.knowledge import ActionAcceptAnswer, ActionAnswerQuestion, KnowledgeAnswers
+from actions.privacy import ActionMyPersonalData, ActionRequestPrivacy
 from actions.progress import ActionAskCaseNumber, ActionCheckProgress, ActionStartProgress, ValidateProgressForm
 from actions.report import ActionCancelRequest, ActionStartReport, ValidateReportForm
 from crm_backend.dispatch.service import Dispatcher
 from crm_backend.duty import DutyHours
+from crm_backend.services import privacy
 from crm_backend.services.knowledge import KnowledgeBase
-from crm_backend.settings import LimitSettings
+from crm_backend.settings import LimitSettings, RetentionSettings
 
 
 def build_actions(
@@ -37,12 +39,14 @@ def build_actions(
     status_words: StatusWords,
     *,
     daily_case_limit: int = LimitSettings().cases_per_citizen_per_day,
+    retention: RetentionSettings | None = None,
 ) -> list[Action]:
     """Every custom action, wired to the CRM database, the dispatch desk, the knowledge base,
     the watcher of failed proofs (case digits, link codes) and the citizen's wording of statuses.
 
     Args:
         daily_case_limit: cases a citizen may file per day through the assistant (0: no limit).
+        retention: the retention periods 「我的个人信息」 states (the defaults if None).
 
     Raises:
         InvalidDutyHours: `STAFF_DUTY_HOURS` is set to something unreadable.
@@ -68,6 +72,9 @@ def build_actions(
         ActionListMyCases(sessions, status_words),
         ActionLinkAccount(sessions, proofs),
         ActionSetNotices(sessions),
+        ActionMyPersonalData(sessions, retention or RetentionSettings()),
+        ActionRequestPrivacy(sessions, privacy.ERASURE),
+        ActionRequestPrivacy(sessions, privacy.COPY),
         ActionAskFollowup(),
         ValidateFollowupForm(),
         ActionRecordRating(sessions),

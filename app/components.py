@@ -12,7 +12,7 @@ reversed, at cleanup):
    knowledge base's warm-up.
 4. `live_connections`: the shared state of this process (see `SharedState`); at cleanup it
    closes the citizens' open web chats.
-5. `followup_loop`, `engine_replay_loop`, `hot_issue_job`: the background loops.
+5. `followup_loop`, `engine_replay_loop`, `hot_issue_job`, `retention_job`: the background loops.
 6. `task_dump`: ``kill -USR1 <pid>`` logs the stack of every task the app is running (what a
    request that never ends is waiting for), and the app goes on.
 
@@ -48,6 +48,7 @@ from crm_backend.hotissues.service import HotIssueJob
 from crm_backend.memory import release_free_memory
 from crm_backend.schema import SchemaNotCurrent, ensure_current
 from crm_backend.services.knowledge import KnowledgeBase
+from crm_backend.services.retention import RetentionJob
 from crm_backend.shared import ProcessState, open_shared_state
 
 logger = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ shared_key = web.AppKey("shared_state", SharedState)
 followups_key = web.AppKey("followups", CaseFollowup)
 replay_key = web.AppKey("engine_replay", EngineReplay)
 hot_issues_key = web.AppKey("hot_issues", HotIssueJob)
+retention_key = web.AppKey("retention", RetentionJob)
 
 
 async def database(app: web.Application) -> AsyncIterator[None]:
@@ -219,6 +221,14 @@ def _log_tasks() -> None:
         out.write(f"--- {task.get_name()}: {task.get_coro()!r}\n")
         task.print_stack(limit=20, file=out)
     logger.warning("SIGUSR1: %d tasks\n%s", len(tasks), out.getvalue())
+
+
+async def retention_job(app: web.Application) -> AsyncIterator[None]:
+    """The daily retention job (off when ``RETENTION_RUN_SECONDS`` is 0)."""
+    job = app[retention_key]
+    job.start()
+    yield
+    await job.stop()
 
 
 async def hot_issue_job(app: web.Application) -> AsyncIterator[None]:

@@ -29,6 +29,7 @@ from app.components import (
     knowledge_key,
     letters_key,
     replay_key,
+    retention_key,
     sessions_key,
     settings_key,
     shared_key,
@@ -56,6 +57,7 @@ from crm_backend.http import error_middleware, trusted_proxies_key
 from crm_backend.knowledge.facts import load_city_facts
 from crm_backend.services.knowledge import KnowledgeBase
 from crm_backend.services.limits import DatabaseRateLimiter, Limit
+from crm_backend.services.retention import RetentionJob
 
 if TYPE_CHECKING:  # imported when a Telegram channel is built (see `init_app`)
     from bot.channels.telegram import TelegramChannel
@@ -113,6 +115,7 @@ def init_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", HealthCheck(sessions, engine, shared.across).__call__)
     # Read as the actions read it (a bad value stops the app at start).
     banner = HandoffBanner(responses, DutyHours.from_env())
+    privacy_notice = responses.text("utter_privacy_notice").format(**settings.retention.stated())
     WebChat(
         pipeline,
         sessions,
@@ -123,6 +126,7 @@ def init_app(settings: Settings) -> web.Application:
         banner,
         limiter=limiter,
         session_limit=session_limit,
+        privacy_notice=privacy_notice,
     ).add_routes(app)
     RestChannel(pipeline, settings.rest_channel_token).add_routes(app)
     telegram: TelegramChannel | None = None
@@ -139,6 +143,7 @@ def init_app(settings: Settings) -> web.Application:
             settings.max_logged_chars,
             locks=shared.across.locks,
             leases=shared.across.leases,
+            privacy_notice=privacy_notice,
         )
         telegram.add_routes(app)
         logger.info("telegram channel enabled (%s mode)", settings.telegram.mode)
@@ -158,7 +163,13 @@ def init_app(settings: Settings) -> web.Application:
     proofs = ProofAlarm(followups, shared.feed, failures_per_hour=settings.proof_failures_alert_per_hour)
     executor = ActionExecutor()
     for action in build_actions(
-        sessions, desk, knowledge, proofs, responses.status, daily_case_limit=limits.cases_per_citizen_per_day
+        sessions,
+        desk,
+        knowledge,
+        proofs,
+        responses.status,
+        daily_case_limit=limits.cases_per_citizen_per_day,
+        retention=settings.retention,
     ):
         executor.register_action(action)
     ActionEndpoint(executor, settings.action_token).add_routes(app)
@@ -179,6 +190,13 @@ def init_app(settings: Settings) -> web.Application:
         locate=desk.place_of,
         leases=shared.across.leases,
     )
+    app[retention_key] = RetentionJob(
+        sessions,
+        settings.retention,
+        tracker_store_url=settings.tracker_store_url,
+        interval_seconds=settings.retention_run_seconds,
+        leases=shared.across.leases,
+    )
     add_console(
         app,
         sessions,
@@ -189,6 +207,7 @@ def init_app(settings: Settings) -> web.Application:
         watcher=followups,
         city_facts=city_facts,
         secure_cookies=settings.console_secure_cookies,
+        tracker_store_url=settings.tracker_store_url,
     )
 
     app.cleanup_ctx.extend(
@@ -201,6 +220,7 @@ def init_app(settings: Settings) -> web.Application:
             components.followup_loop,
             components.engine_replay_loop,
             components.hot_issue_job,
+            components.retention_job,
             components.task_dump,
         ]
     )

@@ -23,6 +23,7 @@ from crm_backend.settings import (
     PROJECT_ROOT,
     LimitSettings,
     Network,
+    RetentionSettings,
     SettingsError,
     case_type_model_path_from_env,
     category_model_path_from_env,
@@ -30,6 +31,7 @@ from crm_backend.settings import (
     letter_model_path_from_env,
     parse_trusted_proxies,
     redis_url_from_env,
+    tracker_store_url_from_env,
 )
 
 __all__ = ["PROJECT_ROOT", "Settings", "SettingsError"]
@@ -80,6 +82,11 @@ class Settings:
     # The keys of personal data at rest (crm_backend.crypto); None only for settings a test
     # builds by hand, whose encrypted columns then use the ring the environment names.
     key_ring: KeyRing | None = None
+    # How long each kind of personal data is kept; the retention job runs every
+    # `retention_run_seconds` (0: off) and reaches the engine's tracker store at `tracker_store_url`.
+    retention: RetentionSettings = field(default_factory=lambda: RetentionSettings())
+    retention_run_seconds: float = 86400.0
+    tracker_store_url: str | None = None
 
     def __post_init__(self) -> None:
         if not self.rasa_urls:
@@ -154,6 +161,9 @@ class Settings:
             rasa_urls=rasa_urls,
             redis_url=redis_url_from_env(env),
             key_ring=key_ring_from_env(env),
+            retention=RetentionSettings.from_env(env),
+            retention_run_seconds=number("RETENTION_RUN_SECONDS", "86400"),
+            tracker_store_url=tracker_store_url_from_env(env),
         )
 
 

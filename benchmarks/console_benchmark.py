@@ -74,6 +74,7 @@ from bot.channels.webchat import external_id_for
 from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.lifecycle import OPEN_STATUSES, CaseStatus
 from crm_backend.models import ChannelIdentity, Citizen, ServiceCase, utcnow
+from tests.support import two_factor
 from tests.support.stack import APP_PYTHON, ROOT, Stack
 
 ENGINE_TIMEOUT_SECONDS = 30.0  # a slow engine shows as a slow handoff, not as "system busy"
@@ -354,11 +355,31 @@ async def sign_in(http: aiohttp.ClientSession, base_url: str, username: str, pas
     async with http.post(f"{base_url}/console/login", data=form, allow_redirects=False) as resp:
         if resp.status != 303 or SESSION_COOKIE not in resp.cookies:
             raise RuntimeError(f"sign-in as {username} failed: {resp.status} {await resp.text()}")
+        step = resp.headers.get("Location", "")
+    if step in (two_factor.ENROL_PATH, two_factor.CODE_PATH):
+        await second_factor(http, base_url, username, step)
     async with http.get(f"{base_url}/console/inbox", headers={"Accept": "text/html"}) as resp:
         page = BODY_CSRF.search(await resp.text())
     if page is None:
         raise RuntimeError("no data-csrf on the inbox page")
     return html.unescape(page.group(1))
+
+
+async def second_factor(http: aiohttp.ClientSession, base_url: str, username: str, step: str) -> None:
+    """Enrol (secret read off the page) or give a code, as the member's authenticator app would."""
+    async with http.get(f"{base_url}{step}") as resp:
+        page = await resp.text()
+    found = CSRF_INPUT.search(page)
+    if found is None:
+        raise RuntimeError(f"no csrf field on {step}")
+    if step == two_factor.ENROL_PATH:
+        code = two_factor.first_code(username, two_factor.secret_in(page))
+    else:
+        code = two_factor.next_code(username)
+    form = {"csrf": html.unescape(found.group(1)), "code": code}
+    async with http.post(f"{base_url}{step}", data=form, allow_redirects=False) as resp:
+        if resp.status not in (200, 303):
+            raise RuntimeError(f"second factor of {username} refused: {resp.status}")
 
 
 def console_client() -> aiohttp.ClientSession:

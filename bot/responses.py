@@ -33,6 +33,7 @@ APP_RESPONSES = (
     "utter_replay_intro",
     "utter_case_resolved_notice",
     "utter_linked_case_resolved_notice",
+    "utter_privacy_notice",
     *STATUS_RESPONSES.values(),
 )
 

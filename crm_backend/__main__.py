@@ -1,7 +1,11 @@
 """Operator commands: ``python -m crm_backend COMMAND``.
 
 Commands: migrate, stats, create-user, create-api-client, revoke-api-client, classify-types,
-score-replies, hot-issues, import-messages, backup, restore, rotate-key.
+score-replies, hot-issues, import-messages, backup, restore, rotate-key, audit verify,
+retention, export-citizen, forget-citizen.
+
+``audit verify`` walks the audit log's hash chain (`crm_backend.audit_chain`) in batches and
+prints ``audit chain OK: N rows`` (exit code 0), or the first broken row and why (exit code 1).
 
 ``migrate`` brings the database to the code's schema: every pending Alembic migration, then the
 idempotent seeds (departments and routing rules, the knowledge base); run it before starting
@@ -39,6 +43,11 @@ nothing changed (exit code 1).
 the system runs (`crm_backend.rotation`); plain tracker rows from before encryption are
 encrypted too. Exit code 1 when values are left under another key afterwards (a process still
 running with the old current key: restart it and run the command again).
+``retention`` applies the retention periods now (what the app's daily job does) and prints
+what it removed. ``export-citizen`` writes everything held about one citizen as JSON (an access
+request; ``--out FILE`` or standard output); ``forget-citizen`` removes or pseudonymises every
+trace of them in the CRM and the tracker store. Both name the citizen by ``--citizen ID`` or by
+one of their cases (``--case NUMBER``), and both are audited as the command line.
 """
 
 from __future__ import annotations
@@ -52,7 +61,7 @@ import sys
 from datetime import date, timedelta
 from pathlib import Path
 
-from crm_backend import backup, rotation, schema
+from crm_backend import audit_chain, backup, rotation, schema
 from crm_backend.crypto import KeyRing, KeyRingError
 from crm_backend.db import create_engine, create_sessionmaker, upgrade_database
 from crm_backend.dispatch.classifier import ModelLoadError
@@ -63,10 +72,11 @@ from crm_backend.hotissues.core import Decisions, HotIssue
 from crm_backend.hotissues.sources import BoardFileError, gazetteer_locate, in_window, read_board_csv
 from crm_backend.importer import HistoryFileError, ImportSummary, import_messages, read_messages
 from crm_backend.lifecycle import STATUS_LABELS, CaseStatus, Role
-from crm_backend.services import api_clients, audit, cases, reply_scores, staff
+from crm_backend.services import api_clients, audit, cases, privacy, reply_scores, retention, staff
 from crm_backend.services.api_clients import ApiScope
 from crm_backend.services.stats import collect_stats
 from crm_backend.settings import (
+    RetentionSettings,
     SettingsError,
     backup_key_from_env,
     case_type_model_path_from_env,
@@ -106,6 +116,24 @@ async def _create_user(database_url: str, args: argparse.Namespace, password: st
             return user.username
     finally:
         await engine.dispose()
+
+
+async def _verify_audit(database_url: str) -> audit_chain.ChainReport:
+    engine = create_engine(database_url)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            return await audit_chain.verify_chain(session)
+    finally:
+        await engine.dispose()
+
+
+def _print_audit_report(report: audit_chain.ChainReport) -> int:
+    if report.ok:
+        print(f"audit chain OK: {report.checked} rows")
+        return 0
+    where = f"row {report.broken_id}" if report.broken_id is not None else "the end"
+    print(f"audit chain BROKEN at {where}: {report.reason} ({report.checked} rows before it are intact)")
+    return 1
 
 
 async def _create_api_client(database_url: str, name: str, scope: str) -> api_clients.IssuedKey:
@@ -261,6 +289,65 @@ def _backup_or_restore(args: argparse.Namespace, database_url: str) -> int:
     return 0
 
 
+async def _citizen_of(database_url: str, args: argparse.Namespace) -> int:
+    """The citizen an operator named by id or by one of their cases.
+
+    Raises:
+        NotFound: no such citizen or case.
+    """
+    engine = create_engine(database_url)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            if args.case is not None:
+                return (await cases.get_case(session, args.case)).citizen_id
+            return int(args.citizen)
+    finally:
+        await engine.dispose()
+
+
+async def _privacy(database_url: str, args: argparse.Namespace) -> dict[str, object]:
+    citizen_id = await _citizen_of(database_url, args)
+    engine = create_engine(database_url)
+    try:
+        async with create_sessionmaker(engine).begin() as session:
+            if args.command == "export-citizen":
+                return await privacy.export_citizen(session, citizen_id, None)
+            forgotten = await privacy.forget_citizen(
+                session, citizen_id, None, tracker_store_url=tracker_store_url_from_env()
+            )
+            return {"citizen": citizen_id, **forgotten.as_dict()}
+    finally:
+        await engine.dispose()
+
+
+def _privacy_command(args: argparse.Namespace, database_url: str) -> int:
+    upgrade_database(database_url)
+    try:
+        result = asyncio.run(_privacy(database_url, args))
+    except CrmError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    text = json.dumps(result, ensure_ascii=False, indent=2)
+    if args.command == "export-citizen" and args.out is not None:
+        args.out.write_text(text + "\n", encoding="utf-8")
+        print(f"wrote {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+async def _retention(database_url: str) -> retention.RetentionReport:
+    engine = create_engine(database_url)
+    try:
+        return await retention.apply_retention(
+            create_sessionmaker(engine),
+            RetentionSettings.from_env(os.environ),
+            tracker_store_url=tracker_store_url_from_env(),
+        )
+    finally:
+        await engine.dispose()
+
+
 def _read_password() -> str:
     if not sys.stdin.isatty():
         return sys.stdin.readline().rstrip("\r\n")
@@ -351,6 +438,20 @@ def main(argv: list[str] | None = None) -> int:
     restore.add_argument("file", type=Path, help="a file written by backup")
     restore.add_argument("--force", action="store_true", help="overwrite databases that are not empty")
     commands.add_parser("rotate-key", help="re-encrypt personal data (CRM and tracker store) under DATA_KEY_CURRENT")
+    audit_parser = commands.add_parser("audit", help="the audit log")
+    audit_commands = audit_parser.add_subparsers(dest="audit_command", required=True)
+    audit_commands.add_parser("verify", help="check the audit log's hash chain; exit code 1 names the first broken row")
+    commands.add_parser("retention", help="apply the retention periods now (the app does it daily)")
+    for name, what in (
+        ("export-citizen", "write everything held about one citizen as JSON (an access request)"),
+        ("forget-citizen", "remove or pseudonymise every trace of one citizen (an erasure request)"),
+    ):
+        command = commands.add_parser(name, help=what)
+        who = command.add_mutually_exclusive_group(required=True)
+        who.add_argument("--citizen", type=int, help="the citizen's id (the console's privacy requests show it)")
+        who.add_argument("--case", help="one of the citizen's case numbers")
+        if name == "export-citizen":
+            command.add_argument("--out", type=Path, help="the file to write (default: standard output)")
     args = parser.parse_args(argv)
     if args.command == "hot-issues":
         args.until = args.until or hot_service.default_window(1)[1]
@@ -402,10 +503,25 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "hot-issues":
         return _hot_issues(args, database_url)
+    if args.command == "audit":
+        upgrade_database(database_url)
+        return _print_audit_report(asyncio.run(_verify_audit(database_url)))
     if args.command in ("backup", "restore"):
         return _backup_or_restore(args, database_url)
     if args.command == "rotate-key":
         return _rotate_key_command(database_url)
+    if args.command in ("export-citizen", "forget-citizen"):
+        return _privacy_command(args, database_url)
+    if args.command == "retention":
+        upgrade_database(database_url)
+        try:
+            report = asyncio.run(_retention(database_url))
+        except SettingsError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        for key, value in report.as_dict().items():
+            print(f"{key:<28} {value:>10,}")
+        return 0
     if args.command == "classify-types":
         upgrade_database(database_url)
         try:

@@ -14,6 +14,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from crm_backend import audit_chain
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
@@ -29,6 +31,11 @@ def create_engine(database_url: str) -> AsyncEngine:
         event.listen(engine.sync_engine, "savepoint", _sqlite_begin_before_savepoint)
         return engine
     return create_async_engine(database_url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def affected(result: object) -> int:
+    """How many rows an UPDATE or DELETE changed (its ``rowcount``; 0 when the driver does not say)."""
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def database_unreachable(error: BaseException) -> bool:
@@ -78,13 +85,14 @@ def _sqlite_begin_before_savepoint(connection: Connection, _name: str | None) ->
 
 
 def create_sessionmaker(engine: AsyncEngine | None = None) -> async_sessionmaker[AsyncSession]:
-    """One session per request or task; objects stay usable after commit.
+    """One session per request or task; objects stay usable after commit; audit rows are chained.
 
     Args:
         engine: the engine sessions use; None for a factory bound later with
             ``configure(bind=engine)`` (the app builds its handlers before its database opens).
     """
-    return async_sessionmaker(engine, expire_on_commit=False)
+    audit_chain.install()
+    return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=audit_chain.AuditedSession)
 
 
 def _alembic_config(database_url: str):  # type: ignore[no-untyped-def]

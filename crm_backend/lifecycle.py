@@ -42,23 +42,66 @@ STATUS_LABELS: dict[CaseStatus, str] = {
 }
 
 
+class Permission(StrEnum):
+    """What a member of staff may do; roles hold permissions, checks ask for one by name."""
+
+    SIGN_IN = "sign_in"  # hold a console session: sign out, set up two-factor sign-in
+    HANDLE_CASES = "handle_cases"  # conversations, cases, citizens, knowledge, dashboard (own department)
+    SUPERVISE = "supervise"  # every department, dispatch, 重办, hot issues, security alerts
+    ADMINISTER = "administer"  # staff accounts, departments, routing, API clients, security settings
+    READ_AUDIT = "read_audit"  # the audit log
+
+    @property
+    def label(self) -> str:
+        """The role a refusal names as the one needed."""
+        return PERMISSION_LABELS[self]
+
+
+PERMISSION_LABELS: dict[Permission, str] = {
+    Permission.SIGN_IN: "登录",
+    Permission.HANDLE_CASES: "坐席",
+    Permission.SUPERVISE: "值班长",
+    Permission.ADMINISTER: "管理员",
+    Permission.READ_AUDIT: "审计员",
+}
+
+
 class Role(StrEnum):
-    """What a member of staff may do; each role can do everything the one before it can."""
+    """A member of staff's role: a set of permissions (`ROLE_PERMISSIONS`), not a rank.
+
+    Agents, supervisors and admins each hold what the one before holds, and more. The
+    auditor (三员分立: the system administrator, the security administrator and the auditor
+    are different people) holds only the audit log: no case, conversation, citizen,
+    dashboard or administration.
+    """
 
     AGENT = "agent"
     SUPERVISOR = "supervisor"
     ADMIN = "admin"
+    AUDITOR = "auditor"
 
     @property
     def label(self) -> str:
         return ROLE_LABELS[self]
 
-    def at_least(self, other: Role) -> bool:
-        return _ROLE_RANK[self] >= _ROLE_RANK[other]
+    def may(self, permission: Permission) -> bool:
+        """Whether this role holds the permission."""
+        return permission in ROLE_PERMISSIONS[self]
 
 
-ROLE_LABELS: dict[Role, str] = {Role.AGENT: "坐席", Role.SUPERVISOR: "值班长", Role.ADMIN: "管理员"}
-_ROLE_RANK: dict[Role, int] = {Role.AGENT: 0, Role.SUPERVISOR: 1, Role.ADMIN: 2}
+ROLE_LABELS: dict[Role, str] = {
+    Role.AGENT: "坐席",
+    Role.SUPERVISOR: "值班长",
+    Role.ADMIN: "管理员",
+    Role.AUDITOR: "审计员",
+}
+_CASEWORK = frozenset({Permission.SIGN_IN, Permission.HANDLE_CASES})
+ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.AGENT: _CASEWORK,
+    Role.SUPERVISOR: _CASEWORK | {Permission.SUPERVISE, Permission.READ_AUDIT},
+    Role.ADMIN: _CASEWORK | {Permission.SUPERVISE, Permission.READ_AUDIT, Permission.ADMINISTER},
+    Role.AUDITOR: frozenset({Permission.SIGN_IN, Permission.READ_AUDIT}),
+}
 
 
 class CaseAction(StrEnum):
@@ -79,7 +122,7 @@ class CaseAction(StrEnum):
 class ActionSpec:
     """One operation: where it may start, where it leads, what it needs and who may do it."""
 
-    __slots__ = ("label", "needs_department", "needs_note", "role", "sources", "system_only", "target")
+    __slots__ = ("label", "needs_department", "needs_note", "permission", "sources", "system_only", "target")
 
     def __init__(
         self,
@@ -87,7 +130,7 @@ class ActionSpec:
         sources: frozenset[CaseStatus],
         target: CaseStatus,
         *,
-        role: Role = Role.AGENT,
+        permission: Permission = Permission.HANDLE_CASES,
         needs_note: bool = False,
         needs_department: bool = False,
         system_only: bool = False,
@@ -95,7 +138,7 @@ class ActionSpec:
         self.label = label
         self.sources = sources
         self.target = target
-        self.role = role
+        self.permission = permission
         self.needs_note = needs_note
         self.needs_department = needs_department
         self.system_only = system_only  # done by the system's own loops, never by a person or a client
@@ -107,23 +150,35 @@ CASE_ACTIONS: dict[CaseAction, ActionSpec] = {
         "派单",
         frozenset({CaseStatus.RECEIVED, CaseStatus.RETURNED}),
         CaseStatus.DISPATCHED,
-        role=Role.SUPERVISOR,
+        permission=Permission.SUPERVISE,
         needs_department=True,
     ),
     CaseAction.REASSIGN: ActionSpec(
-        "改派", frozenset({CaseStatus.DISPATCHED}), CaseStatus.DISPATCHED, role=Role.SUPERVISOR, needs_department=True
+        "改派",
+        frozenset({CaseStatus.DISPATCHED}),
+        CaseStatus.DISPATCHED,
+        permission=Permission.SUPERVISE,
+        needs_department=True,
     ),
     CaseAction.ACCEPT: ActionSpec("签收", frozenset({CaseStatus.DISPATCHED}), CaseStatus.ACCEPTED),
     CaseAction.START: ActionSpec("开始办理", frozenset({CaseStatus.ACCEPTED}), CaseStatus.IN_PROGRESS),
     CaseAction.RETURN: ActionSpec("退回", _OPEN_AT_DEPARTMENT, CaseStatus.RETURNED, needs_note=True),
     CaseAction.RESOLVE: ActionSpec("办结", frozenset({CaseStatus.IN_PROGRESS}), CaseStatus.RESOLVED, needs_note=True),
     CaseAction.REOPEN: ActionSpec(
-        "重办", frozenset({CaseStatus.RESOLVED}), CaseStatus.IN_PROGRESS, role=Role.SUPERVISOR, needs_note=True
+        "重办",
+        frozenset({CaseStatus.RESOLVED}),
+        CaseStatus.IN_PROGRESS,
+        permission=Permission.SUPERVISE,
+        needs_note=True,
     ),
     CaseAction.REVIEW: ActionSpec("回访完成", frozenset({CaseStatus.RESOLVED}), CaseStatus.REVIEWED),
     CaseAction.ARCHIVE: ActionSpec("归档", frozenset({CaseStatus.REVIEWED}), CaseStatus.ARCHIVED),
     CaseAction.CLOSE_UNRATED: ActionSpec(
-        "未回访归档", frozenset({CaseStatus.RESOLVED}), CaseStatus.ARCHIVED, role=Role.ADMIN, system_only=True
+        "未回访归档",
+        frozenset({CaseStatus.RESOLVED}),
+        CaseStatus.ARCHIVED,
+        permission=Permission.ADMINISTER,
+        system_only=True,
     ),
 }
 # Cases a department still owes an answer on: these can be overdue, 督办 or extended.
@@ -154,8 +209,8 @@ def check_action(action: CaseAction, current: CaseStatus, role: Role, *, system:
         raise InvalidTransition(f"「{current.label}」的工单不能{spec.label}（只有{allowed}的工单可以）")
     if spec.system_only and not system:
         raise InvalidTransition(f"{spec.label}只能由系统自动进行，不能手动操作")
-    if not role.at_least(spec.role):
-        raise InvalidTransition(f"{role.label}不能{spec.label}，需要{spec.role.label}权限")
+    if not role.may(spec.permission):
+        raise InvalidTransition(f"{role.label}不能{spec.label}，需要{spec.permission.label}权限")
     return spec
 
 
@@ -164,5 +219,5 @@ def available_actions(current: CaseStatus, role: Role) -> list[CaseAction]:
     return [
         action
         for action, spec in CASE_ACTIONS.items()
-        if current in spec.sources and role.at_least(spec.role) and not spec.system_only
+        if current in spec.sources and role.may(spec.permission) and not spec.system_only
     ]

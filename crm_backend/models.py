@@ -187,6 +187,8 @@ class Citizen(Base):
     phone_index: Mapped[str | None] = mapped_column(String(32), index=True)  # blind index of `phone`
     notices_enabled: Mapped[bool] = mapped_column(Boolean, default=True)  # "不要再通知我" turns it off
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # When an erasure request was carried out (`crm_backend.services.privacy.forget_citizen`).
+    erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     identities: Mapped[list[ChannelIdentity]] = relationship(back_populates="citizen", lazy="raise_on_sql")
 
@@ -331,6 +333,8 @@ class ServiceCase(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     # The engine's call that filed it (`intake.filing_key`): the same call made again files nothing.
     filing_key: Mapped[str | None] = mapped_column(String(64))
+    # When its personal data was removed: kept past the retention period, or the citizen's erasure.
+    pseudonymised_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     events: Mapped[list[CaseEvent]] = relationship(back_populates="case", order_by="CaseEvent.id", lazy="raise_on_sql")
 
@@ -464,11 +468,39 @@ class StaffUser(Base):
     username: Mapped[str] = mapped_column(String(64), unique=True)
     display_name: Mapped[str] = mapped_column(String(32))
     password_hash: Mapped[str] = mapped_column(String(200))
-    role: Mapped[str] = mapped_column(String(16))  # agent | supervisor | admin
+    role: Mapped[str] = mapped_column(String(16))  # agent | supervisor | admin | auditor
     department_id: Mapped[int | None] = mapped_column(ForeignKey("department.id"))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Two-factor sign-in (TOTP, RFC 6238): the base32 secret once enrolment is confirmed (or
+    # while it is being confirmed), and the last time step a code was accepted for, so a code
+    # is accepted once.
+    totp_secret: Mapped[str | None] = mapped_column(EncryptedText("staff_user.totp_secret"))
+    totp_enrolled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class StaffRecoveryCode(Base):
+    """A one-time code that stands in for a TOTP code (the phone is lost); only its Argon2 hash is kept."""
+
+    __tablename__ = "staff_recovery_code"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("staff_user.id"), index=True)
+    code_hash: Mapped[str] = mapped_column(String(200))
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class SecuritySetting(Base):
+    """A security switch an admin sets in the console (e.g. two-factor sign-in for everyone)."""
+
+    __tablename__ = "security_setting"
+
+    key: Mapped[str] = mapped_column(String(48), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class StaffSession(Base):
@@ -483,6 +515,9 @@ class StaffSession(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # What the browser must still do before it may use the console: None (nothing, signed in),
+    # "totp" (give a code) or "enrol" (set up two-factor sign-in). See `staff.SessionStep`.
+    pending_step: Mapped[str | None] = mapped_column(String(16))
 
 
 class LoginFailure(Base):
@@ -501,12 +536,18 @@ class LoginFailure(Base):
 
 
 class AuditEntry(Base):
-    """Who did or saw what, when: sign-ins, views of personal data, every change."""
+    """Who did or saw what, when: sign-ins, views of personal data, every change.
+
+    Append-only (database triggers refuse UPDATE and DELETE) and hash-chained: ``row_hash`` is
+    the SHA-256 of ``prev_hash`` and the row's own fields, ``prev_hash`` the row before's
+    ``row_hash`` (`crm_backend.audit_chain`). Ids are given by the chain, in order, not by the
+    database.
+    """
 
     __tablename__ = "audit_entry"
     __table_args__ = (Index("ix_audit_entry_created_at", "created_at"),)
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     actor_id: Mapped[int | None] = mapped_column(ForeignKey("staff_user.id"))
     actor: Mapped[str] = mapped_column(String(64))
     action: Mapped[str] = mapped_column(String(48))
@@ -514,6 +555,18 @@ class AuditEntry(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
     address: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    prev_hash: Mapped[str] = mapped_column(String(64), default="")
+    row_hash: Mapped[str] = mapped_column(String(64), default="")
+
+
+class AuditChainHead(Base):
+    """The audit chain's newest link, one row (id 1): appends lock it, so writers form one chain."""
+
+    __tablename__ = "audit_chain_head"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    last_id: Mapped[int] = mapped_column(Integer)
+    last_hash: Mapped[str] = mapped_column(String(64))
 
 
 class ApiClient(Base):
@@ -613,6 +666,26 @@ class LinkCode(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     used_by_identity_id: Mapped[int | None] = mapped_column(ForeignKey("channel_identity.id"))
+
+
+class PrivacyRequest(Base):
+    """A citizen's request about their personal data (个人信息保护法 arts. 45, 47): a copy or erasure.
+
+    Filed from the chat; staff see it in the console, and an admin carries it out (or refuses
+    it, saying why). ``identity_id`` is the channel it came from, where the answer goes.
+    """
+
+    __tablename__ = "privacy_request"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    citizen_id: Mapped[int] = mapped_column(ForeignKey("citizen.id"), index=True)
+    identity_id: Mapped[int] = mapped_column(ForeignKey("channel_identity.id"))
+    kind: Mapped[str] = mapped_column(String(8))  # copy | erasure
+    status: Mapped[str] = mapped_column(String(8), default="pending")  # pending | done | refused
+    note: Mapped[str] = mapped_column(Text, default="")  # staff's reason when refused
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    handled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    handled_by_id: Mapped[int | None] = mapped_column(ForeignKey("staff_user.id"))
 
 
 class Satisfaction(Base):

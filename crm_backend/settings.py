@@ -120,6 +120,66 @@ class LimitSettings:
         )
 
 
+@dataclass(frozen=True)
+class RetentionSettings:
+    """How long each kind of personal data is kept (days); the daily retention job enforces them
+    (`crm_backend.services.retention`) and the privacy notice states them to citizens.
+
+    Defaults: a case's personal data (contact phone, place, description, replies) is kept for
+    three years after the case is archived, then pseudonymised; what the dashboard counts
+    (category, district, department, dates, status) stays. Conversation logs are kept 180 days,
+    progress-lookup attempts 30, staff sign-in failures 180 (the 6 months the Cybersecurity Law
+    asks of security logs), unused link codes 7 days past their expiry, processed Telegram
+    updates and sent notices 30.
+    """
+
+    case_days: int = 1095
+    conversation_days: int = 180
+    lookup_days: int = 30
+    login_failure_days: int = 180
+    link_code_days: int = 7
+    telegram_days: int = 30
+
+    def stated(self) -> dict[str, str]:
+        """The periods as citizens are told them (``conversation_days``: 180; ``case_years``: 3年,
+        or a number of days when the period is not whole years), for the privacy texts."""
+        years = self.case_days / 365
+        whole = years >= 1 and abs(years - round(years)) < 0.01
+        return {
+            "conversation_days": str(self.conversation_days),
+            "case_years": f"{round(years)}年" if whole else f"{self.case_days}天",
+        }
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "RetentionSettings":
+        """Periods from ``RETENTION_CASE_DAYS``, ``RETENTION_CONVERSATION_DAYS``, ``RETENTION_LOOKUP_DAYS``,
+        ``RETENTION_LOGIN_FAILURE_DAYS``, ``RETENTION_LINK_CODE_DAYS`` and ``RETENTION_TELEGRAM_DAYS``.
+
+        Raises:
+            SettingsError: a period that is not a whole number of days of at least 1, or sign-in
+                failures kept less than 180 days (security logs are kept at least 6 months).
+        """
+        defaults = cls()
+
+        def days(name: str, default: int) -> int:
+            raw = env.get(name, "").strip() or str(default)
+            if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+                raise SettingsError(f"{name} must be a whole number of days of at least 1, got {raw!r}")
+            return int(raw)
+
+        settings = cls(
+            case_days=days("RETENTION_CASE_DAYS", defaults.case_days),
+            conversation_days=days("RETENTION_CONVERSATION_DAYS", defaults.conversation_days),
+            lookup_days=days("RETENTION_LOOKUP_DAYS", defaults.lookup_days),
+            login_failure_days=days("RETENTION_LOGIN_FAILURE_DAYS", defaults.login_failure_days),
+            link_code_days=days("RETENTION_LINK_CODE_DAYS", defaults.link_code_days),
+            telegram_days=days("RETENTION_TELEGRAM_DAYS", defaults.telegram_days),
+        )
+        if settings.login_failure_days < 180:
+            raise SettingsError("RETENTION_LOGIN_FAILURE_DAYS must be at least 180: security logs are kept 6 months")
+        return settings
+
+
 def redis_url_from_env(env: Mapping[str, str]) -> str | None:
     """``REDIS_URL`` (``redis://``, ``rediss://`` or ``unix://``), or None when unset.
 

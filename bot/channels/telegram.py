@@ -110,12 +110,15 @@ class TelegramChannel:
         max_logged_chars: int,
         locks: SenderLocks | None = None,
         leases: Leases | None = None,
+        privacy_notice: str | None = None,
     ) -> None:
         """
         Args:
             locks: a chat's lock, shared by every app process when they share state.
             leases: with several app processes, polling mode polls in the one holding its lease.
+            privacy_notice: said on /start, before the greeting; None says nothing.
         """
+        self._privacy_notice = privacy_notice
         self._settings = settings
         self._locks: SenderLocks = locks if locks is not None else LocalLocks()
         self._leases: Leases = leases if leases is not None else LocalLeases()
@@ -382,6 +385,8 @@ class TelegramChannel:
 
     async def _on_start(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
         message = _message(update)
+        if self._privacy_notice is not None:
+            await self._tell(message.chat_id, OutgoingMessage(self._privacy_notice, sender_kind="system"))
         await self._converse(
             message.chat_id,
             Inbound(CHANNEL, str(message.chat_id), "/start", payload=START_PAYLOAD, payload_from_channel=True),
@@ -480,6 +485,13 @@ class TelegramChannel:
     async def deliver(self, chat_id: str, replies: list[OutgoingMessage]) -> bool:
         """Send replies now (retried; kept in the outbox if they cannot go)."""
         return await self.delivery.deliver(chat_id, replies)
+
+    async def _tell(self, chat_id: int, reply: OutgoingMessage) -> None:
+        """Say one of the app's own sentences in the chat, logged in its conversation."""
+        async with self._sessions.begin() as session:
+            identity = await resolve_identity(session, CHANNEL, str(chat_id))
+            log_outgoing(session, await current_conversation(session, identity), [reply])
+        await self.delivery.deliver(str(chat_id), [reply])
 
     async def _answer_directly(
         self, chat_id: int, logged_text: str, response: str, attachment: dict[str, Any] | None = None

@@ -9,6 +9,8 @@ against the client address's allowance of new sessions; past it the socket gets 
 frame with `utter_too_many_sessions` and is closed. A message over the sender's limit gets
 an error frame with `utter_too_many_messages` and its id (the page marks it 未发送).
 
+A new conversation opens with the privacy notice, logged as a system message, then the greeting.
+
 Hand-off: the hand-off frame (and the welcome, while staff hold the conversation) tells the
 page whether staff are on duty and carries the bot's hand-off sentence for its banner
 (`bot.handoff_banner`), so off duty the page says when staff will answer and fakes no typing.
@@ -108,7 +110,14 @@ class WebChat:
         banner: HandoffBanner,
         limiter: RateLimiter | None = None,
         session_limit: Limit | None = None,
+        privacy_notice: str | None = None,
     ) -> None:
+        """
+        Args:
+            privacy_notice: said before the greeting of every new conversation (what is kept, for
+                how long, who sees it); None says nothing.
+        """
+        self._privacy_notice = privacy_notice
         self._pipeline = pipeline
         self._banner = banner
         self._limiter = limiter
@@ -211,9 +220,10 @@ class WebChat:
             conversation = await current_conversation(session, identity)
             history = await conversation_history(session, conversation)
             if not history:
-                # A conversation opens with the assistant saying what it can do, with the main
-                # services as buttons (logged, so they are offered payloads like any reply).
-                history = log_outgoing(session, conversation, [self._welcome()])
+                # A conversation opens with the privacy notice (what is kept, for how long, who
+                # sees it), then the assistant saying what it can do, with the main services as
+                # buttons (logged, so they are offered payloads like any reply).
+                history = log_outgoing(session, conversation, [*self._notice(), self._welcome()])
                 await session.flush()
             handoff = conversation.handoff_status != BOT
             conversation_id = conversation.id
@@ -227,6 +237,11 @@ class WebChat:
             welcome["handoff_state"] = self._banner.state()
         await ws.send_json(welcome)
         return token, conversation_id
+
+    def _notice(self) -> list[OutgoingMessage]:
+        if self._privacy_notice is None:
+            return []
+        return [OutgoingMessage(self._privacy_notice, sender_kind="system")]
 
     def _welcome(self) -> OutgoingMessage:
         return OutgoingMessage(self._responses.text("utter_welcome"), buttons=self._responses.buttons("utter_welcome"))

@@ -191,6 +191,7 @@
     const isStaff = !isCitizen && sender.kind === 'staff';
     const node = el('div', 'msg ' + (isCitizen ? 'msg-in' : 'msg-out'));
     if (isStaff) node.classList.add('msg-staff');
+    if (!isCitizen && sender.kind === 'system') node.classList.add('msg-system');
     if (item.id) node.dataset.id = String(item.id);
 
     if (isStaff) node.appendChild(el('div', 'msg-sender', sender.name || '人工客服'));

@@ -67,7 +67,7 @@ from crm_backend.dispatch.classifier import CATEGORIES
 from crm_backend.dispatch.deadlines import CHINA_TZ, add_working_days, is_working_day
 from crm_backend.errors import InvalidInput, NotFound
 from crm_backend.hotissues import service as hot_service
-from crm_backend.lifecycle import OPEN_STATUSES, CaseStatus, Role
+from crm_backend.lifecycle import OPEN_STATUSES, CaseStatus, Permission, Role
 from crm_backend.models import (
     CHANNEL_LABELS,
     HISTORY_CHANNEL,
@@ -203,7 +203,7 @@ class Scope:
     @classmethod
     def of(cls, user: StaffUser) -> Scope:
         """Supervisors and admins see all departments; an agent only their own (none if they have none)."""
-        if Role(user.role).at_least(Role.SUPERVISOR):
+        if Role(user.role).may(Permission.SUPERVISE):
             return cls(everything=True)
         return cls(everything=False, department_id=user.department_id)
 

@@ -18,6 +18,8 @@ from crm_backend.console.dashboard import DashboardViews
 from crm_backend.console.feed import LiveFeed
 from crm_backend.console.hot_issues import HotIssueViews
 from crm_backend.console.knowledge import KnowledgeViews
+from crm_backend.console.privacy import PrivacyViews
+from crm_backend.console.sign_in import SignInStepViews
 from crm_backend.console.web import ConsoleBase, build_templates
 from crm_backend.dispatch.service import Dispatcher
 from crm_backend.knowledge.facts import CityFacts
@@ -59,11 +61,13 @@ def add_console(
     watcher: ConsoleNotices,
     city_facts: CityFacts,
     secure_cookies: bool,
+    tracker_store_url: str | None = None,
 ) -> None:
     """Register every console route on the app."""
     base = ConsoleBase(sessions, build_templates(), secure_cookies=secure_cookies)
     districts = DeskDistricts(desk)
     ConversationViews(base, feed, notifier, engine, desk).add_routes(app)
+    SignInStepViews(**base.share()).add_routes(app)
     CaseViews(base, notifier, districts, watcher).add_routes(app)
     CitizenViews(**base.share()).add_routes(app)
     AdminViews(base, districts).add_routes(app)
@@ -71,4 +75,5 @@ def add_console(
     KnowledgeViews(base, city_facts).add_routes(app)
     DashboardViews(base, districts).add_routes(app)
     HotIssueViews(base).add_routes(app)
+    PrivacyViews(base, tracker_store_url).add_routes(app)
     app.router.add_static("/console/static/", STATIC_DIR, append_version=False)

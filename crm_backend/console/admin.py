@@ -1,21 +1,46 @@
-"""Administration: staff accounts, departments, routing rules; and the audit log for supervisors."""
+"""Administration: staff accounts, departments, routing rules; and the audit log.
+
+The audit log is read-only here as everywhere: its page is a GET with filters, and no route
+changes or deletes a row (the database's triggers would refuse it anyway).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import date, datetime, time, timedelta
+from urllib.parse import urlencode
 
 from aiohttp import web
 
 from crm_backend.console.web import ConsoleBase, Staff, form, int_or_none, signed_in
 from crm_backend.dispatch.classifier import CATEGORIES
+from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.errors import InvalidInput
 from crm_backend.http import client_address
-from crm_backend.lifecycle import Role
-from crm_backend.services import admin, audit, staff
+from crm_backend.lifecycle import Permission, Role
+from crm_backend.services import admin, audit, staff, two_factor
+
+AUDIT_PAGE = 100
+
+
+def _china_date(raw: str | None) -> str:
+    """A YYYY-MM-DD date from a filter field, or "" if it is not one."""
+    try:
+        return date.fromisoformat((raw or "").strip()).isoformat()
+    except ValueError:
+        return ""
+
+
+def _china_midnight(day: str, *, next_day: bool = False) -> datetime | None:
+    """The start (or, with `next_day`, the end) of a China date, as an aware time."""
+    if not day:
+        return None
+    start = datetime.combine(date.fromisoformat(day), time(), tzinfo=CHINA_TZ)
+    return start + timedelta(days=1) if next_day else start
 
 
 class AdminViews(ConsoleBase):
-    """Pages only admins (and, for the audit log, supervisors) reach."""
+    """Pages only admins reach; and the audit log, for those who may read it (auditors, supervisors, admins)."""
 
     def __init__(self, base: ConsoleBase, districts: Sequence[str]) -> None:
         super().__init__(**base.share())
@@ -30,23 +55,38 @@ class AdminViews(ConsoleBase):
         app.router.add_get("/console/admin/routing", self.routing)
         app.router.add_post("/console/admin/routing", self.routing_post)
 
-    @signed_in(Role.SUPERVISOR)
+    @signed_in(Permission.READ_AUDIT)
     async def audit_log(self, request: web.Request) -> web.StreamResponse:
-        before = int_or_none(request.query.get("before"))
-        action = request.query.get("action") or None
+        query = request.query
+        before = int_or_none(query.get("before"))
+        filters = {
+            "action": query.get("action", "")[:48],
+            "actor": query.get("actor", "").strip()[:64],
+            "since": _china_date(query.get("since")),
+            "until": _china_date(query.get("until")),
+        }
         async with self.sessions() as session:
-            entries = await audit.recent_entries(session, before_id=before, action=action, limit=100)
+            entries = await audit.recent_entries(
+                session,
+                before_id=before,
+                action=filters["action"] or None,
+                actor=filters["actor"] or None,
+                since=_china_midnight(filters["since"]),
+                until=_china_midnight(filters["until"], next_day=True),
+                limit=AUDIT_PAGE,
+            )
         return self.render(
             request,
             "audit.html",
             entries=entries,
-            action=action or "",
-            next_before=entries[-1].entry.id if len(entries) == 100 else None,
+            filters=filters,
+            filter_query=urlencode({key: value for key, value in filters.items() if value}),
+            next_before=entries[-1].entry.id if len(entries) == AUDIT_PAGE else None,
         )
 
     # --- users -------------------------------------------------------------------
 
-    @signed_in(Role.ADMIN)
+    @signed_in(Permission.ADMINISTER)
     async def users(self, request: web.Request) -> web.StreamResponse:
         return await self._users_page(request)
 
@@ -56,6 +96,7 @@ class AdminViews(ConsoleBase):
         async with self.sessions() as session:
             users = await staff.list_users(session)
             departments = await admin.departments(session)
+            totp_for_all = await two_factor.required_for_all(session)
         names = {d.id: d.name for d in departments}
         return self.render(
             request,
@@ -67,9 +108,11 @@ class AdminViews(ConsoleBase):
             departments=departments,
             department_names=names,
             roles=list(Role),
+            totp_for_all=totp_for_all,
+            totp_enrolled={user.id for user in users if two_factor.enrolled(user)},
         )
 
-    @signed_in(Role.ADMIN)
+    @signed_in(Permission.ADMINISTER)
     async def users_post(self, request: web.Request) -> web.StreamResponse:
         member: Staff = request["staff"]
         data = await form(request)
@@ -77,7 +120,16 @@ class AdminViews(ConsoleBase):
         try:
             async with self.sessions.begin() as session:
                 operation = data.get("op", "")
-                if operation == "create":
+                if operation == "totp_all":
+                    on = data.get("value") == "1"
+                    await two_factor.set_required_for_all(session, member.user, on, address=address)
+                    notice = "已要求所有人使用两步验证" if on else "已改为仅值班长、管理员、审计员必须使用两步验证"
+                elif operation == "totp_reset":
+                    target = await two_factor.reset(
+                        session, member.user, int_or_none(data.get("user_id")), address=address
+                    )
+                    notice = f"已重置 {target.username} 的两步验证，其下次登录时重新设置"
+                elif operation == "create":
                     user = await admin.create_user(
                         session,
                         member.user,
@@ -109,7 +161,7 @@ class AdminViews(ConsoleBase):
 
     # --- departments ---------------------------------------------------------------
 
-    @signed_in(Role.ADMIN)
+    @signed_in(Permission.ADMINISTER)
     async def departments(self, request: web.Request) -> web.StreamResponse:
         return await self._departments_page(request)
 
@@ -128,7 +180,7 @@ class AdminViews(ConsoleBase):
             districts=self.districts,
         )
 
-    @signed_in(Role.ADMIN)
+    @signed_in(Permission.ADMINISTER)
     async def departments_post(self, request: web.Request) -> web.StreamResponse:
         member: Staff = request["staff"]
         data = await form(request)
@@ -153,7 +205,7 @@ class AdminViews(ConsoleBase):
 
     # --- routing -----------------------------------------------------------------
 
-    @signed_in(Role.ADMIN)
+    @signed_in(Permission.ADMINISTER)
     async def routing(self, request: web.Request) -> web.StreamResponse:
         return await self._routing_page(request)
 
@@ -176,7 +228,7 @@ class AdminViews(ConsoleBase):
             districts=self.districts,
         )
 
-    @signed_in(Role.ADMIN)
+    @signed_in(Permission.ADMINISTER)
     async def routing_post(self, request: web.Request) -> web.StreamResponse:
         member: Staff = request["staff"]
         data = await form(request)

@@ -11,7 +11,7 @@ from aiohttp import web
 from crm_backend.console.web import ConsoleBase, Staff, form, int_or_none, signed_in
 from crm_backend.errors import InvalidInput
 from crm_backend.http import client_address
-from crm_backend.lifecycle import Role
+from crm_backend.lifecycle import Permission
 from crm_backend.services import api_clients
 from crm_backend.services.api_clients import ApiScope, IssuedKey
 
@@ -28,7 +28,7 @@ class ApiClientViews(ConsoleBase):
         app.router.add_get(PAGE, self.clients)
         app.router.add_post(PAGE, self.clients_post)
 
-    @signed_in(Role.ADMIN)
+    @signed_in(Permission.ADMINISTER)
     async def clients(self, request: web.Request) -> web.StreamResponse:
         return await self._page(request)
 
@@ -53,7 +53,7 @@ class ApiClientViews(ConsoleBase):
             scopes=list(ApiScope),
         )
 
-    @signed_in(Role.ADMIN)
+    @signed_in(Permission.ADMINISTER)
     async def clients_post(self, request: web.Request) -> web.StreamResponse:
         member: Staff = request["staff"]
         data = await form(request)

@@ -18,7 +18,7 @@ from crm_backend.dispatch.classifier import CATEGORIES
 from crm_backend.dispatch.routing import suggested_department, suggested_departments
 from crm_backend.errors import InvalidInput, InvalidTransition, NotFound
 from crm_backend.http import client_address
-from crm_backend.lifecycle import CASE_ACTIONS, CaseAction, CaseStatus, Role, available_actions
+from crm_backend.lifecycle import CASE_ACTIONS, CaseAction, CaseStatus, Permission, available_actions
 from crm_backend.models import Department, ExtensionRequest, RoutingDecision, StaffUser
 from crm_backend.services import audit, casework, citizens, reply_scores
 from crm_backend.services.conversations import OutgoingMessage
@@ -179,7 +179,7 @@ class CaseViews(ConsoleBase):
             suggested_department_id=suggested,
             actions=[(action, CASE_ACTIONS[action]) for action in actions],
             overdue=casework.is_overdue(case),
-            can_supervise=member.at_least(Role.SUPERVISOR),
+            can_supervise=member.may(Permission.SUPERVISE),
             open_case=CaseStatus(case.status) in casework.OPEN_STATUSES,
             case_types=CASE_TYPES,
             can_notify_linked=linked_count > 0,
@@ -276,7 +276,7 @@ class CaseViews(ConsoleBase):
                 return "已同意延期" if request.status == "approved" else "已驳回延期申请"
         raise NotFound("operation")
 
-    @signed_in(Role.SUPERVISOR)
+    @signed_in(Permission.SUPERVISE)
     async def queue(self, request: web.Request) -> web.StreamResponse:
         async with self.sessions() as session:
             rows = await casework.dispatch_queue(session)

@@ -18,16 +18,18 @@ from crm_backend.console.web import (
     ConsoleBase,
     Staff,
     form,
+    home_page,
     int_or_none,
     secure,
     signed_in,
+    step_page,
 )
 from crm_backend.dispatch.case_type import CASE_TYPES
 from crm_backend.dispatch.classifier import CATEGORIES
 from crm_backend.dispatch.service import Dispatcher
 from crm_backend.errors import CrmError, InvalidInput, NotFound
 from crm_backend.http import client_address
-from crm_backend.lifecycle import Role
+from crm_backend.lifecycle import Permission, Role
 from crm_backend.models import ChannelIdentity, Conversation, ServiceCase
 from crm_backend.services import audit, handoff, staff
 from crm_backend.services.conversations import OutgoingMessage, pending_counts
@@ -111,12 +113,13 @@ class ConversationViews(ConsoleBase):
             return self.render_login(request, cookie_token, error=str(error), username=username, status=429)
         if signed is None:
             return self.render_login(request, cookie_token, error=staff.LOGIN_REFUSED, username=username, status=401)
-        response = secure(web.HTTPSeeOther("/console/inbox"))
+        waiting = signed.session.pending_step
+        response = secure(web.HTTPSeeOther(step_page(waiting) if waiting else home_page(Role(signed.user.role))))
         self.set_session_cookie(response, signed.token)
         response.del_cookie(LOGIN_CSRF_COOKIE, path="/console")
         raise response
 
-    @signed_in()
+    @signed_in(Permission.SIGN_IN)
     async def logout(self, request: web.Request) -> web.StreamResponse:
         member: Staff = request["staff"]
         async with self.sessions.begin() as session:
@@ -336,6 +339,6 @@ class ConversationViews(ConsoleBase):
 
 
 def _may_see(member: Staff, event: LiveEvent) -> bool:
-    if member.at_least(Role.SUPERVISOR):
+    if member.may(Permission.SUPERVISE):
         return True
     return event.kind != SECURITY_EVENT and event.department_id == member.user.department_id

@@ -16,7 +16,7 @@ from crm_backend.console.web import ConsoleBase, Staff, form, signed_in
 from crm_backend.errors import InvalidInput
 from crm_backend.hotissues import service
 from crm_backend.http import client_address
-from crm_backend.lifecycle import Role
+from crm_backend.lifecycle import Permission
 
 TOP = 10
 
@@ -39,7 +39,7 @@ class HotIssueViews(ConsoleBase):
         app.router.add_post("/console/hot-issues/merge", self.merge)
         app.router.add_post("/console/hot-issues/unrelated", self.unrelated)
 
-    @signed_in(Role.SUPERVISOR)
+    @signed_in(Permission.SUPERVISE)
     async def page(self, request: web.Request) -> web.StreamResponse:
         return await self._page(request, request.query.get("since"), request.query.get("until"))
 
@@ -61,7 +61,7 @@ class HotIssueViews(ConsoleBase):
             until=snapshot.until.isoformat() if snapshot else (until_raw or ""),
         )
 
-    @signed_in(Role.SUPERVISOR)
+    @signed_in(Permission.SUPERVISE)
     async def merge(self, request: web.Request) -> web.StreamResponse:
         member: Staff = request["staff"]
         data = await form(request)
@@ -74,7 +74,7 @@ class HotIssueViews(ConsoleBase):
             return await self._page(request, data.get("since"), data.get("until"), error=str(problem))
         self.done(request, self._back(data), "已将两个问题合并为一个；重新计算时仍会保持")
 
-    @signed_in(Role.SUPERVISOR)
+    @signed_in(Permission.SUPERVISE)
     async def unrelated(self, request: web.Request) -> web.StreamResponse:
         member: Staff = request["staff"]
         data = await form(request)

@@ -23,7 +23,7 @@ from crm_backend.errors import NotFound
 from crm_backend.http import client_address
 from crm_backend.knowledge.entries import ASPECTS, EntryData, InvalidEntry, clean_lines
 from crm_backend.knowledge.facts import CITY_FILE_NAME, FACTS, CityFacts
-from crm_backend.lifecycle import Role
+from crm_backend.lifecycle import Permission
 from crm_backend.models import KnowledgeEntry, KnowledgeEntryVersion
 from crm_backend.services import knowledge
 from crm_backend.validation import mask_numbers
@@ -137,7 +137,7 @@ class KnowledgeViews(ConsoleBase):
             search=search,
             worst_first=worst_first,
             missing_only=missing_only,
-            can_edit=request["staff"].at_least(Role.ADMIN),
+            can_edit=request["staff"].may(Permission.ADMINISTER),
         )
 
     @signed_in()
@@ -149,7 +149,7 @@ class KnowledgeViews(ConsoleBase):
             request,
             "knowledge_misses.html",
             rows=[(row.miss.created_at, mask_numbers(row.miss.question), row.nearest) for row in rows],
-            can_edit=request["staff"].at_least(Role.ADMIN),
+            can_edit=request["staff"].may(Permission.ADMINISTER),
         )
 
     @signed_in()
@@ -173,7 +173,7 @@ class KnowledgeViews(ConsoleBase):
             not_helpful=not_helpful,
             feedback=[(item.created_at, mask_numbers(item.question)) for item in feedback],
             aspects=ASPECTS,
-            can_edit=request["staff"].at_least(Role.ADMIN),
+            can_edit=request["staff"].may(Permission.ADMINISTER),
         )
 
     @signed_in()
@@ -193,7 +193,7 @@ class KnowledgeViews(ConsoleBase):
             error=error,
             entry=entry,
             versions=[(version, labels(version.changed_fields)) for version in versions],
-            can_edit=request["staff"].at_least(Role.ADMIN),
+            can_edit=request["staff"].may(Permission.ADMINISTER),
         )
 
     @signed_in()
@@ -211,18 +211,18 @@ class KnowledgeViews(ConsoleBase):
             changed=labels(version.changed_fields),
             differs=labels(data.changed_fields(knowledge.entry_data(entry))),
             aspects=ASPECTS,
-            can_edit=request["staff"].at_least(Role.ADMIN),
+            can_edit=request["staff"].may(Permission.ADMINISTER),
         )
 
     # --- changing (admins) -------------------------------------------------------------
 
-    @signed_in(Role.ADMIN)
+    @signed_in(Permission.ADMINISTER)
     async def new_entry(self, request: web.Request) -> web.StreamResponse:
         blank = EntryData(slug="", title="", category="", department="", questions=(), answer="")
         values = form_values(blank) | {"last_reviewed": _today().isoformat()}
         return await self._form_page(request, None, values, base_version=0)
 
-    @signed_in(Role.ADMIN)
+    @signed_in(Permission.ADMINISTER)
     async def new_entry_post(self, request: web.Request) -> web.StreamResponse:
         member: Staff = request["staff"]
         values = posted_values(await form(request))
@@ -237,7 +237,7 @@ class KnowledgeViews(ConsoleBase):
             return await self._form_page(request, None, values, base_version=0, problems=[problem], status=409)
         self.done(request, f"/console/knowledge/{entry.id}", f"已新建条目：{data.title}")
 
-    @signed_in(Role.ADMIN)
+    @signed_in(Permission.ADMINISTER)
     async def edit_entry(self, request: web.Request) -> web.StreamResponse:
         async with self.sessions() as session:
             entry = await self._entry(session, request)
@@ -245,7 +245,7 @@ class KnowledgeViews(ConsoleBase):
             request, entry, form_values(knowledge.entry_data(entry)), base_version=entry.version
         )
 
-    @signed_in(Role.ADMIN)
+    @signed_in(Permission.ADMINISTER)
     async def edit_entry_post(self, request: web.Request) -> web.StreamResponse:
         member: Staff = request["staff"]
         posted = await form(request)
@@ -278,7 +278,7 @@ class KnowledgeViews(ConsoleBase):
             f"已保存为第 {entry.version} 版（修改了：{'、'.join(labels(changed))}）",
         )
 
-    @signed_in(Role.ADMIN)
+    @signed_in(Permission.ADMINISTER)
     async def restore_post(self, request: web.Request) -> web.StreamResponse:
         member: Staff = request["staff"]
         posted = await form(request)

@@ -54,6 +54,13 @@ _CASE_ACTION_LABELS: dict[CaseAction, str] = {
 ACTION_LABELS: dict[str, str] = {
     "login": "登录",
     "login.failed": "登录失败",
+    "login.password": "密码正确，待两步验证",
+    "login.code_failed": "两步验证码错误",
+    "totp.enrol": "启用两步验证",
+    "totp.enrol_failed": "启用两步验证失败",
+    "totp.recovery_used": "使用恢复码",
+    "totp.reset": "重置两步验证",
+    "security.totp_required_for_all": "设置两步验证范围",
     "logout": "退出登录",
     "security.proof_ceiling": "身份验证失败次数超限",
     "citizen.link": "关联市民身份",
@@ -98,6 +105,15 @@ ACTION_LABELS: dict[str, str] = {
     "knowledge.update": "修改知识条目",
     "api_client.create": "新建接口客户端",
     "api_client.revoke": "吊销接口客户端",
+    "privacy.copy_requested": "市民申请个人信息副本",
+    "privacy.erasure_requested": "市民申请删除个人信息",
+    "privacy.copy_done": "已提供个人信息副本",
+    "privacy.copy_refused": "驳回副本申请",
+    "privacy.erasure_done": "已完成删除申请",
+    "privacy.erasure_refused": "驳回删除申请",
+    "privacy.exported": "导出市民个人信息",
+    "privacy.erased": "删除市民个人信息",
+    "retention.applied": "按保存期限清理",
 }
 
 _STATUS_CODES = "|".join(re.escape(status.value) for status in STATUS_LABELS)

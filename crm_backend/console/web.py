@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_backend.console import labels
 from crm_backend.dispatch.deadlines import CHINA_TZ
-from crm_backend.lifecycle import ROLE_LABELS, CaseStatus, Role
+from crm_backend.lifecycle import ROLE_LABELS, CaseStatus, Permission, Role
 from crm_backend.models import CHANNEL_LABELS, StaffSession, StaffUser, utcnow
 from crm_backend.services import lookup, staff
 from crm_backend.validation import clean_text, mask_phone
@@ -51,8 +51,8 @@ class Staff:
     def role(self) -> Role:
         return Role(self.user.role)
 
-    def at_least(self, role: Role) -> bool:
-        return self.role.at_least(role)
+    def may(self, permission: Permission) -> bool:
+        return self.role.may(permission)
 
 
 def _beijing(value: datetime | None, pattern: str = "%Y-%m-%d %H:%M") -> str:
@@ -204,6 +204,7 @@ class ConsoleBase:
             csrf=staff_member.session.csrf_token if staff_member else "",
             path=request.path,
             Role=Role,
+            Permission=Permission,
             **context,
         )
         response = secure(web.Response(text=html, status=status, content_type="text/html", charset="utf-8"))
@@ -229,6 +230,16 @@ class ConsoleBase:
         )
 
 
+def step_page(step: str | None) -> str:
+    """The page of the sign-in step a session waits for (a code, or enrolment)."""
+    return "/console/login/enrol" if step == staff.SessionStep.ENROL else "/console/login/code"
+
+
+def home_page(role: Role) -> str:
+    """Where a member of staff lands after signing in: the inbox, or the audit log for an auditor."""
+    return "/console/inbox" if role.may(Permission.HANDLE_CASES) else "/console/audit"
+
+
 ResponseT = TypeVar("ResponseT", bound=web.StreamResponse)
 
 
@@ -245,11 +256,12 @@ ViewT = TypeVar("ViewT", bound=ConsoleBase)
 Handler = Callable[[ViewT, web.Request], Awaitable[web.StreamResponse]]
 
 
-def signed_in(role: Role = Role.AGENT) -> Callable[[Handler[ViewT]], Handler[ViewT]]:
-    """Guard a console handler: a live session, the role, and a CSRF token on every POST.
+def signed_in(permission: Permission = Permission.HANDLE_CASES) -> Callable[[Handler[ViewT]], Handler[ViewT]]:
+    """Guard a console handler: a live session, the permission, and a CSRF token on every POST.
 
-    A browser without a session is sent to the sign-in page (pages) or gets 401 (fetches);
-    a role too low gets 404, as if the page did not exist.
+    A browser without a session is sent to the sign-in page (pages) or gets 401 (fetches); one
+    whose session still waits for its second factor (or enrolment) is sent to that step and
+    reaches nothing else; a role without the permission gets 404, as if the page did not exist.
     """
 
     def decorate(handler: Handler[ViewT]) -> Handler[ViewT]:
@@ -257,12 +269,13 @@ def signed_in(role: Role = Role.AGENT) -> Callable[[Handler[ViewT]], Handler[Vie
         async def guarded(view: ViewT, request: web.Request) -> web.StreamResponse:
             token = request.cookies.get(SESSION_COOKIE, "")
             async with view.sessions.begin() as session:
-                found = await staff.find_session(session, token)
-                if found is not None and Role(found[1].role).at_least(Role.SUPERVISOR):
+                found = await staff.find_session(session, token, pending=True)
+                waiting = found is not None and found[0].pending_step is not None
+                if found is not None and not waiting and Role(found[1].role).may(Permission.SUPERVISE):
                     request["security_alert"] = await lookup.ceiling_alert(session)
-            if found is None:
+            if found is None or waiting:
                 if request.method == "GET" and "text/html" in request.headers.get("Accept", ""):
-                    raise web.HTTPSeeOther("/console/login")
+                    raise web.HTTPSeeOther(step_page(found[0].pending_step) if found else "/console/login")
                 raise web.HTTPUnauthorized(
                     text='{"error": "unauthorized", "message": "请先登录"}', content_type="application/json"
                 )
@@ -278,10 +291,11 @@ def signed_in(role: Role = Role.AGENT) -> Callable[[Handler[ViewT]], Handler[Vie
                     raise web.HTTPForbidden(
                         text='{"error": "csrf", "message": "页面已过期，请刷新后重试"}', content_type="application/json"
                     )
-            if not request["staff"].at_least(role):
+            if not request["staff"].may(permission):
                 raise web.HTTPNotFound()
             return await handler(view, request)
 
+        guarded.permission = permission  # type: ignore[attr-defined]  # read by tests: who may reach each route
         return guarded
 
     return decorate

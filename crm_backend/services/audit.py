@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import NamedTuple
 
 from sqlalchemy import select
@@ -44,9 +45,26 @@ class AuditRow(NamedTuple):
 
 
 async def recent_entries(
-    session: AsyncSession, *, before_id: int | None = None, action: str | None = None, limit: int = 100
+    session: AsyncSession,
+    *,
+    before_id: int | None = None,
+    action: str | None = None,
+    actor: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 100,
 ) -> list[AuditRow]:
-    """Newest first, keyset-paginated by id; staff names joined in the same query."""
+    """Newest first, keyset-paginated by id; staff names joined in the same query.
+
+    Args:
+        session: where to read.
+        before_id: the page after the one that ended with this id.
+        action: only this action (e.g. ``login.failed``).
+        actor: only rows whose actor (a username, ``api:NAME``, ``cli``…) is this.
+        since: only rows written at or after this time.
+        until: only rows written before this time.
+        limit: rows per page, at most `MAX_PAGE`.
+    """
     stmt = (
         select(AuditEntry, StaffUser.display_name)
         .outerjoin(StaffUser, StaffUser.id == AuditEntry.actor_id)
@@ -57,4 +75,10 @@ async def recent_entries(
         stmt = stmt.where(AuditEntry.id < before_id)
     if action:
         stmt = stmt.where(AuditEntry.action == action)
+    if actor:
+        stmt = stmt.where(AuditEntry.actor == actor)
+    if since is not None:
+        stmt = stmt.where(AuditEntry.created_at >= since)
+    if until is not None:
+        stmt = stmt.where(AuditEntry.created_at < until)
     return [AuditRow(entry, display_name) for entry, display_name in (await session.execute(stmt)).all()]

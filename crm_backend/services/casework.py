@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from crm_backend.dispatch.case_type import CASE_TYPES, UNCLASSIFIED_LABEL
 from crm_backend.dispatch.deadlines import CHINA_TZ, END_OF_OFFICE_DAY, add_working_days
 from crm_backend.errors import InvalidInput, InvalidTransition, NotFound
-from crm_backend.lifecycle import OPEN_STATUSES, CaseStatus, Role
+from crm_backend.lifecycle import OPEN_STATUSES, CaseStatus, Permission, Role
 from crm_backend.models import (
     CaseEvent,
     ChannelIdentity,
@@ -42,7 +42,7 @@ def role_of(user: StaffUser) -> Role:
 
 def case_scope(user: StaffUser) -> ColumnElement[bool]:
     """The cases a member of staff may see, as a WHERE clause."""
-    if role_of(user).at_least(Role.SUPERVISOR):
+    if role_of(user).may(Permission.SUPERVISE):
         return true()
     return ServiceCase.department_id == user.department_id
 
@@ -251,7 +251,7 @@ async def set_supervised(
     session: AsyncSession, user: StaffUser, case_number: str, on: bool, note: str = "", *, address: str = ""
 ) -> None:
     """督办: a supervisor flags an open case, which puts it at the top of its department's list."""
-    if not role_of(user).at_least(Role.SUPERVISOR):
+    if not role_of(user).may(Permission.SUPERVISE):
         raise InvalidTransition("只有值班长可以督办")
     case = await visible_case(session, user, case_number)
     if on and CaseStatus(case.status) not in OPEN_STATUSES:
@@ -297,7 +297,7 @@ async def decide_extension(
     session: AsyncSession, user: StaffUser, case_number: str, approve: bool, note: str = "", *, address: str = ""
 ) -> ExtensionRequest:
     """A supervisor approves (the due date moves by the working days asked) or refuses a 延期."""
-    if not role_of(user).at_least(Role.SUPERVISOR):
+    if not role_of(user).may(Permission.SUPERVISE):
         raise InvalidTransition("只有值班长可以审批延期")
     case = await visible_case(session, user, case_number)
     request = await pending_extension(session, case)

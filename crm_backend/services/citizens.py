@@ -14,7 +14,7 @@ from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_backend.errors import InvalidTransition, NotFound
-from crm_backend.lifecycle import CaseStatus, Role
+from crm_backend.lifecycle import CaseStatus, Permission, Role
 from crm_backend.models import (
     PHONE,
     CaseEvent,
@@ -132,7 +132,7 @@ async def citizen_profile(
     scope = case_scope(user)
     # Supervisors and admins see any citizen, one with only chats and no case too.
     visible = citizen is not None and (
-        Role(user.role).at_least(Role.SUPERVISOR)
+        Role(user.role).may(Permission.SUPERVISE)
         or bool(
             await session.scalar(select(func.count(ServiceCase.id)).where(ServiceCase.citizen_id == citizen_id, scope))
         )

@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, func, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_backend.errors import InvalidInput, NotFound
-from crm_backend.lifecycle import Role
+from crm_backend.lifecycle import Permission, Role
 from crm_backend.models import (
     ChannelIdentity,
     Citizen,
@@ -113,13 +113,13 @@ async def waiting_conversations(session: AsyncSession, limit: int = 100) -> list
 
 def may_see_conversation(user: StaffUser, conversation: Conversation) -> bool:
     """Agents see their department's escalations; supervisors and admins see every one."""
-    return Role(user.role).at_least(Role.SUPERVISOR) or conversation.department_id == user.department_id
+    return Role(user.role).may(Permission.SUPERVISE) or conversation.department_id == user.department_id
 
 
 def conversation_scope(user: StaffUser) -> ColumnElement[bool]:
     """The conversations a member of staff may open, as a WHERE clause (`visible_conversation`'s rule):
     agents those in their department's inbox or behind one of their department's cases."""
-    if Role(user.role).at_least(Role.SUPERVISOR):
+    if Role(user.role).may(Permission.SUPERVISE):
         return true()
     behind_their_case = select(ServiceCase.conversation_id).where(ServiceCase.department_id == user.department_id)
     return or_(Conversation.department_id == user.department_id, Conversation.id.in_(behind_their_case))
@@ -170,7 +170,7 @@ async def inbox(session: AsyncSession, user: StaffUser, limit: int = 200) -> lis
         .order_by(Conversation.handoff_requested_at, Conversation.id)
         .limit(limit)
     )
-    if not Role(user.role).at_least(Role.SUPERVISOR):
+    if not Role(user.role).may(Permission.SUPERVISE):
         stmt = stmt.where(Conversation.department_id == user.department_id)
     departments = dict((await session.execute(select(Department.id, Department.name))).tuples().all())
     return [

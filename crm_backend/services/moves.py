@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_backend.dispatch.deadlines import due_at
 from crm_backend.errors import InvalidInput, InvalidTransition, NotFound
-from crm_backend.lifecycle import CaseAction, CaseStatus, Role, check_action
+from crm_backend.lifecycle import CaseAction, CaseStatus, Permission, Role, check_action
 from crm_backend.models import CaseEvent, CategoryPolicy, Department, ServiceCase, StaffUser, utcnow
 from crm_backend.services import audit, reply_scores
 
@@ -73,7 +73,7 @@ class Actor:
 
     def may_touch(self, case: ServiceCase) -> bool:
         """Agents move only their department's cases; everyone else any case."""
-        return self.role.at_least(Role.SUPERVISOR) or (
+        return self.role.may(Permission.SUPERVISE) or (
             self.department_id is not None and case.department_id == self.department_id
         )
 

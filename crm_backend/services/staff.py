@@ -10,11 +10,14 @@ session. Failed sign-ins are counted per username and per address (the client's,
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
+from importlib import resources
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -24,19 +27,40 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from crm_backend.errors import CrmError, InvalidInput, NotFound
 from crm_backend.lifecycle import Role
 from crm_backend.models import Department, LoginFailure, StaffSession, StaffUser, utcnow
-from crm_backend.services import audit
+from crm_backend.services import audit, two_factor
 
 SESSION_IDLE_LIMIT = timedelta(hours=2)
 SESSION_MAX_AGE = timedelta(hours=12)
 THROTTLE_WINDOW = timedelta(minutes=15)
 MAX_FAILURES_PER_USERNAME = 5
 MAX_FAILURES_PER_ADDRESS = 20
-MIN_PASSWORD_CHARS = 10
+MIN_PASSWORD_CHARS = 12
+MAX_PASSWORD_CHARS = 256
+COMMON_PASSWORDS_FILE = "common_passwords.txt"  # in crm_backend/data, see its PROVENANCE.md
+PENDING_MAX_AGE = timedelta(minutes=10)  # to give the code or enrol, after the password
 LOGIN_REFUSED = "用户名或密码不正确"  # never says which of the two was wrong
+CODE_REFUSED = "验证码不正确或已使用过，请输入验证器应用当前显示的 6 位数字或一个恢复码"
+THROTTLED = "登录失败次数过多，请 15 分钟后再试"
 USERNAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{2,31}")
 _hasher = PasswordHasher()
 # Verified against when the username is unknown, so a miss costs as long as a hit.
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+class SessionStep(StrEnum):
+    """What a session opened by a right password still waits for."""
+
+    CODE = "totp"  # a TOTP or recovery code
+    ENROL = "enrol"  # setting up two-factor sign-in, which the role or the admins require
+
+
+@dataclass(frozen=True)
+class SecondFactor:
+    """A second step accepted: the recovery codes to show once (enrolment), and the session's new
+    cookie token when the step completed a sign-in (None when a signed-in member enrolled)."""
+
+    recovery_codes: list[str]
+    token: str | None
 
 
 class LoginThrottled(CrmError):
@@ -58,12 +82,35 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def check_password_rules(password: str) -> None:
-    """Raises InvalidInput unless the password is long enough to resist guessing."""
+@functools.cache
+def common_passwords() -> frozenset[str]:
+    """The shipped list of common passwords, lower-cased; read on first use, then kept."""
+    text = resources.files("crm_backend.data").joinpath(COMMON_PASSWORDS_FILE).read_text(encoding="utf-8")
+    return frozenset(line.strip().lower() for line in text.splitlines() if line.strip())
+
+
+def check_password_rules(password: str, username: str) -> None:
+    """Refuse a password that is short, built on the username, or one of the common ones.
+
+    Each refusal says its own reason, in Chinese, so staff know what to change.
+
+    Args:
+        password: the new password, as typed.
+        username: the account's username (the password may neither be it nor contain it).
+
+    Raises:
+        InvalidInput: ``weak_password`` (too short), ``long_password``, ``password_has_username``
+            or ``common_password``.
+    """
     if len(password) < MIN_PASSWORD_CHARS:
         raise InvalidInput("weak_password", f"密码至少需要 {MIN_PASSWORD_CHARS} 个字符")
-    if len(password) > 256:
-        raise InvalidInput("long_password", "密码不能超过 256 个字符")
+    if len(password) > MAX_PASSWORD_CHARS:
+        raise InvalidInput("long_password", f"密码不能超过 {MAX_PASSWORD_CHARS} 个字符")
+    name = username.strip().lower()
+    if name and name in password.lower():
+        raise InvalidInput("password_has_username", "密码不能是用户名，也不能包含用户名")
+    if password.lower() in common_passwords():
+        raise InvalidInput("common_password", "这个密码是常见密码，很容易被猜中，请换一个")
 
 
 async def hash_password(password: str) -> str:
@@ -94,8 +141,8 @@ async def create_user(
     try:
         staff_role = Role(role)
     except ValueError as error:
-        raise InvalidInput("bad_role", "角色只能是 agent、supervisor 或 admin") from error
-    check_password_rules(password)
+        raise InvalidInput("bad_role", "角色只能是 agent、supervisor、admin 或 auditor") from error
+    check_password_rules(password, username)
     department_id = None
     if department_code:
         department_id = await session.scalar(select(Department.id).where(Department.code == department_code))
@@ -119,11 +166,16 @@ async def create_user(
 
 
 async def set_password(session: AsyncSession, user_id: int, password: str) -> StaffUser:
-    """Replace a password and sign the user out everywhere."""
-    check_password_rules(password)
+    """Replace a password and sign the user out everywhere.
+
+    Raises:
+        NotFound: no such user.
+        InvalidInput: the password breaks a rule (`check_password_rules`).
+    """
     user = await session.get(StaffUser, user_id)
     if user is None:
         raise NotFound("staff user")
+    check_password_rules(password, user.username)
     user.password_hash = await hash_password(password)
     await session.execute(delete(StaffSession).where(StaffSession.user_id == user.id))
     return user
@@ -165,12 +217,86 @@ async def sign_in(
             await session.execute(delete(LoginFailure).where(LoginFailure.id == attempt.id))
             if _hasher.check_needs_rehash(user.password_hash):
                 user.password_hash = await hash_password(password)
-            user.last_login_at = utcnow()
-            signed = await open_session(session, user)
-            audit.record(session, user, "login", address=address)
+            step = await _next_step(session, user)
+            signed = await open_session(session, user, pending_step=step)
+            if step is None:
+                user.last_login_at = utcnow()
+                audit.record(session, user, "login", address=address)
+            else:
+                audit.record(session, user, "login.password", f"next: {step}", address=address)
             return signed
         await session.execute(delete(LoginFailure).where(LoginFailure.id == attempt.id))
-    raise LoginThrottled("登录失败次数过多，请 15 分钟后再试")
+    raise LoginThrottled(THROTTLED)
+
+
+async def _next_step(session: AsyncSession, user: StaffUser) -> str | None:
+    """What a user whose password was right must still do: give a code, enrol, or nothing."""
+    if two_factor.enrolled(user):
+        return SessionStep.CODE
+    if await two_factor.required(session, user):
+        return SessionStep.ENROL
+    return None
+
+
+async def second_factor(
+    sessions: async_sessionmaker[AsyncSession], token: str, code: str, address: str, *, enrol: bool = False
+) -> SecondFactor | None:
+    """Finish a sign-in with a second-factor code: the session is then signed in, under a new token.
+
+    With `enrol`, the code confirms a new enrolment instead (a session waiting to enrol, or a
+    signed-in one enrolling of its own accord), and the recovery codes to show once are
+    returned. Attempts are recorded, counted and throttled as passwords are (`sign_in`), and
+    refusals audited.
+
+    The token the password step gave is spent: the signed-in session gets a new one (set it as
+    the cookie), so a token seen before the second factor never opens the console.
+
+    Returns:
+        What the step gave (recovery codes to show once, a new token), or None (refused).
+
+    Raises:
+        LoginThrottled: too many recent failures for this username or from this address.
+        NotFound: no session waiting for this step behind the token.
+    """
+    address = address[:64]
+    async with sessions.begin() as session:
+        found = await find_session(session, token, pending=True)
+        if found is None:
+            raise NotFound("sign-in step")
+        row, user = found
+        wanted = (SessionStep.ENROL, None) if enrol else (SessionStep.CODE,)
+        if row.pending_step not in wanted:
+            raise NotFound("sign-in step")
+        attempt = LoginFailure(username=user.username, address=address)
+        session.add(attempt)
+    async with sessions.begin() as session:
+        current_row = await session.get(StaffSession, row.id)
+        current_user = await session.get(StaffUser, user.id)
+        if current_row is None or current_user is None:
+            raise NotFound("sign-in step")
+        row, user = current_row, current_user
+        if await _over_limit(session, user.username, address):
+            await session.execute(delete(LoginFailure).where(LoginFailure.id == attempt.id))
+            raise LoginThrottled(THROTTLED)
+        recovery: list[str] = []
+        if enrol:
+            try:
+                recovery = await two_factor.confirm_enrolment(session, user, code, address=address)
+            except InvalidInput:
+                return None
+        elif not await two_factor.check_code(session, user, code, address=address):
+            audit.record(session, user, "login.code_failed", user.username, address=address)
+            return None
+        await session.execute(delete(LoginFailure).where(LoginFailure.id == attempt.id))
+        new_token = None
+        if row.pending_step is not None:
+            now = utcnow()
+            new_token = secrets.token_urlsafe(32)
+            row.token_hash, row.pending_step = token_hash(new_token), None
+            row.expires_at, row.last_seen_at = now + SESSION_MAX_AGE, now
+            user.last_login_at = now
+            audit.record(session, user, "login", "", "two-factor", address=address)
+        return SecondFactor(recovery, new_token)
 
 
 async def _over_limit(session: AsyncSession, username: str, address: str) -> bool:
@@ -191,6 +317,11 @@ async def sign_out(session: AsyncSession, user: StaffUser, token: str, *, addres
     audit.record(session, user, "logout", address=address)
 
 
+async def verify_password(stored: str, password: str) -> bool:
+    """Whether the password (or recovery code) matches the stored Argon2 hash; in a worker thread."""
+    return await asyncio.to_thread(_verify, stored, password)
+
+
 def _verify(stored: str, password: str) -> bool:
     try:
         return _hasher.verify(stored, password)
@@ -198,8 +329,12 @@ def _verify(stored: str, password: str) -> bool:
         return False
 
 
-async def open_session(session: AsyncSession, user: StaffUser, now: datetime | None = None) -> SignedIn:
-    """Start a console session for a user who just signed in."""
+async def open_session(
+    session: AsyncSession, user: StaffUser, now: datetime | None = None, *, pending_step: str | None = None
+) -> SignedIn:
+    """Start a console session for a user who just signed in (or, with `pending_step`, who
+    gave the right password and must still give a code or enrol: such a session reaches
+    only that step's pages, and lasts `PENDING_MAX_AGE`)."""
     now = now or utcnow()
     token = secrets.token_urlsafe(32)
     row = StaffSession(
@@ -208,7 +343,8 @@ async def open_session(session: AsyncSession, user: StaffUser, now: datetime | N
         user_id=user.id,
         created_at=now,
         last_seen_at=now,
-        expires_at=now + SESSION_MAX_AGE,
+        expires_at=now + (PENDING_MAX_AGE if pending_step else SESSION_MAX_AGE),
+        pending_step=pending_step,
     )
     session.add(row)
     await session.flush()
@@ -216,17 +352,18 @@ async def open_session(session: AsyncSession, user: StaffUser, now: datetime | N
 
 
 async def find_session(
-    session: AsyncSession, token: str, now: datetime | None = None
+    session: AsyncSession, token: str, now: datetime | None = None, *, pending: bool = False
 ) -> tuple[StaffSession, StaffUser] | None:
     """The live session and its active user for a cookie token; None if unknown or expired.
 
+    A session still waiting for its second factor (or enrolment) counts only with `pending`.
     An expired session (idle too long, or past its maximum age) is deleted.
     """
     if not token or len(token) > 100:
         return None
     now = now or utcnow()
     row = await session.scalar(select(StaffSession).where(StaffSession.token_hash == token_hash(token)))
-    if row is None:
+    if row is None or (row.pending_step is not None and not pending):
         return None
     if now >= row.expires_at or now - row.last_seen_at >= SESSION_IDLE_LIMIT:
         await session.delete(row)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tests.support.domain_text import expected_preview, utter, utter_buttons
+from tests.support.domain_text import expected_preview, privacy_notice, utter, utter_buttons
 from tests.support.stack import Stack
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -166,7 +166,8 @@ def app_at(stack: Stack, name: str, moment: str, duty_hours: str) -> Iterator[St
 def test_report_then_query_in_the_browser(stack: Stack, widget: Widget, artifacts_dir: Path) -> None:
     page = widget.page
     widget.open(stack.app_url)
-    assert widget.bot_texts() == [utter("utter_welcome")]  # greeted on first open
+    assert widget.bot_texts() == [privacy_notice(), utter("utter_welcome")]  # told, then greeted, on first open
+    assert page.locator(".msg-system .msg-text").all_text_contents() == [privacy_notice()]  # set apart as a notice
     assert page.locator("#send").is_disabled()
 
     widget.type_and_enter(PROBLEM)
@@ -239,7 +240,7 @@ def test_a_new_citizen_is_greeted_with_the_main_services_on_a_phone(
     """The chat never opens empty: it says what the assistant does, with the services as buttons."""
     page = phone.page
     phone.open(stack.app_url)
-    assert phone.bot_texts() == [utter("utter_welcome")]
+    assert phone.bot_texts() == [privacy_notice(), utter("utter_welcome")]
     titles = [button["title"] for button in utter_buttons("utter_welcome")]
     assert phone.last_bot_buttons() == titles
     heights = [button.bounding_box()["height"] for button in page.locator(".msg-buttons button").all()]
@@ -248,7 +249,7 @@ def test_a_new_citizen_is_greeted_with_the_main_services_on_a_phone(
 
     page.reload()  # the greeting is part of the conversation, said once
     phone.wait_ready()
-    assert phone.bot_texts() == [utter("utter_welcome")]
+    assert phone.bot_texts() == [privacy_notice(), utter("utter_welcome")]
 
     phone.click_button("查询工单进度")  # a greeting button is an offered payload like any other
     assert phone.last_citizen_text() == "查询工单进度"

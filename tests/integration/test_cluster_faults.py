@@ -107,8 +107,9 @@ class Citizen:
             answer = [reply for reply in replies if reply.get("text") != busy]
             if answer:
                 return answer
-            # 系统繁忙: the answer comes later, pushed to an open page; one push may be lost while
-            # Redis restarts. The citizen reloads the page, which shows the log, before sending again.
+            # 系统繁忙: the answer comes later, pushed to an open page (and, if the push was lost
+            # while Redis restarted, shown from the log when the page resyncs). This citizen
+            # simply reloads: the history shows the answer, or the message is sent again.
             await self.close()
         raise AssertionError(f"citizen {self.number}: {text!r} ({msg_id}) never answered")
 
@@ -350,13 +351,6 @@ async def assert_each_logged_once_answered_with_one_case(
         await connection.close()
 
 
-@pytest.mark.skipif(
-    os.environ.get("CLUSTER_FAULT_TESTS") != "1",
-    # A real bug it found, not fixed yet: an engine killed after its action filed a case but
-    # before it saved the turn; the message replayed on the other engine files a second case
-    # (the filing key holds Rasa's message id, new on replay; it should hold the app's).
-    reason="opt-in until the replayed filing is fixed: CLUSTER_FAULT_TESTS=1",
-)
 async def test_thirty_citizens_through_nginx_survive_a_killed_app_and_engine(cluster: Cluster) -> None:
     async def faults(answers: Callable[[], int]) -> None:
         await wait_for(lambda: answers() >= KILL_AFTER_ANSWERS, 300, "the first answers")
@@ -372,13 +366,6 @@ async def test_thirty_citizens_through_nginx_survive_a_killed_app_and_engine(clu
     assert cluster.apps[1].app_ready() and cluster.engines[1].engine_ready()
 
 
-@pytest.mark.skipif(
-    os.environ.get("CLUSTER_FAULT_TESTS") != "1",
-    # Not steady yet: in 3 of 6 runs here some web citizens waited for an answer pushed while
-    # Redis restarted (a lost live push; the page shows it from the log on reload) beyond the
-    # test's deadlines. Run it with CLUSTER_FAULT_TESTS=1.
-    reason="opt-in until steady: CLUSTER_FAULT_TESTS=1",
-)
 async def test_citizens_reporting_while_redis_restarts_are_each_logged_once_with_one_case(cluster: Cluster) -> None:
     await asyncio.to_thread(cluster.heal)
 
@@ -390,12 +377,6 @@ async def test_citizens_reporting_while_redis_restarts_are_each_logged_once_with
     await assert_each_logged_once_answered_with_one_case(cluster, citizens, case_numbers)
 
 
-@pytest.mark.skipif(
-    os.environ.get("CLUSTER_FAULT_TESTS") != "1",
-    # Hung once here (before the lock-renewal fix), passed 3 times, then failed in a fresh
-    # clone's bin/test: not yet diagnosed.
-    reason="opt-in until steady: CLUSTER_FAULT_TESTS=1",
-)
 async def test_citizens_reporting_while_postgresql_restarts_lose_nothing_and_the_apps_recover(
     cluster: Cluster,
 ) -> None:

@@ -190,8 +190,9 @@ def test_sign_in_sets_a_strict_http_only_cookie_and_pages_carry_a_csp(stack: Sta
     login_page = client.get("/login")
     assert "default-src 'none'" in login_page.headers["Content-Security-Policy"]
     assert "script-src 'self'" in login_page.headers["Content-Security-Policy"]
-    response = client.login(accounts["supervisor"])
-    cookie_header = response.history[0].headers["Set-Cookie"]
+    response = client.login(accounts["supervisor"])  # password, then the second factor
+    assert client.password_step is not None
+    cookie_header = client.password_step.history[0].headers["Set-Cookie"]
     session_cookie = next(part for part in cookie_header.split(", console") if "console_session=" in part)
     assert "HttpOnly" in session_cookie and "SameSite=Strict" in session_cookie and "Path=/console" in session_cookie
     assert response.url.endswith("/console/inbox")

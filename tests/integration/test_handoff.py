@@ -221,6 +221,7 @@ async def test_while_handed_off_the_bot_is_silent_staff_answer_live_and_hand_bac
 
     kinds = [(m["direction"], m["sender_kind"]) for m in api_messages(stack, cid)]
     assert kinds == [
+        ("out", "system"),  # the privacy notice
         ("out", "bot"),  # the greeting
         ("in", "citizen"),
         ("out", "bot"),

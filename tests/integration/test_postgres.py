@@ -10,6 +10,7 @@ PostgreSQL (which refuses text SQLite stores, such as NUL).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 import subprocess
@@ -23,6 +24,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from crm_backend import audit_chain
 from crm_backend.db import MIGRATIONS_DIR, _alembic_config, create_engine, create_sessionmaker, upgrade_database_async
 from crm_backend.settings import normalise_database_url
 from tests.integration.test_encryption_at_rest import ADDRESS, PHONE, SENTENCE, file_known_case
@@ -42,6 +44,16 @@ from tests.support.postgres import PostgresServer
 from tests.support.stack import APP_PYTHON, ROOT, Stack
 from tests.unit import test_encryption_at_rest as unit_at_rest
 from tests.unit.test_actions import *  # noqa: F403  (run again on PostgreSQL)
+from tests.unit.test_audit_chain import (  # noqa: F401  (run again on PostgreSQL: its row lock and trigger)
+    test_a_rolled_back_transaction_leaves_no_link,
+    test_audit_rows_form_one_chain_that_verifies,
+    test_audit_verify_names_a_row_changed_in_the_database,
+    test_audit_verify_names_the_row_after_one_deleted_or_rehashed,
+    test_audit_verify_notices_rows_cut_from_the_end,
+    test_audit_verify_says_ok_with_the_count,
+    test_concurrent_writers_form_one_chain,
+    test_the_database_refuses_to_change_or_delete_audit_rows,
+)
 from tests.unit.test_case_proofs import *  # noqa: F403  (run again on PostgreSQL)
 from tests.unit.test_console_services import (  # noqa: F401  (run again on PostgreSQL: its isolation differs)
     people,
@@ -100,6 +112,97 @@ async def test_migrations_create_every_table_on_postgres(sessions: async_session
         version = await session.scalar(text("SELECT version_num FROM alembic_version"))
     assert {"citizen", "channel_identity", "conversation", "message", "service_case", "case_event"} <= tables
     assert version == ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+
+
+APPEND_ROWS = """
+import asyncio, sys
+from crm_backend.db import create_engine, create_sessionmaker
+from crm_backend.services import audit
+from crm_backend.settings import normalise_database_url
+
+async def main(url, label, count):
+    engine = create_engine(normalise_database_url(url))
+    sessions = create_sessionmaker(engine)
+    async with sessions() as session:  # connected: say so, then wait for the go
+        await session.execute(audit.select(audit.AuditEntry.id).limit(1))
+    print("ready", flush=True)
+    sys.stdin.readline()
+    for number in range(count):
+        async with sessions.begin() as session:
+            audit.record(session, None, "test.append", f"{label}:{number}", actor_name=label)
+    await engine.dispose()
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+"""
+
+
+async def test_two_processes_appending_at_once_form_one_chain(postgres: PostgresServer) -> None:
+    url = postgres.create_database(unique("chain", "_"))
+    await upgrade_database_async(normalise_database_url(url))
+    writers = [
+        subprocess.Popen(
+            [str(APP_PYTHON), "-c", APPEND_ROWS, url, name, "150"],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("first", "second")
+    ]
+    for writer in writers:  # both connected before either writes
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
+    for writer in writers:
+        assert writer.stdin is not None
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+    for writer in writers:
+        _, errors = writer.communicate(timeout=240)
+        assert writer.returncode == 0, errors
+    engine = create_engine(normalise_database_url(url))
+    try:
+        async with create_sessionmaker(engine)() as session:
+            report = await audit_chain.verify_chain(session)
+            actors = (await session.execute(text("SELECT actor FROM audit_entry ORDER BY id"))).scalars().all()
+    finally:
+        await engine.dispose()
+    assert report == audit_chain.ChainReport(300)
+    # The two writers really ran at once: their rows interleave in the chain.
+    switches = sum(1 for earlier, later in itertools.pairwise(actors) if earlier != later)
+    assert switches > 1, "the writers never overlapped"
+
+
+async def test_the_migration_hashes_existing_audit_rows_on_postgres(postgres: PostgresServer) -> None:
+    from alembic import command
+
+    from crm_backend.db import _alembic_config
+
+    url = postgres.create_database(unique("chainmig", "_"))
+    config = _alembic_config(normalise_database_url(url))
+    await asyncio.to_thread(command.upgrade, config, "0019")
+    engine = create_engine(normalise_database_url(url))
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "INSERT INTO audit_entry (actor_id, actor, action, target, detail, address, created_at) VALUES "
+                    "(NULL, 'cli', 'user.create', 'chief', 'admin', '', '2026-12-01 08:00:00+00'), "
+                    "(NULL, 'chief', 'login', '', '', '127.0.0.1', '2026-12-01 08:01:02.345678+00')"
+                )
+            )
+    finally:
+        await engine.dispose()
+    await asyncio.to_thread(command.upgrade, config, "head")
+    verified = subprocess.run(
+        [str(APP_PYTHON), "-m", "crm_backend", "audit", "verify"],
+        cwd=ROOT,
+        env={"DATABASE_URL": url, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "audit chain OK: 2 rows" in verified.stdout
 
 
 def test_stats_cli_reads_postgres(postgres: PostgresServer) -> None:

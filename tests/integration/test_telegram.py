@@ -22,7 +22,7 @@ from tests.integration.test_dispatch_conversation import case_number_in
 from tests.integration.test_followup import file_case
 from tests.integration.test_webchat import open_chat
 from tests.support.console import ConsoleClient, create_staff
-from tests.support.domain_text import utter, utter_buttons
+from tests.support.domain_text import privacy_notice, utter, utter_buttons
 from tests.support.encrypted import plain
 from tests.support.fake_telegram import FakeTelegram, keyboard_buttons
 from tests.support.naming import unique_number
@@ -205,7 +205,8 @@ def test_a_malformed_update_with_the_right_secret_is_a_400(citizen: TelegramCiti
 def test_start_greets_with_inline_buttons_and_a_pressed_button_is_answered_and_understood(
     citizen: TelegramCitizen,
 ) -> None:
-    [greeting] = citizen.say("/start")
+    notice, greeting = citizen.say("/start")
+    assert notice["text"] == privacy_notice() and "reply_markup" not in notice  # what is kept, first
     assert greeting["text"] == utter("utter_greet")
     buttons = keyboard_buttons(greeting)
     assert [(b["text"], b["callback_data"]) for b in buttons] == [
@@ -381,8 +382,8 @@ def test_polling_mode_asks_telegram_for_updates_and_answers_them(stack: Stack, f
         fake_telegram.wait_for_call("deleteWebhook", timeout=20)
         chat_id = unique_number(10**9)
         fake_telegram.queue_for_polling(fake_telegram.message_update(chat_id, text="/start"))
-        [greeting] = fake_telegram.wait_for_messages(chat_id, 1)
-        assert greeting["text"] == utter("utter_greet")
+        notice, greeting = fake_telegram.wait_for_messages(chat_id, 2)
+        assert (notice["text"], greeting["text"]) == (privacy_notice(), utter("utter_greet"))
         # Polling mode has no webhook route to attack.
         update = fake_telegram.message_update(chat_id, text="你好")
         assert fake_telegram.post_update(f"{app.app_url}/webhooks/telegram", update, SECRET).status_code in (404, 405)

@@ -22,7 +22,7 @@ import requests
 from app.settings import Settings
 from bot.channels.webchat import external_id_for
 from crm_backend.models import utcnow
-from tests.support.domain_text import day_text, expected_preview, handoff_texts, utter, utter_buttons
+from tests.support.domain_text import day_text, expected_preview, handoff_texts, privacy_notice, utter, utter_buttons
 from tests.support.encrypted import plain
 from tests.support.naming import suffix, unique
 from tests.support.stack import Stack
@@ -191,9 +191,10 @@ async def file_report(chat: ChatClient, problem: str = PROBLEM, location: str = 
 
 
 def greeted(welcome: dict[str, Any]) -> bool:
-    """Whether a new conversation's history is the assistant's greeting alone, with its buttons."""
-    return [(m["direction"], m["text"], m["buttons"]) for m in welcome["history"]] == [
-        ("out", utter("utter_welcome"), utter_buttons("utter_welcome"))
+    """Whether a new conversation's history is the privacy notice, then the greeting with its buttons."""
+    return [(m["direction"], m["text"], m["buttons"], m["sender"]["kind"]) for m in welcome["history"]] == [
+        ("out", privacy_notice(), [], "system"),
+        ("out", utter("utter_welcome"), utter_buttons("utter_welcome"), "bot"),
     ]
 
 
@@ -224,7 +225,7 @@ async def test_the_greeting_is_said_once_and_its_buttons_work(stack: Stack) -> N
         first = await chat.hello(None)
     async with open_chat(stack) as again:
         assert (await again.hello(chat.session))["history"] == first["history"]  # not greeted twice
-        report = next(b for b in first["history"][0]["buttons"] if b["title"] == "反映问题")
+        report = next(b for b in first["history"][-1]["buttons"] if b["title"] == "反映问题")
         assert texts(await again.click(report)) == [utter("utter_ask_description")]
 
 
@@ -359,6 +360,7 @@ async def test_reconnect_with_session_restores_history(stack: Stack, chat: ChatC
         for item in welcome["history"]
     ]
     assert history == [
+        ("out", None, privacy_notice(), [], "system"),
         ("out", None, utter("utter_welcome"), utter_buttons("utter_welcome"), "bot"),
         ("in", first, "你好", [], "citizen"),
         ("out", None, greeting[0]["text"], utter_buttons("utter_greet"), "bot"),
@@ -384,7 +386,7 @@ async def test_a_resent_message_gets_its_first_answer_again_and_is_logged_once(s
     async with open_chat(stack) as again:
         welcome = await again.hello(chat.session)
         assert [item["id"] for item in welcome["history"] if item["direction"] == "in"] == [msg_id]
-        assert len(welcome["history"]) == 3  # the greeting, the message, its answer: nothing logged twice
+        assert len(welcome["history"]) == 4  # notice, greeting, the message, its answer: nothing logged twice
 
         # The same id from a reconnected socket is recognised too.
         await again.send_message("你好", msg_id=msg_id)
@@ -525,6 +527,7 @@ async def test_handoff_to_staff_and_back(stack: Stack, chat: ChatClient) -> None
     assert cid not in waiting
     kinds = [(m["direction"], m["sender_kind"]) for m in api_messages(stack, cid)]
     assert kinds == [
+        ("out", "system"),  # the privacy notice
         ("out", "bot"),  # the greeting
         ("in", "citizen"),
         ("out", "bot"),

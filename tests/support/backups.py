@@ -107,6 +107,10 @@ class Load:
             await asyncio.sleep(0.01)
 
 
+# Tables whose one row moves on as the others grow (checked by their own test, not as a subset).
+CHANGED_IN_PLACE = frozenset({"audit_chain_head"})
+
+
 async def table_rows(engine: AsyncEngine) -> Rows:
     """Every row of every table, each as its JSON text (rows have primary keys: no duplicates)."""
     async with engine.connect() as conn:
@@ -125,10 +129,13 @@ def assert_restored_rows_are_the_sources(source: Rows, restored: Rows) -> list[s
     """Every table is there and every restored row is in the source, column for column.
 
     The writers only add rows, so the source's tables hold the restored rows and, where the
-    writers went on after the backup, more. Returns the tables that gained rows since.
+    writers went on after the backup, more (but for `CHANGED_IN_PLACE`: the audit chain's head
+    moves with every audit row). Returns the tables that gained rows since.
     """
     assert set(restored) == set(source)
     for table, rows in restored.items():
+        if table in CHANGED_IN_PLACE:
+            continue
         assert rows <= source[table], (
             f"{table}: restored rows the source does not have: {sorted(rows - source[table])[:3]}"
         )

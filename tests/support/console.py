@@ -7,6 +7,7 @@ import subprocess
 
 import requests
 
+from tests.support import two_factor
 from tests.support.naming import unique
 from tests.support.stack import APP_PYTHON, ROOT, Stack
 
@@ -43,6 +44,7 @@ class ConsoleClient:
         self.http = requests.Session()
         self.http.headers["Accept"] = "text/html"
         self.csrf = ""
+        self.password_step: requests.Response | None = None
 
     def login(self, username: str, password: str = PASSWORD) -> requests.Response:
         page = self.http.get(f"{self.base}/login", timeout=10)
@@ -53,9 +55,30 @@ class ConsoleClient:
             data={"csrf": token.group(1), "username": username, "password": password},
             timeout=30,
         )
+        self.password_step = response  # the password's answer (its redirect sets the session cookie)
+        response = self._second_factor(username, response)
         found = _BODY_CSRF.search(response.text)
         self.csrf = found.group(1) if found else ""
         return response
+
+    def _second_factor(self, username: str, response: requests.Response) -> requests.Response:
+        """Enrol (secret read off the page) or give the code, as the member's authenticator app would."""
+        if response.url.endswith(two_factor.ENROL_PATH):
+            code = two_factor.first_code(username, two_factor.secret_in(response.text))
+            shown = self._post_code(response, two_factor.ENROL_PATH, code)
+            assert shown.status_code == 200, shown.text
+            onward = re.search(r'id="continue" href="([^"]+)"', shown.text)
+            assert onward, "no way on after enrolment"
+            return self.http.get(f"{self.base.removesuffix('/console')}{onward.group(1)}", timeout=30)
+        if response.url.endswith(two_factor.CODE_PATH):
+            return self._post_code(response, two_factor.CODE_PATH, two_factor.next_code(username))
+        return response
+
+    def _post_code(self, page: requests.Response, path: str, code: str) -> requests.Response:
+        token = _CSRF.search(page.text)
+        assert token, "the sign-in step has no CSRF field"
+        base = self.base.removesuffix("/console")
+        return self.http.post(f"{base}{path}", data={"csrf": token.group(1), "code": code}, timeout=30)
 
     def get(self, path: str) -> requests.Response:
         return self.http.get(f"{self.base}{path}", timeout=30)

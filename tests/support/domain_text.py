@@ -25,6 +25,11 @@ def utter(name: str, **slots: str) -> str:
     return text.format(**slots) if slots else text
 
 
+def privacy_notice() -> str:
+    """The notice a new conversation opens with, with the default retention periods (the stacks set none)."""
+    return utter("utter_privacy_notice", conversation_days="180", case_years="3年")
+
+
 def utter_buttons(name: str) -> list[dict[str, str]]:
     """The buttons a response in domain.yml carries."""
     return [{"title": b["title"], "payload": b["payload"]} for b in _responses()[name][0].get("buttons", [])]

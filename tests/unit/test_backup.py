@@ -23,6 +23,7 @@ import pytest
 from alembic import command
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from crm_backend import audit_chain
 from crm_backend.backup import (
     MAGIC,
     _associated_data,
@@ -35,7 +36,7 @@ from crm_backend.backup import (
     restore_backup,
 )
 from crm_backend.crypto import KeyRing
-from crm_backend.db import _alembic_config, create_engine
+from crm_backend.db import _alembic_config, create_engine, create_sessionmaker
 from crm_backend.errors import BackupRefused
 from crm_backend.settings import SettingsError, backup_key_from_env, normalise_database_url, tracker_store_url_from_env
 from tests.support.backups import Load, assert_restored_rows_are_the_sources, create_tracker_store, table_rows
@@ -143,6 +144,14 @@ async def test_a_backup_taken_under_load_restores_every_row_committed_before_it(
             await engine.dispose()
     grown = assert_restored_rows_are_the_sources(crm_rows, crm_restored)
     assert "service_case" in grown  # the load wrote after the backup, and that is not in it
+    assert "audit_entry" in grown
+    restored_audit = engine_of(empty.crm)
+    try:
+        async with create_sessionmaker(restored_audit)() as session:
+            chain = await audit_chain.verify_chain(session)  # the head restored is the last row restored
+    finally:
+        await restored_audit.dispose()
+    assert chain.ok and chain.checked == len(crm_restored["audit_entry"]) > 0
     assert assert_restored_rows_are_the_sources(tracker_rows, tracker_restored) == ["events"]
     crm = sqlite3.connect(empty.crm)
     try:

@@ -15,7 +15,7 @@ from crm_backend.console.hot_issues import HotIssueViews
 from crm_backend.console.web import SESSION_COOKIE, ConsoleBase, build_templates
 from crm_backend.dispatch.routing import seed_routing
 from crm_backend.hotissues import service
-from crm_backend.models import AuditEntry, HotIssueDecision
+from crm_backend.models import AuditEntry, HotIssueDecision, StaffUser
 from crm_backend.services import staff
 from tests.unit.test_hot_issues import HAND_MADE, add_cases
 
@@ -46,9 +46,12 @@ async def client(sessions: Sessions) -> AsyncIterator[TestClient[web.Request, we
 
 
 async def signed_in_as(sessions: Sessions, client: TestClient[web.Request, web.Application], username: str) -> str:
-    """Sign `username` in on the client; returns the session's CSRF token."""
-    signed = await staff.sign_in(sessions, username, PASSWORD, "127.0.0.1")
-    assert signed is not None
+    """A whole console session for `username` on the client (password and, where required, the
+    second factor done: `test_two_factor` tests those steps); returns the session's CSRF token."""
+    async with sessions.begin() as session:
+        user = await session.scalar(select(StaffUser).where(StaffUser.username == username))
+        assert user is not None
+        signed = await staff.open_session(session, user)
     client.session.cookie_jar.update_cookies({SESSION_COOKIE: signed.token})
     return signed.session.csrf_token
 

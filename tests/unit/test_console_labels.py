@@ -23,6 +23,7 @@ DYNAMIC_ACTIONS: dict[str, tuple[str, ...]] = {
     "user.": USER_OPERATIONS,
     "routing.": ("policy", "rule", "delete-rule"),
     "conversation.": ("claim", "assign", "release", "close"),
+    "privacy.": tuple(f"{kind}_{step}" for kind in ("copy", "erasure") for step in ("requested", "done", "refused")),
 }
 
 

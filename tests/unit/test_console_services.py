@@ -111,6 +111,10 @@ async def test_passwords_are_stored_as_argon2id_hashes(sessions: Sessions, peopl
         ("ab", PASSWORD, "agent", "A-housing", "bad_username"),
         ("Bad Name", PASSWORD, "agent", "A-housing", "bad_username"),
         ("newbie", "short", "agent", "A-housing", "weak_password"),
+        ("newbie", "elevenchars", "agent", "A-housing", "weak_password"),
+        ("newbie", "Newbie-is-my-name", "agent", "A-housing", "password_has_username"),
+        ("newbie", "1QAZ2WSX3EDC", "agent", "A-housing", "common_password"),
+        ("newbie", "qwerty123456", "agent", "A-housing", "common_password"),
         ("newbie", PASSWORD, "boss", None, "bad_role"),
         ("newbie", PASSWORD, "agent", None, "department_required"),
         ("newbie", PASSWORD, "agent", "NO-SUCH", "bad_department"),
@@ -134,11 +138,39 @@ async def test_create_user_refuses_bad_accounts(
     assert refused.value.reason == reason
 
 
+@pytest.mark.parametrize(
+    ("password", "reason", "message"),
+    [
+        ("short", "weak_password", "密码至少需要 12 个字符"),
+        ("xx-li.housing-xx", "password_has_username", "密码不能是用户名，也不能包含用户名"),
+        ("LI.HOUSING.LI.HOUSING", "password_has_username", "密码不能是用户名，也不能包含用户名"),
+        ("LeaveMeAlone", "common_password", "这个密码是常见密码，很容易被猜中，请换一个"),
+    ],
+)
+async def test_resetting_a_password_keeps_the_rules_and_says_why(
+    sessions: Sessions, people: dict[str, StaffUser], password: str, reason: str, message: str
+) -> None:
+    async with sessions.begin() as session:
+        with pytest.raises(InvalidInput) as refused:
+            await admin.change_user(session, people["admin"], people["housing"].id, "password", password=password)
+    assert (refused.value.reason, str(refused.value)) == (reason, message)
+
+
+def test_common_passwords_are_read_once_and_lower_cased() -> None:
+    staff.common_passwords.cache_clear()
+    listed = staff.common_passwords()
+    assert staff.common_passwords() is listed
+    assert "123456" in listed and "qazwsxedcrfv" in listed and len(listed) > 20_000
+    assert all(word == word.lower() for word in listed)
+
+
 async def test_sign_in_and_wrong_passwords_are_throttled_per_username(
     sessions: Sessions, people: dict[str, StaffUser]
 ) -> None:
     signed = await staff.sign_in(sessions, "WANG ", PASSWORD, "127.0.0.1")
-    assert signed is not None and signed.user.id == people["supervisor"].id and signed.user.last_login_at is not None
+    assert signed is not None and signed.user.id == people["supervisor"].id
+    # A supervisor's right password opens only the second step (enrolling in two-factor sign-in).
+    assert signed.session.pending_step == staff.SessionStep.ENROL and signed.user.last_login_at is None
     for _ in range(staff.MAX_FAILURES_PER_USERNAME):
         assert await staff.sign_in(sessions, "wang", "wrong password!", "127.0.0.1") is None
     with pytest.raises(staff.LoginThrottled):
@@ -146,7 +178,7 @@ async def test_sign_in_and_wrong_passwords_are_throttled_per_username(
     assert await staff.sign_in(sessions, "nobody", PASSWORD, "127.0.0.2") is None  # an unknown user: the same
     async with sessions() as session:
         actions = list((await session.scalars(select(AuditEntry.action).order_by(AuditEntry.id))).all())
-    assert actions == ["login"] + ["login.failed"] * staff.MAX_FAILURES_PER_USERNAME + ["login.failed"]
+    assert actions == ["login.password"] + ["login.failed"] * staff.MAX_FAILURES_PER_USERNAME + ["login.failed"]
 
 
 async def test_failures_from_one_address_are_throttled_whatever_the_username(

@@ -265,6 +265,12 @@ def test_create_user_refuses_a_weak_password_and_an_agent_without_department(tmp
     database = tmp_path / "crm.db"
     weak = run_cli("create-user", "--username", "chief", "--role", "admin", database=database, stdin="short\n")
     assert weak.returncode == 1 and "密码至少需要" in weak.stderr
+    common = run_cli("create-user", "--username", "chief", "--role", "admin", database=database, stdin="1q2w3e4r5t6y\n")
+    assert common.returncode == 1 and "常见密码" in common.stderr
+    named = run_cli(
+        "create-user", "--username", "chief", "--role", "admin", database=database, stdin="chief-of-staff\n"
+    )
+    assert named.returncode == 1 and "包含用户名" in named.stderr
     homeless = run_cli(
         "create-user", "--username", "li.ming", "--role", "agent", database=database, stdin="a long enough password\n"
     )
@@ -274,6 +280,16 @@ def test_create_user_refuses_a_weak_password_and_an_agent_without_department(tmp
         database=database, stdin="a long enough password\n",
     )  # fmt: skip
     assert placed.returncode == 0, placed.stderr
+
+
+def test_create_user_makes_an_auditor(tmp_path: Path) -> None:
+    database = tmp_path / "crm.db"
+    done = run_cli(
+        "create-user", "--username", "shen.ji", "--role", "auditor", database=database, stdin="a long enough password\n"
+    )
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(database) as connection:
+        assert connection.execute("SELECT role FROM staff_user").fetchall() == [("auditor",)]
 
 
 def test_create_user_has_no_password_argument(tmp_path: Path) -> None:

@@ -5,7 +5,9 @@
 (function () {
   const body = document.body;
   const page = body.dataset.page;
-  if (page === "login") return;
+  // Nothing live before the sign-in is complete (the second-factor pages hold no console session
+  // yet) or for a role without the live stream (the auditor reads only the audit log).
+  if (page === "login" || !body.dataset.csrf || body.dataset.feed === "off") return;
   const csrf = body.dataset.csrf;
   const conversationId = body.dataset.conversation ? Number(body.dataset.conversation) : null;
 

@@ -13,7 +13,7 @@ New columns: ``citizen.phone_index``, ``service_case.contact_phone_index``,
 ``service_case.names_business`` (the 企业 segment's flag, which read the description with LIKE).
 
 Revision ID: 0021_encrypt_personal_data
-Revises: 0019
+Revises: 0020_staff_totp_audit_chain
 Create Date: 2026-12-05
 """
 
@@ -28,7 +28,7 @@ from alembic import op
 from crm_backend.crypto import KeyRing, is_encrypted
 
 revision = "0021_encrypt_personal_data"
-down_revision = "0019"
+down_revision = "0020_staff_totp_audit_chain"
 branch_labels = None
 depends_on = None
 
@@ -48,6 +48,7 @@ PERSONAL_COLUMNS: dict[str, tuple[str, ...]] = {
     "knowledge_feedback": ("question",),
     "knowledge_miss": ("question",),
     "hot_issue_snapshot": ("issues",),
+    "staff_user": ("totp_secret",),  # a second factor's shared secret (revision 0020)
 }
 # Columns whose type becomes TEXT: short strings that now hold ciphertext, JSON now encrypted.
 WIDENED = {
