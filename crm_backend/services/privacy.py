@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, func, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import TextClause
 
 from crm_backend.db import affected, create_engine
 from crm_backend.errors import NotFound
@@ -420,19 +421,22 @@ async def delete_tracker_conversations(tracker_store_url: str, sender_ids: list[
     """Delete these conversations from the engine's tracker store (Rasa's ``events`` table); rows deleted."""
     if not sender_ids:
         return 0
+    statement = text("DELETE FROM events WHERE sender_id IN :senders").bindparams(
+        bindparam("senders", value=sender_ids, expanding=True)
+    )
+    return await delete_tracker_events(tracker_store_url, statement)
+
+
+async def delete_tracker_events(tracker_store_url: str, statement: TextClause) -> int:
+    """Run a DELETE on the engine's tracker store (its own database); rows deleted, 0 if it has no
+    ``events`` table yet (the engine never stored a conversation there)."""
     engine = create_engine(normalise_database_url(tracker_store_url))
     try:
         async with engine.begin() as connection:
-            try:
-                result = await connection.execute(
-                    text("DELETE FROM events WHERE sender_id IN :senders").bindparams(
-                        bindparam("senders", value=sender_ids, expanding=True)
-                    )
-                )
-            except SQLAlchemyError as error:
-                if "events" in str(error) and ("no such table" in str(error) or "does not exist" in str(error)):
-                    return 0  # the engine never stored a conversation there
-                raise
-            return affected(result)
+            return affected(await connection.execute(statement))
+    except SQLAlchemyError as error:
+        if "events" in str(error) and ("no such table" in str(error) or "does not exist" in str(error)):
+            return 0
+        raise
     finally:
         await engine.dispose()

@@ -26,12 +26,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, exists, func, select, text, update
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import InstrumentedAttribute
 
 from crm_backend import periodic
-from crm_backend.db import affected, create_engine
+from crm_backend.db import affected
 from crm_backend.lifecycle import CaseStatus
 from crm_backend.models import (
     Base,
@@ -52,8 +51,8 @@ from crm_backend.models import (
     utcnow,
 )
 from crm_backend.services import audit
-from crm_backend.services.privacy import pseudonymise_cases
-from crm_backend.settings import RetentionSettings, normalise_database_url
+from crm_backend.services.privacy import delete_tracker_events, pseudonymise_cases
+from crm_backend.settings import RetentionSettings
 from crm_backend.shared import Leases
 
 logger = logging.getLogger(__name__)
@@ -206,19 +205,8 @@ async def _delete_tracker_events_before(tracker_store_url: str, cutoff: datetime
     A conversation session expires after a day of silence (``session_config`` in domain.yml), so
     events this old belong to finished sessions the engine no longer reads.
     """
-    engine = create_engine(normalise_database_url(tracker_store_url))
-    try:
-        async with engine.begin() as connection:
-            result = await connection.execute(
-                text("DELETE FROM events WHERE timestamp < :cutoff"), {"cutoff": cutoff.timestamp()}
-            )
-            return affected(result)
-    except SQLAlchemyError as error:
-        if "events" in str(error) and ("no such table" in str(error) or "does not exist" in str(error)):
-            return 0  # the engine never stored a conversation there
-        raise
-    finally:
-        await engine.dispose()
+    statement = text("DELETE FROM events WHERE timestamp < :cutoff").bindparams(cutoff=cutoff.timestamp())
+    return await delete_tracker_events(tracker_store_url, statement)
 
 
 class RetentionJob:
