@@ -202,3 +202,122 @@ def test_the_engine_stores_events_encrypted_and_still_reads_rows_stored_plain_be
         env=env,
     )
     assert refused.returncode != 0 and "DATA_KEYS is not set" in refused.stderr
+
+
+# Runs in the engine's venv; argv: the tracker store's URL. Two stores on one database stand for
+# two engines; each step prints what a turn read, and the test compares it with the database.
+CACHE_SCENARIO = r"""
+import asyncio, json, sys
+import sqlalchemy as sa
+from rasa.shared.core.domain import Domain
+from rasa.shared.core.events import ActionExecuted, BotUttered, SessionStarted, SlotSet, UserUttered
+from rasa.shared.core.trackers import EventVerbosity
+
+from bot.engine_tracker_store import AppTrackerStore
+
+url = sys.argv[1]
+SENDER = "web:citizen-1"
+domain = Domain.load("domain.yml")
+
+
+def texts(tracker):
+    return [e.text for e in tracker.events if isinstance(e, (UserUttered, BotUttered))] if tracker else None
+
+
+async def turn(store, said, answer, slot=None):
+    tracker = await store.get_or_create_tracker(SENDER)
+    tracker.update(UserUttered(said, {"name": "report_issue", "confidence": 0.9}))
+    if slot:
+        tracker.update(SlotSet("contact_phone", slot))
+    tracker.update(BotUttered(answer))
+    tracker.update(ActionExecuted("action_listen"))
+    await store.save(tracker)
+    return tracker
+
+
+def state(tracker):
+    return json.loads(json.dumps(tracker.current_state(EventVerbosity.ALL)))
+
+
+async def main():
+    engine_a = AppTrackerStore(domain=domain, host=url)
+    engine_b = AppTrackerStore(domain=domain, host=url)
+    out = {}
+    first = await turn(engine_a, "路灯坏了", "请问在哪里？")
+    second = await turn(engine_a, "在解放路", "请留下电话", slot="13912345678")
+    third = await engine_a.retrieve(SENDER)
+    out["kept_between_turns"] = third is second
+    # What the kept tracker says is what the database says (a store with nothing kept reads it).
+    out["same_as_stored"] = state(third) == state(await AppTrackerStore(domain=domain, host=url).retrieve(SENDER))
+    out["slot"] = third.get_slot("contact_phone")
+    # A tracker lent to a turn is not lent again: a second reader gets its own.
+    out["lent_once"] = (await engine_a.retrieve(SENDER)) is not third
+    # A turn that changed its tracker and failed before saving leaves nothing behind.
+    lost = await engine_a.retrieve(SENDER)
+    lost.update(UserUttered("没有保存的话"))
+    out["after_failed_turn"] = texts(await engine_a.retrieve(SENDER))
+    await turn(engine_a, "好的", "已记录")
+    # Another engine answers the next turn: the first sees it, not what it kept.
+    await turn(engine_b, "进展如何", "正在办理")
+    out["after_other_engine"] = texts(await engine_a.retrieve(SENDER))
+    await turn(engine_a, "谢谢", "不客气")
+    # A new session: what the store holds begins at SessionStarted, and so does the next read.
+    tracker = await engine_a.retrieve(SENDER)
+    tracker.update(ActionExecuted("action_session_start"))
+    tracker.update(SessionStarted())
+    tracker.update(ActionExecuted("action_listen"))
+    await engine_a.save(tracker)
+    await turn(engine_a, "又坏了", "请问在哪里？")
+    out["new_session"] = texts(await engine_a.retrieve(SENDER))
+    await turn(engine_a, "还是解放路", "好的")
+    # Erasure deletes the rows under a running engine: nothing is answered from memory.
+    with sa.create_engine(url).begin() as connection:
+        connection.execute(sa.text("DELETE FROM events WHERE sender_id = :s"), {"s": SENDER})
+    out["after_erasure"] = texts(await engine_a.retrieve(SENDER))
+    print(json.dumps(out, ensure_ascii=False))
+
+
+asyncio.run(main())
+"""
+
+
+def run_cache_scenario(url: str) -> dict[str, object]:
+    result = subprocess.run(
+        [str(ENGINE_PYTHON), "-c", CACHE_SCENARIO, url],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=PROJECT_ROOT,
+        env={
+            "PYTHONPATH": str(PROJECT_ROOT),
+            "RASA_TELEMETRY_ENABLED": "false",
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            **DATA_KEY_SECRETS,
+        },
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures: dict[str, object] = json.loads(result.stdout.strip().splitlines()[-1])
+    return figures
+
+
+CACHE_EXPECTED = {
+    "kept_between_turns": True,
+    "same_as_stored": True,
+    "slot": "13912345678",
+    "lent_once": True,
+    "after_failed_turn": ["路灯坏了", "请问在哪里？", "在解放路", "请留下电话"],
+    "after_other_engine": ["路灯坏了", "请问在哪里？", "在解放路", "请留下电话", "好的", "已记录", "进展如何", "正在办理"],
+    "new_session": ["又坏了", "请问在哪里？"],
+    "after_erasure": None,
+}
+
+
+@pytest.mark.skipif(not ENGINE_PYTHON.exists(), reason="the engine's venv is built by bin/setup")
+def test_a_kept_tracker_is_reused_only_while_the_store_holds_exactly_what_it_saved(tmp_path: Path) -> None:
+    assert run_cache_scenario(f"sqlite:///{tmp_path / 'tracker.db'}") == CACHE_EXPECTED
+
+
+@pytest.mark.skipif(not ENGINE_PYTHON.exists(), reason="the engine's venv is built by bin/setup")
+def test_a_kept_tracker_is_reused_only_while_postgres_holds_exactly_what_it_saved(postgres: PostgresServer) -> None:
+    url = postgres.create_database("cache").replace("postgresql://", "postgresql+psycopg2://", 1)
+    assert run_cache_scenario(url) == CACHE_EXPECTED
