@@ -6,6 +6,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.settings import Settings
 from crm_backend.dispatch.case_type import CASE_TYPES
 from crm_backend.dispatch.classifier import CATEGORIES
 from crm_backend.dispatch.service import Dispatcher
@@ -16,10 +17,12 @@ from crm_backend.services import api_clients
 from crm_backend.services import open311 as service
 from crm_backend.services.api_clients import ApiCaller, ApiScope
 from crm_backend.services.privacy import export_citizen, pseudonymise_cases
+from crm_backend.settings import SettingsError
 from tests.unit.test_actions import (
     desk,  # noqa: F401  (fixture)
     seeded,  # noqa: F401  (fixture)
 )
+from tests.unit.test_limits import SECRETS
 
 Sessions = async_sessionmaker[AsyncSession]
 FORM = {
@@ -150,3 +153,15 @@ async def test_a_citizens_data_copy_includes_what_a_partner_gave_about_them(
         copy = await export_citizen(session, filed.case.citizen_id, None)
     [case] = copy["cases"]
     assert case["reporter_contact"] == {"email": "li@example.cn", "first_name": "李"}
+
+
+def test_the_open311_read_limit_and_contact_come_from_the_environment() -> None:
+    defaults = Settings.from_env(SECRETS)
+    assert (defaults.limits.open311_reads_per_address, defaults.limits.open311_reads_window_seconds) == (120, 60)
+    assert defaults.open311_contact == "12345 市民服务热线"
+    env = {**SECRETS, "OPEN311_READS_PER_ADDRESS": "0", "OPEN311_READS_WINDOW_SECONDS": "10", "OPEN311_CONTACT": "a@b"}
+    settings = Settings.from_env(env)
+    assert (settings.limits.open311_reads_per_address, settings.limits.open311_reads_window_seconds) == (0, 10)
+    assert settings.open311_contact == "a@b"
+    with pytest.raises(SettingsError, match="OPEN311_READS_PER_ADDRESS"):
+        Settings.from_env({**SECRETS, "OPEN311_READS_PER_ADDRESS": "many"})
