@@ -33,6 +33,7 @@ from crm_backend.http import client_address, status_for
 from crm_backend.lifecycle import CaseStatus
 from crm_backend.services import api_clients
 from crm_backend.services import open311 as service
+from crm_backend.services.api_clients import ApiScope
 from crm_backend.services.intake import CHINA_TZ
 from crm_backend.services.limits import Limit, RateLimiter
 
@@ -268,6 +269,7 @@ class Open311Api:
         address = client_address(request)
         async with self.sessions.begin() as session:
             caller = await api_clients.authenticate(session, form.get("api_key", "").strip())
+        caller.require(ApiScope.WRITE)  # a read-only key is told so before anything about its input
         new = service.NewRequest.parse(form)
         async with self.sessions.begin() as session:  # all of the filing, or none of it
             filed = await service.file_request(session, self._desk, caller, new, address=address)
