@@ -55,6 +55,7 @@ from crm_backend.duty import DutyHours
 from crm_backend.hotissues.service import HotIssueJob
 from crm_backend.http import error_middleware, trusted_proxies_key
 from crm_backend.knowledge.facts import load_city_facts
+from crm_backend.open311 import Open311Api
 from crm_backend.services.knowledge import KnowledgeBase
 from crm_backend.services.limits import DatabaseRateLimiter, Limit
 from crm_backend.services.retention import RetentionJob
@@ -174,6 +175,18 @@ def init_app(settings: Settings) -> web.Application:
         executor.register_action(action)
     ActionEndpoint(executor, settings.action_token).add_routes(app)
     CrmApi(sessions, notifier, shared.feed, followups).add_routes(app)
+    Open311Api(
+        sessions,
+        desk,
+        responses,
+        limiter=limiter,
+        read_limit=Limit(
+            "open311_read",
+            limits.open311_reads_per_address,
+            timedelta(seconds=limits.open311_reads_window_seconds),
+        ),
+        contact=settings.open311_contact,
+    ).add_routes(app)
     app[replay_key] = EngineReplay(
         sessions,
         engine,

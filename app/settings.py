@@ -74,6 +74,8 @@ class Settings:
     trusted_proxies: tuple[Network, ...] = ()
     telegram: TelegramSettings | None = None  # None: no TELEGRAM_BOT_TOKEN, the app runs without Telegram
     limits: LimitSettings = field(default_factory=lambda: LimitSettings())
+    # Who answers partners' questions about /open311/v2/ (discovery's `contact`).
+    open311_contact: str = "12345 市民服务热线"
     # The engines the app spreads conversations over (RASA_URLS); just `rasa_url` unless it names several.
     rasa_urls: tuple[str, ...] = ()
     # Where several app processes share locks, live delivery and leases; None: one process keeps
@@ -158,6 +160,7 @@ class Settings:
             trusted_proxies=parse_trusted_proxies(env.get("TRUSTED_PROXIES", "")),
             telegram=TelegramSettings.from_env(env),
             limits=LimitSettings.from_env(env),
+            open311_contact=env.get("OPEN311_CONTACT", "").strip() or "12345 市民服务热线",
             rasa_urls=rasa_urls,
             redis_url=redis_url_from_env(env),
             key_ring=key_ring_from_env(env),

@@ -34,6 +34,8 @@ APP_RESPONSES = (
     "utter_case_resolved_notice",
     "utter_linked_case_resolved_notice",
     "utter_privacy_notice",
+    "utter_case_created_routed",  # Open311's service_notice for a request filed and routed
+    "utter_case_created_queued",  # … and for one waiting in the manual queue
     *STATUS_RESPONSES.values(),
 )
 

@@ -46,6 +46,11 @@ _STATUS_FOR_CRM_ERROR: dict[type[CrmError], int] = {
 }
 
 
+def status_for(error: CrmError) -> int:
+    """The HTTP status a domain error answers with (400 for one the table does not name)."""
+    return next((s for cls, s in _STATUS_FOR_CRM_ERROR.items() if isinstance(error, cls)), 400)
+
+
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     """A JSON response with Chinese left readable (UTF-8, not \\u escapes)."""
     return web.json_response(data, status=status, headers=headers, dumps=_dumps)
@@ -65,7 +70,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except CrmError as error:
-        status = next((s for cls, s in _STATUS_FOR_CRM_ERROR.items() if isinstance(error, cls)), 400)
+        status = status_for(error)
         response = json_error(status, error.code, str(error))
         if status == 401:
             response.headers["WWW-Authenticate"] = "Bearer"

@@ -590,6 +590,29 @@ class ApiClient(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
+class Open311Request(Base):
+    """A case filed through Open311 GeoReport v2 (``POST /open311/v2/requests``).
+
+    The coordinates and the address id are what the partner gave and the standard publishes;
+    ``address_given`` says the case's location is an address the partner gave (published too),
+    not a citizen's words. ``contact`` holds the reporter's optional details (email, first and
+    last name, device and account ids): personal data, encrypted, never published.
+    """
+
+    __tablename__ = "open311_request"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("service_case.id"), unique=True)
+    api_client_id: Mapped[int] = mapped_column(ForeignKey("api_client.id"), index=True)
+    service_code: Mapped[str] = mapped_column(String(64))
+    lat: Mapped[float | None] = mapped_column(Float)
+    long: Mapped[float | None] = mapped_column(Float)
+    address_id: Mapped[str | None] = mapped_column(String(64))
+    address_given: Mapped[bool] = mapped_column(Boolean, default=False)
+    contact: Mapped[dict[str, str] | None] = mapped_column(EncryptedJSON("open311_request.contact"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class ExtensionRequest(Base):
     """延期: a department asks for more working days; a supervisor approves or refuses."""
 

@@ -84,11 +84,15 @@ class LimitSettings:
     # Cases a citizen (all their linked channels) may file through the assistant per Beijing
     # calendar day; staff filing for a citizen in the console are not limited.
     cases_per_citizen_per_day: int = 10
+    # Public Open311 reads (/open311/v2/ GETs) per client address: a partner's sync polls, a
+    # browser or an open-data harvester reads a page a second at most.
+    open311_reads_per_address: int = 120
+    open311_reads_window_seconds: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "LimitSettings":
-        """Limits from ``WEB_SESSIONS_PER_ADDRESS``, ``MESSAGES_PER_SENDER``, ``CASES_PER_CITIZEN_PER_DAY``
-        and the two ``*_WINDOW_SECONDS``.
+        """Limits from ``WEB_SESSIONS_PER_ADDRESS``, ``MESSAGES_PER_SENDER``, ``CASES_PER_CITIZEN_PER_DAY``,
+        ``OPEN311_READS_PER_ADDRESS`` and the three ``*_WINDOW_SECONDS``.
 
         Raises:
             SettingsError: a count that is not a whole number >= 0, or a window that is not > 0.
@@ -117,6 +121,8 @@ class LimitSettings:
             messages_per_sender=count("MESSAGES_PER_SENDER", defaults.messages_per_sender),
             messages_window_seconds=window("MESSAGES_WINDOW_SECONDS", defaults.messages_window_seconds),
             cases_per_citizen_per_day=count("CASES_PER_CITIZEN_PER_DAY", defaults.cases_per_citizen_per_day),
+            open311_reads_per_address=count("OPEN311_READS_PER_ADDRESS", defaults.open311_reads_per_address),
+            open311_reads_window_seconds=window("OPEN311_READS_WINDOW_SECONDS", defaults.open311_reads_window_seconds),
         )
 
 

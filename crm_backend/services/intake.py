@@ -86,6 +86,7 @@ async def file_case(
     actor: Actor = BOT,
     daily_limit: int = 0,
     filing_key: str | None = None,
+    phone_required: bool = True,
 ) -> ServiceCase:
     """Create a case from a report, with its first history event, in the caller's transaction.
 
@@ -93,6 +94,8 @@ async def file_case(
     sake, the CRM for its own.
 
     Args:
+        phone_required: False where a report may come without a phone (Open311); a phone
+            given is validated all the same, none is stored as "".
         daily_limit: cases the citizen may file per Beijing day (the assistant passes
             it; staff filing for a citizen do not); 0 for no limit. Counted and filed
             under a per-citizen lock (`serialise`), so concurrent filings cannot pass it.
@@ -101,7 +104,7 @@ async def file_case(
         InvalidInput: if the phone is not a mainland mobile number.
         CaseLimitReached: the citizen already filed `daily_limit` cases today.
     """
-    phone = normalise_mobile(report.contact_phone)
+    phone = normalise_mobile(report.contact_phone) if report.contact_phone or phone_required else ""
     if daily_limit > 0:
         await serialise(session, f"cases:{identity.citizen_id}")
         await check_daily_case_limit(session, identity.citizen_id, daily_limit)
@@ -149,6 +152,7 @@ async def file_report(
     actor: Actor = BOT,
     daily_limit: int = 0,
     filing_key: str | None = None,
+    phone_required: bool = True,
 ) -> ServiceCase:
     """File a report and route it as previewed: the bot's intake and the console's draft alike.
 
@@ -174,6 +178,7 @@ async def file_report(
         actor=actor,
         daily_limit=daily_limit,
         filing_key=filing_key,
+        phone_required=phone_required,
     )
     await desk.route(session, case, preview)
     return case

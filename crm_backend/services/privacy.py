@@ -34,6 +34,7 @@ from crm_backend.models import (
     LinkCode,
     LookupAttempt,
     Message,
+    Open311Request,
     PrivacyRequest,
     RateEvent,
     Satisfaction,
@@ -237,6 +238,11 @@ async def export_citizen(
     ratings = (
         await session.scalars(select(Satisfaction).where(Satisfaction.case_id.in_(case_ids)).order_by(Satisfaction.id))
     ).all()
+    reporters = {
+        row.case_id: row.contact
+        for row in (await session.scalars(select(Open311Request).where(Open311Request.case_id.in_(case_ids)))).all()
+        if row.contact
+    }
     requests = (
         await session.scalars(
             select(PrivacyRequest).where(PrivacyRequest.citizen_id == citizen_id).order_by(PrivacyRequest.id)
@@ -267,6 +273,8 @@ async def export_citizen(
                 "status": STATUS_LABELS.get(CaseStatus(case.status), case.status),
                 "filed_at": _iso(case.created_at),
                 "due_at": _iso(case.due_at),
+                # What an Open311 partner gave about the reporter (email, names, account), if any.
+                **({"reporter_contact": reporters[case.id]} if case.id in reporters else {}),
                 "history": [
                     {"status": event.to_status, "note": event.note, "at": _iso(event.created_at)}
                     for event in events
@@ -412,6 +420,13 @@ async def pseudonymise_cases(session: AsyncSession, case_ids: Any, now: datetime
         update(Satisfaction)
         .where(Satisfaction.case_id.in_(case_ids), func.length(Satisfaction.comment) > 0)
         .values(comment="")
+        .execution_options(synchronize_session=False)
+    )
+    await session.execute(
+        # An Open311 filing's reporter contact, and the place it pinned, go with the case's location.
+        update(Open311Request)
+        .where(Open311Request.case_id.in_(case_ids))
+        .values(contact=None, lat=None, long=None, address_id=None, address_given=False)
         .execution_options(synchronize_session=False)
     )
     return changed
