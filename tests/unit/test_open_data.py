@@ -6,6 +6,7 @@ historical time as ``now``), so the dataset reads the history exactly as the lif
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -22,6 +23,7 @@ from crm_backend.models import AuditEntry, CaseEvent, ChannelIdentity, Citizen, 
 from crm_backend.services import open_data
 from crm_backend.services.moves import Actor, move_case, open_case
 from crm_backend.services.open_data import COLUMN_NAMES, Period
+from tests.support.cli import run_cli
 
 Sessions = async_sessionmaker[AsyncSession]
 OCTOBER = Period.month("2026-10")
@@ -288,3 +290,31 @@ def test_last_month_is_counted_in_beijing_time() -> None:
 
 def test_every_column_is_documented_once() -> None:
     assert len(set(COLUMN_NAMES)) == len(COLUMN_NAMES) == len(open_data.COLUMNS)
+
+
+# --- the command ---------------------------------------------------------------------------
+
+
+async def test_the_command_writes_both_files_and_audits_it(sessions: Sessions, tmp_path: Path) -> None:
+    await build_cases(sessions)
+    out = tmp_path / "published" / "2026"
+    result = await asyncio.to_thread(
+        run_cli, "open-data", "--month", "2026-10", "--out", str(out), "--min-cell", "1", database=tmp_path / "crm.db"
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in out.iterdir()) == ["cases-2026-10.csv", "cases-2026-10.json"]
+    assert f"wrote {out / 'cases-2026-10.csv'} and {out / 'cases-2026-10.json'}: 6 cases" in result.stdout
+    rows = (out / "cases-2026-10.csv").read_bytes().decode("utf-8").splitlines()
+    assert rows[1] == EXPECTED_CSV.splitlines()[1]
+    assert json.loads((out / "cases-2026-10.json").read_text(encoding="utf-8"))["row_count"] == 6
+    async with sessions() as session:
+        entry = (await session.scalars(select(AuditEntry).where(AuditEntry.action == "open_data.export"))).one()
+    assert (entry.actor, entry.target) == ("cli", "2026-10")
+
+
+@pytest.mark.parametrize("month", ["2026-13", "11/2026"])
+def test_the_command_refuses_a_bad_month_with_exit_code_2(tmp_path: Path, month: str) -> None:
+    result = run_cli("open-data", "--month", month, "--out", str(tmp_path / "out"), database=tmp_path / "crm.db")
+    assert result.returncode == 2
+    assert "month must be YYYY-MM, e.g. 2026-11" in result.stderr
+    assert not (tmp_path / "out").exists()
