@@ -295,8 +295,12 @@ def test_every_column_is_documented_once() -> None:
 # --- the command ---------------------------------------------------------------------------
 
 
-async def test_the_command_writes_both_files_and_audits_it(sessions: Sessions, tmp_path: Path) -> None:
+async def test_the_command_writes_both_files_and_audits_it_without_the_data_keys(
+    sessions: Sessions, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     await build_cases(sessions)
+    for name in ("DATA_KEYS", "DATA_KEY_CURRENT", "DATA_HMAC_KEY"):  # it reads no encrypted column
+        monkeypatch.delenv(name)
     out = tmp_path / "published" / "2026"
     result = await asyncio.to_thread(
         run_cli, "open-data", "--month", "2026-10", "--out", str(out), "--min-cell", "1", database=tmp_path / "crm.db"
