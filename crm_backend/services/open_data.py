@@ -408,6 +408,31 @@ class JsonFormat:
         return "\n ]\n}\n"
 
 
+async def stream_dataset(
+    session: AsyncSession, period: Period, form: Format, *, min_cell: int = MIN_CELL, now: datetime | None = None
+) -> AsyncIterator[str]:
+    """One file of the period as text pieces (head, a piece per batch of rows, tail), for a download.
+
+    Raises:
+        InvalidInput: ``min_cell`` below 1.
+    """
+    if min_cell < 1:
+        raise InvalidInput("bad_min_cell", "min_cell must be at least 1")
+    now = now or utcnow()
+    cells = await count_cells(session, period, min_cell)
+    yield form.head(metadata(period, cells, now))
+    batch: list[tuple[Any, ...]] = []
+    async for row in dataset_rows(session, period, cells, now=now):
+        batch.append(row)
+        if len(batch) >= BATCH:
+            yield form.rows(batch)
+            batch = []
+    yield form.rows(batch) + form.tail()
+
+
+FORMATS: dict[str, type[CsvFormat] | type[JsonFormat]] = {"csv": CsvFormat, "json": JsonFormat}
+
+
 # --- writing the files -----------------------------------------------------------------------
 
 
