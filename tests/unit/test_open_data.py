@@ -195,6 +195,8 @@ async def test_october_json_has_metadata_and_the_same_rows(sessions: Sessions, t
     holiday, imported = document["rows"][0], document["rows"][1]
     assert (holiday["working_days"], holiday["overdue"]) == (4, False)
     assert (imported["dispatched_date"], imported["overdue"]) == (None, None)
+    unknown = document["rows"][5]  # no category or district yet: null, not ""
+    assert (unknown["category"], unknown["district"], unknown["case_type"]) == (None, None, "未分类")
 
 
 async def test_no_personal_data_appears_in_either_file(sessions: Sessions, tmp_path: Path) -> None:
