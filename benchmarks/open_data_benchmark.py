@@ -17,7 +17,8 @@ writes them). Then, each in a fresh process so its peak memory is its own:
    schema check, export and audit: what a monthly timer runs).
 
 Each reports wall and CPU time, rows, file sizes, the process's resident memory before the
-export (after imports) and its peak (``ru_maxrss``). Progress goes to stderr, the Markdown
+export (after imports) and its own peak (``VmHWM``; ``ru_maxrss`` would report the
+seeding parent's memory, which a forked child inherits). Progress goes to stderr, the Markdown
 report to stdout, every figure to ``open_data_benchmark.json`` in ``--out-dir``.
 """
 
@@ -29,7 +30,6 @@ import datetime as dt
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -163,11 +163,20 @@ def seed(database: Path, count: int, rng: random.Random) -> dict[str, Any]:
 # --- one measurement, in its own process ------------------------------------------------------
 
 
-def rss_mb() -> float:
+def status_mb(field: str) -> float:
+    """A memory figure of this process from /proc (``VmRSS`` now, ``VmHWM`` its peak), in MB.
+
+    ``VmHWM`` belongs to the process's own address space, so unlike ``ru_maxrss`` (which a
+    child inherits from the parent that forked it) it is the child's own peak.
+    """
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return round(int(line.split()[1]) / 1024, 1)
     return 0.0
+
+
+def rss_mb() -> float:
+    return status_mb("VmRSS")
 
 
 def measure_here(database: Path, period_text: str, out: Path) -> dict[str, Any]:
@@ -191,12 +200,21 @@ def measure_here(database: Path, period_text: str, out: Path) -> dict[str, Any]:
         "generalised": written.generalised,
         "bytes": {path.suffix[1:]: path.stat().st_size for path in written.paths},
         "rss_before_mb": before,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": status_mb("VmHWM"),
     }
 
 
+# Runs the operator's command and, at its exit, writes its peak RSS (VmHWM) to the file named by argv[1].
+CLI_WITH_PEAK = (
+    "import atexit, runpy, sys; peak_file = sys.argv.pop(1); "
+    "hwm = lambda: next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')); "
+    "atexit.register(lambda: open(peak_file, 'w').write(str(round(int(hwm()) / 1024, 1)))); "
+    "sys.argv[0] = 'crm_backend'; runpy.run_module('crm_backend', run_name='__main__')"
+)  # nothing imported but the command's own modules, so the peak is the command's
+
+
 def in_child(args: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], dict[str, float]]:
-    """Run a child to its end; its output, wall time, and its own CPU time and peak RSS (wait4)."""
+    """Run a child to its end; its output, wall time and its own CPU time (wait4)."""
     started = time.perf_counter()
     child = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(child.pid, 0)
@@ -207,7 +225,6 @@ def in_child(args: list[str], env: dict[str, str]) -> tuple[subprocess.Completed
     return done, {
         "process_seconds": round(wall, 2),
         "process_cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
-        "process_peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
     }
 
 
@@ -234,12 +251,14 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         runs.append({"what": f"write_dataset {period}"} | json.loads(done.stdout) | usage)
         log(f"  {runs[-1]}")
     log(f"python -m crm_backend open-data --month {MONTH}")
+    peak_file = workdir / "cli-peak"
     done, usage = in_child(
-        [PYTHON, "-m", "crm_backend", "open-data", "--month", MONTH, "--out", str(workdir / "cli")],
+        [PYTHON, "-c", CLI_WITH_PEAK, str(peak_file), "open-data", "--month", MONTH, "--out", str(workdir / "cli")],
         env | {"DATABASE_URL": f"sqlite:///{database}"},
     )
     if done.returncode != 0:
         raise SystemExit(done.stderr)
+    usage["peak_rss_mb"] = float(peak_file.read_text())
     runs.append({"what": f"open-data --month {MONTH} (command)", "stdout": done.stdout.strip()} | usage)
     log(f"  {runs[-1]}")
     results["runs"] = runs
@@ -262,7 +281,7 @@ def render(results: dict[str, Any]) -> str:
             f"{run['process_seconds']:.2f} s",
             f"{run['process_cpu_seconds']:.2f} s",
             f"{run['rss_before_mb']} MB" if "rss_before_mb" in run else "–",
-            f"{run['process_peak_rss_mb']} MB",
+            f"{run['peak_rss_mb']} MB",
             " / ".join(f"{kind} {size / 1e6:.1f} MB" for kind, size in run.get("bytes", {}).items()) or "–",
         ]
         for run in results["runs"]
