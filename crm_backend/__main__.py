@@ -2,7 +2,7 @@
 
 Commands: migrate, stats, create-user, create-api-client, revoke-api-client, classify-types,
 score-replies, hot-issues, import-messages, backup, restore, rotate-key, audit verify,
-retention, export-citizen, forget-citizen.
+retention, export-citizen, forget-citizen, open-data.
 
 ``audit verify`` walks the audit log's hash chain (`crm_backend.audit_chain`) in batches and
 prints ``audit chain OK: N rows`` (exit code 0), or the first broken row and why (exit code 1).
@@ -48,6 +48,12 @@ what it removed. ``export-citizen`` writes everything held about one citizen as 
 request; ``--out FILE`` or standard output); ``forget-citizen`` removes or pseudonymises every
 trace of them in the CRM and the tracker store. Both name the citizen by ``--citizen ID`` or by
 one of their cases (``--case NUMBER``), and both are audited as the command line.
+
+``open-data --month YYYY-MM --out DIR`` writes the month's open dataset (Beijing time; default
+last month) as ``DIR/cases-YYYY-MM.csv`` and ``.json`` (`crm_backend.services.open_data`): no
+personal data, cells under ``--min-cell`` cases (default 5) generalised; audited with the
+operating-system user. A malformed month is refused with exit code 2; a directory that cannot
+be written, exit code 1.
 """
 
 from __future__ import annotations
@@ -72,7 +78,7 @@ from crm_backend.hotissues.core import Decisions, HotIssue
 from crm_backend.hotissues.sources import BoardFileError, gazetteer_locate, in_window, read_board_csv
 from crm_backend.importer import HistoryFileError, ImportSummary, import_messages, read_messages
 from crm_backend.lifecycle import STATUS_LABELS, CaseStatus, Role
-from crm_backend.services import api_clients, audit, cases, privacy, reply_scores, retention, staff
+from crm_backend.services import api_clients, audit, cases, open_data, privacy, reply_scores, retention, staff
 from crm_backend.services.api_clients import ApiScope
 from crm_backend.services.stats import collect_stats
 from crm_backend.settings import (
@@ -348,6 +354,46 @@ async def _retention(database_url: str) -> retention.RetentionReport:
         await engine.dispose()
 
 
+def _month(text: str) -> open_data.Period:
+    """argparse's reading of ``--month``: a bad one is a usage error (exit code 2) that says why."""
+    try:
+        return open_data.Period.month(text)
+    except CrmError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def _operator() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        return f"uid {os.getuid()}"
+
+
+async def _open_data(database_url: str, args: argparse.Namespace) -> open_data.Written:
+    engine = create_engine(database_url)
+    try:
+        return await open_data.write_dataset(
+            create_sessionmaker(engine), args.month, args.out, exported_by=_operator(), min_cell=args.min_cell
+        )
+    finally:
+        await engine.dispose()
+
+
+def _open_data_command(args: argparse.Namespace, database_url: str) -> int:
+    upgrade_database(database_url)
+    try:
+        written = asyncio.run(_open_data(database_url, args))
+    except (CrmError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    csv_path, json_path = written.paths
+    print(
+        f"wrote {csv_path} and {json_path}: {written.rows} cases filed in {written.period.label} (Beijing time), "
+        f"{written.generalised} in cells under {written.min_cell} generalised"
+    )
+    return 0
+
+
 def _read_password() -> str:
     if not sys.stdin.isatty():
         return sys.stdin.readline().rstrip("\r\n")
@@ -452,7 +498,20 @@ def main(argv: list[str] | None = None) -> int:
         who.add_argument("--case", help="one of the citizen's case numbers")
         if name == "export-citizen":
             command.add_argument("--out", type=Path, help="the file to write (default: standard output)")
+    published = commands.add_parser("open-data", help="write a month's open dataset (CSV and JSON, no personal data)")
+    published.add_argument("--month", type=_month, help="YYYY-MM, Beijing time (default: last month)", default=None)
+    published.add_argument("--out", required=True, type=Path, help="directory for cases-YYYY-MM.csv and .json")
+    published.add_argument(
+        "--min-cell",
+        type=int,
+        default=open_data.MIN_CELL,
+        help=f"generalise district × category × type cells with fewer cases (default {open_data.MIN_CELL}; 1: none)",
+    )
     args = parser.parse_args(argv)
+    if args.command == "open-data":
+        args.month = args.month or open_data.last_month()
+        if args.min_cell < 1:
+            parser.error("--min-cell must be at least 1")
     if args.command == "hot-issues":
         args.until = args.until or hot_service.default_window(1)[1]
         if args.since is not None and args.since > args.until:
@@ -512,6 +571,8 @@ def main(argv: list[str] | None = None) -> int:
         return _rotate_key_command(database_url)
     if args.command in ("export-citizen", "forget-citizen"):
         return _privacy_command(args, database_url)
+    if args.command == "open-data":
+        return _open_data_command(args, database_url)
     if args.command == "retention":
         upgrade_database(database_url)
         try:

@@ -8,6 +8,7 @@ and `crm_backend.services.moves.move_case` is the one function that performs the
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal
 
 from crm_backend.errors import InvalidTransition
 
@@ -183,6 +184,22 @@ CASE_ACTIONS: dict[CaseAction, ActionSpec] = {
 }
 # Cases a department still owes an answer on: these can be overdue, 督办 or extended.
 OPEN_STATUSES = frozenset({CaseStatus.DISPATCHED, CaseStatus.ACCEPTED, CaseStatus.IN_PROGRESS})
+# Cases answered: 办结 and what follows it (回访, 归档). Only a 重办 moves one back (to 办理中).
+CLOSED_STATUSES = frozenset({CaseStatus.RESOLVED, CaseStatus.REVIEWED, CaseStatus.ARCHIVED})
+
+
+def open311_status(status: CaseStatus | str) -> Literal["open", "closed"]:
+    """The case's status in Open311 GeoReport v2's two words (the API and the open data share it).
+
+    Closed once the department has answered (已办结) and after (已回访, 已归档): what the citizen
+    was owed has been given. A 重办 moves a case from 已办结 back to 办理中, and it is open again,
+    as the specification allows a request to change status. Every other status, 退回 included
+    (back in the dispatcher's queue, not answered), is open.
+
+    Raises:
+        ValueError: not a status code.
+    """
+    return "closed" if CaseStatus(status) in CLOSED_STATUSES else "open"
 
 
 def allowed_moves() -> frozenset[tuple[CaseStatus, CaseStatus]]:

@@ -18,6 +18,7 @@ from crm_backend.console.dashboard import DashboardViews
 from crm_backend.console.feed import LiveFeed
 from crm_backend.console.hot_issues import HotIssueViews
 from crm_backend.console.knowledge import KnowledgeViews
+from crm_backend.console.open_data import OpenDataViews
 from crm_backend.console.privacy import PrivacyViews
 from crm_backend.console.sign_in import SignInStepViews
 from crm_backend.console.web import ConsoleBase, build_templates
@@ -75,5 +76,6 @@ def add_console(
     KnowledgeViews(base, city_facts).add_routes(app)
     DashboardViews(base, districts).add_routes(app)
     HotIssueViews(base).add_routes(app)
+    OpenDataViews(base).add_routes(app)
     PrivacyViews(base, tracker_store_url).add_routes(app)
     app.router.add_static("/console/static/", STATIC_DIR, append_version=False)

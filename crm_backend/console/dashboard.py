@@ -24,7 +24,7 @@ from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.errors import InvalidInput, NotFound
 from crm_backend.http import client_address
 from crm_backend.models import Department, StaffUser, utcnow
-from crm_backend.services import audit
+from crm_backend.services import audit, open_data
 
 CSV_FLUSH_ROWS = 1000
 XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -107,6 +107,7 @@ class DashboardViews(ConsoleBase):
             detail_table=kpi.DETAIL_TABLE,
             headline_table=kpi.HEADLINE_TABLE,
             long_table_rows=LONG_TABLE_ROWS,
+            open_data_month=open_data.last_month().label,
         )
 
     @signed_in()

@@ -81,6 +81,8 @@ ACTION_LABELS: dict[str, str] = {
     "case.extension_approved": "同意延期",
     "case.extension_refused": "驳回延期",
     "dashboard.export": "导出数据看板",
+    "open_data.export": "生成开放数据",
+    "open_data.download": "下载开放数据",
     "hot_issue.merge": "合并热点问题",
     "hot_issue.unrelated": "移出热点问题",
     "history.import": "导入历史留言",

@@ -18,6 +18,7 @@ from crm_backend.lifecycle import (
     allowed_moves,
     available_actions,
     check_action,
+    open311_status,
 )
 
 S = CaseStatus
@@ -173,3 +174,38 @@ def test_working_roles_nest_and_the_auditor_holds_only_the_audit_log() -> None:
     assert auditor.may(Permission.READ_AUDIT)
     assert not any(auditor.may(p) for p in (Permission.HANDLE_CASES, Permission.SUPERVISE, Permission.ADMINISTER))
     assert not A.may(Permission.READ_AUDIT) and Sup.may(Permission.READ_AUDIT)
+
+
+# Open311's two states, by hand: 办结 and after are closed (a 重办 makes the case open again);
+# every status before 办结, and 退回 (back in the dispatcher's queue), is open.
+OPEN311: dict[CaseStatus, str] = {
+    S.RECEIVED: "open",
+    S.DISPATCHED: "open",
+    S.ACCEPTED: "open",
+    S.IN_PROGRESS: "open",
+    S.RETURNED: "open",
+    S.RESOLVED: "closed",
+    S.REVIEWED: "closed",
+    S.ARCHIVED: "closed",
+}
+
+
+@pytest.mark.parametrize(("status", "expected"), sorted(OPEN311.items()))
+def test_each_status_maps_to_open311_open_or_closed(status: CaseStatus, expected: str) -> None:
+    assert open311_status(status) == expected
+    assert open311_status(status.value) == expected
+
+
+def test_the_open311_mapping_covers_every_status() -> None:
+    assert set(OPEN311) == set(CaseStatus)
+
+
+def test_a_reopened_case_is_open_again_in_open311() -> None:
+    reopen = CASE_ACTIONS[CaseAction.REOPEN]
+    assert all(open311_status(source) == "closed" for source in reopen.sources)
+    assert open311_status(reopen.target) == "open"
+
+
+def test_an_unknown_status_code_is_refused_by_the_open311_mapping() -> None:
+    with pytest.raises(ValueError):
+        open311_status("lost")
