@@ -30,7 +30,7 @@ from crm_backend.errors import (
     describe_error,
 )
 from crm_backend.http import client_address, status_for
-from crm_backend.lifecycle import CaseStatus
+from crm_backend.lifecycle import CaseStatus, open311_status
 from crm_backend.services import api_clients
 from crm_backend.services import open311 as service
 from crm_backend.services.api_clients import ApiScope
@@ -288,7 +288,7 @@ class Open311Api:
     def _request_row(self, item: service.PublicRequest) -> dict[str, Any]:
         return {
             "service_request_id": item.service_request_id,
-            "status": service.open311_status(item.status),
+            "status": open311_status(item.status),
             "status_notes": self._sayings.status(item.status),
             "service_name": item.service_name,
             "service_code": item.service_code,

@@ -27,7 +27,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from crm_backend.dispatch.case_type import CASE_TYPES
 from crm_backend.dispatch.classifier import CATEGORIES
 from crm_backend.errors import InvalidInput, NotFound
-from crm_backend.lifecycle import CaseStatus
+from crm_backend.lifecycle import CLOSED_STATUSES, CaseStatus
 from crm_backend.models import Open311Request, ServiceCase, blind_index, utcnow
 from crm_backend.services import audit
 from crm_backend.services.api_clients import ApiCaller, ApiScope
@@ -69,15 +69,7 @@ CASE_TYPE_CODES: dict[str, str] = {
     "建议": "suggestion",
     "表扬": "praise",
 }
-OPEN_STATUSES = frozenset(
-    {CaseStatus.RECEIVED, CaseStatus.DISPATCHED, CaseStatus.ACCEPTED, CaseStatus.IN_PROGRESS, CaseStatus.RETURNED}
-)
-CLOSED_STATUSES = frozenset({CaseStatus.RESOLVED, CaseStatus.REVIEWED, CaseStatus.ARCHIVED})
-
-
-def open311_status(status: str) -> str:
-    """``closed`` once a case is 已办结 (and 已回访, 已归档), ``open`` before and after a 重办."""
-    return "closed" if CaseStatus(status) in CLOSED_STATUSES else "open"
+OPEN_STATUSES = frozenset(CaseStatus) - CLOSED_STATUSES
 
 
 @dataclass(frozen=True)

@@ -43,12 +43,6 @@ def test_every_category_and_each_of_its_case_types_is_a_service() -> None:
     assert {(category, kind) for category in CATEGORIES for kind in CASE_TYPES} < pairs
 
 
-@pytest.mark.parametrize("status", list(CaseStatus))
-def test_a_case_is_closed_once_resolved_and_open_before(status: CaseStatus) -> None:
-    closed = {CaseStatus.RESOLVED, CaseStatus.REVIEWED, CaseStatus.ARCHIVED}
-    assert service.open311_status(status) == ("closed" if status in closed else "open")
-
-
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
