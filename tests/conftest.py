@@ -16,9 +16,12 @@ from tests.support.proofs import proof_alarm_for
 from tests.support.stack import TEST_SECRETS
 
 # Personal columns are encrypted with the ring the environment names (crm_backend.crypto): every
-# test process, and what it starts, gets the tests' fixed keys unless a test sets its own.
+# test process, and what it starts, gets the tests' fixed keys unless a test sets its own. They
+# replace the machine's own (bin/test sources var/secrets.env): a test that wrote with those and
+# an app started with these could not read each other's rows.
+os.environ.pop("DATA_KEYS_FILE", None)
 for _name in ("DATA_KEYS", "DATA_KEY_CURRENT", "DATA_HMAC_KEY"):
-    os.environ.setdefault(_name, TEST_SECRETS[_name])
+    os.environ[_name] = TEST_SECRETS[_name]
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
