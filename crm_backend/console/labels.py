@@ -83,6 +83,8 @@ ACTION_LABELS: dict[str, str] = {
     "dashboard.export": "导出数据看板",
     "open_data.export": "生成开放数据",
     "open_data.download": "下载开放数据",
+    "open311.file": "Open311 提交诉求",
+    "open311.view": "Open311 查询诉求",
     "hot_issue.merge": "合并热点问题",
     "hot_issue.unrelated": "移出热点问题",
     "history.import": "导入历史留言",
