@@ -3,12 +3,18 @@ rollback followed by every process. Trained on a small fixed slice of the shippe
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from crm_backend.console.models import ModelVersionViews
+from crm_backend.console.web import ConsoleBase, build_templates
 from crm_backend.dispatch.classifier import (
     CATEGORIES,
     TRAINING_DATA_PATH,
@@ -16,18 +22,22 @@ from crm_backend.dispatch.classifier import (
     LabelledMessage,
     read_labelled_csv,
 )
+from crm_backend.dispatch.deadlines import CHINA_TZ
 from crm_backend.dispatch.learning import held_back
 from crm_backend.dispatch.routing import seed_routing
 from crm_backend.dispatch.service import Dispatcher
 from crm_backend.errors import InvalidTransition
-from crm_backend.models import AuditEntry, CategoryModelVersion, StaffUser
+from crm_backend.http import error_middleware
+from crm_backend.models import AuditEntry, CategoryModelVersion, StaffLabel, StaffUser, utcnow
 from crm_backend.services import model_versions, staff
 from crm_backend.services.conversations import resolve_identity
 from crm_backend.services.intake import Report, file_case
 from crm_backend.services.moves import Actor
 from crm_backend.services.staff_labels import LabelDecision, record_staff_label
+from tests.unit.test_console_hot_issues import PASSWORD, signed_in_as
 
 Sessions = async_sessionmaker[AsyncSession]
+Client = TestClient[web.Request, web.Application]
 SHIPPED_PER_CATEGORY = 30
 LABELS_PER_CATEGORY = 20
 FOLDS = 3
@@ -64,7 +74,7 @@ def bundled() -> CategoryClassifier:
 async def registered(sessions: Sessions, bundled: CategoryClassifier) -> Sessions:
     async with sessions.begin() as session:
         await seed_routing(session)
-        await staff.create_user(session, username="zhao", display_name="赵", password="x" * 12, role="admin")
+        await staff.create_user(session, username="zhao", display_name="赵", password=PASSWORD, role="admin")
     assert await model_versions.ensure_registered(
         sessions, bundled, model_versions.artifact_bytes(bundled), decided_by="test"
     )
@@ -156,3 +166,113 @@ async def test_right_labels_are_promoted_and_every_process_follows_a_rollback(
         # Nothing older to go back to.
         with pytest.raises(InvalidTransition):
             await model_versions.rollback(session, admin)
+
+
+# --- the console page ----------------------------------------------------------
+
+
+@pytest.fixture
+async def console(registered: Sessions) -> AsyncIterator[Client]:
+    async with registered.begin() as session:
+        await staff.create_user(session, username="wang", display_name="王", password=PASSWORD, role="supervisor")
+    app = web.Application(middlewares=[error_middleware])
+    ModelVersionViews(**ConsoleBase(registered, build_templates(), secure_cookies=False).share()).add_routes(app)
+    async with TestClient(TestServer(app)) as client:
+        yield client
+
+
+async def two_versions(sessions: Sessions, bundled: CategoryClassifier) -> str:
+    """The bundled version retired, a promoted one current (written directly: training is tested above)."""
+    newer = CategoryClassifier.train(SHIPPED[:-1])
+    now = utcnow()
+    async with sessions.begin() as session:
+        first = await session.get(CategoryModelVersion, bundled.model_version)
+        assert first is not None
+        first.status = model_versions.RETIRED
+        await session.flush()
+        session.add(
+            CategoryModelVersion(
+                id=newer.model_version,
+                status=model_versions.CURRENT,
+                shipped_rows=len(SHIPPED) - 1,
+                staff_labels=3,
+                last_label_id=3,
+                figures={
+                    "staff": {"accuracy": 0.8125, "n": 16},
+                    "folds": {"accuracy": 0.9012, "macro_f1": 0.8999},
+                    "verdict": "not worse on the held-back staff labels nor on the shipped folds",
+                },
+                artifact=model_versions.artifact_bytes(newer),
+                created_at=now,
+                promoted_at=now,
+                decided_by="retrain",
+                decided_at=now,
+            )
+        )
+    return newer.model_version
+
+
+async def test_an_admin_sees_each_versions_figures_and_weekly_agreement_with_staff(
+    registered: Sessions, bundled: CategoryClassifier, console: Client
+) -> None:
+    newer = await two_versions(registered, bundled)
+    # Staff decisions the newer model answered: right twice, wrong once, in one China week.
+    monday = datetime(2026, 11, 30, 10, 0, tzinfo=CHINA_TZ)
+    async with registered.begin() as session:
+        identity = await resolve_identity(session, "web", "weekly")
+        case = await file_case(
+            session, identity, Report(description="路灯坏了", location="A1区人民路", contact_phone="13812345678")
+        )
+        await session.flush()
+        for day, (model, decided) in enumerate(
+            [("城乡建设", "城乡建设"), ("环境保护", "环境保护"), ("环境保护", "城乡建设")]
+        ):
+            session.add(
+                StaffLabel(
+                    case_id=case.id,
+                    text="路灯坏了",
+                    model_version=newer,
+                    model_category=model,
+                    model_confidence=0.5,
+                    staff_category=decided,
+                    decision="dispatch",
+                    channel="console",
+                    actor="wang",
+                    created_at=monday + timedelta(days=day),
+                )
+            )
+    await signed_in_as(registered, console, "zhao")
+    page = await console.get("/console/admin/models")
+    text = await page.text()
+    assert page.status == 200
+    assert newer in text and bundled.model_version in text
+    assert "0.8125（16 条）" in text and "0.9012 / 0.8999" in text and "在用" in text and "已退役" in text
+    assert "2026-11-30" in text and "2 / 3" in text and "0.67" in text
+
+
+async def test_an_admin_rolls_back_in_the_console_and_it_is_audited(
+    registered: Sessions, bundled: CategoryClassifier, console: Client
+) -> None:
+    newer = await two_versions(registered, bundled)
+    csrf = await signed_in_as(registered, console, "zhao")
+    done = await console.post("/console/admin/models/rollback", data={"csrf": csrf}, allow_redirects=False)
+    assert done.status == 303
+    assert await versions(registered) == {bundled.model_version: "current", newer: "rejected"}
+    async with registered() as session:
+        entry = await session.scalar(select(AuditEntry).where(AuditEntry.action == "model.rollback"))
+    assert entry is not None and entry.actor == "zhao"
+    # Nothing older left: refused, and nothing changes.
+    refused = await console.post("/console/admin/models/rollback", data={"csrf": csrf}, allow_redirects=False)
+    assert refused.status == 409
+
+
+async def test_a_supervisor_cannot_see_the_versions_or_roll_back(
+    registered: Sessions, bundled: CategoryClassifier, console: Client
+) -> None:
+    newer = await two_versions(registered, bundled)
+    csrf = await signed_in_as(registered, console, "wang")
+    # The console answers a page someone may not reach as if it did not exist.
+    assert (await console.get("/console/admin/models")).status == 404
+    refused = await console.post("/console/admin/models/rollback", data={"csrf": csrf}, allow_redirects=False)
+    assert refused.status == 404
+    assert await versions(registered) == {bundled.model_version: "retired", newer: "current"}
