@@ -3,8 +3,10 @@ rollback followed by every process. Trained on a small fixed slice of the shippe
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -276,3 +278,26 @@ async def test_a_supervisor_cannot_see_the_versions_or_roll_back(
     refused = await console.post("/console/admin/models/rollback", data={"csrf": csrf}, allow_redirects=False)
     assert refused.status == 404
     assert await versions(registered) == {bundled.model_version: "retired", newer: "current"}
+
+
+# --- the weekly job --------------------------------------------------------------
+
+
+async def test_the_weekly_retraining_runs_only_when_the_period_passed_and_labels_came(
+    registered: Sessions, tmp_path: Path
+) -> None:
+    ran = tmp_path / "ran"
+    job = model_versions.RetrainJob(
+        registered,
+        period_seconds=7 * 86400,
+        command=[sys.executable, "-c", f"open({str(ran)!r}, 'a').write('x')"],
+    )
+    assert await job.run_once() is None  # no staff labels yet
+    await label_all(registered, LATER[:2], mislabel=False)
+    assert not await job.due()  # the bundled version is minutes old
+    assert await job.due(now=utcnow() + timedelta(days=7, seconds=1))
+    async with registered.begin() as session:  # the version was registered a week ago
+        version = (await model_versions.list_versions(session))[0]
+        version.created_at = utcnow() - timedelta(days=8)
+    assert await job.run_once() == 0
+    assert ran.read_text() == "x"

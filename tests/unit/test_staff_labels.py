@@ -17,11 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from crm_backend.api import CrmApi
 from crm_backend.console import add_console
 from crm_backend.dispatch.routing import apply_dispatch, plan_dispatch, seed_routing
+from crm_backend.dispatch.service import Dispatcher, Preview
 from crm_backend.http import error_middleware
-from crm_backend.models import CaseEvent, Department, ServiceCase, StaffLabel, utcnow
+from crm_backend.models import CaseEvent, Department, ServiceCase, StaffLabel, StaffUser, utcnow
 from crm_backend.services import api_clients, casework, staff
 from crm_backend.services.conversations import current_conversation, resolve_identity
-from crm_backend.services.intake import Report, file_case
+from crm_backend.services.intake import Report, file_case, file_report
+from crm_backend.services.moves import Actor
 from tests.unit.test_console_hot_issues import PASSWORD, signed_in_as
 from tests.unit.test_routing import FixedPrediction
 
@@ -204,3 +206,30 @@ async def test_the_queue_lists_the_least_sure_cases_first_then_the_oldest(seeded
         queue = await casework.dispatch_queue(session)
     assert [case.case_number for case, _ in queue] == [unsure_new, middling_old, middling_new, sure_old]
     assert [cast(Any, decision).confidence for _, decision in queue] == [0.30, 0.55, 0.55, 0.70]
+
+
+async def test_a_category_staff_choose_when_filing_a_draft_is_recorded(seeded: Sessions) -> None:
+    """The console's 登记工单 with a 分类 chosen: `file_report` with the member of staff as actor."""
+    async with seeded.begin() as session:
+        user = await session.scalar(select(StaffUser).where(StaffUser.username == "wang"))
+        assert user is not None
+        identity = await resolve_identity(session, "web", "drafted")
+        plan = await plan_dispatch(
+            session,
+            prediction=unsure(0.41),
+            model_version="m1",
+            district="A1区",
+            urgent=False,
+            category_override="城乡建设",
+        )
+        none = cast(Any, None)
+        await file_report(
+            session,
+            Dispatcher(none, none, ()),
+            identity,
+            Report(description=WORDS, location="A1区人民路", contact_phone="13812345678", district="A1区"),
+            Preview(plan=plan, location=none, duplicate=None),
+            actor=Actor.staff(user),
+        )
+    [label] = await labels(seeded)
+    assert summary(label) == (WORDS, "m1", "环境保护", "城乡建设", "filing", "console", "wang")
