@@ -153,9 +153,12 @@ def _retrain(args: argparse.Namespace) -> int:
     import asyncio
 
     try:
+        from crm_backend.settings import category_model_path_from_env
+
+        model: Path = args.model or category_model_path_from_env()
         shipped = read_labelled_csv(args.data)
-        bundled = CategoryClassifier.load(args.model)
-        result = asyncio.run(_retrain_in_database(shipped, bundled, args.model.read_bytes()))
+        bundled = CategoryClassifier.load(model)
+        result = asyncio.run(_retrain_in_database(shipped, bundled, model.read_bytes()))
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_DATA
@@ -183,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         "retrain", help="train a candidate on shipped data plus staff labels, behind the gate"
     )
     retrain.add_argument("--data", type=Path, default=TRAINING_DATA_PATH, help="the shipped labelled CSV")
-    retrain.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="the bundled model (first version)")
+    retrain.add_argument(
+        "--model", type=Path, default=None, help="the bundled model, the first version (default: CATEGORY_MODEL_PATH)"
+    )
     args = parser.parse_args(argv)
     if args.command == "retrain":
         return _retrain(args)

@@ -3,6 +3,11 @@ rollback followed by every process. Trained on a small fixed slice of the shippe
 
 from __future__ import annotations
 
+import asyncio
+import csv
+import json
+import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -301,3 +306,31 @@ async def test_the_weekly_retraining_runs_only_when_the_period_passed_and_labels
         version.created_at = utcnow() - timedelta(days=8)
     assert await job.run_once() == 0
     assert ran.read_text() == "x"
+
+
+async def test_the_retrain_command_registers_the_bundled_model_and_judges_a_candidate(
+    sessions: Sessions, bundled: CategoryClassifier, tmp_path: Path
+) -> None:
+    data = tmp_path / "shipped.csv"
+    with data.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows([row.text, row.label] for row in SHIPPED)
+    model = bundled.save(tmp_path / "bundled.joblib")
+    async with sessions() as session:
+        database = str(session.bind.url) if session.bind is not None else ""
+    env = {**os.environ, "DATABASE_URL": database}
+    command = [sys.executable, "-m", "crm_backend.dispatch", "retrain", "--data", str(data), "--model", str(model)]
+
+    def run() -> dict[str, Any]:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, done.stderr
+        return cast(dict[str, Any], json.loads(done.stdout))
+
+    first = await asyncio.to_thread(run)
+    assert first == {"candidate": None, "promoted": False, "reason": "no staff labels since the last version"}
+    assert await versions(sessions) == {bundled.model_version: "current"}
+    await label_all(sessions, LATER[:35], mislabel=True)
+    second = await asyncio.to_thread(run)
+    assert second["current"] == bundled.model_version and second["promoted"] is False
+    assert await versions(sessions) == {bundled.model_version: "current", second["candidate"]: "rejected"}
