@@ -166,17 +166,22 @@ async def move_case(
     if spec.needs_note and not note:
         raise InvalidInput("note_required", f"{spec.label}需要填写原因或说明")
     detail = ""
-    if category is not None:
+    if category is not None:  # before the department: a new category's deadline applies
         if operation not in (CaseAction.DISPATCH, CaseAction.REASSIGN):
             raise InvalidInput("category_not_allowed", f"{spec.label}不能更改分类")
-        staff_labels.check_category(category)
+        decision = LabelDecision.DISPATCH if operation is CaseAction.DISPATCH else LabelDecision.REASSIGN
+        await staff_labels.record_staff_label(session, actor, case, category, decision, now=now)
+        if category != case.category:
+            detail = f"；分类 {case.category or '无'} → {category}"
+            note = f"{note}（分类：{category}）" if note else f"分类：{category}"
+            case.category = category
     if spec.needs_department:
         department = await session.get(Department, department_id) if department_id else None
         if department is None or not department.active:
             raise InvalidInput("department_required", f"{spec.label}需要选择一个在用的承办部门")
         if operation is CaseAction.REASSIGN and department.id == case.department_id:
             raise InvalidTransition("改派需要选择另一个部门")
-        detail = f"；部门 {case.department or '无'} → {department.name}"
+        detail += f"；部门 {case.department or '无'} → {department.name}"
         case.department_id, case.department = department.id, department.name
         if case.due_at is None:
             case.due_at = await _due_for(session, case, now)
@@ -184,13 +189,6 @@ async def move_case(
     elif operation is CaseAction.RETURN:
         detail = f"；部门 {case.department or '无'} → 无"
         case.department_id, case.department = None, None  # back to the dispatcher's queue
-    if category is not None:
-        decision = LabelDecision.DISPATCH if operation is CaseAction.DISPATCH else LabelDecision.REASSIGN
-        await staff_labels.record_staff_label(session, actor, case, category, decision, now=now)
-        if category != case.category:
-            detail += f"；分类 {case.category or '无'} → {category}"
-            note = f"{note}（分类：{category}）"
-            case.category = category
     event = _set_status(case, actor, spec.target, note, from_status=case.status, now=now)
     session.add(event)
     audit.record(

@@ -16,10 +16,20 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_backend.api import CrmApi
 from crm_backend.console import add_console
+from crm_backend.dispatch.deadlines import due_at
 from crm_backend.dispatch.routing import apply_dispatch, plan_dispatch, seed_routing
 from crm_backend.dispatch.service import Dispatcher, Preview
 from crm_backend.http import error_middleware
-from crm_backend.models import CaseEvent, Department, ServiceCase, StaffLabel, StaffUser, utcnow
+from crm_backend.models import (
+    AuditEntry,
+    CaseEvent,
+    CategoryPolicy,
+    Department,
+    ServiceCase,
+    StaffLabel,
+    StaffUser,
+    utcnow,
+)
 from crm_backend.services import api_clients, casework, staff
 from crm_backend.services.conversations import current_conversation, resolve_identity
 from crm_backend.services.intake import Report, file_case, file_report
@@ -233,3 +243,19 @@ async def test_a_category_staff_choose_when_filing_a_draft_is_recorded(seeded: S
         )
     [label] = await labels(seeded)
     assert summary(label) == (WORDS, "m1", "环境保护", "城乡建设", "filing", "console", "wang")
+
+
+async def test_dispatch_with_a_new_category_takes_that_categorys_deadline_and_says_so(seeded: Sessions) -> None:
+    number = await queued_case(seeded, "a")
+    housing = await department_id(seeded, "A1区住建局")
+    async with seeded.begin() as session:
+        user = await session.scalar(select(StaffUser).where(StaffUser.username == "wang"))
+        assert user is not None
+        move = await casework.perform(session, user, number, "dispatch", department_id=housing, category="教育文体")
+        policy = await session.get(CategoryPolicy, "教育文体")
+        assert policy is not None
+        entry = await session.scalar(select(AuditEntry).where(AuditEntry.action == "case.dispatch"))
+    assert move.case.category == "教育文体"
+    assert move.case.due_at == due_at(move.event.created_at, policy.deadline_working_days)
+    assert entry is not None and entry.detail.endswith("；分类 环境保护 → 教育文体；部门 无 → A1区住建局")
+    assert move.event.note == "A1区住建局。分类：教育文体"
