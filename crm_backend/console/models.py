@@ -4,6 +4,7 @@ against staff decisions per week, and the admin's rollback."""
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import timedelta
 
 from aiohttp import web
 
@@ -11,7 +12,10 @@ from crm_backend.console.web import ConsoleBase, Staff, signed_in
 from crm_backend.errors import InvalidTransition
 from crm_backend.http import client_address
 from crm_backend.lifecycle import Permission
+from crm_backend.models import utcnow
 from crm_backend.services import model_versions
+
+WEEKS_SHOWN = 26  # the weekly agreement table covers about half a year
 
 
 class ModelVersionViews(ConsoleBase):
@@ -28,7 +32,7 @@ class ModelVersionViews(ConsoleBase):
     async def _page(self, request: web.Request, *, error: str | None = None, status: int = 200) -> web.StreamResponse:
         async with self.sessions() as session:
             versions = await model_versions.list_versions(session)
-            weeks = await model_versions.weekly_accuracy(session)
+            weeks = await model_versions.weekly_accuracy(session, since=utcnow() - timedelta(weeks=WEEKS_SHOWN))
         by_version: dict[str, list[model_versions.WeekAccuracy]] = defaultdict(list)
         for week in weeks:
             by_version[week.version].append(week)

@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -224,7 +224,9 @@ async def test_an_admin_sees_each_versions_figures_and_weekly_agreement_with_sta
 ) -> None:
     newer = await two_versions(registered, bundled)
     # Staff decisions the newer model answered: right twice, wrong once, in one China week.
-    monday = datetime(2026, 11, 30, 10, 0, tzinfo=CHINA_TZ)
+    today = utcnow().astimezone(CHINA_TZ).date()
+    last_week = today - timedelta(days=today.weekday() + 7)
+    monday = datetime.combine(last_week, time(10, 0), tzinfo=CHINA_TZ)
     async with registered.begin() as session:
         identity = await resolve_identity(session, "web", "weekly")
         case = await file_case(
@@ -254,7 +256,7 @@ async def test_an_admin_sees_each_versions_figures_and_weekly_agreement_with_sta
     assert page.status == 200
     assert newer in text and bundled.model_version in text
     assert "0.8125（16 条）" in text and "0.9012 / 0.8999" in text and "在用" in text and "已退役" in text
-    assert "2026-11-30" in text and "2 / 3" in text and "0.67" in text
+    assert last_week.isoformat() in text and "2 / 3" in text and "0.67" in text
 
 
 async def test_an_admin_rolls_back_in_the_console_and_it_is_audited(
