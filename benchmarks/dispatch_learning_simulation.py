@@ -19,7 +19,9 @@ grouped folds (`crm_backend.dispatch.folds`, near-duplicates in one fold) in tur
 
 The report gives, per number of staff decisions, the accuracy on the untouched folds (mean over
 the five folds), and, for reference, a model trained on every non-untouched row with its true
-label (what full labelling would give). Progress goes to stderr; about 5-10 minutes on 2 cores.
+label (what full labelling would give), and a control: at each retraining, as many labels drawn
+at random from the reports seen so far (does asking staff about the least sure cases teach more
+than labelling any?). Progress goes to stderr; about 5-10 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 import time
@@ -54,12 +57,18 @@ def score(classifier: CategoryClassifier, rows: list[LabelledMessage]) -> float:
 
 
 def replay(
-    initial: list[LabelledMessage], stream: list[LabelledMessage], untouched: list[LabelledMessage], every: int
+    initial: list[LabelledMessage],
+    stream: list[LabelledMessage],
+    untouched: list[LabelledMessage],
+    every: int,
+    control: random.Random,
 ) -> list[dict[str, Any]]:
-    """The curve of one fold: (staff decisions, queued share so far, accuracy on the untouched fold)."""
+    """The curve of one fold: staff decisions, reports seen, accuracy on the untouched fold; and the
+    control: as many labels drawn at random from the reports seen so far (not the least sure)."""
     labels: list[LabelledMessage] = []
     model = CategoryClassifier.train(initial)
-    curve = [{"decisions": 0, "seen": 0, "accuracy": score(model, untouched)}]
+    first = score(model, untouched)
+    curve = [{"decisions": 0, "seen": 0, "accuracy": first, "random": first}]
     position = 0
     while position < len(stream):
         # The model of the moment classifies the reports until `every` of them have been queued.
@@ -75,8 +84,15 @@ def replay(
         if len(labels) == curve[-1]["decisions"]:
             break  # the stream ended without a new decision
         model = CategoryClassifier.train([*initial, *labels])
-        curve.append({"decisions": len(labels), "seen": position, "accuracy": score(model, untouched)})
-        log(f"  {position} reports seen, {len(labels)} staff decisions, accuracy {curve[-1]['accuracy']:.4f}")
+        drawn = control.sample(stream[:position], len(labels))
+        chance = score(CategoryClassifier.train([*initial, *drawn]), untouched)
+        curve.append(
+            {"decisions": len(labels), "seen": position, "accuracy": score(model, untouched), "random": chance}
+        )
+        log(
+            f"  {position} reports seen, {len(labels)} staff decisions, accuracy {curve[-1]['accuracy']:.4f} "
+            f"(random labels: {chance:.4f})"
+        )
     return curve
 
 
@@ -99,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         untouched = [rows[i] for i in test]
         cut = int(len(replayed) * args.initial)
         log(f"fold {number}: {cut} initial rows, {len(replayed) - cut} in the stream, {len(untouched)} untouched")
-        curves.append(replay(replayed[:cut], replayed[cut:], untouched, args.every))
+        curves.append(replay(replayed[:cut], replayed[cut:], untouched, args.every, random.Random(number)))
         full.append(score(CategoryClassifier.train(replayed), untouched))
         log(f"  every replayed row labelled: {full[-1]:.4f}")
     seconds = time.perf_counter() - started
@@ -115,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                 "accuracy": round(statistics.mean(p["accuracy"] for p in present), 4),
                 "min": round(min(p["accuracy"] for p in present), 4),
                 "max": round(max(p["accuracy"] for p in present), 4),
+                "random": round(statistics.mean(p["random"] for p in present), 4),
+                "seen": round(statistics.mean(p["seen"] for p in present)),
             }
         )
     ends = [curve[-1] for curve in curves]  # the whole stream replayed (the last retraining)
@@ -125,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             "accuracy": round(statistics.mean(p["accuracy"] for p in ends), 4),
             "min": round(min(p["accuracy"] for p in ends), 4),
             "max": round(max(p["accuracy"] for p in ends), 4),
+            "random": round(statistics.mean(p["random"] for p in ends), 4),
+            "seen": round(statistics.mean(p["seen"] for p in ends)),
         }
     )
     crossing = next((row["decisions"] for row in table if row["accuracy"] >= GOAL and row["folds"] == FOLDS), None)
@@ -148,10 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# Staff-label loop, simulated ({len(rows)} messages, data order as time, seed {args.seed})\n")
     print(f"First model on {args.initial:.0%} of the replayed rows; retrained every {args.every} staff decisions;")
     print(f"queued below {MANUAL_DISPATCH_THRESHOLD}. Accuracy on the untouched fold, mean (min-max), {FOLDS} folds.\n")
-    print("| staff decisions | folds | accuracy | min | max |")
-    print("| ---: | ---: | ---: | ---: | ---: |")
+    print("| staff decisions | reports seen | folds | accuracy | min | max | same number, random reports |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in table:
-        print(f"| {row['decisions']} | {row['folds']} | {row['accuracy']:.4f} | {row['min']:.4f} | {row['max']:.4f} |")
+        print(
+            f"| {row['decisions']} | {row['seen']} | {row['folds']} | {row['accuracy']:.4f} | {row['min']:.4f} "
+            f"| {row['max']:.4f} | {row['random']:.4f} |"
+        )
     print(f"\nEvery replayed row labelled (reference): {figures['every_row_labelled']:.4f}.")
     print(f"Crosses {GOAL}: {'at ' + str(crossing) + ' decisions' if crossing is not None else 'never'}.")
     print(
