@@ -9,10 +9,12 @@ reversed, at cleanup):
    start otherwise (``python -m crm_backend migrate`` brings it there); binds the sessions.
 2. `http_client`: the aiohttp client session the engine client talks through.
 3. `models`: the dispatcher (category, case type, gazetteer), the letter gate's model, the
-   knowledge base's warm-up.
+   knowledge base's warm-up; the bundled category model is registered as the first version when
+   the database has none, and the current version is served (`crm_backend.services.model_versions`).
 4. `live_connections`: the shared state of this process (see `SharedState`); at cleanup it
    closes the citizens' open web chats.
-5. `followup_loop`, `engine_replay_loop`, `hot_issue_job`, `retention_job`: the background loops.
+5. `followup_loop`, `engine_replay_loop`, `hot_issue_job`, `retention_job`, `category_model_jobs`:
+   the background loops.
 6. `task_dump`: ``kill -USR1 <pid>`` logs the stack of every task the app is running (what a
    request that never ends is waiting for), and the app goes on.
 
@@ -48,6 +50,7 @@ from crm_backend.hotissues.service import HotIssueJob
 from crm_backend.memory import release_free_memory
 from crm_backend.schema import SchemaNotCurrent, ensure_current
 from crm_backend.services.knowledge import KnowledgeBase
+from crm_backend.services.model_versions import ModelFollower, RetrainJob, ensure_registered
 from crm_backend.services.retention import RetentionJob
 from crm_backend.shared import ProcessState, open_shared_state
 
@@ -113,6 +116,8 @@ followups_key = web.AppKey("followups", CaseFollowup)
 replay_key = web.AppKey("engine_replay", EngineReplay)
 hot_issues_key = web.AppKey("hot_issues", HotIssueJob)
 retention_key = web.AppKey("retention", RetentionJob)
+model_follower_key = web.AppKey("model_follower", ModelFollower)
+retrain_key = web.AppKey("category_retrain", RetrainJob)
 
 
 async def database(app: web.Application) -> AsyncIterator[None]:
@@ -158,6 +163,9 @@ async def models(app: web.Application) -> AsyncIterator[None]:
         Dispatcher.load, settings.category_model_path, case_type_model_path=settings.case_type_model_path
     )
     app[desk_key].adopt(desk)
+    artifact = await asyncio.to_thread(settings.category_model_path.read_bytes)
+    await ensure_registered(app[sessions_key], desk.classifier, artifact, decided_by="bundled")
+    await app[model_follower_key].sync()  # the current version, if another one than the bundled
     app[letters_key].adopt(LetterGate(await asyncio.to_thread(LetterKindModel.load, settings.letter_model_path)))
     await app[knowledge_key].warm_up()
     # Loading and training leave their temporaries' memory with the allocator: give it back.
@@ -229,6 +237,17 @@ async def retention_job(app: web.Application) -> AsyncIterator[None]:
     job.start()
     yield
     await job.stop()
+
+
+async def category_model_jobs(app: web.Application) -> AsyncIterator[None]:
+    """This process follows the current category model (``CATEGORY_MODEL_CHECK_SECONDS``); one process
+    retrains it weekly (``CATEGORY_RETRAIN_SECONDS``)."""
+    follower, retrain = app[model_follower_key], app[retrain_key]
+    follower.start()
+    retrain.start()
+    yield
+    await retrain.stop()
+    await follower.stop()
 
 
 async def hot_issue_job(app: web.Application) -> AsyncIterator[None]:

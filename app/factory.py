@@ -28,8 +28,10 @@ from app.components import (
     http_key,
     knowledge_key,
     letters_key,
+    model_follower_key,
     replay_key,
     retention_key,
+    retrain_key,
     sessions_key,
     settings_key,
     shared_key,
@@ -58,6 +60,7 @@ from crm_backend.knowledge.facts import load_city_facts
 from crm_backend.open311 import Open311Api
 from crm_backend.services.knowledge import KnowledgeBase
 from crm_backend.services.limits import DatabaseRateLimiter, Limit
+from crm_backend.services.model_versions import ModelFollower, RetrainJob
 from crm_backend.services.retention import RetentionJob
 
 if TYPE_CHECKING:  # imported when a Telegram channel is built (see `init_app`)
@@ -210,6 +213,10 @@ def init_app(settings: Settings) -> web.Application:
         interval_seconds=settings.retention_run_seconds,
         leases=shared.across.leases,
     )
+    app[model_follower_key] = ModelFollower(sessions, desk, interval_seconds=settings.category_model_check_seconds)
+    app[retrain_key] = RetrainJob(
+        sessions, period_seconds=settings.category_retrain_seconds, leases=shared.across.leases
+    )
     add_console(
         app,
         sessions,
@@ -234,6 +241,7 @@ def init_app(settings: Settings) -> web.Application:
             components.engine_replay_loop,
             components.hot_issue_job,
             components.retention_job,
+            components.category_model_jobs,
             components.task_dump,
         ]
     )

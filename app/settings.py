@@ -89,6 +89,11 @@ class Settings:
     retention: RetentionSettings = field(default_factory=lambda: RetentionSettings())
     retention_run_seconds: float = 86400.0
     tracker_store_url: str | None = None
+    # The category model: retrained from staff labels every `category_retrain_seconds` (0: off;
+    # one process at a time), and each process checks the current version every
+    # `category_model_check_seconds` (0: never switches after start).
+    category_retrain_seconds: float = 604800.0
+    category_model_check_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.rasa_urls:
@@ -167,6 +172,8 @@ class Settings:
             retention=RetentionSettings.from_env(env),
             retention_run_seconds=number("RETENTION_RUN_SECONDS", "86400"),
             tracker_store_url=tracker_store_url_from_env(env),
+            category_retrain_seconds=number("CATEGORY_RETRAIN_SECONDS", "604800"),
+            category_model_check_seconds=number("CATEGORY_MODEL_CHECK_SECONDS", "30"),
         )
 
 

@@ -39,7 +39,6 @@ import json
 import logging
 import os
 import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -56,7 +55,6 @@ import matplotlib.pyplot as plt
 from matplotlib import font_manager
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
-from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.svm import LinearSVC
 
@@ -67,14 +65,12 @@ from crm_backend.dispatch.classifier import (
     TRAINING_DATA_PATH,
     CategoryClassifier,
     build_pipeline,
-    normalise,
     read_labelled_csv,
 )
+from crm_backend.dispatch.folds import duplicate_groups, grouped_folds
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = (11, 12)
-FOLDS = 5
-DUPLICATE_COSINE = 0.8
 TARGET_KEPT_ACCURACY = 0.97
 TABLE_THRESHOLDS = [round(0.3 + 0.05 * i, 2) for i in range(13)]
 GOAL_ACCURACY, GOAL_MACRO_F1 = 0.92, 0.91
@@ -100,36 +96,15 @@ def baseline_pipeline() -> Pipeline:
     return make_pipeline(TfidfVectorizer(analyzer="char", ngram_range=(1, 3)), LinearSVC(random_state=0))
 
 
-def duplicate_groups(texts: list[str]) -> np.ndarray:
-    """A group id per text; near-duplicates (trigram cosine ≥ `DUPLICATE_COSINE`) share one."""
-    letters = [re.sub(r"[\W_]+", "", normalise(text)) for text in texts]
-    vectors = TfidfVectorizer(analyzer="char", ngram_range=(3, 3)).fit_transform(letters)
-    similar = (vectors @ vectors.T).tocoo()
-    parent = list(range(len(texts)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j, cosine in zip(similar.row, similar.col, similar.data, strict=True):
-        if i < j and cosine >= DUPLICATE_COSINE:
-            parent[root(int(i))] = root(int(j))
-    return np.array([root(i) for i in range(len(texts))])
-
-
 def cross_validate(texts: list[str], labels: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
     """Both models on the same folds, for every seed: per-fold scores and held-out predictions."""
     x = np.array(texts, dtype=object)
     result: dict[str, Any] = {model: {"folds": [], "predicted": {}, "per_class_f1": []} for model in MODELS}
     result["chosen"]["probabilities"] = {}
     for seed in SEEDS:
-        splitter = StratifiedGroupKFold(n_splits=FOLDS, shuffle=True, random_state=seed)
         predicted = {model: np.empty(len(labels), dtype=object) for model in MODELS}
         probabilities = np.zeros((len(labels), len(CATEGORIES)))
-        for fold, (train, test) in enumerate(splitter.split(x, labels, groups)):
-            assert not set(groups[train]) & set(groups[test]), "a duplicate group crosses folds"
+        for fold, (train, test) in enumerate(grouped_folds(texts, list(labels), seed, groups=groups)):
             for model in MODELS:
                 started = time.perf_counter()
                 pipeline = build_pipeline() if model == "chosen" else baseline_pipeline()

@@ -22,7 +22,7 @@ from crm_backend.errors import InvalidInput, NotFound
 from crm_backend.http import client_address, json_response, read_json_object
 from crm_backend.lifecycle import CaseStatus
 from crm_backend.models import CaseEvent, Conversation, Message, RoutingDecision, ServiceCase
-from crm_backend.services import api_clients, audit, cases, handoff
+from crm_backend.services import api_clients, audit, cases, handoff, staff_labels
 from crm_backend.services.api_clients import ApiCaller, ApiScope
 from crm_backend.services.conversations import conversation_history
 from crm_backend.services.moves import Actor, CaseNotices, move_case
@@ -127,11 +127,13 @@ def bearer_key(request: web.Request) -> str:
 
 @dataclass(frozen=True)
 class TransitionRequest:
-    """A parsed request to move a case: the operation, a note, and a department code for 派单/改派."""
+    """A parsed request to move a case: the operation, a note, and a department code and the
+    category the caller decided (kept as a staff label) for 派单/改派."""
 
     action: str
     note: str
     department: str | None
+    category: str | None = None
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> TransitionRequest:
@@ -145,7 +147,10 @@ class TransitionRequest:
             raise InvalidInput("bad_body", "action and note must be strings")
         if department is not None and not isinstance(department, str):
             raise InvalidInput("bad_body", "department must be a department code")
-        return cls(action, note, department)
+        category = data.get("category")
+        if category is not None and not isinstance(category, str):
+            raise InvalidInput("bad_body", "category must be a category name")
+        return cls(action, note, department, category)
 
 
 def _chunks(words: list[str], limit: int) -> list[str]:
@@ -207,6 +212,7 @@ class CrmApi:
         app.router.add_get("/api/v1/cases", self.list_cases)
         app.router.add_get("/api/v1/cases/{case_number}", self.get_case)
         app.router.add_post("/api/v1/cases/{case_number}/transitions", self.transition)
+        app.router.add_post("/api/v1/cases/{case_number}/category", self.correct_category)
         app.router.add_get("/api/v1/conversations", self.waiting_conversations)
         app.router.add_get("/api/v1/conversations/{conversation_id}/messages", self.messages)
         app.router.add_post("/api/v1/conversations/{conversation_id}/replies", self.reply)
@@ -267,10 +273,23 @@ class CrmApi:
                 note=change.note,
                 department_id=department_id,
                 notices=self._watcher,
+                category=change.category,
             )
         if self._watcher is not None:
             self._watcher.deliver(move.notice)
         return json_response(case_json(move.case))
+
+    @authenticated(ApiScope.WRITE)
+    async def correct_category(self, request: web.Request, caller: ApiCaller) -> web.Response:
+        """更正分类: ``{"category": "环境保护"}``; the case as it now stands."""
+        category = (await read_json_object(request)).get("category")
+        if not isinstance(category, str):
+            raise InvalidInput("bad_body", "category must be a category name")
+        actor = Actor.api_client(caller.name, client_address(request))
+        async with self.sessions.begin() as session:
+            case = await cases.get_case(session, request.match_info["case_number"])
+            await staff_labels.correct_category(session, actor, case, category)
+        return json_response(case_json(case))
 
     @authenticated(ApiScope.READ)
     async def waiting_conversations(self, request: web.Request, caller: ApiCaller) -> web.Response:

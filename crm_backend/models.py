@@ -23,6 +23,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -457,6 +458,57 @@ class RoutingDecision(Base):
     urgent: Mapped[bool] = mapped_column(Boolean)
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class StaffLabel(Base):
+    """A category a person decided for a case: a labelled example the category model has not seen.
+
+    Written by `crm_backend.services.staff_labels.record_staff_label` wherever a person states a
+    case's category: 派单 from the manual queue, 改派, a correction, or a category chosen when the
+    case was filed (staff drafting it in the console, a citizen's category button in the chat).
+    ``text`` is what the model classified (the case's description, personal data: encrypted,
+    erased with the case); the model's own answer is kept beside the person's.
+    """
+
+    __tablename__ = "staff_label"
+    __table_args__ = (Index("ix_staff_label_created_at", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("service_case.id"), index=True)
+    text: Mapped[str] = mapped_column(EncryptedText("staff_label.text"))
+    model_version: Mapped[str | None] = mapped_column(String(64))  # None: no routing decision to compare
+    model_category: Mapped[str | None] = mapped_column(String(32))
+    model_confidence: Mapped[float | None] = mapped_column(Float)
+    staff_category: Mapped[str] = mapped_column(String(32))
+    decision: Mapped[str] = mapped_column(String(16))  # dispatch | reassign | correction | filing
+    channel: Mapped[str] = mapped_column(String(16))  # console | api | bot
+    actor: Mapped[str] = mapped_column(String(64))
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("staff_user.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class CategoryModelVersion(Base):
+    """One trained category model, kept with what it was trained on, its figures and its artifact.
+
+    ``id`` is the classifier's ``model_version``. ``status``: ``candidate`` (being judged),
+    ``current`` (the one every app process serves; exactly one), ``retired`` (served before),
+    ``rejected`` (refused by the retraining gate). ``artifact`` is the model file itself, so every
+    app process on every machine loads the current model from the database.
+    """
+
+    __tablename__ = "category_model_version"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    shipped_rows: Mapped[int] = mapped_column(Integer)
+    staff_labels: Mapped[int] = mapped_column(Integer)  # how many staff labels it was trained on
+    last_label_id: Mapped[int | None] = mapped_column(Integer)  # the newest of them
+    figures: Mapped[dict[str, Any]] = mapped_column(JSON)
+    artifact: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    promoted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    decided_by: Mapped[str] = mapped_column(String(64), default="")  # who promoted, rejected or rolled back
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class StaffUser(Base):

@@ -18,6 +18,7 @@ from crm_backend.console.dashboard import DashboardViews
 from crm_backend.console.feed import LiveFeed
 from crm_backend.console.hot_issues import HotIssueViews
 from crm_backend.console.knowledge import KnowledgeViews
+from crm_backend.console.models import ModelVersionViews
 from crm_backend.console.open_data import OpenDataViews
 from crm_backend.console.privacy import PrivacyViews
 from crm_backend.console.sign_in import SignInStepViews
@@ -78,4 +79,5 @@ def add_console(
     HotIssueViews(base).add_routes(app)
     OpenDataViews(base).add_routes(app)
     PrivacyViews(base, tracker_store_url).add_routes(app)
+    ModelVersionViews(**base.share()).add_routes(app)
     app.router.add_static("/console/static/", STATIC_DIR, append_version=False)

@@ -182,6 +182,7 @@ class CaseViews(ConsoleBase):
             can_supervise=member.may(Permission.SUPERVISE),
             open_case=CaseStatus(case.status) in casework.OPEN_STATUSES,
             case_types=CASE_TYPES,
+            categories=CATEGORIES,
             can_notify_linked=linked_count > 0,
             linked_count=linked_count,
         )
@@ -247,6 +248,7 @@ class CaseViews(ConsoleBase):
                     department_id=int_or_none(data.get("department_id")),
                     address=address,
                     notices=self.watcher,
+                    category=data.get("category") or None,
                 )
             self.watcher.deliver(move.notice)
             return f"工单已变为「{CaseStatus(move.event.to_status).label}」（{number}）"
@@ -255,6 +257,10 @@ class CaseViews(ConsoleBase):
                 chosen = data.get("case_type", "")
                 changed = await casework.set_case_type(session, member.user, number, chosen, address=address)
                 return f"类型已更正为「{chosen}」" if changed else f"类型本来就是「{chosen}」"
+            if operation == "category":
+                chosen = data.get("category", "")
+                changed = await casework.set_category(session, member.user, number, chosen, address=address)
+                return f"分类已更正为「{chosen}」" if changed else f"分类本来就是「{chosen}」"
             if operation == "note":
                 await casework.add_note(session, member.user, number, note, address=address)
                 return "已添加内部备注"
@@ -288,5 +294,6 @@ class CaseViews(ConsoleBase):
             rows=rows,
             departments=departments,
             suggested=suggested,
+            categories=CATEGORIES,
             dispatch=CaseAction.DISPATCH.value,
         )

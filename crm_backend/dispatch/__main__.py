@@ -6,6 +6,11 @@ and prints one JSON object on stdout. Exit codes: 0 done, 1 the model cannot be 
 2 bad arguments or a CSV that cannot be used (the reason on stderr).
 ``train-types [--out PATH]`` trains the case-type recogniser on the bundled development letters
 and seed sentences (``data/case_types/``) and writes it.
+``retrain [--data CSV] [--model PATH]`` trains a candidate on the shipped data plus the staff
+labels in the database (``DATABASE_URL``, and the data keys to read their texts), judges it
+against the current version and promotes it only if it is not worse
+(`crm_backend.services.model_versions.retrain`); prints one JSON object. The model at
+``--model`` is registered as the first version when the database has none.
 """
 
 from __future__ import annotations
@@ -125,6 +130,46 @@ def _train_types(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _retrain_in_database(
+    shipped: list[LabelledMessage], bundled: CategoryClassifier, artifact: bytes
+) -> dict[str, Any]:
+    from crm_backend.db import create_engine, create_sessionmaker
+    from crm_backend.services import model_versions
+    from crm_backend.settings import database_url_from_env
+
+    engine = create_engine(database_url_from_env())
+    try:
+        sessions = create_sessionmaker(engine)
+        await model_versions.ensure_registered(sessions, bundled, artifact, decided_by=model_versions.RETRAIN_ACTOR)
+        outcome = await model_versions.retrain(sessions, shipped)
+    finally:
+        await engine.dispose()
+    if outcome is None:
+        return {"candidate": None, "promoted": False, "reason": "no staff labels since the last version"}
+    return outcome.as_dict()
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    import asyncio
+
+    try:
+        from crm_backend.settings import category_model_path_from_env
+
+        model: Path = args.model or category_model_path_from_env()
+        shipped = read_labelled_csv(args.data)
+        bundled = CategoryClassifier.load(model)
+        result = asyncio.run(_retrain_in_database(shipped, bundled, model.read_bytes()))
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_DATA
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_MODEL
+    json.dump(result, sys.stdout, ensure_ascii=False)
+    sys.stdout.write("\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the process exit code."""
     parser = argparse.ArgumentParser(prog="python -m crm_backend.dispatch")
@@ -137,7 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="the model to evaluate")
     types = commands.add_parser("train-types", help="train the case-type recogniser and write it")
     types.add_argument("--out", type=Path, default=case_type.DEFAULT_MODEL_PATH, help="where to write the model")
+    retrain = commands.add_parser(
+        "retrain", help="train a candidate on shipped data plus staff labels, behind the gate"
+    )
+    retrain.add_argument("--data", type=Path, default=TRAINING_DATA_PATH, help="the shipped labelled CSV")
+    retrain.add_argument(
+        "--model", type=Path, default=None, help="the bundled model, the first version (default: CATEGORY_MODEL_PATH)"
+    )
     args = parser.parse_args(argv)
+    if args.command == "retrain":
+        return _retrain(args)
     if args.command == "train-types":
         return _train_types(args)
     return _train(args) if args.command == "train" else _evaluate(args)

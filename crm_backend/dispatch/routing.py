@@ -68,6 +68,8 @@ class DispatchPlan:
     department_id: int | None
     department_name: str | None
     due_at: datetime | None
+    # A person chose the category (a citizen's button, staff drafting the case): kept as a staff label.
+    category_chosen: bool = False
 
 
 def load_urgent_keywords(path: Path = DATA_DIR / "urgent_keywords.txt") -> tuple[str, ...]:
@@ -179,6 +181,7 @@ async def plan_dispatch(
         department_id=department_id,
         department_name=department.name if department else None,
         due_at=None if queued else due_at(now, policy.deadline_working_days, urgent=urgent),
+        category_chosen=category_override is not None,
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
-from sqlalchemy import ColumnElement, and_, false, or_, select, true
+from sqlalchemy import ColumnElement, and_, false, func, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_backend.dispatch.case_type import CASE_TYPES, UNCLASSIFIED_LABEL
@@ -27,7 +27,7 @@ from crm_backend.models import (
     StaffUser,
     utcnow,
 )
-from crm_backend.services import audit, history, reply_scores
+from crm_backend.services import audit, history, reply_scores, staff_labels
 from crm_backend.services.moves import Actor, CaseNotices, Move, move_case, parse_action
 from crm_backend.services.segments import Segment, case_in_segment
 
@@ -187,8 +187,11 @@ async def perform(
     department_id: int | None = None,
     address: str = "",
     notices: CaseNotices | None = None,
+    category: str | None = None,
 ) -> Move:
     """A member of staff performs one life-cycle operation on a case they can see.
+
+    `category`, for 派单 and 改派, is the category they decided (kept as a staff label).
 
     Raises:
         NotFound: the case is not visible to this member of staff.
@@ -198,8 +201,28 @@ async def perform(
     operation = parse_action(action)
     case = await visible_case(session, user, case_number)
     return await move_case(
-        session, Actor.staff(user, address), case, operation, note=note, department_id=department_id, notices=notices
+        session,
+        Actor.staff(user, address),
+        case,
+        operation,
+        note=note,
+        department_id=department_id,
+        notices=notices,
+        category=category,
     )
+
+
+async def set_category(
+    session: AsyncSession, user: StaffUser, case_number: str, category: str, *, address: str = ""
+) -> bool:
+    """更正分类 in the console: `staff_labels.correct_category` on a case this member of staff can see.
+
+    Raises:
+        InvalidInput: the category is not one of `CATEGORIES`.
+        NotFound: the case is not visible to this member of staff.
+    """
+    case = await visible_case(session, user, case_number)
+    return await staff_labels.correct_category(session, Actor.staff(user, address), case, category)
 
 
 async def add_note(session: AsyncSession, user: StaffUser, case_number: str, text: str, *, address: str = "") -> None:
@@ -320,24 +343,28 @@ async def decide_extension(
 
 
 async def dispatch_queue(session: AsyncSession, limit: int = 100) -> list[tuple[ServiceCase, RoutingDecision | None]]:
-    """Cases waiting for a person to dispatch them (low-confidence or 退回), oldest first; never imported history."""
-    cases = (
-        await session.scalars(
-            select(ServiceCase)
+    """Cases waiting for a person to dispatch them (low-confidence or 退回); never imported history.
+
+    The least sure first: by the confidence of the case's latest routing decision, lowest first
+    (a case with no decision counts as 0), ties oldest first. What staff decide for the cases the
+    model is least sure of teaches it the most (their decisions are kept as staff labels).
+    """
+    latest = (
+        select(RoutingDecision.case_id, func.max(RoutingDecision.id).label("decision_id"))
+        .group_by(RoutingDecision.case_id)
+        .subquery()
+    )
+    rows = (
+        await session.execute(
+            select(ServiceCase, RoutingDecision)
+            .outerjoin(latest, latest.c.case_id == ServiceCase.id)
+            .outerjoin(RoutingDecision, RoutingDecision.id == latest.c.decision_id)
             .where(ServiceCase.status.in_([CaseStatus.RECEIVED.value, CaseStatus.RETURNED.value]), history.live())
-            .order_by(ServiceCase.id)
+            .order_by(func.coalesce(RoutingDecision.confidence, 0.0), ServiceCase.created_at, ServiceCase.id)
             .limit(limit)
         )
-    ).all()
-    decisions: dict[int, RoutingDecision] = {}
-    if cases:
-        rows = await session.scalars(
-            select(RoutingDecision)
-            .where(RoutingDecision.case_id.in_([case.id for case in cases]))
-            .order_by(RoutingDecision.id)
-        )
-        decisions = {decision.case_id: decision for decision in rows}
-    return [(case, decisions.get(case.id)) for case in cases]
+    ).tuples()
+    return [(case, decision) for case, decision in rows]
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from crm_backend.errors import CaseLimitReached
 from crm_backend.models import ChannelIdentity, Citizen, ServiceCase, utcnow
 from crm_backend.services.limits import serialise
 from crm_backend.services.moves import Actor, open_case
+from crm_backend.services.staff_labels import LabelDecision, record_staff_label
 from crm_backend.validation import normalise_mobile
 
 logger = logging.getLogger(__name__)
@@ -180,7 +181,9 @@ async def file_report(
         filing_key=filing_key,
         phone_required=phone_required,
     )
-    await desk.route(session, case, preview)
+    decision = await desk.route(session, case, preview)
+    if preview.plan.category_chosen:  # the citizen's category button, or staff drafting the case
+        await record_staff_label(session, actor, case, preview.plan.category, LabelDecision.FILING, decided=decision)
     return case
 
 

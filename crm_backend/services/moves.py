@@ -22,7 +22,8 @@ from crm_backend.dispatch.deadlines import due_at
 from crm_backend.errors import InvalidInput, InvalidTransition, NotFound
 from crm_backend.lifecycle import CaseAction, CaseStatus, Permission, Role, check_action
 from crm_backend.models import CaseEvent, CategoryPolicy, Department, ServiceCase, StaffUser, utcnow
-from crm_backend.services import audit, reply_scores
+from crm_backend.services import audit, reply_scores, staff_labels
+from crm_backend.services.staff_labels import LabelDecision
 
 MAX_NOTE_CHARS = 2000
 
@@ -128,6 +129,7 @@ async def move_case(
     department_id: int | None = None,
     notices: CaseNotices | None = None,
     now: datetime | None = None,
+    category: str | None = None,
 ) -> Move:
     """Perform one life-cycle operation on a case, in the caller's transaction.
 
@@ -147,6 +149,8 @@ async def move_case(
             `updated_at`, and a 派单 counts the deadline from it. Given for tests and for
             history imported with its own times (`crm_backend.importer`); the audit row keeps
             the real time it was written.
+        category: for 派单 and 改派, the category the person decided (the case takes it, and it
+            is kept as a staff label, `staff_labels.record_staff_label`); None keeps the case's.
 
     Raises:
         NotFound: an agent moving another department's case (never told apart from "no such case").
@@ -162,13 +166,22 @@ async def move_case(
     if spec.needs_note and not note:
         raise InvalidInput("note_required", f"{spec.label}需要填写原因或说明")
     detail = ""
+    if category is not None:  # before the department: a new category's deadline applies
+        if operation not in (CaseAction.DISPATCH, CaseAction.REASSIGN):
+            raise InvalidInput("category_not_allowed", f"{spec.label}不能更改分类")
+        decision = LabelDecision.DISPATCH if operation is CaseAction.DISPATCH else LabelDecision.REASSIGN
+        await staff_labels.record_staff_label(session, actor, case, category, decision, now=now)
+        if category != case.category:
+            detail = f"；分类 {case.category or '无'} → {category}"
+            note = f"{note}（分类：{category}）" if note else f"分类：{category}"
+            case.category = category
     if spec.needs_department:
         department = await session.get(Department, department_id) if department_id else None
         if department is None or not department.active:
             raise InvalidInput("department_required", f"{spec.label}需要选择一个在用的承办部门")
         if operation is CaseAction.REASSIGN and department.id == case.department_id:
             raise InvalidTransition("改派需要选择另一个部门")
-        detail = f"；部门 {case.department or '无'} → {department.name}"
+        detail += f"；部门 {case.department or '无'} → {department.name}"
         case.department_id, case.department = department.id, department.name
         if case.due_at is None:
             case.due_at = await _due_for(session, case, now)

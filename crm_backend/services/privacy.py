@@ -39,6 +39,7 @@ from crm_backend.models import (
     RateEvent,
     Satisfaction,
     ServiceCase,
+    StaffLabel,
     StaffUser,
     TelegramOutbox,
     TelegramUpdate,
@@ -390,7 +391,7 @@ async def forget_citizen(
 
 
 async def pseudonymise_cases(session: AsyncSession, case_ids: Any, now: datetime) -> int:
-    """Remove the personal data of these cases (a select of ids); how many were changed."""
+    """Remove the personal data of these cases (a select of ids), staff labels' texts too; how many changed."""
     changed = affected(
         await session.execute(
             update(ServiceCase)
@@ -427,6 +428,14 @@ async def pseudonymise_cases(session: AsyncSession, case_ids: Any, now: datetime
         update(Open311Request)
         .where(Open311Request.case_id.in_(case_ids))
         .values(contact=None, lat=None, long=None, address_id=None, address_given=False)
+        .execution_options(synchronize_session=False)
+    )
+    await session.execute(
+        # A staff label keeps its categories (each model's accuracy against staff stays measurable)
+        # and loses the text; retraining skips labels without text.
+        update(StaffLabel)
+        .where(StaffLabel.case_id.in_(case_ids), func.length(StaffLabel.text) > 0)
+        .values(text="")
         .execution_options(synchronize_session=False)
     )
     return changed

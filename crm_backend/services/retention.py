@@ -5,7 +5,8 @@
 runs and safe to run again:
 
 * cases archived longer than the case period lose their personal data (description, place,
-  contact phone, notes, rating comments), as an erasure does (`privacy.pseudonymise_cases`);
+  contact phone, notes, rating comments, the text kept with a staff label for retraining), as an
+  erasure does (`privacy.pseudonymise_cases`);
   category, district, department, dates and status stay, so the dashboard's figures survive.
   A citizen with no case left unpseudonymised and no conversation within the period loses
   their phone number too;

@@ -46,6 +46,7 @@ from crm_backend.models import (
     Department,
     RoutingDecision,
     ServiceCase,
+    StaffLabel,
     utcnow,
 )
 from crm_backend.services.conversations import current_conversation, resolve_identity
@@ -1124,6 +1125,29 @@ async def test_the_same_message_replayed_to_another_engine_files_one_case(seeded
     await ActionSubmitReport(seeded, desk).run(again, tracker, DOMAIN)
     [case] = await all_cases(seeded)
     assert again.messages == first.messages and again.messages[0]["case_number"] == case.case_number
+
+
+async def test_a_category_chosen_with_the_bots_buttons_is_kept_as_a_label(seeded: Sessions, desk: Dispatcher) -> None:
+    """The citizen's category button (「更正分类」 at the read-back) decides the category: a label."""
+    identity = await register(seeded, "abc")
+    await submit(seeded, desk, identity.sender_id, report_slots("yes", category_choice="环境保护"))
+    [case] = await all_cases(seeded)
+    async with seeded() as session:
+        [label] = (await session.scalars(select(StaffLabel))).all()
+    assert (case.category, label.case_id, label.text) == ("环境保护", case.id, HOUSING)
+    assert (label.staff_category, label.model_category, label.model_version) == (
+        "环境保护",
+        "城乡建设",
+        desk.classifier.model_version,
+    )
+    assert (label.decision, label.channel, label.actor) == ("filing", "bot", "bot")
+
+
+async def test_a_report_filed_without_a_chosen_category_keeps_no_label(seeded: Sessions, desk: Dispatcher) -> None:
+    identity = await register(seeded, "abc")
+    await submit(seeded, desk, identity.sender_id, report_slots("yes"))
+    async with seeded() as session:
+        assert (await session.scalars(select(StaffLabel))).all() == []
 
 
 async def test_a_confirmed_report_is_filed_and_routed(seeded: Sessions, desk: Dispatcher) -> None:

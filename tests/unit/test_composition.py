@@ -179,6 +179,11 @@ async def test_the_app_starts_after_migrate_and_closes_what_it_opened(tmp_path: 
         }
         assert app[desk_key].districts  # the models context loaded the dispatcher…
         assert app[letters_key].steer("/greet") is None  # …and the letter gate
+        # The bundled category model is the first version, and the one served.
+        with sqlite3.connect(database) as connection:
+            assert connection.execute("SELECT id, status FROM category_model_version").fetchall() == [
+                (app[desk_key].classifier.model_version, "current")
+            ]
         http = app[http_key]
     finally:
         await client.close()

@@ -27,6 +27,7 @@ from crm_backend.models import (
     Message,
     PrivacyRequest,
     ServiceCase,
+    StaffLabel,
     utcnow,
 )
 from crm_backend.services import privacy
@@ -40,6 +41,7 @@ from crm_backend.services.conversations import (
 from crm_backend.services.intake import Report, file_case
 from crm_backend.services.moves import Actor, move_case
 from crm_backend.services.retention import apply_retention
+from crm_backend.services.staff_labels import correct_category
 from crm_backend.settings import RetentionSettings
 from tests.support.moves import department_named
 
@@ -62,10 +64,21 @@ async def citizen_with_a_case(sessions: Sessions, external_id: str = "browser-1"
             Report(description=WORDS, location=PLACE, contact_phone=PHONE),
             conversation_id=conversation.id,
         )
+        # Staff put the category right: the label keeps the text for retraining.
+        await correct_category(session, Actor.system("bot"), case, "环境保护")
         citizen = await session.get(Citizen, identity.citizen_id)
         assert citizen is not None
         citizen.phone = PHONE
         return identity.citizen_id, identity.sender_id, case.case_number
+
+
+async def label_texts(sessions: Sessions) -> dict[str, str]:
+    """The text kept with each case's staff label, by case number."""
+    async with sessions() as session:
+        rows = await session.execute(
+            select(ServiceCase.case_number, StaffLabel.text).join(ServiceCase, ServiceCase.id == StaffLabel.case_id)
+        )
+        return dict(rows.tuples().all())
 
 
 async def archive(sessions: Sessions, case_number: str, *, days_ago: int) -> None:
@@ -177,6 +190,9 @@ async def test_forgetting_a_citizen_leaves_no_trace_of_their_words_place_or_phon
         other = await session.scalar(select(ServiceCase).where(ServiceCase.case_number == other_case))
         assert other is not None and other.description == WORDS
         assert (await session.get(Citizen, other_id)).phone == PHONE  # type: ignore[union-attr]
+    # The staff label keeps its categories and loses the text; the other citizen's keeps it.
+    assert await label_texts(sessions) == {case_number: "", other_case: WORDS}
+    async with sessions() as session:
         assert (await session.scalar(select(AuditEntry.detail).where(AuditEntry.action == "privacy.erased"))) == (
             "cases=1 messages=2 identities=1 tracker_events=1"
         )
@@ -224,6 +240,7 @@ async def test_retention_pseudonymises_cases_archived_past_the_period_and_keeps_
     assert cases[old].status == CaseStatus.ARCHIVED and cases[old].department == cases[recent].department
     assert set(notes) == {privacy.ERASED}  # the 办结 note named the phone
     assert cases[recent].description == WORDS and cases[still_open].description == WORDS
+    assert await label_texts(sessions) == {old: "", recent: WORDS, still_open: WORDS}
     # Once is enough: a second run finds nothing more.
     assert (await apply_retention(sessions, policy)).cases_pseudonymised == 0
 
