@@ -456,6 +456,8 @@ VARIANT_PARAMS: dict[str, dict[str, Any]] = {
     "lac_tags_all": {"lac_tags_weight": 1.0, "lac_tags": "all"},
     "lac_tags_all_w0.5": {"lac_tags_weight": 0.5, "lac_tags": "all"},
     "lac_states_and_tags": {"lac_states_weight": 1.0, "lac_tags_weight": 1.0, "lac_tags": "all"},
+    "lac_words": {"lac_words_weight": 1.0, "lac_words": "all"},
+    "lac_entity_words": {"lac_words_weight": 1.0, "lac_words": "entities"},
 }
 VARIANT_NOTES = {
     "shipped": "the shipped model (chars + title + jieba words)",
@@ -468,6 +470,8 @@ VARIANT_NOTES = {
     "lac_tags_all": "+ LAC counts of all 24 labels (POS too), weight 1",
     "lac_tags_all_w0.5": "+ LAC counts of all labels, weight 0.5",
     "lac_states_and_tags": "+ LAC states and all label counts, weight 1 each",
+    "lac_words": "+ TF-IDF of LAC's words (first 256 characters), weight 1",
+    "lac_entity_words": "+ TF-IDF of LAC's person/place/organisation/time words, weight 1",
     "lac_states_alone": "LAC states only (no TF-IDF), calibrated LinearSVC",
     "wordllama": "+ WordLlama l2_supercat token vectors (mean, 256), weight 1",
 }

@@ -296,7 +296,7 @@ def build_pipeline(params: dict[str, Any] | None = None) -> Pipeline:
     )
     views: list[tuple[str, Any]] = [("body_chars", body), ("title_chars", title), ("words", words)]
     weights = {"title_chars": p["title_weight"]}
-    if p.get("lac_states_weight") or p.get("lac_tags_weight"):  # pretrained LAC views, see lac_view
+    if p.get("lac_states_weight") or p.get("lac_tags_weight") or p.get("lac_words_weight"):  # see lac_view
         from crm_backend.dispatch import lac_view
 
         for name, view, weight in lac_view.views(p):

