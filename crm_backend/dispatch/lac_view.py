@@ -277,10 +277,14 @@ def forget_shared_encoder() -> None:
 
 
 @contextlib.contextmanager
-def keep_analyses() -> Iterator[None]:
-    """Within the block, analyse each text once and keep the result in memory (cross-validation)."""
+def keep_analyses(store: dict[tuple[str, int], LacAnalysis] | None = None) -> Iterator[None]:
+    """Within the block, analyse each text once and keep the result in memory (cross-validation).
+
+    Args:
+        store: where to keep them, to use them again in a later block; a new one by default.
+    """
     global _kept
-    previous, _kept = _kept, {} if _kept is None else _kept
+    previous, _kept = _kept, store if store is not None else ({} if _kept is None else _kept)
     try:
         yield
     finally:
