@@ -556,11 +556,13 @@ def variant_builders(wordllama_dir: Path | None) -> dict[str, Callable[[], Pipel
 
     builders["lac_states_alone"] = states_alone
     if wordllama_dir is not None:
+        # By its module's name, not __main__'s, so that the measuring process can unpickle it.
+        from benchmarks.dispatch_benchmark import WordLlamaVectors as vectors
 
         def with_wordllama() -> Pipeline:
             pipeline = build_pipeline()
             union = pipeline.named_steps["features"]
-            union.transformer_list.append(("wordllama", WordLlamaVectors(str(wordllama_dir))))
+            union.transformer_list.append(("wordllama", vectors(str(wordllama_dir))))
             return pipeline
 
         builders["wordllama"] = with_wordllama
