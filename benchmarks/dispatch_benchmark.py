@@ -28,21 +28,38 @@ into ``--out-dir``. About two minutes on 2 cores. What each figure means:
    latency of ``CategoryClassifier.predict`` per message (one call per text, every text of the
    CSV, after one warm-up call) as p50 / p95 / max.
 
+5. **Variants** (``--variants NAMES`` or ``all``; ``--variants-only`` skips 1-4). Each variant
+   of `VARIANTS` (the shipped hyper-parameters, LAC's pretrained views in several
+   weightings, LAC's states alone, WordLlama's shipped token vectors) is cross-validated on the
+   same folds and seeds as 1., with the paired difference to the shipped model fold by fold.
+   LAC is run once per message and kept in memory for the whole comparison
+   (``lac_view.keep_analyses``), and so are jieba's words during the cross-validation. Then each
+   is trained on every row and measured: training time (the fit, plus LAC's time on every row,
+   measured once, for a variant with a LAC view), artifact size, ``predict`` latency on every
+   fifth message (one call each, nothing kept), and the resident memory (VmRSS) of a fresh
+   process that has loaded the artifact and classified 50 messages. A variant "beats" the shipped model when
+   both its paired gains are above twice their standard error over the 10 folds.
+
 Timings depend on the machine's load (the load average is printed with them).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import itertools
 import json
 import logging
+import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +70,16 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 from matplotlib import font_manager
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import FunctionTransformer
 from sklearn.svm import LinearSVC
 
+from crm_backend.dispatch import classifier as classifier_module
+from crm_backend.dispatch import lac_view
 from crm_backend.dispatch.classifier import (
     CATEGORIES,
     HYPERPARAMETERS,
@@ -65,6 +87,8 @@ from crm_backend.dispatch.classifier import (
     TRAINING_DATA_PATH,
     CategoryClassifier,
     build_pipeline,
+    model_version,
+    normalise_all,
     read_labelled_csv,
 )
 from crm_backend.dispatch.folds import duplicate_groups, grouped_folds
@@ -396,9 +420,381 @@ def report(figures: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# --- Variants -----------------------------------------------------------------
+
+# Hyper-parameters added to the shipped ones (`HYPERPARAMETERS`); see crm_backend/dispatch/lac_view.py.
+VARIANT_PARAMS: dict[str, dict[str, Any]] = {
+    "shipped": {},
+    "lac_states": {"lac_states_weight": 1.0},
+    "lac_states_w0.5": {"lac_states_weight": 0.5},
+    "lac_states_w2": {"lac_states_weight": 2.0},
+    "lac_states_both_layers": {"lac_states_weight": 1.0, "lac_layers": "both"},
+    "lac_states_512_chars": {"lac_states_weight": 1.0, "lac_max_chars": 512},
+    "lac_tags_ner": {"lac_tags_weight": 1.0, "lac_tags": "ner"},
+    "lac_tags_all": {"lac_tags_weight": 1.0, "lac_tags": "all"},
+    "lac_tags_all_w0.5": {"lac_tags_weight": 0.5, "lac_tags": "all"},
+    "lac_states_and_tags": {"lac_states_weight": 1.0, "lac_tags_weight": 1.0, "lac_tags": "all"},
+    "lac_words": {"lac_words_weight": 1.0, "lac_words": "all"},
+    "lac_entity_words": {"lac_words_weight": 1.0, "lac_words": "entities"},
+}
+VARIANT_NOTES = {
+    "shipped": "the shipped model (chars + title + jieba words)",
+    "lac_states": "+ LAC BiGRU top layer, mean and max (512), weight 1",
+    "lac_states_w0.5": "+ LAC states, weight 0.5",
+    "lac_states_w2": "+ LAC states, weight 2",
+    "lac_states_both_layers": "+ LAC states of both layers (1,024), weight 1",
+    "lac_states_512_chars": "+ LAC states over the first 512 characters (256 elsewhere)",
+    "lac_tags_ner": "+ LAC PER/LOC/ORG/TIME counts, weight 1",
+    "lac_tags_all": "+ LAC counts of all 24 labels (POS too), weight 1",
+    "lac_tags_all_w0.5": "+ LAC counts of all labels, weight 0.5",
+    "lac_states_and_tags": "+ LAC states and all label counts, weight 1 each",
+    "lac_words": "+ TF-IDF of LAC's words (first 256 characters), weight 1",
+    "lac_entity_words": "+ TF-IDF of LAC's person/place/organisation/time words, weight 1",
+    "lac_states_alone": "LAC states only (no TF-IDF), calibrated LinearSVC",
+    "wordllama": "+ WordLlama l2_supercat token vectors (mean, 256), weight 1",
+}
+LATENCY_EVERY = 5
+RSS_MESSAGES = 50
+
+
+def _status_mb(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@functools.cache
+def _wordllama_table(directory: str) -> tuple[dict[str, int], np.ndarray]:
+    """WordLlama's shipped Llama-2 vocabulary and its 32,000 × 256 token vectors (safetensors, fp16)."""
+    root = Path(directory)
+    vocabulary = json.loads((root / "tokenizers" / "l2_supercat_tokenizer_config.json").read_text())["model"]["vocab"]
+    raw = (root / "weights" / "l2_supercat_256.safetensors").read_bytes()
+    header_size = int.from_bytes(raw[:8], "little")
+    entry = json.loads(raw[8 : 8 + header_size])["embedding.weight"]
+    start, end = entry["data_offsets"]
+    table = np.frombuffer(raw[8 + header_size + start : 8 + header_size + end], dtype=np.float16)
+    return vocabulary, table.reshape(entry["shape"]).astype(np.float32)
+
+
+class WordLlamaVectors(TransformerMixin, BaseEstimator):
+    """The mean of WordLlama's token vectors over a text's characters, standardised like `lac_view.LacView`.
+
+    Llama-2's tokenizer (SentencePiece BPE with byte fallback) keeps a CJK character as one
+    token when it has one (700 do) and as its UTF-8 byte tokens otherwise; each character is
+    looked up the same way here (Latin letters one by one, where the tokenizer would merge them).
+    """
+
+    def __init__(self, directory: str = "") -> None:
+        self.directory = directory
+
+    def _raw(self, texts: Sequence[str]) -> np.ndarray:
+        vocabulary, table = _wordllama_table(self.directory)
+        rows = []
+        for text in texts:
+            ids: list[int] = []
+            for char in text[:1000]:
+                index = vocabulary.get(char, vocabulary.get("▁" + char))
+                if index is None:
+                    ids.extend(vocabulary[f"<0x{byte:02X}>"] for byte in char.encode("utf-8"))
+                else:
+                    ids.append(index)
+            rows.append(table[ids].mean(axis=0) if ids else np.zeros(table.shape[1], dtype=np.float32))
+        return np.array(rows, dtype=np.float64)
+
+    def fit(self, texts: Sequence[str], y: Any = None) -> WordLlamaVectors:
+        raw = self._raw(texts)
+        self.mean_ = raw.mean(axis=0)
+        spread = raw.std(axis=0)
+        self.scale_ = np.where(spread > 1e-8, spread, 1.0) * math.sqrt(raw.shape[1])
+        return self
+
+    def transform(self, texts: Sequence[str]) -> np.ndarray:
+        return np.asarray((self._raw(texts) - self.mean_) / self.scale_)
+
+
+def variant_builders(wordllama_dir: Path | None) -> dict[str, Callable[[], Pipeline]]:
+    """Every variant's untrained pipeline (WordLlama only when its package directory is given)."""
+    builders: dict[str, Callable[[], Pipeline]] = {
+        name: functools.partial(build_pipeline, {**HYPERPARAMETERS, **extra}) for name, extra in VARIANT_PARAMS.items()
+    }
+
+    def states_alone() -> Pipeline:
+        svm = LinearSVC(C=1.0, class_weight="balanced", random_state=0)
+        return Pipeline(
+            [
+                ("normalise", FunctionTransformer(normalise_all)),
+                ("lac_states", lac_view.LacView("states")),
+                ("svm", CalibratedClassifierCV(svm, cv=5, method="sigmoid", ensemble=False)),
+            ]
+        )
+
+    builders["lac_states_alone"] = states_alone
+    if wordllama_dir is not None:
+        # By its module's name, not __main__'s, so that the measuring process can unpickle it.
+        from benchmarks.dispatch_benchmark import WordLlamaVectors as vectors
+
+        def with_wordllama() -> Pipeline:
+            pipeline = build_pipeline()
+            union = pipeline.named_steps["features"]
+            union.transformer_list.append(("wordllama", vectors(str(wordllama_dir))))
+            return pipeline
+
+        builders["wordllama"] = with_wordllama
+    return builders
+
+
+@contextlib.contextmanager
+def _segmentation_kept() -> Iterator[None]:
+    """Within the block, jieba segments each text once (half of a fold's time), for every variant alike."""
+    original = classifier_module.search_words
+    kept: dict[str, list[str]] = {}
+
+    def search_words(text: str) -> list[str]:
+        if text not in kept:
+            kept[text] = original(text)
+        return list(kept[text])
+
+    classifier_module.search_words = search_words
+    try:
+        yield
+    finally:
+        classifier_module.search_words = original
+
+
+def _paired(folds: list[dict[str, Any]], reference: list[dict[str, Any]], key: str) -> dict[str, float]:
+    differences = [f[key] - r[key] for f, r in zip(folds, reference, strict=True)]
+    mean, sd = float(np.mean(differences)), float(np.std(differences, ddof=1))
+    return {"mean": mean, "sd": sd, "se": sd / math.sqrt(len(differences))}
+
+
+def variant_cross_validation(
+    texts: list[str], labels: np.ndarray, groups: np.ndarray, builders: dict[str, Callable[[], Pipeline]]
+) -> dict[str, Any]:
+    """Every variant on the folds of `cross_validate`: per-fold scores, fit times, pooled probabilities."""
+    x = np.array(texts, dtype=object)
+    result: dict[str, Any] = {name: {"folds": [], "fit_seconds": [], "probabilities": []} for name in builders}
+    for seed in SEEDS:
+        probabilities = {name: np.zeros((len(labels), len(CATEGORIES))) for name in builders}
+        for fold, (train, test) in enumerate(grouped_folds(texts, list(labels), seed, groups=groups)):
+            for name, build in builders.items():
+                started = time.perf_counter()
+                pipeline = build()
+                pipeline.fit(list(x[train]), labels[train])
+                fitted = time.perf_counter() - started
+                order = [list(pipeline.classes_).index(category) for category in CATEGORIES]
+                probabilities[name][test] = pipeline.predict_proba(list(x[test]))[:, order]
+                guess = np.array(CATEGORIES, dtype=object)[probabilities[name][test].argmax(axis=1)]
+                accuracy = float(accuracy_score(labels[test], guess))
+                macro = float(f1_score(labels[test], guess, average="macro"))
+                result[name]["folds"].append({"seed": seed, "fold": fold, "accuracy": accuracy, "macro_f1": macro})
+                result[name]["fit_seconds"].append(fitted)
+                log(f"seed {seed} fold {fold} {name:24s} accuracy {accuracy:.4f} macro-F1 {macro:.4f} ({fitted:.1f} s)")
+        for name in builders:
+            result[name]["probabilities"].append(probabilities[name])
+    return result
+
+
+def _rss_of_loaded_model(path: Path, texts: list[str]) -> dict[str, float]:
+    """VmRSS and VmHWM of a fresh process that loaded the artifact and classified `RSS_MESSAGES` texts."""
+    script = (
+        "import json, sys\n"
+        "from benchmarks.dispatch_benchmark import _status_mb\n"
+        "from crm_backend.dispatch.classifier import CategoryClassifier\n"
+        "before = _status_mb('VmRSS')\n"
+        "classifier = CategoryClassifier.load(sys.argv[1])\n"
+        "for text in json.load(sys.stdin):\n"
+        "    classifier.predict(text)\n"
+        "print(json.dumps({'rss_mb': _status_mb('VmRSS'), 'peak_mb': _status_mb('VmHWM'), 'before_mb': before}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        input=json.dumps(texts[:RSS_MESSAGES], ensure_ascii=False),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def variant_final(
+    name: str,
+    build: Callable[[], Pipeline],
+    rows: list[Any],
+    texts: list[str],
+    lac: tuple[dict[tuple[str, int], Any], float],
+    keep_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Train one variant on every row, then time and weigh it.
+
+    jieba is not kept from the cross-validation; LAC's analyses are (`lac`: the kept analyses
+    and the seconds LAC took for all rows), and the training time of a variant with a LAC
+    view is its fit plus those seconds. With `keep_dir` the artifact is also written there as
+    ``<name>.joblib`` (for ``CATEGORY_MODEL_PATH=… python -m benchmarks.memory_benchmark``).
+    """
+    kept, lac_seconds = lac
+    started = time.perf_counter()
+    pipeline = build()
+    with lac_view.keep_analyses(kept):
+        pipeline.fit([row.text for row in rows], [row.label for row in rows])
+    wall = time.perf_counter() - started
+    uses_lac = any(
+        isinstance(step, lac_view.LacView) or getattr(step, "func", None) is lac_view.word_lists
+        for step in _steps(pipeline)
+    )
+    wall += lac_seconds if uses_lac else 0.0
+    classifier = CategoryClassifier(pipeline, f"{name}-{model_version(rows)}", training_seconds=wall)
+    sample = texts[::LATENCY_EVERY]
+    classifier.predict(sample[0])
+    latencies = []
+    for text in sample:
+        began = time.perf_counter()
+        classifier.predict(text)
+        latencies.append((time.perf_counter() - began) * 1000)
+    latencies.sort()
+    with tempfile.TemporaryDirectory() as directory:
+        path = classifier.save(Path(directory) / "model.joblib")
+        memory = _rss_of_loaded_model(path, texts)
+        size = path.stat().st_size
+        if keep_dir is not None:
+            classifier.save(keep_dir / f"{name}.joblib")
+    return {
+        "training_seconds": wall,
+        "artifact_bytes": size,
+        "latency_ms_p50": statistics.median(latencies),
+        "latency_ms_p95": latencies[int(0.95 * (len(latencies) - 1))],
+        "latency_ms_max": latencies[-1],
+        "latency_n": len(latencies),
+        **memory,
+        "load_average": os.getloadavg()[0],
+    }
+
+
+def _steps(estimator: Any) -> Iterator[Any]:
+    """Every estimator inside a pipeline or feature union, the estimator itself included."""
+    yield estimator
+    for _, inner in getattr(estimator, "steps", []) + getattr(estimator, "transformer_list", []):
+        yield from _steps(inner)
+
+
+def compare_variants(
+    rows: list[Any],
+    labels: np.ndarray,
+    groups: np.ndarray,
+    names: list[str],
+    wordllama_dir: Path | None,
+    keep_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Cross-validate and measure the chosen variants; "shipped" is always among them (the reference)."""
+    texts = [row.text for row in rows]
+    builders = variant_builders(wordllama_dir)
+    unknown = set(names) - set(builders)
+    if unknown:
+        raise SystemExit(f"unknown variants (or WordLlama without --wordllama-dir): {sorted(unknown)}")
+    chosen = {name: builders[name] for name in dict.fromkeys(["shipped", *names])}
+    figures: dict[str, Any] = {"variants": {}, "load_average_start": os.getloadavg()}
+    kept: dict[tuple[str, int], Any] = {}
+    with lac_view.keep_analyses(kept), _segmentation_kept():
+        normalised = normalise_all(texts)
+        for max_chars in sorted({int(VARIANT_PARAMS.get(n, {}).get("lac_max_chars", 256)) for n in chosen}):
+            if any(n.startswith("lac") for n in chosen):
+                started = time.perf_counter()
+                lac_view.analyse(normalised, max_chars)
+                seconds = figures[f"lac_analysis_seconds_{max_chars}"] = time.perf_counter() - started
+                log(f"LAC analysis of {len(texts)} messages ({max_chars} characters): {seconds:.1f} s")
+        started = time.perf_counter()
+        cv = variant_cross_validation(texts, labels, groups, chosen)
+        figures["cv_seconds"] = time.perf_counter() - started
+    truth = np.concatenate([labels for _ in SEEDS])
+    reference = cv["shipped"]["folds"]
+    for name in chosen:
+        folds = cv[name]["folds"]
+        pooled = np.vstack(cv[name]["probabilities"])
+        entry: dict[str, Any] = {
+            "note": VARIANT_NOTES[name],
+            "params": VARIANT_PARAMS.get(name),
+            "accuracy": mean_std([f["accuracy"] for f in folds]),
+            "macro_f1": mean_std([f["macro_f1"] for f in folds]),
+            "fit_seconds_per_fold": float(np.mean(cv[name]["fit_seconds"])),
+            "folds": folds,
+            "threshold_rule": choose_threshold(pooled, truth),
+            "calibration": {k: v for k, v in calibration_figures(pooled, truth).items() if k != "bins"},
+        }
+        if name != "shipped":
+            entry["paired_accuracy"] = _paired(folds, reference, "accuracy")
+            entry["paired_macro_f1"] = _paired(folds, reference, "macro_f1")
+            entry["beats_shipped"] = all(
+                entry[key]["mean"] > 2 * entry[key]["se"] for key in ("paired_accuracy", "paired_macro_f1")
+            )
+        log(f"training {name} on every row")
+        max_chars = int(VARIANT_PARAMS.get(name, {}).get("lac_max_chars", lac_view.DEFAULT_MAX_CHARS))
+        lac = (kept, figures.get(f"lac_analysis_seconds_{max_chars}", 0.0))
+        entry["final"] = variant_final(name, chosen[name], rows, texts, lac, keep_dir)
+        figures["variants"][name] = entry
+    figures["load_average_end"] = os.getloadavg()
+    return figures
+
+
+def variants_report(figures: dict[str, Any]) -> str:
+    """The variants' Markdown table."""
+    lines = [
+        "## Variants (same folds and seeds; paired difference to the shipped model over the 10 folds)",
+        "",
+        "| variant | accuracy | macro F1 | Δ accuracy (paired) | Δ macro F1 (paired) | beats shipped | "
+        "fit s/fold | train s (all rows) | predict p50 / p95 ms | artifact MB | RSS MB loaded (Δ) | "
+        "rule threshold (queued) | log loss |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    shipped_rss = figures["variants"]["shipped"]["final"]["rss_mb"]
+    for name, v in figures["variants"].items():
+        final = v["final"]
+        rule = v["threshold_rule"]
+        if name == "shipped":
+            paired = ("", "", "")
+        else:
+            pa, pf = v["paired_accuracy"], v["paired_macro_f1"]
+            paired = (
+                f"{pa['mean']:+.4f} ± {pa['sd']:.4f}",
+                f"{pf['mean']:+.4f} ± {pf['sd']:.4f}",
+                "yes" if v["beats_shipped"] else "no",
+            )
+        lines.append(
+            f"| {name}: {v['note']} | {v['accuracy'][0]:.4f} ± {v['accuracy'][1]:.4f} | "
+            f"{v['macro_f1'][0]:.4f} ± {v['macro_f1'][1]:.4f} | {paired[0]} | {paired[1]} | {paired[2]} | "
+            f"{v['fit_seconds_per_fold']:.1f} | {final['training_seconds']:.1f} | "
+            f"{final['latency_ms_p50']:.1f} / {final['latency_ms_p95']:.1f} | {final['artifact_bytes'] / 1e6:.1f} | "
+            f"{final['rss_mb']:.0f} ({final['rss_mb'] - shipped_rss:+.0f}) | "
+            + (f"{rule['threshold']:.2f} ({rule['share_queued']:.1%})" if rule else "none")
+            + f" | {v['calibration']['log_loss']:.3f} |"
+        )
+    lines.append("")
+    analysis = ", ".join(
+        f"{key.rsplit('_', 1)[1]} characters {value:.1f} s"
+        for key, value in figures.items()
+        if key.startswith("lac_analysis_seconds_")
+    )
+    if analysis:
+        lines.append(f"LAC run once on every message for the cross-validation: {analysis}.")
+    lines.append(
+        f"Cross-validation of all variants {figures['cv_seconds']:.0f} s; load average "
+        f"{' / '.join(f'{x:.2f}' for x in figures['load_average_start'])} at the start, "
+        f"{' / '.join(f'{x:.2f}' for x in figures['load_average_end'])} at the end. Latency over every "
+        f"{LATENCY_EVERY}th message, one `predict` each; RSS of a fresh process after loading the artifact and "
+        f"classifying {RSS_MESSAGES} messages (Δ: against the shipped model's process)."
+    )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.dispatch_benchmark")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "results")
+    parser.add_argument("--variants", default="", help="comma-separated variant names, or all (see VARIANT_PARAMS)")
+    parser.add_argument("--variants-only", action="store_true", help="only the variants, not sections 1-4")
+    parser.add_argument(
+        "--wordllama-dir", type=Path, help="an unpacked wordllama package (weights/, tokenizers/): adds that variant"
+    )
+    parser.add_argument("--keep-models", type=Path, help="also write each variant's model there as NAME.joblib")
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -408,6 +804,21 @@ def main(argv: list[str] | None = None) -> int:
     groups = duplicate_groups(texts)
     sizes = np.bincount(groups)
     log(f"{len(rows)} rows, {len(set(groups))} groups")
+
+    if args.variants:
+        names = list(variant_builders(args.wordllama_dir)) if args.variants == "all" else args.variants.split(",")
+        if args.keep_models is not None:
+            args.keep_models.mkdir(parents=True, exist_ok=True)
+        variants = compare_variants(rows, labels, groups, names, args.wordllama_dir, args.keep_models)
+        for entry in variants["variants"].values():
+            entry.pop("probabilities", None)
+        (args.out_dir / "dispatch_variants.json").write_text(
+            json.dumps(variants, ensure_ascii=False, indent=2), encoding="utf-8"
+        )
+        print(variants_report(variants))
+        print()
+        if args.variants_only:
+            return 0
 
     started = time.perf_counter()
     cv = cross_validate(texts, labels, groups)

@@ -8,6 +8,10 @@ messages), with calibrated probabilities:
   title, which names the problem in a few words, weighs as much as a long body;
 * jieba words of the whole message in search mode (long words plus the words inside them).
 
+Hyper-parameters can add views of Baidu LAC's pretrained network (`crm_backend.dispatch.lac_view`:
+pooled BiGRU states, entity and part-of-speech tag counts); see that module for what they
+measured.
+
 The SVM (``class_weight="balanced"``) is wrapped in ``CalibratedClassifierCV`` (sigmoid fitted
 on 5-fold cross-validated scores, one SVM on all rows), so ``predict`` returns probabilities
 that sum to 1. Below `MANUAL_DISPATCH_THRESHOLD` a case goes to the manual dispatch queue
@@ -290,10 +294,15 @@ def build_pipeline(params: dict[str, Any] | None = None) -> Pipeline:
         sublinear_tf=p["word_sublinear_tf"],
         min_df=p["min_df"],
     )
-    features = FeatureUnion(
-        [("body_chars", body), ("title_chars", title), ("words", words)],
-        transformer_weights={"title_chars": p["title_weight"]},
-    )
+    views: list[tuple[str, Any]] = [("body_chars", body), ("title_chars", title), ("words", words)]
+    weights = {"title_chars": p["title_weight"]}
+    if p.get("lac_states_weight") or p.get("lac_tags_weight") or p.get("lac_words_weight"):  # see lac_view
+        from crm_backend.dispatch import lac_view
+
+        for name, view, weight in lac_view.views(p):
+            views.append((name, view))
+            weights[name] = weight
+    features = FeatureUnion(views, transformer_weights=weights)
     svm = LinearSVC(C=p["svm_c"], class_weight=p["class_weight"], random_state=0)
     classifier = CalibratedClassifierCV(
         svm, cv=p["calibration_folds"], method=p["calibration"], ensemble=p["calibration_ensemble"]
