@@ -81,6 +81,7 @@ from crm_backend.models import (
     Message,
     Satisfaction,
     ServiceCase,
+    StaffLabel,
     StaffUser,
     utcnow,
 )
@@ -308,7 +309,16 @@ def working_days_between(start: str, end: str) -> int:
 
 def case_conditions(filters: Filters, scope: Scope) -> list[ColumnElement[bool]]:
     """The WHERE clause of the period's cases under these filters and this scope."""
-    conditions = [ServiceCase.created_at >= filters.start, ServiceCase.created_at < filters.end, scope.cases()]
+    return [
+        ServiceCase.created_at >= filters.start,
+        ServiceCase.created_at < filters.end,
+        *slice_conditions(filters, scope),
+    ]
+
+
+def slice_conditions(filters: Filters, scope: Scope) -> list[ColumnElement[bool]]:
+    """The WHERE clause of the cases these filters and this scope allow, whenever they were filed."""
+    conditions = [scope.cases()]
     if filters.district:
         conditions.append(ServiceCase.district == filters.district)
     if filters.category:
@@ -1099,6 +1109,35 @@ async def routing(ctx: Context) -> Table:
     )
 
 
+async def model_accuracy(ctx: Context) -> Table:
+    """Each category model version against the people's decisions made in the period (staff labels)."""
+    agreed = case((StaffLabel.model_category == StaffLabel.staff_category, 1), else_=0)
+    rows = await _rows(
+        ctx.session,
+        select(StaffLabel.model_version, func.count(), func.sum(agreed), func.min(StaffLabel.created_at))
+        .join(ServiceCase, ServiceCase.id == StaffLabel.case_id)
+        .where(
+            StaffLabel.created_at >= ctx.filters.start,
+            StaffLabel.created_at < ctx.filters.end,
+            StaffLabel.model_version.is_not(None),
+            *slice_conditions(ctx.filters, ctx.scope),
+        )
+        .group_by(StaffLabel.model_version),
+    )
+    ordered = sorted(rows, key=lambda row: row[3])
+    return Table(
+        "model_accuracy",
+        "分类模型：与人工判定一致率（按模型版本）",
+        ["模型版本", "人工判定", "与模型首选一致", "一致率"],
+        [
+            [text(version), count(total), count(int(same or 0)), rate(int(same or 0), total)]
+            for version, total, same, _ in ordered
+        ],
+        note="人工判定：派单、改派、更正分类或登记时由人选定的分类；一致率低说明该版本在实际工单上常分错。"
+        "各版本的详细数字与回滚见 管理 → 分类模型。",
+    )
+
+
 async def shortfalls(ctx: Context) -> Table:
     cells: dict[tuple[str, str], list[CaseTimes]] = defaultdict(list)
     for times in await ctx.times():
@@ -1304,13 +1343,14 @@ TABLES: dict[str, Callable[[Context], Any]] = {
     "bot_handoffs": bot_handoffs,
     "bot_misses": bot_misses,
     "routing": routing,
+    "model_accuracy": model_accuracy,
     "shortfalls": shortfalls,
     "hot_issues": hot_issues,
     "reply_quality": reply_quality,
     "segments": segments,
 }
 # City-wide figures an agent does not see (the hot issues span every department).
-SUPERVISOR_TABLES = frozenset({"hot_issues"})
+SUPERVISOR_TABLES = frozenset({"hot_issues", "model_accuracy"})
 SECTIONS = (
     ("概览", ("headline",)),
     ("工单量", ("volume_day", "volume_channel", "volume_category", "volume_district")),
@@ -1321,7 +1361,7 @@ SECTIONS = (
     ("答复质量", ("reply_quality",)),
     ("重复诉求", ("repeats",)),
     ("市民分群", ("segments",)),
-    ("机器人与派单", ("bot_overview", "bot_handoffs", "bot_misses", "routing")),
+    ("机器人与派单", ("bot_overview", "bot_handoffs", "bot_misses", "routing", "model_accuracy")),
     ("资源短板", ("shortfalls",)),
 )
 

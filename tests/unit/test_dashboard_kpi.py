@@ -25,11 +25,13 @@ from datetime import UTC, date, datetime, timedelta
 from urllib.parse import parse_qs
 
 import pytest
+from sqlalchemy import select
 
 from crm_backend.analytics import kpi
 from crm_backend.errors import InvalidInput
-from crm_backend.models import StaffUser
+from crm_backend.models import ServiceCase, StaffLabel, StaffUser
 from crm_backend.services import casework
+from crm_backend.services.intake import CHINA_TZ
 from tests.support.dashboard import NOW, PERIOD, Sessions, World, add_history, build_world
 
 
@@ -122,6 +124,33 @@ async def test_bot_figures(sessions: Sessions, world: World) -> None:
     routing = {row[0]: row[1:] for row in texts(tables["routing"])}
     assert routing["城乡建设"] == ["2", "50.0%", "50.0%"]
     assert routing["交通运输"] == ["2", "0.0%", "0.0%"]
+
+
+async def test_model_accuracy_compares_each_version_with_the_people_s_decisions_of_the_period(
+    sessions: Sessions, world: World
+) -> None:
+    def label(case: ServiceCase, version: str | None, model: str, staff: str, day: date) -> StaffLabel:
+        when = datetime(day.year, day.month, day.day, 9, 0, tzinfo=CHINA_TZ).astimezone(UTC)
+        return StaffLabel(
+            case_id=case.id, text="问题", model_version=version, model_category=model, model_confidence=0.5,
+            staff_category=staff, decision="dispatch", channel="console", actor="王", created_at=when,
+        )  # fmt: skip
+
+    async with sessions.begin() as session:
+        cases = {case.case_number: case for case in (await session.scalars(select(ServiceCase))).all()}
+        session.add_all(
+            [
+                label(cases["A"], "cat-v1", "城乡建设", "城乡建设", date(2026, 10, 1)),  # agreed
+                label(cases["C"], "cat-v1", "城乡建设", "交通运输", date(2026, 10, 2)),  # corrected
+                label(cases["D"], "cat-v2", "交通运输", "交通运输", date(2026, 10, 6)),
+                label(cases["D"], "cat-v2", "城乡建设", "交通运输", date(2026, 9, 20)),  # before the period
+                label(cases["E"], None, "", "交通运输", date(2026, 10, 11)),  # no model answer to judge
+            ]
+        )
+    tables = await figures(sessions, world.supervisor)
+    assert texts(tables["model_accuracy"]) == [["cat-v1", "2", "1", "50.0%"], ["cat-v2", "1", "1", "100.0%"]]
+    # A city-wide figure: an agent's dashboard does not show it.
+    assert "model_accuracy" not in await figures(sessions, world.agent)
 
 
 async def test_shortfalls_flag_the_worst_cells(
