@@ -6,19 +6,18 @@ import csv
 import io
 import json
 from collections.abc import AsyncIterator
-from typing import Any, cast
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import select
 
-from crm_backend.console import add_console
 from crm_backend.console.dashboard import DashboardViews
 from crm_backend.console.web import SESSION_COOKIE, ConsoleBase, build_templates
 from crm_backend.http import error_middleware
 from crm_backend.models import AuditEntry, Department, StaffUser
 from crm_backend.services import open_data, staff
+from tests.support.console_app import console_app
 from tests.unit.test_open_data import EXPECTED_CSV, Sessions, build_cases
 
 Client = TestClient[web.Request, web.Application]
@@ -26,21 +25,7 @@ Client = TestClient[web.Request, web.Application]
 
 @pytest.fixture
 async def client(sessions: Sessions) -> AsyncIterator[Client]:
-    """Every console route, as the app mounts them (collaborators no test here reaches left out)."""
-    app = web.Application(middlewares=[error_middleware])
-    none = cast(Any, None)
-    add_console(
-        app,
-        sessions,
-        feed=none,
-        notifier=none,
-        engine=none,
-        desk=none,
-        watcher=none,
-        city_facts=none,
-        secure_cookies=False,
-    )
-    async with TestClient(TestServer(app)) as test_client:
+    async with TestClient(TestServer(console_app(sessions))) as test_client:
         yield test_client
 
 

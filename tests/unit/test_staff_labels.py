@@ -14,12 +14,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from crm_backend.api import CrmApi
-from crm_backend.console import add_console
 from crm_backend.dispatch.deadlines import due_at
 from crm_backend.dispatch.routing import apply_dispatch, plan_dispatch, seed_routing
 from crm_backend.dispatch.service import Dispatcher, Preview
-from crm_backend.http import error_middleware
 from crm_backend.models import (
     AuditEntry,
     CaseEvent,
@@ -34,6 +31,7 @@ from crm_backend.services import api_clients, casework, staff
 from crm_backend.services.conversations import current_conversation, resolve_identity
 from crm_backend.services.intake import Report, file_case, file_report
 from crm_backend.services.moves import Actor
+from tests.support.console_app import console_app
 from tests.unit.test_console_hot_issues import PASSWORD, signed_in_as
 from tests.unit.test_routing import FixedPrediction
 
@@ -93,21 +91,7 @@ async def seeded(sessions: Sessions) -> Sessions:
 @pytest.fixture
 async def client(seeded: Sessions) -> AsyncIterator[Client]:
     """The console's and the API's routes in process, their collaborators absent but 派单's notices."""
-    app = web.Application(middlewares=[error_middleware])
-    none = cast(Any, None)
-    add_console(
-        app,
-        seeded,
-        feed=none,
-        notifier=none,
-        engine=none,
-        desk=none,
-        watcher=cast(Any, SilentNotices()),
-        city_facts=none,
-        secure_cookies=False,
-    )
-    CrmApi(seeded, none).add_routes(app)
-    async with TestClient(TestServer(app)) as test_client:
+    async with TestClient(TestServer(console_app(seeded, watcher=SilentNotices()))) as test_client:
         yield test_client
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any, cast
 
 import pytest
 from aiohttp import web
@@ -12,39 +11,18 @@ from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from crm_backend.api import CrmApi
-from crm_backend.console import add_console
 from crm_backend.console.web import SESSION_COOKIE, home_page
 from crm_backend.dispatch.routing import seed_routing
-from crm_backend.http import error_middleware
 from crm_backend.lifecycle import Permission, Role
 from crm_backend.models import AuditEntry, StaffUser
 from crm_backend.services import audit, staff
+from tests.support.console_app import console_app
 
 Sessions = async_sessionmaker[AsyncSession]
 PASSWORD = "correct horse battery"
 Client = TestClient[web.Request, web.Application]
 # Routes anyone may reach: the sign-in steps themselves, and the console's front door and files.
 PUBLIC_ROUTES = {"/console", "/console/", "/console/login", "/console/login/code", "/console/login/enrol"}
-
-
-def console_app(sessions: Sessions) -> web.Application:
-    """Every console route and the /api/v1 routes, their collaborators absent (no test here reaches them)."""
-    app = web.Application(middlewares=[error_middleware])
-    none = cast(Any, None)
-    add_console(
-        app,
-        sessions,
-        feed=none,
-        notifier=none,
-        engine=none,
-        desk=none,
-        watcher=none,
-        city_facts=none,
-        secure_cookies=False,
-    )
-    CrmApi(sessions, none).add_routes(app)
-    return app
 
 
 @pytest.fixture

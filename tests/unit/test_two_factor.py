@@ -16,7 +16,8 @@ from crm_backend.console.web import SESSION_COOKIE
 from crm_backend.dispatch.routing import seed_routing
 from crm_backend.models import AuditEntry, StaffRecoveryCode, StaffSession, StaffUser, utcnow
 from crm_backend.services import staff, two_factor
-from tests.unit.test_staff_roles import PASSWORD, Sessions, console_app
+from tests.support.console_app import console_app
+from tests.unit.test_staff_roles import PASSWORD, Sessions
 
 Client = TestClient[web.Request, web.Application]
 _FORM_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
