@@ -21,6 +21,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_backend.dispatch.service import Dispatcher
+from crm_backend.duty import day_text
 from crm_backend.errors import (
     CrmError,
     InvalidInput,
@@ -59,14 +60,6 @@ class Sayings(Protocol):
 def iso(moment: datetime | None) -> str | None:
     """A time as ISO 8601 in Beijing time: ``2026-12-05T09:30:00+08:00``."""
     return moment.astimezone(CHINA_TZ).isoformat(timespec="seconds") if moment is not None else None
-
-
-def due_text(due: datetime | None) -> str:
-    """A deadline as citizens read it: 12月9日 (as the chat says it)."""
-    if due is None:
-        return ""
-    local = due.astimezone(CHINA_TZ)
-    return f"{local.month}月{local.day}日"
 
 
 # --- rendering -----------------------------------------------------------------------------
@@ -279,7 +272,7 @@ class Open311Api:
             notice = self._sayings.text("utter_case_created_routed").format(
                 case_number=filed.case.case_number,
                 department=filed.department or "",
-                due="今天" if filed.case.urgent else due_text(filed.due_at),
+                due="今天" if filed.case.urgent else day_text(filed.due_at) if filed.due_at else "",
             )
         # The case number exists from the moment of filing, in the manual queue too: no token is needed.
         row = {"service_request_id": filed.case.case_number, "service_notice": notice}
