@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,30 @@ from tests.support.postgres import PostgresServer
 from tests.support.stack import DATA_KEY_SECRETS
 
 ENGINE_PYTHON = PROJECT_ROOT / ".venv-rasa" / "bin" / "python"
+ENGINE_ENV = {
+    "PYTHONPATH": str(PROJECT_ROOT),
+    "RASA_TELEMETRY_ENABLED": "false",
+    "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+}
+
+
+def run_in_engine(script: str, *args: str, keys: bool = True) -> subprocess.CompletedProcess[str]:
+    """`script` run by the engine's Python (3.10, Rasa installed), with the tests' data keys unless `keys` is False."""
+    return subprocess.run(
+        [str(ENGINE_PYTHON), "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=PROJECT_ROOT,
+        env={**ENGINE_ENV, **DATA_KEY_SECRETS} if keys else ENGINE_ENV,
+    )
+
+
+def last_json_line(result: subprocess.CompletedProcess[str]) -> Any:
+    """What a scenario printed last, once it exited cleanly."""
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
 
 # Runs in the engine's venv; argv: the database URL and the pg_ctl commands (JSON).
 SCENARIO = r"""
@@ -102,21 +127,7 @@ def test_a_restarted_database_is_waited_out_and_a_lost_read_never_answers_from_a
 ) -> None:
     url = postgres.create_database("tracker").replace("postgresql://", "postgresql+psycopg2://", 1)
     commands = {action: postgres.pg_ctl_command(action) for action in ("restart", "stop", "start")}
-    result = subprocess.run(
-        [str(ENGINE_PYTHON), "-c", SCENARIO, url, json.dumps(commands)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=PROJECT_ROOT,
-        env={
-            "PYTHONPATH": str(PROJECT_ROOT),
-            "RASA_TELEMETRY_ENABLED": "false",
-            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-            **DATA_KEY_SECRETS,
-        },
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    figures = last_json_line(run_in_engine(SCENARIO, url, json.dumps(commands)))
     first = ["路灯坏了", "请问在哪里？"]
     # Restarted before the turn: pooled connections are replaced, the conversation is read.
     assert figures["after_restart"] == {"read": first, "failed": False}
@@ -171,17 +182,7 @@ asyncio.run(main())
 @pytest.mark.skipif(not ENGINE_PYTHON.exists(), reason="the engine's venv is built by bin/setup")
 def test_the_engine_stores_events_encrypted_and_still_reads_rows_stored_plain_before(tmp_path: Path) -> None:
     database = tmp_path / "tracker.db"
-    env = {"PYTHONPATH": str(PROJECT_ROOT), "RASA_TELEMETRY_ENABLED": "false", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    result = subprocess.run(
-        [str(ENGINE_PYTHON), "-c", ENCRYPTED_SCENARIO, f"sqlite:///{database}"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=PROJECT_ROOT,
-        env={**env, **DATA_KEY_SECRETS},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == {
+    assert last_json_line(run_in_engine(ENCRYPTED_SCENARIO, f"sqlite:///{database}")) == {
         "texts": ["幸福路88号的路灯坏了", "已记录"],
         "phone": "13912345678",
         "old": ["以前的消息"],
@@ -193,14 +194,7 @@ def test_the_engine_stores_events_encrypted_and_still_reads_rows_stored_plain_be
         assert secret not in raw and json.dumps(secret)[1:-1] not in raw  # nor as Rasa's JSON escapes it
     assert all(data.startswith("v1:sm4:test1:") for sender, data in rows if sender != "web:old")
     # Without the keys the engine does not start: it would write citizens' words in the clear.
-    refused = subprocess.run(
-        [str(ENGINE_PYTHON), "-c", ENCRYPTED_SCENARIO, f"sqlite:///{tmp_path / 'other.db'}"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=PROJECT_ROOT,
-        env=env,
-    )
+    refused = run_in_engine(ENCRYPTED_SCENARIO, f"sqlite:///{tmp_path / 'other.db'}", keys=False)
     assert refused.returncode != 0 and "DATA_KEYS is not set" in refused.stderr
 
 
@@ -282,21 +276,7 @@ asyncio.run(main())
 
 
 def run_cache_scenario(url: str) -> dict[str, object]:
-    result = subprocess.run(
-        [str(ENGINE_PYTHON), "-c", CACHE_SCENARIO, url],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=PROJECT_ROOT,
-        env={
-            "PYTHONPATH": str(PROJECT_ROOT),
-            "RASA_TELEMETRY_ENABLED": "false",
-            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-            **DATA_KEY_SECRETS,
-        },
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    figures: dict[str, object] = json.loads(result.stdout.strip().splitlines()[-1])
+    figures: dict[str, object] = last_json_line(run_in_engine(CACHE_SCENARIO, url))
     return figures
 
 
