@@ -70,7 +70,6 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 from matplotlib import font_manager
-from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
@@ -484,7 +483,7 @@ def _wordllama_table(directory: str) -> tuple[dict[str, int], np.ndarray]:
     return vocabulary, table.reshape(entry["shape"]).astype(np.float32)
 
 
-class WordLlamaVectors(TransformerMixin, BaseEstimator):
+class WordLlamaVectors(lac_view.StandardisedView):
     """The mean of WordLlama's token vectors over a text's characters, standardised like `lac_view.LacView`.
 
     Llama-2's tokenizer (SentencePiece BPE with byte fallback) keeps a CJK character as one
@@ -508,16 +507,6 @@ class WordLlamaVectors(TransformerMixin, BaseEstimator):
                     ids.append(index)
             rows.append(table[ids].mean(axis=0) if ids else np.zeros(table.shape[1], dtype=np.float32))
         return np.array(rows, dtype=np.float64)
-
-    def fit(self, texts: Sequence[str], y: Any = None) -> WordLlamaVectors:
-        raw = self._raw(texts)
-        self.mean_ = raw.mean(axis=0)
-        spread = raw.std(axis=0)
-        self.scale_ = np.where(spread > 1e-8, spread, 1.0) * math.sqrt(raw.shape[1])
-        return self
-
-    def transform(self, texts: Sequence[str]) -> np.ndarray:
-        return np.asarray((self._raw(texts) - self.mean_) / self.scale_)
 
 
 def variant_builders(wordllama_dir: Path | None) -> dict[str, Callable[[], Pipeline]]:

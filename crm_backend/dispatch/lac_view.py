@@ -303,7 +303,35 @@ def analyse(texts: Sequence[str], max_chars: int = DEFAULT_MAX_CHARS, *, with_ta
     return [kept[(text, max_chars)] for text in texts]
 
 
-class LacView(TransformerMixin, BaseEstimator):
+class StandardisedView(TransformerMixin, BaseEstimator):
+    """A dense view of texts (`_raw`, one row per text), each column standardised on the training
+    texts and divided by the square root of the number of columns, so a view weighs about as much
+    as one TF-IDF view (unit rows) beside it."""
+
+    mean_: np.ndarray
+    scale_: np.ndarray
+
+    def _raw(self, texts: Sequence[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def fit(self, texts: Sequence[str], y: Any = None) -> StandardisedView:
+        """Learn each column's mean and standard deviation on the training texts."""
+        raw = self._raw(texts)
+        self.mean_ = raw.mean(axis=0)
+        spread = raw.std(axis=0)
+        self.scale_ = np.where(spread > 1e-8, spread, 1.0) * math.sqrt(raw.shape[1])
+        return self
+
+    def transform(self, texts: Sequence[str]) -> np.ndarray:
+        """Standardised columns, divided by the square root of their number."""
+        return np.asarray((self._raw(texts) - self.mean_) / self.scale_)
+
+    def fit_transform(self, texts: Sequence[str], y: Any = None, **fit_params: Any) -> np.ndarray:
+        """`fit`, then `transform` the same texts."""
+        return self.fit(texts).transform(texts)
+
+
+class LacView(StandardisedView):
     """A scikit-learn transformer: normalised texts in, one LAC view out (dense, standardised).
 
     Args:
@@ -330,22 +358,6 @@ class LacView(TransformerMixin, BaseEstimator):
             counts = np.array([a.tag_counts[columns] for a in analyses]).reshape(len(analyses), len(columns))
             return np.log1p(counts)
         raise ValueError(f"unknown LAC view {self.kind!r}")
-
-    def fit(self, texts: Sequence[str], y: Any = None) -> LacView:
-        """Learn each column's mean and standard deviation on the training texts."""
-        raw = self._raw(texts)
-        self.mean_ = raw.mean(axis=0)
-        spread = raw.std(axis=0)
-        self.scale_ = np.where(spread > 1e-8, spread, 1.0) * math.sqrt(raw.shape[1])
-        return self
-
-    def transform(self, texts: Sequence[str]) -> np.ndarray:
-        """Standardised columns, divided by the square root of their number."""
-        return np.asarray((self._raw(texts) - self.mean_) / self.scale_)
-
-    def fit_transform(self, texts: Sequence[str], y: Any = None, **fit_params: Any) -> np.ndarray:
-        """`fit`, then `transform` the same texts (analysed once)."""
-        return self.fit(texts).transform(texts)
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         """Column names, ``lac_<kind>_<i>``."""
