@@ -108,7 +108,8 @@ async def versions(sessions: Sessions) -> dict[str, str]:
 
 def test_the_held_back_slice_is_a_fixed_fifth_of_the_cases() -> None:
     chosen = [case_id for case_id in range(1, 1001) if held_back(case_id)]
-    assert chosen == [case_id for case_id in range(1, 1001) if held_back(case_id)]  # no randomness
+    # The same cases in every process and every run (a salted hash would move them).
+    assert chosen[:10] == [4, 7, 9, 10, 15, 22, 26, 31, 32, 35]
     assert 150 <= len(chosen) <= 250
 
 
