@@ -135,9 +135,6 @@ class TrackerCache:
     def forget(self, sender_id: str) -> None:
         self._held.pop(sender_id, None)
 
-    def __len__(self) -> int:
-        return len(self._held)
-
     def _put(self, sender_id: str, held: Held) -> None:
         self._held[sender_id] = held
         self._held.move_to_end(sender_id)
